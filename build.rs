@@ -1,0 +1,35 @@
+//! Compiles `proto/arbiter/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no system
+//! `protoc` is needed), generates the tonic/prost code, and writes the encoded file descriptor set
+//! that the server hands to gRPC reflection.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use prost::Message;
+
+const PROTOS: &[&str] = &["arbiter/v1/registry.proto", "arbiter/v1/admin.proto"];
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR is not set")?);
+
+    let mut compiler = protox::Compiler::new(["proto"]).context("protox include path")?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler
+        .open_files(PROTOS)
+        .map_err(|e| anyhow::anyhow!("compiling protos: {e:?}"))?;
+    let encoded = compiler.encode_file_descriptor_set();
+    std::fs::write(out_dir.join("arbiter_descriptor.bin"), &encoded)
+        .context("writing the descriptor set")?;
+
+    // Decode with our own prost-types so that a different prost version inside protox cannot
+    // cause a type mismatch.
+    let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())
+        .context("decoding the descriptor set")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .context("generating code")?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Command-line configuration (clap derive). Every flag has an `ARBITER_…` environment override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::RegistryConfig;
+use crate::server::ServerConfig;
+
+/// arbiter: model registry and A/B testing server for trading systems.
+#[derive(Debug, Parser)]
+#[command(name = "arbiter", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `arbiter serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ARBITER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory holding the database, artifacts and test results.
+    #[arg(long, env = "ARBITER_DATA_DIR", default_value = "./arbiter-data")]
+    pub data_dir: PathBuf,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "ARBITER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Largest accepted model artifact, in bytes.
+    #[arg(long, env = "ARBITER_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30)]
+    pub max_artifact_bytes: u64,
+    /// Versions kept per model before the oldest DEVELOPMENT/TESTING ones are removed.
+    #[arg(long, env = "ARBITER_MAX_VERSIONS_PER_MODEL", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_versions_per_model: u32,
+    /// Let a model's creator approve it for PRODUCTION (relaxes the four-eyes rule).
+    #[arg(long, env = "ARBITER_ALLOW_SELF_APPROVAL")]
+    pub allow_self_approval: bool,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            data_dir: self.data_dir.clone(),
+            registry: RegistryConfig {
+                max_artifact_bytes: self.max_artifact_bytes,
+                max_versions_per_model: self.max_versions_per_model as usize,
+                allow_self_approval: self.allow_self_approval,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_on_a_laptop() {
+        let cli = Cli::try_parse_from(["arbiter", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(args.data_dir, PathBuf::from("./arbiter-data"));
+        let config = args.server_config();
+        assert_eq!(config.registry.max_artifact_bytes, 1 << 30);
+        assert_eq!(config.registry.max_versions_per_model, 10);
+        assert!(!config.registry.allow_self_approval);
+    }
+
+    #[test]
+    fn zero_retention_is_rejected() {
+        let err = Cli::try_parse_from(["arbiter", "serve", "--max-versions-per-model", "0"])
+            .expect_err("0 is not allowed");
+        assert!(err.to_string().contains("max-versions-per-model"), "{err}");
+    }
+}

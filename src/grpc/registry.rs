@@ -1,0 +1,237 @@
+//! `arbiter.v1.Registry` over [`crate::registry::Registry`].
+
+use std::io::Read;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, timestamp};
+use super::status;
+use crate::pb::{self, get_model_response, register_model_request, registry_server};
+use crate::registry::types::{parse_version, ModelId, NewModel, RegistryId};
+use crate::registry::{Deletion, ModelFilter, Promotion, Registry, RegistryError};
+
+/// Bytes per artifact chunk sent by GetModel (well under the 4 MiB default message limit).
+const CHUNK_SIZE: usize = 256 * 1024;
+
+/// The Registry service.
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    registry: Registry,
+}
+
+impl RegistryService {
+    /// Wraps a registry.
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> registry_server::RegistryServer<Self> {
+        registry_server::RegistryServer::new(self)
+    }
+}
+
+fn registry_id(raw: &str) -> Result<RegistryId, Status> {
+    RegistryId::parse("registry_id", raw).map_err(status::registry)
+}
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryService {
+    #[tracing::instrument(skip_all)]
+    async fn register_model(
+        &self,
+        request: Request<Streaming<pb::RegisterModelRequest>>,
+    ) -> Result<Response<pb::ModelMetadata>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(register_model_request::Part::Header(h)) => h,
+            _ => {
+                return Err(status::registry(RegistryError::invalid(
+                    "header",
+                    "the first message must carry the header",
+                )))
+            }
+        };
+        let model = NewModel::try_from(header).map_err(status::registry)?;
+        tracing::info!(registry_id = %model.registry_id, "registering model");
+        let mut registration = self
+            .registry
+            .begin_registration(model)
+            .await
+            .map_err(status::registry)?;
+        // Any early return drops `registration`, which removes the partial upload.
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(register_model_request::Part::Chunk(bytes)) => {
+                    registration.write(&bytes).await.map_err(status::registry)?
+                }
+                Some(register_model_request::Part::Header(_)) => {
+                    return Err(status::registry(RegistryError::invalid(
+                        "header",
+                        "only the first message may carry the header",
+                    )))
+                }
+                None => {}
+            }
+        }
+        let view = registration.commit().await.map_err(status::registry)?;
+        Ok(Response::new(view.into()))
+    }
+
+    type GetModelStream = ReceiverStream<Result<pb::GetModelResponse, Status>>;
+
+    #[tracing::instrument(skip_all, fields(model_id = %request.get_ref().model_id))]
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<Self::GetModelStream>, Status> {
+        let request = request.into_inner();
+        let model_id = ModelId::parse("model_id", &request.model_id).map_err(status::registry)?;
+        let version = match request.version.as_str() {
+            "" => None,
+            v => Some(parse_version("version", v).map_err(status::registry)?),
+        };
+        let (view, mut file, size) = self
+            .registry
+            .open_artifact(&model_id, version.as_ref())
+            .await
+            .map_err(status::registry)?;
+        let (tx, rx) = mpsc::channel(4);
+        let metadata = get_model_response::Part::Metadata(view.into());
+        tx.try_send(Ok(pb::GetModelResponse {
+            part: Some(metadata),
+        }))
+        .expect("a fresh channel has room for the first message");
+        tokio::task::spawn_blocking(move || {
+            let mut remaining = size;
+            while remaining > 0 {
+                let mut chunk = vec![0u8; CHUNK_SIZE.min(remaining as usize)];
+                let message = match file.read_exact(&mut chunk) {
+                    Ok(()) => Ok(pb::GetModelResponse {
+                        part: Some(get_model_response::Part::Chunk(chunk)),
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "artifact read failed after verification");
+                        Err(Status::data_loss(
+                            "artifact changed while it was being sent",
+                        ))
+                    }
+                };
+                let failed = message.is_err();
+                if tx.blocking_send(message).is_err() || failed {
+                    return; // the client went away, or the error was sent
+                }
+                remaining -= CHUNK_SIZE.min(remaining as usize) as u64;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(registry_id = %request.get_ref().registry_id))]
+    async fn get_model_metadata(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelMetadata>, Status> {
+        let id = registry_id(&request.into_inner().registry_id)?;
+        let view = self.registry.metadata(&id).map_err(status::registry)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let filter = ModelFilter::try_from(request.into_inner()).map_err(status::registry)?;
+        let models = self.registry.list(&filter).map_err(status::registry)?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(registry_id = %request.get_ref().registry_id))]
+    async fn promote_model(
+        &self,
+        request: Request<pb::PromoteModelRequest>,
+    ) -> Result<Response<pb::ModelMetadata>, Status> {
+        let promotion = Promotion::try_from(request.into_inner()).map_err(status::registry)?;
+        let view = self
+            .registry
+            .promote(promotion)
+            .await
+            .map_err(status::registry)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(registry_id = %request.get_ref().registry_id))]
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let request = request.into_inner();
+        let actor = match request.requested_by.as_str() {
+            "" => "anonymous".to_string(),
+            who => who.to_string(),
+        };
+        let deletion = Deletion::try_from(request).map_err(status::registry)?;
+        self.registry
+            .delete(deletion, &actor)
+            .await
+            .map_err(status::registry)?;
+        Ok(Response::new(pb::DeleteModelResponse { deleted: true }))
+    }
+
+    #[tracing::instrument(skip_all, fields(registry_id = %request.get_ref().registry_id))]
+    async fn verify_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::VerifyModelResponse>, Status> {
+        let id = registry_id(&request.into_inner().registry_id)?;
+        let v = self.registry.verify(&id).await.map_err(status::registry)?;
+        let hex = |d: Option<crate::registry::types::Sha256Digest>| {
+            d.map(|d| d.to_string()).unwrap_or_default()
+        };
+        Ok(Response::new(pb::VerifyModelResponse {
+            ok: v.ok,
+            expected_sha256: v.expected.to_string(),
+            actual_sha256: hex(v.actual),
+            expected_policy_sha256: hex(v.expected_policy),
+            actual_policy_sha256: hex(v.actual_policy),
+            message: v.message,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(model_id = %request.get_ref().model_id))]
+    async fn get_model_performance(
+        &self,
+        request: Request<pb::GetModelPerformanceRequest>,
+    ) -> Result<Response<pb::GetModelPerformanceResponse>, Status> {
+        let model_id =
+            ModelId::parse("model_id", &request.into_inner().model_id).map_err(status::registry)?;
+        let perf = self
+            .registry
+            .performance(&model_id)
+            .map_err(status::registry)?;
+        let m = perf.latest;
+        Ok(Response::new(pb::GetModelPerformanceResponse {
+            model_id: model_id.to_string(),
+            registry_id: m.registry_id.to_string(),
+            version: m.registry_id.version.to_string(),
+            status: convert::pb_status(m.status) as i32,
+            created_at: Some(timestamp(m.created_at)),
+            backtest_sharpe: m.figures.backtest_sharpe,
+            backtest_returns: m.figures.backtest_returns,
+            backtest_max_dd: m.figures.backtest_max_dd,
+            validation_score: m.figures.validation_score,
+            live: Some(pb::LivePerformance {
+                results: perf.live.results,
+                mean_return: perf.live.mean_return,
+                sharpe_ratio: perf.live.sharpe_ratio,
+                win_rate: perf.live.win_rate,
+                tests: perf.live.tests,
+            }),
+        }))
+    }
+}

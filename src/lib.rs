@@ -1,0 +1,21 @@
+//! arbiter: a low-latency gRPC model registry and A/B testing server.
+//!
+//! The architecture, top to bottom (dependencies only point down):
+//!
+//! - [`grpc`]: tonic adapters; convert requests into domain calls and map domain errors to
+//!   `tonic::Status` in exactly one place.
+//! - [`registry`]: model versions, the lifecycle with approvals, artifact files.
+//! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
+//! - [`storage`]: sled behind typed keys and versioned record encodings, with group commit.
+//! - [`server`] composes the services; [`config`] and [`telemetry`] serve `main.rs`.
+//! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).
+
+pub mod audit;
+pub mod config;
+pub mod grpc;
+pub mod pb;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,332 @@
+//! The model registry: versioned artifacts with SHA-256 integrity, metadata, the approval-gated
+//! lifecycle and retention (SPEC §2.1).
+//!
+//! Main types: [`Registry`] (the operations), [`types::ModelMetadata`] (the stored record),
+//! [`artifacts::ArtifactStore`] (files), [`RegistryError`]. Mutations are serialized by one
+//! in-process lock held only for a check-then-write on sled (never across an `.await`), then made
+//! durable by a shared flush before the caller acknowledges. Depends on `storage` and `audit`;
+//! knows nothing of gRPC. Knowledge of tests comes in through [`ModelUsage`].
+
+pub mod artifacts;
+mod change;
+pub use change::{Deletion, Promotion};
+mod error;
+pub mod lifecycle;
+mod register;
+pub mod types;
+
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+pub use error::RegistryError;
+pub use register::Registration;
+use types::*;
+
+use crate::audit::AuditLog;
+use crate::storage::{keys, Storage};
+use artifacts::ArtifactStore;
+
+/// Result alias of the registry.
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// What the registry needs to know about tests (implemented by the experiment layer).
+pub trait ModelUsage: Send + Sync + std::fmt::Debug {
+    /// One RUNNING or PAUSED test that has `id` as an arm, if any.
+    fn active_test_using(&self, id: &RegistryId) -> Option<String>;
+    /// Live figures of every version of `model_id` across all tests.
+    fn live_performance(&self, model_id: &ModelId) -> LivePerformance;
+}
+
+/// Registry settings.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: u64,
+    /// Retention: versions kept per model before old DEVELOPMENT/TESTING ones are removed.
+    pub max_versions_per_model: usize,
+    /// Relaxes the four-eyes rule (approver may equal creator).
+    pub allow_self_approval: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_artifact_bytes: 1 << 30,
+            max_versions_per_model: 10,
+            allow_self_approval: false,
+        }
+    }
+}
+
+/// The model registry; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<Storage>,
+    audit: Arc<AuditLog>,
+    artifacts: ArtifactStore,
+    config: RegistryConfig,
+    usage: OnceLock<Arc<dyn ModelUsage>>,
+    /// Serializes check-then-write sequences (existence, CAS, retention).
+    write_lock: Mutex<()>,
+}
+
+impl Registry {
+    /// Opens the registry on `storage` and sweeps artifact files that no record owns (left by a
+    /// crash between installing a file and committing its metadata, or after a delete).
+    pub fn open(
+        storage: Arc<Storage>,
+        audit: Arc<AuditLog>,
+        config: RegistryConfig,
+    ) -> Result<Self> {
+        let artifacts = ArtifactStore::open(storage.data_dir())?;
+        let registry = Self {
+            inner: Arc::new(Inner {
+                storage,
+                audit,
+                artifacts,
+                config,
+                usage: OnceLock::new(),
+                write_lock: Mutex::new(()),
+            }),
+        };
+        registry.sweep_orphans()?;
+        Ok(registry)
+    }
+
+    /// Connects the experiment layer; until then no version counts as in use.
+    pub fn set_usage(&self, usage: Arc<dyn ModelUsage>) {
+        let _ = self.inner.usage.set(usage);
+    }
+
+    fn sweep_orphans(&self) -> Result<()> {
+        for (model, stem, path) in self.inner.artifacts.files()? {
+            let owned = match RegistryId::parse("registry_id", &format!("{model}:{stem}")) {
+                Ok(id) => self.load(&id)?.is_some() && self.inner.artifacts.path(&id) == path,
+                Err(_) => false,
+            };
+            if !owned {
+                tracing::warn!(path = %path.display(), "removing artifact file without metadata");
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(RegistryError::io(format!("removing {}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn active_test_using(&self, id: &RegistryId) -> Option<String> {
+        self.inner.usage.get()?.active_test_using(id)
+    }
+
+    pub(crate) fn load(&self, id: &RegistryId) -> Result<Option<ModelMetadata>> {
+        Ok(self.inner.storage.get(&keys::model(&id.to_string()))?)
+    }
+
+    fn load_existing(&self, id: &RegistryId) -> Result<ModelMetadata> {
+        self.load(id)?.ok_or_else(|| RegistryError::NotFound {
+            registry_id: id.to_string(),
+        })
+    }
+
+    fn policy_bytes(&self, id: &RegistryId) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.storage.get_raw(&keys::policy(&id.to_string()))?)
+    }
+
+    fn view(&self, metadata: ModelMetadata) -> Result<ModelView> {
+        let policy_config = match self.policy_bytes(&metadata.registry_id)? {
+            // The policy is stored as canonical JSON; a record that fails to parse is reported
+            // by VerifyModel, so reading metadata still works.
+            Some(bytes) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        };
+        Ok(ModelView {
+            metadata,
+            policy_config,
+        })
+    }
+
+    /// Every version of `model_id`, in key order.
+    fn versions(&self, model_id: &ModelId) -> Result<Vec<ModelMetadata>> {
+        self.inner
+            .storage
+            .scan::<ModelMetadata>(&keys::model_versions(model_id.as_str()))
+            .map(|entry| entry.map(|(_, m)| m).map_err(Into::into))
+            .collect()
+    }
+
+    /// The metadata of one version.
+    pub fn metadata(&self, id: &RegistryId) -> Result<ModelView> {
+        let metadata = self.load_existing(id)?;
+        self.view(metadata)
+    }
+
+    /// Versions matching every given filter, newest `created_at` first.
+    pub fn list(&self, filter: &ModelFilter) -> Result<Vec<ModelView>> {
+        let prefix = match &filter.model_id {
+            Some(id) => keys::model_versions(id.as_str()),
+            None => keys::MODEL_PREFIX.to_vec(),
+        };
+        let mut found = Vec::new();
+        for entry in self.inner.storage.scan::<ModelMetadata>(&prefix) {
+            let (_, m) = entry?;
+            let keep = filter.model_type.is_none_or(|t| t == m.model_type)
+                && filter.status.is_none_or(|s| s == m.status)
+                && filter
+                    .created_by
+                    .as_ref()
+                    .is_none_or(|c| *c == m.created_by);
+            if keep {
+                found.push(m);
+            }
+        }
+        found.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.registry_id.version.cmp(&a.registry_id.version))
+        });
+        found.into_iter().map(|m| self.view(m)).collect()
+    }
+
+    /// Resolves `version` (or, when `None`, the highest-semver PRODUCTION version, else the
+    /// highest-semver version) of `model_id`.
+    pub fn resolve(
+        &self,
+        model_id: &ModelId,
+        version: Option<&semver::Version>,
+    ) -> Result<ModelMetadata> {
+        if let Some(version) = version {
+            return self.load_existing(&RegistryId {
+                model_id: model_id.clone(),
+                version: version.clone(),
+            });
+        }
+        let versions = self.versions(model_id)?;
+        let production = versions
+            .iter()
+            .filter(|m| m.status == ModelStatus::Production)
+            .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version));
+        production
+            .or_else(|| {
+                versions
+                    .iter()
+                    .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version))
+            })
+            .cloned()
+            .ok_or_else(|| RegistryError::ModelNotFound {
+                model_id: model_id.to_string(),
+            })
+    }
+
+    /// Resolves a version and opens its artifact after verifying its checksum (DATA_LOSS on a
+    /// mismatch): no byte is handed out before the whole file has been checked.
+    pub async fn open_artifact(
+        &self,
+        model_id: &ModelId,
+        version: Option<&semver::Version>,
+    ) -> Result<(ModelView, File, u64)> {
+        let metadata = self.resolve(model_id, version)?;
+        let this = self.clone();
+        let id = metadata.registry_id.clone();
+        let expected = metadata.model_checksum;
+        let (file, size) =
+            tokio::task::spawn_blocking(move || this.inner.artifacts.open_verified(&id, expected))
+                .await
+                .map_err(|e| RegistryError::io("verifying artifact")(std::io::Error::other(e)))??;
+        Ok((self.view(metadata)?, file, size))
+    }
+
+    /// Recomputes the artifact and policy checksums of a version.
+    pub async fn verify(&self, id: &RegistryId) -> Result<Verification> {
+        let metadata = self.load_existing(id)?;
+        let this = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || this.verify_blocking(&id, &metadata))
+            .await
+            .map_err(|e| RegistryError::io("verifying artifact")(std::io::Error::other(e)))?
+    }
+
+    fn verify_blocking(&self, id: &RegistryId, metadata: &ModelMetadata) -> Result<Verification> {
+        let mut problems = Vec::new();
+        let actual = match self.inner.artifacts.hash(id) {
+            Ok((digest, _)) => Some(digest),
+            Err(RegistryError::ArtifactMissing { .. }) => {
+                problems.push("artifact file is missing".to_string());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if actual.is_some_and(|a| a != metadata.model_checksum) {
+            problems.push("artifact checksum mismatch".to_string());
+        }
+        let actual_policy = self.policy_bytes(id)?.map(|b| Sha256Digest::of(&b));
+        if actual_policy != metadata.policy_checksum {
+            problems.push("policy checksum mismatch".to_string());
+        }
+        Ok(Verification {
+            ok: problems.is_empty(),
+            expected: metadata.model_checksum,
+            actual,
+            expected_policy: metadata.policy_checksum,
+            actual_policy,
+            message: problems.join("; "),
+        })
+    }
+
+    /// Backtest figures of the highest version and live figures from tests.
+    pub fn performance(&self, model_id: &ModelId) -> Result<ModelPerformance> {
+        let latest = self
+            .versions(model_id)?
+            .into_iter()
+            .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version))
+            .ok_or_else(|| RegistryError::ModelNotFound {
+                model_id: model_id.to_string(),
+            })?;
+        let live = self
+            .inner
+            .usage
+            .get()
+            .map(|u| u.live_performance(model_id))
+            .unwrap_or_default();
+        Ok(ModelPerformance { latest, live })
+    }
+}
+
+/// Filters of [`Registry::list`]; unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFilter {
+    /// Only this model type.
+    pub model_type: Option<ModelType>,
+    /// Only this status.
+    pub status: Option<ModelStatus>,
+    /// Only versions by this creator.
+    pub created_by: Option<String>,
+    /// Only versions of this model.
+    pub model_id: Option<ModelId>,
+}
+
+/// The outcome of [`Registry::verify`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    /// Artifact and policy both match.
+    pub ok: bool,
+    /// The recorded artifact checksum.
+    pub expected: Sha256Digest,
+    /// The computed one (`None` when the file is missing).
+    pub actual: Option<Sha256Digest>,
+    /// The recorded policy checksum.
+    pub expected_policy: Option<Sha256Digest>,
+    /// The computed one.
+    pub actual_policy: Option<Sha256Digest>,
+    /// What is wrong; empty when ok.
+    pub message: String,
+}

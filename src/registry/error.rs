@@ -1,0 +1,125 @@
+//! The registry's error type. `grpc::status` maps each variant to a gRPC code.
+
+use super::types::ModelStatus;
+use crate::storage::StorageError;
+
+/// Everything that can go wrong in the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A request field is missing or malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such model version.
+    #[error("model {registry_id:?} not found")]
+    NotFound {
+        /// The registry id asked for.
+        registry_id: String,
+    },
+    /// No version of the model exists.
+    #[error("model {model_id:?} has no versions")]
+    ModelNotFound {
+        /// The model id asked for.
+        model_id: String,
+    },
+    /// Versions are immutable.
+    #[error("model {registry_id:?} already exists; versions are immutable")]
+    AlreadyExists {
+        /// The duplicate.
+        registry_id: String,
+    },
+    /// The lifecycle table forbids the move.
+    #[error("model {registry_id:?} cannot move from {from} to {to}")]
+    InvalidTransition {
+        /// The version.
+        registry_id: String,
+        /// Current status.
+        from: ModelStatus,
+        /// Requested status.
+        to: ModelStatus,
+    },
+    /// Four-eyes rule: the creator cannot approve their own model.
+    #[error("model {registry_id:?} was created by {approver:?}, who cannot also approve it for PRODUCTION")]
+    SelfApproval {
+        /// The version.
+        registry_id: String,
+        /// The approver (= creator).
+        approver: String,
+    },
+    /// A compare-and-set promotion lost.
+    #[error("model {registry_id:?} is {actual}, not the expected {expected}")]
+    StatusChanged {
+        /// The version.
+        registry_id: String,
+        /// The status the client expected.
+        expected: ModelStatus,
+        /// The status found.
+        actual: ModelStatus,
+    },
+    /// Deleting PRODUCTION requires `force`.
+    #[error("model {registry_id:?} is PRODUCTION; deleting it requires force")]
+    ProductionDelete {
+        /// The version.
+        registry_id: String,
+    },
+    /// The version is an arm of a running or paused test.
+    #[error("model {registry_id:?} is an arm of active test {test_id:?}")]
+    InUse {
+        /// The version.
+        registry_id: String,
+        /// One active test using it.
+        test_id: String,
+    },
+    /// Stored bytes do not hash to the recorded (or expected) checksum.
+    #[error("{what} checksum mismatch: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// "artifact" or "policy".
+        what: &'static str,
+        /// The recorded or client-supplied digest.
+        expected: String,
+        /// The computed digest.
+        actual: String,
+    },
+    /// The artifact file of a registered version is gone.
+    #[error("artifact of model {registry_id:?} is missing")]
+    ArtifactMissing {
+        /// The version.
+        registry_id: String,
+    },
+    /// The upload exceeds the configured maximum.
+    #[error("artifact exceeds the maximum size of {limit} bytes")]
+    ArtifactTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Reading or writing an artifact file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl RegistryError {
+    /// Shorthand for [`RegistryError::InvalidArgument`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}

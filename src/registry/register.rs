@@ -1,0 +1,205 @@
+//! Registration: stream an artifact into a temporary file, then commit file, policy, metadata,
+//! retention and audit events together.
+
+use crate::audit::AuditDraft;
+use crate::storage::{keys, WriteBatch};
+use crate::time;
+
+use super::artifacts::{FinishedUpload, Upload};
+use super::types::*;
+use super::{Registry, RegistryError, Result};
+
+/// A registration in progress: the header is validated and the artifact is being received.
+/// Dropping it (for example because the client went away) leaves nothing behind.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Registry,
+    model: NewModel,
+    upload: Upload,
+}
+
+impl Registry {
+    /// Starts registering `model`. Fails early when the version already exists.
+    pub async fn begin_registration(&self, model: NewModel) -> Result<Registration> {
+        if self.load(&model.registry_id)?.is_some() {
+            return Err(RegistryError::AlreadyExists {
+                registry_id: model.registry_id.to_string(),
+            });
+        }
+        let upload = self
+            .inner
+            .artifacts
+            .begin(self.inner.config.max_artifact_bytes)
+            .await?;
+        Ok(Registration {
+            registry: self.clone(),
+            model,
+            upload,
+        })
+    }
+}
+
+impl Registration {
+    /// Appends a chunk of the artifact.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.upload.write(chunk).await
+    }
+
+    /// Checks the checksum and commits the version durably.
+    pub async fn commit(self) -> Result<ModelView> {
+        let Registration {
+            registry,
+            model,
+            upload,
+        } = self;
+        let finished = upload.finish().await?;
+        if let Some(expected) = model.expected_sha256 {
+            if expected != finished.digest {
+                return Err(RegistryError::ChecksumMismatch {
+                    what: "artifact",
+                    expected: expected.to_string(),
+                    actual: finished.digest.to_string(),
+                });
+            }
+        }
+        let policy_bytes = match &model.policy_config {
+            // serde_json's map is ordered by key, so this is a canonical encoding.
+            Some(policy) => Some(serde_json::to_vec(policy).map_err(|e| {
+                RegistryError::invalid("policy_config", format!("cannot be encoded: {e}"))
+            })?),
+            None => None,
+        };
+        let this = registry.clone();
+        let (view, retired) = tokio::task::spawn_blocking(move || {
+            this.commit_registration(model, finished, policy_bytes)
+        })
+        .await
+        .map_err(|e| RegistryError::io("committing registration")(std::io::Error::other(e)))??;
+        registry.inner.storage.flush().await?;
+        registry.remove_files(retired).await;
+        Ok(view)
+    }
+}
+
+impl Registry {
+    /// The check-then-write part of a registration. Blocking.
+    fn commit_registration(
+        &self,
+        model: NewModel,
+        upload: FinishedUpload,
+        policy_bytes: Option<Vec<u8>>,
+    ) -> Result<(ModelView, Vec<RegistryId>)> {
+        let _guard = self.inner.write_lock.lock();
+        let id = model.registry_id.clone();
+        if self.load(&id)?.is_some() {
+            return Err(RegistryError::AlreadyExists {
+                registry_id: id.to_string(),
+            });
+        }
+        let metadata = ModelMetadata {
+            registry_id: id.clone(),
+            name: model.name,
+            model_type: model.model_type,
+            status: ModelStatus::Development,
+            created_at: time::now(),
+            created_by: model.created_by,
+            description: model.description,
+            framework: model.framework,
+            input_features: model.input_features,
+            output_schema: model.output_schema,
+            figures: model.figures,
+            resource_requirements: model.resource_requirements,
+            latency_requirements_ms: model.latency_requirements_ms,
+            approval_status: ApprovalStatus::Pending,
+            approved_by: String::new(),
+            approved_at: None,
+            model_checksum: upload.digest,
+            policy_checksum: policy_bytes.as_deref().map(Sha256Digest::of),
+            artifact_size_bytes: upload.size,
+            feature_spec: model.feature_spec,
+        };
+        let key = id.to_string();
+        let mut batch = WriteBatch::new();
+        batch.put(keys::model(&key), &metadata)?;
+        if let Some(bytes) = &policy_bytes {
+            batch.put_raw(keys::policy(&key), bytes.clone());
+        }
+        let mut drafts = vec![
+            AuditDraft::model(&metadata.created_by, "model.register", &id)
+                .detail(
+                    "model_type",
+                    format!("{:?}", metadata.model_type).to_uppercase(),
+                )
+                .detail("model_checksum", metadata.model_checksum)
+                .detail("artifact_size_bytes", metadata.artifact_size_bytes),
+        ];
+        let retired = self.retention_victims(&id)?;
+        for victim in &retired {
+            let victim_key = victim.registry_id.to_string();
+            batch.remove(keys::model(&victim_key));
+            batch.remove(keys::policy(&victim_key));
+            drafts.push(
+                AuditDraft::model("system", "model.retention_delete", &victim.registry_id)
+                    .detail("status", victim.status)
+                    .detail(
+                        "max_versions_per_model",
+                        self.inner.config.max_versions_per_model,
+                    ),
+            );
+        }
+        self.inner.artifacts.install(upload, &id)?;
+        if let Err(e) = self.inner.audit.commit(&self.inner.storage, batch, drafts) {
+            // Nothing refers to the file yet; take it back so the failure leaves no trace.
+            let _ = self.inner.artifacts.remove(&id);
+            return Err(e.into());
+        }
+        let view = ModelView {
+            metadata,
+            policy_config: policy_bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+        };
+        Ok((view, retired.into_iter().map(|m| m.registry_id).collect()))
+    }
+
+    /// Retention (SPEC §2.1): while the model has more versions than allowed (counting `new`),
+    /// pick its oldest DEVELOPMENT or TESTING version that no active test uses.
+    fn retention_victims(&self, new: &RegistryId) -> Result<Vec<ModelMetadata>> {
+        let mut versions = self.versions(&new.model_id)?;
+        let max = self.inner.config.max_versions_per_model;
+        let mut count = versions.len() + 1;
+        versions.retain(|m| {
+            matches!(m.status, ModelStatus::Development | ModelStatus::Testing)
+                && self.active_test_using(&m.registry_id).is_none()
+        });
+        versions.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.registry_id.version.cmp(&b.registry_id.version))
+        });
+        let mut victims = Vec::new();
+        for candidate in versions {
+            if count <= max {
+                break;
+            }
+            victims.push(candidate);
+            count -= 1;
+        }
+        Ok(victims)
+    }
+
+    /// Deletes the files of versions whose records are gone (already durable). A failure only
+    /// leaves an orphan that the next start-up sweeps.
+    pub(super) async fn remove_files(&self, ids: Vec<RegistryId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                if let Err(e) = this.inner.artifacts.remove(&id) {
+                    tracing::warn!(registry_id = %id, error = %e, "artifact file left for the start-up sweep");
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,402 @@
+//! Registry value types: identifiers (validated newtypes), model type and status, and the stored
+//! metadata record of one model version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::RegistryError;
+use crate::storage::Record;
+use crate::time::UnixNanos;
+
+/// Checks the identifier grammar shared by model ids and test ids: `[A-Za-z0-9._-]{1,128}`.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), RegistryError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > 128 || !value.chars().all(valid_char) {
+        return Err(RegistryError::invalid(
+            field,
+            format!("{value:?} must match [A-Za-z0-9._-]{{1,128}}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A model identifier, e.g. `signal_lstm`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModelId(String);
+
+impl ModelId {
+    /// Validates `value` as a model id.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, RegistryError> {
+        validate_identifier(field, value)?;
+        Ok(Self(value.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ModelId {
+    type Error = RegistryError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse("model_id", &value)
+    }
+}
+
+impl From<ModelId> for String {
+    fn from(id: ModelId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a semantic version, naming `field` on failure.
+pub fn parse_version(field: &'static str, value: &str) -> Result<semver::Version, RegistryError> {
+    semver::Version::parse(value).map_err(|e| {
+        RegistryError::invalid(field, format!("{value:?} is not a semantic version: {e}"))
+    })
+}
+
+/// `<model_id>:<version>`, the identity of one model version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RegistryId {
+    /// The model.
+    pub model_id: ModelId,
+    /// Its version.
+    pub version: semver::Version,
+}
+
+impl RegistryId {
+    /// Parses `<model_id>:<version>`, naming `field` on failure.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, RegistryError> {
+        let Some((model, version)) = value.split_once(':') else {
+            return Err(RegistryError::invalid(
+                field,
+                format!("{value:?} is not of the form <model_id>:<version>"),
+            ));
+        };
+        Ok(Self {
+            model_id: ModelId::parse(field, model)?,
+            version: parse_version(field, version)?,
+        })
+    }
+}
+
+impl TryFrom<String> for RegistryId {
+    type Error = RegistryError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse("registry_id", &value)
+    }
+}
+
+impl From<RegistryId> for String {
+    fn from(id: RegistryId) -> Self {
+        id.to_string()
+    }
+}
+
+impl fmt::Display for RegistryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.model_id, self.version)
+    }
+}
+
+/// A SHA-256 digest, shown as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// Parses 64 hex digits (either case), naming `field` on failure.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, RegistryError> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(value, &mut bytes).map_err(|_| {
+            RegistryError::invalid(field, format!("{value:?} is not 64 hexadecimal digits"))
+        })?;
+        Ok(Self(bytes))
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+impl TryFrom<String> for Sha256Digest {
+    type Error = RegistryError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse("sha256", &value)
+    }
+}
+
+impl From<Sha256Digest> for String {
+    fn from(d: Sha256Digest) -> Self {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
+}
+
+/// What a model does in the trading stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum ModelType {
+    Signal,
+    Risk,
+    Execution,
+    Regime,
+    Portfolio,
+}
+
+/// Lifecycle state of a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum ModelStatus {
+    Development,
+    Testing,
+    Staging,
+    Production,
+    Deprecated,
+    Archived,
+}
+
+impl ModelStatus {
+    /// The upper-case name used in messages and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Development => "DEVELOPMENT",
+            Self::Testing => "TESTING",
+            Self::Staging => "STAGING",
+            Self::Production => "PRODUCTION",
+            Self::Deprecated => "DEPRECATED",
+            Self::Archived => "ARCHIVED",
+        }
+    }
+}
+
+impl fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ModelStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Development,
+            Self::Testing,
+            Self::Staging,
+            Self::Production,
+            Self::Deprecated,
+            Self::Archived,
+        ]
+        .into_iter()
+        .find(|status| status.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown model status {s:?}"))
+    }
+}
+
+/// Whether a version has been approved for PRODUCTION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+}
+
+impl ApprovalStatus {
+    /// "pending" or "approved".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+        }
+    }
+}
+
+/// Everything a client supplies when registering a version (validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewModel {
+    /// The version being registered.
+    pub registry_id: RegistryId,
+    /// Display name; defaults to the model id.
+    pub name: String,
+    /// Model type.
+    pub model_type: ModelType,
+    /// Who registers it (needed for the four-eyes rule).
+    pub created_by: String,
+    /// Free text.
+    pub description: String,
+    /// e.g. "onnx".
+    pub framework: String,
+    /// Feature names the model reads.
+    pub input_features: Vec<String>,
+    /// Output name → type.
+    pub output_schema: BTreeMap<String, String>,
+    /// Backtest and validation figures.
+    pub figures: BacktestFigures,
+    /// Resource name → requirement.
+    pub resource_requirements: BTreeMap<String, String>,
+    /// Latency budget.
+    pub latency_requirements_ms: Option<f64>,
+    /// The trading policy stored beside the model.
+    pub policy_config: Option<serde_json::Value>,
+    /// Feature specification.
+    pub feature_spec: Option<serde_json::Value>,
+    /// When set, the artifact must hash to this digest.
+    pub expected_sha256: Option<Sha256Digest>,
+}
+
+/// Optional backtest and validation figures of a version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BacktestFigures {
+    /// Backtest Sharpe ratio.
+    pub backtest_sharpe: Option<f64>,
+    /// Backtest return.
+    pub backtest_returns: Option<f64>,
+    /// Backtest maximum drawdown.
+    pub backtest_max_dd: Option<f64>,
+    /// Validation score.
+    pub validation_score: Option<f64>,
+}
+
+/// The stored metadata of one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// `<model_id>:<version>`.
+    pub registry_id: RegistryId,
+    /// Display name.
+    pub name: String,
+    /// Model type.
+    pub model_type: ModelType,
+    /// Lifecycle state.
+    pub status: ModelStatus,
+    /// Registration time.
+    pub created_at: UnixNanos,
+    /// Who registered it.
+    pub created_by: String,
+    /// Free text.
+    pub description: String,
+    /// e.g. "onnx".
+    pub framework: String,
+    /// Feature names the model reads.
+    pub input_features: Vec<String>,
+    /// Output name → type.
+    pub output_schema: BTreeMap<String, String>,
+    /// Backtest and validation figures.
+    pub figures: BacktestFigures,
+    /// Resource name → requirement.
+    pub resource_requirements: BTreeMap<String, String>,
+    /// Latency budget.
+    pub latency_requirements_ms: Option<f64>,
+    /// Approval for PRODUCTION.
+    pub approval_status: ApprovalStatus,
+    /// Who approved it (empty until approved).
+    pub approved_by: String,
+    /// When it was approved.
+    pub approved_at: Option<UnixNanos>,
+    /// SHA-256 of the artifact.
+    pub model_checksum: Sha256Digest,
+    /// SHA-256 of the stored policy document, if any.
+    pub policy_checksum: Option<Sha256Digest>,
+    /// Artifact size.
+    pub artifact_size_bytes: u64,
+    /// Feature specification.
+    pub feature_spec: Option<serde_json::Value>,
+}
+
+impl Record for ModelMetadata {
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Metadata plus the stored policy document, as returned to clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelView {
+    /// The stored metadata.
+    pub metadata: ModelMetadata,
+    /// The policy document, parsed.
+    pub policy_config: Option<serde_json::Value>,
+}
+
+/// Live figures of a model from the tests it takes part in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LivePerformance {
+    /// Results recorded for any version of the model.
+    pub results: u64,
+    /// Mean return per result.
+    pub mean_return: f64,
+    /// Mean over sample standard deviation; 0 when undefined.
+    pub sharpe_ratio: f64,
+    /// Share of returns above zero.
+    pub win_rate: f64,
+    /// Tests in which a version is an arm.
+    pub tests: u32,
+}
+
+/// The answer of `GetModelPerformance`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPerformance {
+    /// The highest-semver version.
+    pub latest: ModelMetadata,
+    /// Live figures across all versions.
+    pub live: LivePerformance,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_follow_the_grammar() {
+        for ok in ["a", "signal_v1", "A.b-C_9", &"x".repeat(128)] {
+            assert!(validate_identifier("model_id", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a:b", "a/b", "é", &"x".repeat(129)] {
+            let err = validate_identifier("model_id", bad).expect_err(bad);
+            assert!(err.to_string().contains("model_id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn semver_orders_numerically_and_pre_releases_first() {
+        let v = |s| parse_version("version", s).expect("valid");
+        assert!(v("1.9.0") < v("1.10.0"));
+        assert!(v("1.10.0") < v("2.0.0-rc.1"));
+        assert!(v("2.0.0-rc.1") < v("2.0.0"));
+        assert!(parse_version("version", "1.0").is_err());
+    }
+
+    #[test]
+    fn registry_ids_round_trip() {
+        let id = RegistryId::parse("registry_id", "m:1.2.3-rc.1").expect("valid");
+        assert_eq!(id.to_string(), "m:1.2.3-rc.1");
+        assert!(RegistryId::parse("registry_id", "m").is_err());
+        assert!(RegistryId::parse("registry_id", "m:x").is_err());
+    }
+}

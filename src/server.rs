@@ -1,0 +1,103 @@
+//! The composition root: opens storage, builds the domain and the gRPC services (plus health and
+//! reflection), serves on an already-bound listener until `shutdown` resolves, then drains
+//! in-flight calls and flushes storage.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::audit::AuditLog;
+use crate::grpc::{AdminService, RegistryService};
+use crate::pb;
+use crate::registry::{Registry, RegistryConfig, RegistryError};
+use crate::storage::{Storage, StorageError};
+
+/// Everything the server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data directory (sled database, artifacts, results).
+    pub data_dir: PathBuf,
+    /// Registry settings.
+    pub registry: RegistryConfig,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Opening or flushing storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// Opening the registry failed.
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// Building the reflection service failed.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let storage = Arc::new(Storage::open(&config.data_dir)?);
+    let audit = Arc::new(AuditLog::open(&storage)?);
+    let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
+
+    let registry_service = RegistryService::new(registry).into_server();
+    let admin_service = AdminService::new(storage.clone(), audit).into_server();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::registry_server::RegistryServer<RegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let local = listener.local_addr().ok();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "arbiter serving");
+
+    let reporter = health_reporter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight calls");
+        reporter
+            .set_not_serving::<pb::registry_server::RegistryServer<RegistryService>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(registry_service)
+        .add_service(admin_service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+
+    let flushing = storage.clone();
+    tokio::task::spawn_blocking(move || flushing.flush_blocking())
+        .await
+        .map_err(|e| StorageError::Io {
+            context: "final flush".into(),
+            source: std::io::Error::other(e),
+        })??;
+    tracing::info!("storage flushed; bye");
+    Ok(())
+}

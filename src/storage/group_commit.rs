@@ -1,0 +1,75 @@
+//! Group commit: one background task runs `sled::Db::flush` on behalf of every writer that asked
+//! for durability while the previous flush was running, so N concurrent writers cost about two
+//! flushes instead of N.
+//!
+//! Correctness: a writer applies its batch *before* it enqueues its request, and the task only
+//! starts a flush after dequeuing that request, so the flush covers the batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Result, StorageError};
+
+type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+
+#[derive(Debug)]
+pub(super) struct GroupCommit {
+    requests: mpsc::UnboundedSender<Waiter>,
+    flushes: Arc<AtomicU64>,
+}
+
+impl GroupCommit {
+    /// Starts the flusher task; it ends when the `GroupCommit` is dropped.
+    pub(super) fn start(db: sled::Db) -> Self {
+        let (requests, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    waiters.push(next);
+                }
+                let db = db.clone();
+                let outcome = tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(sled::Error::ReportableBug(format!(
+                            "flush task failed: {join}"
+                        )))
+                    })
+                    .map_err(Arc::new);
+                counter.fetch_add(1, Ordering::Relaxed);
+                for waiter in waiters {
+                    // A writer that went away no longer needs its answer.
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        });
+        Self { requests, flushes }
+    }
+
+    pub(super) async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(tx).map_err(|_| StorageError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(StorageError::Sled(clone_error(&err))),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+
+    pub(super) fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// sled errors are not `Clone`; every waiter of a failed flush gets an equivalent error.
+fn clone_error(err: &sled::Error) -> sled::Error {
+    match err {
+        sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sled::Error::ReportableBug(other.to_string()),
+    }
+}
