@@ -1,0 +1,284 @@
+//! Shared end-to-end test support: a real arbiter server on 127.0.0.1:0 with a data directory of
+//! the test's choosing, gRPC clients, and helpers to register models.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbiter::pb::{self, admin_client::AdminClient, registry_client::RegistryClient};
+use arbiter::registry::RegistryConfig;
+use arbiter::server::ServerConfig;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), arbiter::server::ServerError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings on `data_dir`.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, RegistryConfig::default()).await
+    }
+
+    /// Starts a server with the given registry settings on `data_dir`.
+    pub async fn start_with(data_dir: &Path, registry: RegistryConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            data_dir: data_dir.to_path_buf(),
+            registry,
+        };
+        let handle = tokio::spawn(arbiter::server::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(channel) = Channel::from_shared(self.url())
+                .expect("url")
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if health.check(request).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server on {} did not become ready", self.addr);
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A new connection.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A Registry client on a new connection.
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel().await).max_decoding_message_size(16 << 20)
+    }
+
+    /// An Admin client on a new connection.
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// Graceful shutdown; returns once the server has flushed and released the data directory.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(20), handle)
+                .await
+                .expect("server stops within 20 s")
+                .expect("server task did not panic")
+                .expect("server shut down cleanly");
+        }
+        // sled releases its file lock when the last handle drops; wait until it can be reopened.
+        for _ in 0..200 {
+            if sled::Config::new()
+                .path(self.data_dir.join("db"))
+                .open()
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("data directory still locked after shutdown");
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so artifacts do not compress to nothing.
+pub fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A header with the required fields set.
+pub fn header(model_id: &str, version: &str, created_by: &str) -> pb::RegisterModelHeader {
+    pb::RegisterModelHeader {
+        model_id: model_id.into(),
+        version: version.into(),
+        model_type: pb::ModelType::Signal as i32,
+        created_by: created_by.into(),
+        ..Default::default()
+    }
+}
+
+/// The request stream of a registration: the header, then `bytes` in chunks of `chunk` bytes.
+pub fn registration_messages(
+    header: pb::RegisterModelHeader,
+    bytes: &[u8],
+    chunk: usize,
+) -> Vec<pb::RegisterModelRequest> {
+    use pb::register_model_request::Part;
+    let mut messages = vec![pb::RegisterModelRequest {
+        part: Some(Part::Header(header)),
+    }];
+    messages.extend(bytes.chunks(chunk).map(|c| pb::RegisterModelRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
+    messages
+}
+
+/// Registers a model with `header` and artifact `bytes`.
+pub async fn register(
+    client: &mut RegistryClient<Channel>,
+    header: pb::RegisterModelHeader,
+    bytes: &[u8],
+) -> Result<pb::ModelMetadata, tonic::Status> {
+    let messages = registration_messages(header, bytes, 64 * 1024);
+    client
+        .register_model(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Registers `model_id:version` created by "alice" with a small artifact.
+pub async fn register_simple(
+    client: &mut RegistryClient<Channel>,
+    model_id: &str,
+    version: &str,
+) -> pb::ModelMetadata {
+    register(client, header(model_id, version, "alice"), b"weights")
+        .await
+        .unwrap_or_else(|e| panic!("registering {model_id}:{version}: {e}"))
+}
+
+/// Promotes `registry_id` to `target` with approver "lead".
+pub async fn promote(
+    client: &mut RegistryClient<Channel>,
+    registry_id: &str,
+    target: pb::ModelStatus,
+) -> Result<pb::ModelMetadata, tonic::Status> {
+    client
+        .promote_model(pb::PromoteModelRequest {
+            registry_id: registry_id.into(),
+            target_status: target as i32,
+            approved_by: "lead".into(),
+            reason: "test".into(),
+            expected_status: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Downloads a model: its metadata and the concatenated chunks.
+pub async fn get_model(
+    client: &mut RegistryClient<Channel>,
+    model_id: &str,
+    version: &str,
+) -> Result<(pb::ModelMetadata, Vec<u8>), tonic::Status> {
+    use pb::get_model_response::Part;
+    let mut stream = client
+        .get_model(pb::GetModelRequest {
+            model_id: model_id.into(),
+            version: version.into(),
+        })
+        .await?
+        .into_inner();
+    let mut metadata = None;
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await? {
+        match message.part {
+            Some(Part::Metadata(m)) => {
+                assert!(metadata.is_none(), "metadata sent twice");
+                metadata = Some(m);
+            }
+            Some(Part::Chunk(c)) => {
+                assert!(metadata.is_some(), "chunk before metadata");
+                bytes.extend_from_slice(&c);
+            }
+            None => panic!("empty GetModelResponse"),
+        }
+    }
+    Ok((metadata.expect("metadata message"), bytes))
+}
+
+/// Metadata of one version.
+pub async fn metadata(
+    client: &mut RegistryClient<Channel>,
+    registry_id: &str,
+) -> Result<pb::ModelMetadata, tonic::Status> {
+    client
+        .get_model_metadata(pb::ModelRef {
+            registry_id: registry_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asserts `result` failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            assert!(
+                status.message().contains(needle),
+                "message {:?} does not contain {needle:?}",
+                status.message()
+            );
+        }
+    }
+}
+
+/// Entries of a directory (empty when it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.expect("dir entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
