@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// Let a model's creator approve it for PRODUCTION (relaxes the four-eyes rule).
     #[arg(long, env = "ARBITER_ALLOW_SELF_APPROVAL")]
     pub allow_self_approval: bool,
+    /// Seconds a shutdown waits for in-flight calls and open connections before closing them.
+    #[arg(long, env = "ARBITER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 }
 
 impl ServeArgs {
@@ -67,6 +70,7 @@ impl ServeArgs {
                 max_versions_per_model: self.max_versions_per_model as usize,
                 allow_self_approval: self.allow_self_approval,
             },
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -21,6 +22,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Registry settings.
     pub registry: RegistryConfig,
+    /// How long shutdown waits for in-flight calls and open connections before closing them.
+    pub shutdown_grace: Duration,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -70,26 +73,44 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "arbiter serving");
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
     let reporter = health_reporter.clone();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");
         reporter
             .set_not_serving::<pb::registry_server::RegistryServer<RegistryService>>()
             .await;
+        let _ = draining_tx.send(());
     };
-    tonic::transport::Server::builder()
+    // Clients that keep idle connections open would hold a graceful shutdown forever.
+    let grace = config.shutdown_grace;
+    let drain_deadline = async move {
+        match draining_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(registry_service)
         .add_service(admin_service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        served = serve => served?,
+        () = drain_deadline => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "drain grace period over; closing remaining connections");
+        }
+    }
 
     let flushing = storage.clone();
     tokio::task::spawn_blocking(move || flushing.flush_blocking())

@@ -228,3 +228,73 @@ impl WriteBatch {
         self.len == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Counter {
+        n: u64,
+    }
+
+    impl Record for Counter {
+        const FORMAT_VERSION: u8 = 1;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = std::sync::Arc::new(Storage::open(dir.path()).expect("open"));
+        let writers: Vec<_> = (0..64u64)
+            .map(|n| {
+                let storage = storage.clone();
+                tokio::spawn(async move {
+                    let mut batch = WriteBatch::new();
+                    batch
+                        .put(format!("k/{n:03}"), &Counter { n })
+                        .expect("encode");
+                    storage.apply(batch).expect("apply");
+                    storage.flush().await.expect("flush");
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        // On this single-threaded runtime all 64 requests queue behind the first flush.
+        assert!(
+            storage.flush_count() < 8,
+            "{} flushes for 64 writers",
+            storage.flush_count()
+        );
+        let all: Vec<_> = storage
+            .scan::<Counter>(b"k/")
+            .collect::<Result<_>>()
+            .expect("scan");
+        assert_eq!(all.len(), 64);
+        assert_eq!(all[63].1, Counter { n: 63 });
+        assert_eq!(storage.applied_batches(), 64);
+    }
+
+    #[tokio::test]
+    async fn last_and_reverse_scans_follow_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let mut batch = WriteBatch::new();
+        for n in [3u64, 1, 2] {
+            batch.put(format!("k/{n}"), &Counter { n }).expect("encode");
+        }
+        batch.put("l/9", &Counter { n: 9 }).expect("encode");
+        assert_eq!(batch.len(), 4);
+        storage.apply(batch).expect("apply");
+        let (_, last) = storage.last::<Counter>(b"k/").expect("read").expect("some");
+        assert_eq!(last.n, 3);
+        let rev: Vec<u64> = storage
+            .scan_rev::<Counter>(b"k/")
+            .map(|e| e.expect("decode").1.n)
+            .collect();
+        assert_eq!(rev, vec![3, 2, 1]);
+        assert!(storage.get::<Counter>(b"k/4").expect("read").is_none());
+    }
+}

@@ -38,6 +38,7 @@ impl TestServer {
         let config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
             registry,
+            shutdown_grace: Duration::from_secs(5),
         };
         let handle = tokio::spawn(arbiter::server::run(listener, config, async move {
             let _ = rx.await;

@@ -1,0 +1,192 @@
+//! The real `arbiter` binary: start-up on a kernel-chosen port, graceful shutdown on SIGTERM with
+//! exit code 0, and no acknowledged write lost to `kill -9`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arbiter::pb::{self, registry_client::RegistryClient};
+use support::*;
+
+struct Binary {
+    child: Child,
+    url: String,
+}
+
+/// Starts `arbiter serve` on 127.0.0.1:0 and reads the bound address from its log.
+fn spawn(data_dir: &Path) -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "plain",
+            "--shutdown-grace-secs",
+            "3",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn arbiter");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[arbiter] {line}");
+            if !sent {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("arbiter logs its address");
+    Binary {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+impl Binary {
+    async fn registry(&self) -> RegistryClient<tonic::transport::Channel> {
+        for _ in 0..100 {
+            if let Ok(client) = RegistryClient::connect(self.url.clone()).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot connect to {}", self.url);
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the process to exit, letting the test's own connections run meanwhile.
+    async fn wait(mut self) -> std::process::ExitStatus {
+        for _ in 0..800 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = self.child.kill();
+        panic!("arbiter did not exit");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_flushes_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    let mut client = server.registry().await;
+    register_simple(&mut client, "m", "1.0.0").await;
+    // The open, idle connection must not keep the server from stopping.
+    server.signal("-TERM");
+    let status = server.wait().await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    let server = spawn(dir.path());
+    let mut client = server.registry().await;
+    metadata(&mut client, "m:1.0.0")
+        .await
+        .expect("survives a graceful restart");
+    server.signal("-INT");
+    assert_eq!(server.wait().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn kill_dash_nine_loses_no_acknowledged_registration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut client = server.registry().await;
+        let acked = acked_tx.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..1000u64 {
+                let bytes = artifact_bytes(4096, i + 1);
+                match register(
+                    &mut client,
+                    header(&format!("w{w}_{i}"), "1.0.0", "alice"),
+                    &bytes,
+                )
+                .await
+                {
+                    Ok(m) => {
+                        let _ = acked.send((m.registry_id, m.model_checksum));
+                    }
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    drop(acked_tx);
+    // Distinct model ids, so retention (10 versions per model) never removes one.
+    // Let some registrations be acknowledged, then kill the process without warning.
+    let mut acked = Vec::new();
+    while acked.len() < 40 {
+        acked.push(acked_rx.recv().await.expect("acks arrive"));
+    }
+    server.signal("-KILL");
+    let _ = server.wait().await;
+    for writer in writers {
+        let _ = writer.await;
+    }
+    while let Ok(ack) = acked_rx.try_recv() {
+        acked.push(ack);
+    }
+
+    let server = spawn(dir.path());
+    let mut client = server.registry().await;
+    for (registry_id, checksum) in &acked {
+        let m = metadata(&mut client, registry_id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {registry_id} lost: {e}"));
+        assert_eq!(&m.model_checksum, checksum);
+        let verified = client
+            .verify_model(pb::ModelRef {
+                registry_id: registry_id.clone(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(verified.ok, "{registry_id}: {verified:?}");
+    }
+    let mut admin = arbiter::pb::admin_client::AdminClient::connect(server.url.clone())
+        .await
+        .expect("admin");
+    let chain = admin
+        .verify_audit_chain(pb::VerifyAuditChainRequest {})
+        .await
+        .expect("verify chain")
+        .into_inner();
+    assert!(chain.ok, "{chain:?}");
+    assert!(chain.events_checked >= acked.len() as u64);
+    assert!(
+        dir_entries(&dir.path().join("tmp")).is_empty(),
+        "partial uploads swept"
+    );
+    server.signal("-TERM");
+    assert_eq!(server.wait().await.code(), Some(0));
+}
