@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use prost::Message;
 
-const PROTOS: &[&str] = &["arbiter/v1/registry.proto", "arbiter/v1/admin.proto"];
+const PROTOS: &[&str] = &[
+    "arbiter/v1/registry.proto",
+    "arbiter/v1/admin.proto",
+    "arbiter/v1/experiments.proto",
+    "arbiter/v1/allocator.proto",
+];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=proto");

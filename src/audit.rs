@@ -79,6 +79,17 @@ impl AuditDraft {
         }
     }
 
+    /// Starts a draft about a test.
+    pub fn test(actor: impl Into<String>, action: &'static str, test_id: impl ToString) -> Self {
+        Self {
+            actor: actor.into(),
+            action,
+            entity_type: "test",
+            entity: test_id.to_string(),
+            details: BTreeMap::new(),
+        }
+    }
+
     /// Adds one detail.
     pub fn detail(mut self, key: &str, value: impl ToString) -> Self {
         self.details.insert(key.to_string(), value.to_string());

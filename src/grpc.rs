@@ -3,9 +3,14 @@
 //! `tonic::Status` in exactly one place, [`status`]. No business rules live here.
 
 mod admin;
+mod allocator;
 mod convert;
+mod experiment_convert;
+mod experiments;
 mod registry;
 pub mod status;
 
 pub use admin::AdminService;
+pub use allocator::AllocatorService;
+pub use experiments::ExperimentsService;
 pub use registry::RegistryService;

@@ -12,10 +12,12 @@
 
 pub mod audit;
 pub mod config;
+pub mod experiment;
 pub mod grpc;
 pub mod pb;
 pub mod registry;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod telemetry;
 pub mod time;

@@ -16,7 +16,7 @@ mod register;
 pub mod types;
 
 use std::fs::File;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -72,7 +72,8 @@ struct Inner {
     audit: Arc<AuditLog>,
     artifacts: ArtifactStore,
     config: RegistryConfig,
-    usage: OnceLock<Arc<dyn ModelUsage>>,
+    /// Weak: the experiment layer holds the registry, so a strong reference would be a cycle.
+    usage: OnceLock<Weak<dyn ModelUsage>>,
     /// Serializes check-then-write sequences (existence, CAS, retention).
     write_lock: Mutex<()>,
 }
@@ -100,9 +101,14 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Connects the experiment layer; until then no version counts as in use.
-    pub fn set_usage(&self, usage: Arc<dyn ModelUsage>) {
-        let _ = self.inner.usage.set(usage);
+    /// Connects the experiment layer; until then (and after it is dropped) no version counts as
+    /// in use. The caller keeps `usage` alive.
+    pub fn set_usage(&self, usage: &Arc<dyn ModelUsage>) {
+        let _ = self.inner.usage.set(Arc::downgrade(usage));
+    }
+
+    fn usage(&self) -> Option<Arc<dyn ModelUsage>> {
+        self.inner.usage.get()?.upgrade()
     }
 
     fn sweep_orphans(&self) -> Result<()> {
@@ -125,7 +131,7 @@ impl Registry {
     }
 
     fn active_test_using(&self, id: &RegistryId) -> Option<String> {
-        self.inner.usage.get()?.active_test_using(id)
+        self.usage()?.active_test_using(id)
     }
 
     pub(crate) fn load(&self, id: &RegistryId) -> Result<Option<ModelMetadata>> {
@@ -292,9 +298,7 @@ impl Registry {
                 model_id: model_id.to_string(),
             })?;
         let live = self
-            .inner
-            .usage
-            .get()
+            .usage()
             .map(|u| u.live_performance(model_id))
             .unwrap_or_default();
         Ok(ModelPerformance { latest, live })

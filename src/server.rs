@@ -10,9 +10,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::audit::AuditLog;
-use crate::grpc::{AdminService, RegistryService};
+use crate::experiment::{ExperimentError, Experiments};
+use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
-use crate::registry::{Registry, RegistryConfig, RegistryError};
+use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
 
 /// Everything the server needs besides its listener.
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// Opening the registry failed.
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
+    /// Opening the experiment engine failed.
+    #[error("experiments: {0}")]
+    Experiments(#[from] ExperimentError),
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -53,7 +57,13 @@ pub async fn run(
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
 
+    let experiments = Experiments::open(storage.clone(), audit.clone(), registry.clone())?;
+    let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
+    registry.set_usage(&usage);
+
     let registry_service = RegistryService::new(registry).into_server();
+    let experiments_service = ExperimentsService::new(experiments.clone()).into_server();
+    let allocator_service = AllocatorService::new(experiments.clone()).into_server();
     let admin_service = AdminService::new(storage.clone(), audit).into_server();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -62,6 +72,12 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::experiments_server::ExperimentsServer<ExperimentsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::allocator_server::AllocatorServer<AllocatorService>>()
         .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -104,6 +120,8 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(registry_service)
         .add_service(admin_service)
+        .add_service(experiments_service)
+        .add_service(allocator_service)
         .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         served = serve => served?,
@@ -112,6 +130,8 @@ pub async fn run(
         }
     }
 
+    experiments.persist_allocations(true).await?;
+    drop((experiments, usage));
     let flushing = storage.clone();
     tokio::task::spawn_blocking(move || flushing.flush_blocking())
         .await

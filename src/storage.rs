@@ -108,6 +108,11 @@ impl Storage {
         }
     }
 
+    /// Whether `key` is present.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.db.contains_key(key)?)
+    }
+
     /// Reads the raw bytes stored under `key`.
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))

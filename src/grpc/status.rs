@@ -43,3 +43,22 @@ fn internal(err: &dyn std::error::Error) -> Status {
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid {field}: {reason}"))
 }
+
+/// Maps an experiment error to its status.
+pub fn experiment(err: crate::experiment::ExperimentError) -> Status {
+    use crate::experiment::ExperimentError as E;
+    let code = match &err {
+        E::InvalidArgument { .. } => Code::InvalidArgument,
+        E::NotFound { .. } | E::ModelNotFound { .. } => Code::NotFound,
+        E::AlreadyExists { .. } => Code::AlreadyExists,
+        E::ModelUnavailable { .. } | E::WrongStatus { .. } => Code::FailedPrecondition,
+        E::Storage(inner) => return storage(inner),
+        E::Io { .. } => return internal(&err),
+        // Mapped by the registry's own rules below.
+        E::Registry(_) => Code::Internal,
+    };
+    match err {
+        E::Registry(inner) => registry(inner),
+        other => Status::new(code, other.to_string()),
+    }
+}

@@ -11,16 +11,22 @@ use super::RegistryError;
 use crate::storage::Record;
 use crate::time::UnixNanos;
 
-/// Checks the identifier grammar shared by model ids and test ids: `[A-Za-z0-9._-]{1,128}`.
-pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), RegistryError> {
+/// What is wrong with `value` as an identifier (model ids and test ids share the grammar
+/// `[A-Za-z0-9._-]{1,128}`), or `None` when it is valid.
+pub fn identifier_problem(value: &str) -> Option<String> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if value.is_empty() || value.len() > 128 || !value.chars().all(valid_char) {
-        return Err(RegistryError::invalid(
-            field,
-            format!("{value:?} must match [A-Za-z0-9._-]{{1,128}}"),
-        ));
+        return Some(format!("{value:?} must match [A-Za-z0-9._-]{{1,128}}"));
     }
-    Ok(())
+    None
+}
+
+/// Checks the identifier grammar, naming `field` on failure.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), RegistryError> {
+    match identifier_problem(value) {
+        Some(reason) => Err(RegistryError::invalid(field, reason)),
+        None => Ok(()),
+    }
 }
 
 /// A model identifier, e.g. `signal_lstm`.

@@ -11,6 +11,29 @@ pub const POLICY_PREFIX: &[u8] = b"policy/";
 /// Prefix of every audit event.
 pub const AUDIT_PREFIX: &[u8] = b"audit/";
 
+/// Prefix of every test record.
+pub const TEST_PREFIX: &[u8] = b"test/";
+
+/// The record (configuration and status) of a test.
+pub fn test(test_id: &str) -> Vec<u8> {
+    [TEST_PREFIX, test_id.as_bytes()].concat()
+}
+
+/// The arm statistics of a test.
+pub fn test_stats(test_id: &str) -> Vec<u8> {
+    [b"stats/", test_id.as_bytes()].concat()
+}
+
+/// The allocation counters of a test.
+pub fn test_allocations(test_id: &str) -> Vec<u8> {
+    [b"alloc/", test_id.as_bytes()].concat()
+}
+
+/// The marker of a result id already applied to a test.
+pub fn result_id(test_id: &str, result_id: &str) -> Vec<u8> {
+    [b"rid/", test_id.as_bytes(), b"/", result_id.as_bytes()].concat()
+}
+
 /// The recorded head (last sequence number and hash) of the audit chain.
 pub const AUDIT_HEAD: &[u8] = b"meta/audit_head";
 

@@ -1,0 +1,208 @@
+//! A/B tests and bandits: test lifecycle, allocation policies (one file per strategy), exact
+//! sufficient statistics, the allocation table, and durable result ingestion (SPEC §2.2, §2.3).
+//!
+//! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
+//! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
+//! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
+//! Results go to sled with the updated statistics in one atomic batch and are acknowledged after
+//! a (shared) flush; the statistics record doubles as the snapshot, so start-up reads one record
+//! per test and never replays results. Allocation counters are persisted every
+//! [`ALLOCATION_PERSIST_INTERVAL`] and at shutdown: a crash can lose at most that interval of
+//! allocation counts, never a result.
+//!
+//! Depends on `registry` (arms are model versions), `audit`, `storage` and `stats`; knows nothing
+//! of gRPC.
+
+mod allocate;
+mod error;
+mod ingest;
+mod lifecycle;
+pub mod policy;
+pub mod posterior;
+mod results;
+pub mod rng;
+mod state;
+#[cfg(test)]
+mod strategy_tests;
+pub mod table;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+pub use allocate::Allocated;
+pub use error::ExperimentError;
+pub use ingest::{Attribution, RecordOutcome, ResultInput};
+pub use lifecycle::TestView;
+pub use results::{ArmResults, TestResults};
+pub use state::{AllocationRecord, Decision};
+use state::{StatsRecord, TestState};
+use types::*;
+
+use crate::audit::AuditLog;
+use crate::registry::types::{LivePerformance, ModelId, RegistryId};
+use crate::registry::{ModelUsage, Registry};
+use crate::storage::{keys, Storage, WriteBatch};
+
+/// Result alias of the experiment layer.
+pub type Result<T, E = ExperimentError> = std::result::Result<T, E>;
+
+/// How often allocation counters are written to storage.
+pub const ALLOCATION_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often tests with new results get their tables recomputed (when not done inline).
+const REFRESH_INTERVAL: Duration = Duration::from_millis(5);
+/// Inline table refreshes of one test happen at most this often; the rest wait for the ticker.
+const INLINE_REFRESH_NS: i64 = 2_000_000;
+
+/// The experiment engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Experiments {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<Storage>,
+    audit: Arc<AuditLog>,
+    registry: Registry,
+    tests: DashMap<TestId, Arc<TestState>>,
+    /// Serializes test creation (existence check then write).
+    create_lock: Mutex<()>,
+    results_dir: PathBuf,
+}
+
+impl Experiments {
+    /// Loads every test from storage (one record per test for configuration, statistics and
+    /// allocations; no replay), writes missing final results files, and starts the background
+    /// refresher and allocation persister. Must run inside a tokio runtime.
+    pub fn open(storage: Arc<Storage>, audit: Arc<AuditLog>, registry: Registry) -> Result<Self> {
+        let results_dir = storage.data_dir().join("ab_tests").join("results");
+        std::fs::create_dir_all(&results_dir).map_err(|source| ExperimentError::Io {
+            context: format!("creating {}", results_dir.display()),
+            source,
+        })?;
+        let tests = DashMap::new();
+        for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
+            let (_, record) = entry?;
+            let id = record.config.test_id.clone();
+            let k = record.config.arms.len();
+            let arms = storage
+                .get::<StatsRecord>(&keys::test_stats(id.as_str()))?
+                .map(|s| s.arms)
+                .unwrap_or_else(|| vec![Default::default(); k]);
+            let allocations =
+                storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
+            tests.insert(id, Arc::new(TestState::new(record, arms, allocations)));
+        }
+        let experiments = Self {
+            inner: Arc::new(Inner {
+                storage,
+                audit,
+                registry,
+                tests,
+                create_lock: Mutex::new(()),
+                results_dir,
+            }),
+        };
+        experiments.write_missing_final_results()?;
+        experiments.start_background_tasks();
+        Ok(experiments)
+    }
+
+    fn start_background_tasks(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut persist_at = tokio::time::Instant::now() + ALLOCATION_PERSIST_INTERVAL;
+            loop {
+                refresh.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let this = Experiments { inner };
+                for entry in this.inner.tests.iter() {
+                    if entry.value().is_dirty() {
+                        entry.value().refresh();
+                    }
+                }
+                if tokio::time::Instant::now() >= persist_at {
+                    persist_at += ALLOCATION_PERSIST_INTERVAL;
+                    if let Err(e) = this.persist_allocations(false).await {
+                        tracing::warn!(error = %e, "persisting allocation counts failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Writes allocation counters of every test that allocated since the last call (or of every
+    /// test when `all`), and flushes.
+    pub async fn persist_allocations(&self, all: bool) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        for entry in self.inner.tests.iter() {
+            let state = entry.value();
+            if state.take_allocations_dirty() || all {
+                batch.put(
+                    keys::test_allocations(entry.key().as_str()),
+                    &state.allocation_record(),
+                )?;
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.storage.apply(batch)?;
+        self.inner.storage.flush().await?;
+        Ok(())
+    }
+
+    fn state(&self, test_id: &str) -> Result<Arc<TestState>> {
+        self.inner
+            .tests
+            .get(test_id)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| ExperimentError::NotFound {
+                test_id: test_id.to_string(),
+            })
+    }
+}
+
+impl ModelUsage for Experiments {
+    fn active_test_using(&self, id: &RegistryId) -> Option<String> {
+        self.inner.tests.iter().find_map(|entry| {
+            let state = entry.value();
+            let active = matches!(state.status(), TestStatus::Running | TestStatus::Paused);
+            (active && state.config.arms.iter().any(|a| &a.model == id))
+                .then(|| entry.key().to_string())
+        })
+    }
+
+    fn live_performance(&self, model_id: &ModelId) -> LivePerformance {
+        let mut pooled = posterior::ArmStats::default();
+        let mut tests = 0;
+        for entry in self.inner.tests.iter() {
+            let state = entry.value();
+            let arms: Vec<usize> = (0..state.config.arms.len())
+                .filter(|&i| &state.config.arms[i].model.model_id == model_id)
+                .collect();
+            if arms.is_empty() {
+                continue;
+            }
+            tests += 1;
+            let book = state.book.lock();
+            for i in arms {
+                pooled.merge(&book.arms[i]);
+            }
+        }
+        LivePerformance {
+            results: pooled.n,
+            mean_return: pooled.mean,
+            sharpe_ratio: pooled.sharpe(),
+            win_rate: pooled.win_rate(),
+            tests,
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The experiment layer's error type. `grpc::status` maps each variant to a gRPC code.
+
+use super::types::TestStatus;
+use crate::registry::RegistryError;
+use crate::storage::StorageError;
+
+/// Everything that can go wrong with tests, allocations and results.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// A request field is missing or malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such test.
+    #[error("test {test_id:?} not found")]
+    NotFound {
+        /// The test id asked for.
+        test_id: String,
+    },
+    /// Test ids are unique.
+    #[error("test {test_id:?} already exists")]
+    AlreadyExists {
+        /// The duplicate.
+        test_id: String,
+    },
+    /// A model version named by the request does not exist.
+    #[error("model {registry_id:?} in {field} not found")]
+    ModelNotFound {
+        /// The field naming it.
+        field: &'static str,
+        /// The missing version.
+        registry_id: String,
+    },
+    /// A model version cannot take part in a test in its current status.
+    #[error("model {registry_id:?} is {status} and cannot be an arm")]
+    ModelUnavailable {
+        /// The version.
+        registry_id: String,
+        /// Its status.
+        status: String,
+    },
+    /// The test is not in a status that allows the action.
+    #[error("test {test_id:?} is {status}; cannot {action}")]
+    WrongStatus {
+        /// The test.
+        test_id: String,
+        /// Its current status.
+        status: TestStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// Reading registry metadata failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Writing a results file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl ExperimentError {
+    /// Shorthand for [`ExperimentError::InvalidArgument`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Test lifecycle: create, read, pause, resume, stop, and the final results file.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::audit::AuditDraft;
+use crate::registry::types::ModelStatus;
+use crate::registry::RegistryError;
+use crate::storage::{keys, WriteBatch};
+use crate::time;
+
+use super::state::{AllocationRecord, StatsRecord, TestState};
+use super::types::*;
+use super::{ExperimentError, Experiments, Result, TestResults};
+
+/// A test as shown to clients: its record and current arm weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestView {
+    /// Configuration and status.
+    pub record: TestRecord,
+}
+
+impl Experiments {
+    /// Creates a test over registered, non-retired model versions.
+    pub async fn create(&self, config: TestConfig, actor: &str) -> Result<TestView> {
+        for arm in &config.arms {
+            match self.inner.registry.metadata(&arm.model) {
+                Ok(view) => {
+                    let status = view.metadata.status;
+                    if matches!(status, ModelStatus::Deprecated | ModelStatus::Archived) {
+                        return Err(ExperimentError::ModelUnavailable {
+                            registry_id: arm.model.to_string(),
+                            status: status.to_string(),
+                        });
+                    }
+                }
+                Err(RegistryError::NotFound { registry_id }) => {
+                    return Err(ExperimentError::ModelNotFound {
+                        field: "model_registry_ids",
+                        registry_id,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let id = config.test_id.clone();
+        let record = TestRecord {
+            status: TestStatus::Running,
+            created_at: time::now(),
+            winner: None,
+            stop_reason: String::new(),
+            stopped_at: None,
+            config,
+        };
+        {
+            let _guard = self.inner.create_lock.lock();
+            if self.inner.tests.contains_key(&id) {
+                return Err(ExperimentError::AlreadyExists {
+                    test_id: id.to_string(),
+                });
+            }
+            let k = record.config.arms.len();
+            let mut batch = WriteBatch::new();
+            batch.put(keys::test(id.as_str()), &record)?;
+            batch.put(
+                keys::test_stats(id.as_str()),
+                &StatsRecord {
+                    arms: vec![Default::default(); k],
+                },
+            )?;
+            let models: Vec<String> = record
+                .config
+                .arms
+                .iter()
+                .map(|a| a.model.to_string())
+                .collect();
+            let draft = AuditDraft::test(actor, "test.create", &id)
+                .detail("models", models.join(","))
+                .detail("strategy", format!("{:?}", record.config.strategy));
+            self.inner
+                .audit
+                .commit(&self.inner.storage, batch, vec![draft])?;
+            let state = TestState::new(record.clone(), vec![Default::default(); k], None);
+            self.inner.tests.insert(id, Arc::new(state));
+        }
+        self.inner.storage.flush().await?;
+        Ok(TestView { record })
+    }
+
+    /// One test.
+    pub fn get(&self, test_id: &str) -> Result<TestView> {
+        let state = self.state(test_id)?;
+        let record = state.book.lock().record.clone();
+        Ok(TestView { record })
+    }
+
+    /// Every test (optionally only those in `status`), newest first.
+    pub fn list(&self, status: Option<TestStatus>) -> Vec<TestView> {
+        let mut records: Vec<TestRecord> = self
+            .inner
+            .tests
+            .iter()
+            .map(|e| e.value().book.lock().record.clone())
+            .filter(|r| status.is_none_or(|s| s == r.status))
+            .collect();
+        records.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.config.test_id.cmp(&b.config.test_id))
+        });
+        records
+            .into_iter()
+            .map(|record| TestView { record })
+            .collect()
+    }
+
+    /// Pauses a RUNNING test: all traffic goes to the control arm.
+    pub async fn pause(&self, test_id: &str, actor: &str, reason: &str) -> Result<TestView> {
+        self.transition(
+            test_id,
+            actor,
+            reason,
+            "pause",
+            TestStatus::Running,
+            TestStatus::Paused,
+        )
+        .await
+    }
+
+    /// Resumes a PAUSED test.
+    pub async fn resume(&self, test_id: &str, actor: &str, reason: &str) -> Result<TestView> {
+        self.transition(
+            test_id,
+            actor,
+            reason,
+            "resume",
+            TestStatus::Paused,
+            TestStatus::Running,
+        )
+        .await
+    }
+
+    async fn transition(
+        &self,
+        test_id: &str,
+        actor: &str,
+        reason: &str,
+        action: &'static str,
+        from: TestStatus,
+        to: TestStatus,
+    ) -> Result<TestView> {
+        let state = self.state(test_id)?;
+        let record = {
+            let mut book = state.book.lock();
+            if book.record.status != from {
+                return Err(ExperimentError::WrongStatus {
+                    test_id: test_id.to_string(),
+                    status: book.record.status,
+                    action,
+                });
+            }
+            let mut record = book.record.clone();
+            record.status = to;
+            let mut batch = WriteBatch::new();
+            batch.put(keys::test(test_id), &record)?;
+            let audit_action = if to == TestStatus::Paused {
+                "test.pause"
+            } else {
+                "test.resume"
+            };
+            let draft = AuditDraft::test(actor, audit_action, test_id).detail("reason", reason);
+            self.inner
+                .audit
+                .commit(&self.inner.storage, batch, vec![draft])?;
+            book.record = record.clone();
+            record
+        };
+        state.refresh();
+        self.inner.storage.flush().await?;
+        Ok(TestView { record })
+    }
+
+    /// Ends a RUNNING or PAUSED test as COMPLETED, writes its final results file, and returns
+    /// the results. `kind` ("manual", "early_stop", "stop_loss", "expiry") goes to the audit log.
+    pub async fn stop(
+        &self,
+        test_id: &str,
+        actor: &str,
+        reason: &str,
+        winner: Option<usize>,
+        kind: &'static str,
+    ) -> Result<TestResults> {
+        let state = self.state(test_id)?;
+        {
+            let mut book = state.book.lock();
+            if book.record.status.is_ended() {
+                return Err(ExperimentError::WrongStatus {
+                    test_id: test_id.to_string(),
+                    status: book.record.status,
+                    action: "stop",
+                });
+            }
+            let mut record = book.record.clone();
+            record.status = TestStatus::Completed;
+            record.winner = winner;
+            record.stop_reason = if reason.is_empty() {
+                "stopped manually".into()
+            } else {
+                reason.into()
+            };
+            record.stopped_at = Some(time::now());
+            let mut batch = WriteBatch::new();
+            batch.put(keys::test(test_id), &record)?;
+            let mut draft = AuditDraft::test(actor, "test.stop", test_id)
+                .detail("kind", kind)
+                .detail("reason", &record.stop_reason);
+            if let Some(w) = winner {
+                draft = draft.detail("winner", &record.config.arms[w].arm_id);
+            }
+            self.inner
+                .audit
+                .commit(&self.inner.storage, batch, vec![draft])?;
+            book.record = record;
+        }
+        state.refresh();
+        self.inner.storage.flush().await?;
+        let results = self.results(test_id)?;
+        self.write_final_results(&results)?;
+        // Allocation counts at the stop belong to the final state too.
+        let mut batch = WriteBatch::new();
+        batch.put(keys::test_allocations(test_id), &state.allocation_record())?;
+        self.inner.storage.apply(batch)?;
+        self.inner.storage.flush().await?;
+        Ok(results)
+    }
+
+    fn final_results_path(&self, test_id: &str) -> std::path::PathBuf {
+        self.inner.results_dir.join(format!("{test_id}_final.json"))
+    }
+
+    /// Writes `<results_dir>/<test_id>_final.json` atomically (temporary file, fsync, rename).
+    fn write_final_results(&self, results: &TestResults) -> Result<()> {
+        let path = self.final_results_path(&results.test_id);
+        let tmp = path.with_extension("json.tmp");
+        let io = |context: &str| {
+            let context = format!("{context} {}", path.display());
+            move |source| ExperimentError::Io { context, source }
+        };
+        let json = serde_json::to_vec_pretty(results).map_err(|e| ExperimentError::Io {
+            context: "encoding final results".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut file = std::fs::File::create(&tmp).map_err(io("creating"))?;
+        file.write_all(&json).map_err(io("writing"))?;
+        file.sync_all().map_err(io("syncing"))?;
+        std::fs::rename(&tmp, &path).map_err(io("renaming"))?;
+        std::fs::File::open(&self.inner.results_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory of"))?;
+        Ok(())
+    }
+
+    /// After a crash between ending a test and writing its file, the file is written at start.
+    pub(super) fn write_missing_final_results(&self) -> Result<()> {
+        let ended: Vec<String> = self
+            .inner
+            .tests
+            .iter()
+            .filter(|e| e.value().status().is_ended())
+            .map(|e| e.key().to_string())
+            .collect();
+        for test_id in ended {
+            if !self.final_results_path(&test_id).exists() {
+                let results = self.results(&test_id)?;
+                self.write_final_results(&results)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored allocation record of a test (for tests and tools).
+    pub fn allocation_counts(&self, test_id: &str) -> Result<AllocationRecord> {
+        Ok(self.state(test_id)?.allocation_record())
+    }
+}

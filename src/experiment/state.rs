@@ -1,0 +1,253 @@
+//! The in-memory state of one test: immutable configuration, the current allocation table (read
+//! lock-free through `ArcSwap`), per-arm allocation counters, and the mutable "book" (record and
+//! arm statistics) behind a per-test mutex that only writers take.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::policy::{self, Policy};
+use super::posterior::ArmStats;
+use super::rng;
+use super::table::{apply_limits, AllocationTable};
+use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
+use crate::storage::Record;
+
+/// The durable sufficient statistics of a test's arms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsRecord {
+    /// One entry per arm.
+    pub arms: Vec<ArmStats>,
+}
+
+impl Record for StatsRecord {
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Allocation counters, persisted periodically (a crash loses at most one interval of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationRecord {
+    /// Decisions per arm.
+    pub counts: Vec<u64>,
+    /// Expected decisions per arm: the sum over decisions of the probability each arm had.
+    pub expected: Vec<f64>,
+    /// Next decision sequence number.
+    pub next_decision: u64,
+}
+
+impl Record for AllocationRecord {
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// What writers change under the test's lock.
+#[derive(Debug)]
+pub struct Book {
+    /// The stored record.
+    pub record: TestRecord,
+    /// Arm statistics.
+    pub arms: Vec<ArmStats>,
+}
+
+/// One test in memory.
+#[derive(Debug)]
+pub struct TestState {
+    /// The configuration (never changes).
+    pub config: Arc<TestConfig>,
+    /// `arm_i` strings, ready to hand out.
+    pub arm_ids: Vec<String>,
+    /// Registry ids of the arms, ready to hand out.
+    pub model_ids: Vec<String>,
+    status: AtomicU8,
+    table: ArcSwap<AllocationTable>,
+    /// Tables replaced while some thread may still draw from them; folded into `expected`.
+    retired: Mutex<Vec<Arc<AllocationTable>>>,
+    expected: Mutex<Vec<f64>>,
+    allocations: Vec<AtomicU64>,
+    next_decision: AtomicU64,
+    policy: Box<dyn Policy>,
+    /// The policy's last vector before limits (P(best) for Thompson sampling).
+    raw_vector: Mutex<Vec<f64>>,
+    last_refresh: AtomicI64,
+    dirty: AtomicBool,
+    allocations_dirty: AtomicBool,
+    /// Record and statistics.
+    pub book: Mutex<Book>,
+}
+
+/// A decision of [`TestState::decide`].
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    /// Arm index.
+    pub arm: usize,
+    /// Probability the arm had.
+    pub propensity: f64,
+    /// `(sequence << 6) | arm`.
+    pub decision_id: u64,
+    /// Test status at the decision.
+    pub status: TestStatus,
+}
+
+impl TestState {
+    /// Builds the state of a stored test.
+    pub fn new(
+        record: TestRecord,
+        arms: Vec<ArmStats>,
+        allocations: Option<AllocationRecord>,
+    ) -> Self {
+        let config = Arc::new(record.config.clone());
+        let k = config.arms.len();
+        let alloc = allocations.unwrap_or(AllocationRecord {
+            counts: vec![0; k],
+            expected: vec![0.0; k],
+            next_decision: 0,
+        });
+        let state = Self {
+            arm_ids: config.arms.iter().map(|a| a.arm_id.clone()).collect(),
+            model_ids: config.arms.iter().map(|a| a.model.to_string()).collect(),
+            status: AtomicU8::new(record.status.to_u8()),
+            table: ArcSwap::from_pointee(AllocationTable::single(k, config.control_arm)),
+            retired: Mutex::new(Vec::new()),
+            expected: Mutex::new(alloc.expected),
+            allocations: alloc.counts.into_iter().map(AtomicU64::new).collect(),
+            next_decision: AtomicU64::new(alloc.next_decision),
+            policy: policy::for_config(&config),
+            raw_vector: Mutex::new(vec![1.0 / k as f64; k]),
+            last_refresh: AtomicI64::new(0),
+            dirty: AtomicBool::new(false),
+            allocations_dirty: AtomicBool::new(false),
+            book: Mutex::new(Book { record, arms }),
+            config,
+        };
+        state.refresh();
+        state
+    }
+
+    /// The current status.
+    pub fn status(&self) -> TestStatus {
+        TestStatus::from_u8(self.status.load(Ordering::Acquire))
+    }
+
+    /// Allocates one decision. `unit_key` pins FIXED tests to an arm; otherwise the thread's
+    /// generator draws. Lock-free: one atomic load of the table and three counter increments.
+    #[inline]
+    pub fn decide(&self, unit_key: &str) -> Decision {
+        let status = self.status();
+        let table = self.table.load();
+        let u = if !unit_key.is_empty() && self.config.strategy == Strategy::Fixed {
+            rng::unit_key_position(self.config.test_id.as_str(), unit_key)
+        } else {
+            rng::uniform()
+        };
+        let arm = table.pick(u);
+        self.allocations[arm].fetch_add(1, Ordering::Relaxed);
+        self.allocations_dirty.store(true, Ordering::Relaxed);
+        let sequence = self.next_decision.fetch_add(1, Ordering::Relaxed);
+        Decision {
+            arm,
+            propensity: table.probabilities[arm],
+            decision_id: (sequence << 6) | arm as u64,
+            status,
+        }
+    }
+
+    /// Recomputes the allocation table from the book: the policy's vector with limits while
+    /// RUNNING, the control arm while PAUSED, the winner (or control) once ended.
+    pub fn refresh(&self) {
+        let book = self.book.lock();
+        let record = &book.record;
+        let k = self.config.arms.len();
+        let table = match record.status {
+            TestStatus::Running => {
+                let raw = rng::with_rng(|r| self.policy.probabilities(&book.arms, r));
+                let suspended = vec![false; k];
+                let limited = apply_limits(
+                    &raw,
+                    self.config.min_allocation_per_arm,
+                    self.config.max_allocation_per_arm,
+                    &suspended,
+                );
+                *self.raw_vector.lock() = raw;
+                AllocationTable::new(limited)
+            }
+            TestStatus::Paused => AllocationTable::single(k, self.config.control_arm),
+            TestStatus::Completed | TestStatus::Cancelled => {
+                AllocationTable::single(k, record.winner.unwrap_or(self.config.control_arm))
+            }
+        };
+        self.status.store(record.status.to_u8(), Ordering::Release);
+        let old = self.table.swap(Arc::new(table));
+        self.retired.lock().push(old);
+        self.last_refresh
+            .store(crate::time::now(), Ordering::Relaxed);
+        self.dirty.store(false, Ordering::Relaxed);
+    }
+
+    /// Refreshes now if the last refresh is older than `min_interval_ns`, else marks the test
+    /// for the periodic refresher.
+    pub fn refresh_soon(&self, min_interval_ns: i64) {
+        let since = crate::time::now() - self.last_refresh.load(Ordering::Relaxed);
+        if since >= min_interval_ns {
+            self.refresh();
+        } else {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether results arrived since the last refresh.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// The current allocation probabilities.
+    pub fn current_probabilities(&self) -> Vec<f64> {
+        self.table.load().probabilities.clone()
+    }
+
+    /// The policy's last vector before limits.
+    pub fn raw_vector(&self) -> Vec<f64> {
+        self.raw_vector.lock().clone()
+    }
+
+    /// Allocation counters and expected counts, folding retired tables nobody holds any more.
+    pub fn allocation_record(&self) -> AllocationRecord {
+        let mut expected = self.expected.lock();
+        let mut retired = self.retired.lock();
+        retired.retain(|table| {
+            if Arc::strong_count(table) == 1 {
+                fold(&mut expected, table);
+                false
+            } else {
+                true
+            }
+        });
+        let mut total = expected.clone();
+        for table in retired.iter() {
+            fold(&mut total, table);
+        }
+        fold(&mut total, &self.table.load());
+        AllocationRecord {
+            counts: self
+                .allocations
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .collect(),
+            expected: total,
+            next_decision: self.next_decision.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether allocations happened since the last call (and clears the flag).
+    pub fn take_allocations_dirty(&self) -> bool {
+        self.allocations_dirty.swap(false, Ordering::Relaxed)
+    }
+}
+
+fn fold(expected: &mut [f64], table: &AllocationTable) {
+    let n = table.decisions() as f64;
+    for (e, p) in expected.iter_mut().zip(&table.probabilities) {
+        *e += n * p;
+    }
+}

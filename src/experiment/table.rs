@@ -1,0 +1,175 @@
+//! The allocation table: a policy's probability vector after allocation limits, prepared for an
+//! O(1) draw with Walker's alias method (Vose 1991, "A linear algorithm for generating random
+//! numbers with a given distribution"). One uniform number picks an arm, so a FIXED test can use
+//! a hash of the unit key as that number and always give the same key the same arm; and the
+//! propensity of every decision is exactly the table's probability for the chosen arm.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Applies allocation limits to a probability vector, for every strategy alike:
+/// an additive floor `p ← min + (1 − K·min)·p` (keeps the order of arms and the sum), then
+/// a cap: mass above `max` is moved to the arms below the cap in proportion to their headroom,
+/// repeatedly, until none exceeds it. Requires `K·min ≤ 1 ≤ K·max` (checked at test creation);
+/// `suspended` arms (stop-loss) are held at the floor.
+pub fn apply_limits(p: &[f64], min: f64, max: f64, suspended: &[bool]) -> Vec<f64> {
+    let k = p.len();
+    let mut out: Vec<f64> = p
+        .iter()
+        .map(|&x| if x.is_finite() { x.max(0.0) } else { 0.0 })
+        .collect();
+    for (x, &s) in out.iter_mut().zip(suspended) {
+        if s {
+            *x = 0.0;
+        }
+    }
+    let total: f64 = out.iter().sum();
+    if total > 0.0 {
+        out.iter_mut().for_each(|x| *x /= total);
+    } else {
+        let active = suspended.iter().filter(|&&s| !s).count();
+        for (x, &s) in out.iter_mut().zip(suspended) {
+            *x = if active == 0 || !s {
+                1.0 / active.max(1) as f64
+            } else {
+                0.0
+            };
+        }
+        if active == 0 {
+            out.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+        }
+    }
+    let spare = 1.0 - k as f64 * min;
+    out.iter_mut().for_each(|x| *x = min + spare * *x);
+    for _ in 0..k {
+        let excess: f64 = out.iter().map(|&x| (x - max).max(0.0)).sum();
+        if excess <= 1e-15 {
+            break;
+        }
+        let headroom: f64 = out.iter().map(|&x| (max - x).max(0.0)).sum();
+        for x in out.iter_mut() {
+            if *x > max {
+                *x = max;
+            } else {
+                *x += excess * (max - *x) / headroom;
+            }
+        }
+    }
+    out
+}
+
+/// An immutable alias table plus the count of decisions drawn from it.
+#[derive(Debug)]
+pub struct AllocationTable {
+    /// The probability of each arm.
+    pub probabilities: Vec<f64>,
+    accept: Vec<f64>,
+    alias: Vec<u8>,
+    decisions: AtomicU64,
+}
+
+impl AllocationTable {
+    /// Builds the alias table of `probabilities` (which must sum to 1).
+    pub fn new(probabilities: Vec<f64>) -> Self {
+        let k = probabilities.len();
+        let mut accept: Vec<f64> = probabilities.iter().map(|p| p * k as f64).collect();
+        let mut alias: Vec<u8> = (0..k as u8).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..k).partition(|&i| accept[i] < 1.0);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            alias[s] = l as u8;
+            accept[l] -= 1.0 - accept[s];
+            if accept[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Leftovers are 1 up to rounding.
+        for i in small.into_iter().chain(large) {
+            accept[i] = 1.0;
+        }
+        Self {
+            probabilities,
+            accept,
+            alias,
+            decisions: AtomicU64::new(0),
+        }
+    }
+
+    /// A table that always picks `arm`.
+    pub fn single(arms: usize, arm: usize) -> Self {
+        let mut p = vec![0.0; arms];
+        p[arm] = 1.0;
+        Self::new(p)
+    }
+
+    /// The arm selected by `u` uniform in [0, 1), and counts the decision.
+    #[inline]
+    pub fn pick(&self, u: f64) -> usize {
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        let k = self.accept.len();
+        let scaled = u * k as f64;
+        let i = (scaled as usize).min(k - 1);
+        let coin = scaled - i as f64;
+        if coin < self.accept[i] {
+            i
+        } else {
+            self.alias[i] as usize
+        }
+    }
+
+    /// Decisions drawn from this table so far.
+    pub fn decisions(&self) -> u64 {
+        self.decisions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_table_reproduces_the_distribution_exactly_on_a_grid() {
+        let p = vec![0.5, 0.3, 0.15, 0.05];
+        let table = AllocationTable::new(p.clone());
+        // A fine uniform grid over [0, 1) hits each arm in proportion to its probability.
+        let n = 1_000_000;
+        let mut counts = [0usize; 4];
+        for i in 0..n {
+            counts[table.pick((i as f64 + 0.5) / n as f64)] += 1;
+        }
+        for (c, q) in counts.iter().zip(&p) {
+            assert!((*c as f64 / n as f64 - q).abs() < 1e-5, "{counts:?}");
+        }
+        assert_eq!(table.decisions(), n as u64);
+    }
+
+    #[test]
+    fn limits_hold_and_keep_the_sum() {
+        let cases: [(&[f64], f64, f64); 4] = [
+            (&[1.0, 0.0, 0.0, 0.0], 0.05, 0.8),
+            (&[0.97, 0.03], 0.05, 0.8),
+            (&[0.25; 4], 0.1, 0.3),
+            (&[0.9, 0.1, 0.0], 0.0, 0.5),
+        ];
+        for (p, min, max) in cases {
+            let q = apply_limits(p, min, max, &vec![false; p.len()]);
+            assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{q:?}");
+            assert!(
+                q.iter().all(|&x| x >= min - 1e-12 && x <= max + 1e-12),
+                "{p:?} -> {q:?}"
+            );
+        }
+        let q = apply_limits(&[1.0, 0.0], 0.05, 0.8, &[false, false]);
+        assert!(
+            (q[0] - 0.8).abs() < 1e-12 && (q[1] - 0.2).abs() < 1e-12,
+            "{q:?}"
+        );
+    }
+
+    #[test]
+    fn suspended_arms_sit_at_the_floor() {
+        let q = apply_limits(&[0.7, 0.2, 0.1], 0.05, 1.0, &[true, false, false]);
+        assert!((q[0] - 0.05).abs() < 1e-12, "{q:?}");
+        assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}

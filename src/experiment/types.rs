@@ -1,0 +1,210 @@
+//! Experiment value types: identifiers, strategies, the validated test configuration and the
+//! stored test record.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::types::{identifier_problem, RegistryId};
+use crate::storage::Record;
+use crate::time::UnixNanos;
+
+use super::ExperimentError;
+
+/// Most arms a test may have; decision ids reserve 6 bits for the arm index.
+pub const MAX_ARMS: usize = 32;
+
+/// A test identifier, `[A-Za-z0-9._-]{1,128}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TestId(String);
+
+impl TestId {
+    /// Validates `value` as a test id.
+    pub fn parse(value: &str) -> Result<Self, ExperimentError> {
+        match identifier_problem(value) {
+            Some(reason) => Err(ExperimentError::invalid("test_id", reason)),
+            None => Ok(Self(value.to_string())),
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Lets the test map be queried with a `&str` without allocating; the derived `Hash` and `Eq`
+// delegate to the inner `String`, so they agree with `str`'s.
+impl std::borrow::Borrow<str> for TestId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TestId {
+    type Error = ExperimentError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TestId> for String {
+    fn from(id: TestId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for TestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How traffic is split between arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum Strategy {
+    Fixed,
+    ThompsonSampling,
+    Ucb,
+    EpsilonGreedy,
+}
+
+/// The reward model of Thompson sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RewardModel {
+    /// Win iff return > 0; Beta(1 + wins, 1 + losses).
+    Bernoulli,
+    /// Normal-Inverse-Gamma posterior over the mean return.
+    Gaussian,
+}
+
+/// Where a test is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum TestStatus {
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+}
+
+impl TestStatus {
+    /// Whether the test has ended (no more results accepted).
+    pub fn is_ended(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+
+    /// The upper-case name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Paused => "PAUSED",
+            Self::Completed => "COMPLETED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub(super) fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub(super) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Running,
+            1 => Self::Paused,
+            2 => Self::Completed,
+            _ => Self::Cancelled,
+        }
+    }
+}
+
+impl fmt::Display for TestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One arm: a model version and its configured weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmConfig {
+    /// `arm_<index>`.
+    pub arm_id: String,
+    /// The model version it serves.
+    pub model: RegistryId,
+    /// FIXED weight (normalised), else the equal initial share.
+    pub weight: f64,
+}
+
+/// A validated test configuration with every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestConfig {
+    /// Identifier.
+    pub test_id: TestId,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Who created it.
+    pub created_by: String,
+    /// The arms, in order.
+    pub arms: Vec<ArmConfig>,
+    /// Allocation strategy.
+    pub strategy: Strategy,
+    /// Thompson reward model.
+    pub reward_model: RewardModel,
+    /// Exploration rate of EPSILON_GREEDY.
+    pub epsilon: f64,
+    /// Exploration constant of UCB.
+    pub ucb_exploration: f64,
+    /// Significance level of the statistics.
+    pub significance_level: f64,
+    /// Results per arm before early stopping is considered.
+    pub minimum_sample_size: u64,
+    /// Smallest absolute difference of mean return worth stopping for.
+    pub minimum_effect_size: f64,
+    /// The test completes by itself after this many days.
+    pub max_duration_days: f64,
+    /// Whether the test may stop itself early.
+    pub early_stopping: bool,
+    /// Mean return per result below which an arm is suspended.
+    pub stop_loss_threshold: f64,
+    /// Allocation floor per arm.
+    pub min_allocation_per_arm: f64,
+    /// Allocation cap per arm.
+    pub max_allocation_per_arm: f64,
+    /// Index of the control arm.
+    pub control_arm: usize,
+}
+
+impl TestConfig {
+    /// The arm index named `arm_id`.
+    pub fn arm_index(&self, arm_id: &str) -> Option<usize> {
+        self.arms.iter().position(|a| a.arm_id == arm_id)
+    }
+}
+
+/// The stored state of a test besides its results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRecord {
+    /// The configuration.
+    pub config: TestConfig,
+    /// Current status.
+    pub status: TestStatus,
+    /// Creation time.
+    pub created_at: UnixNanos,
+    /// Winning arm index, once decided.
+    pub winner: Option<usize>,
+    /// Why the test ended.
+    pub stop_reason: String,
+    /// When the test ended.
+    pub stopped_at: Option<UnixNanos>,
+}
+
+impl Record for TestRecord {
+    const FORMAT_VERSION: u8 = 1;
+}

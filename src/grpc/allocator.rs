@@ -1,0 +1,147 @@
+//! `arbiter.v1.Allocator`: the hot path. Allocate handlers log nothing and do no I/O.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::experiment_convert::pb_test_status;
+use super::status;
+use crate::experiment::{Experiments, RecordOutcome, ResultInput};
+use crate::pb::{self, allocator_server};
+
+/// The Allocator service.
+#[derive(Debug, Clone)]
+pub struct AllocatorService {
+    experiments: Experiments,
+}
+
+impl AllocatorService {
+    /// Wraps the engine.
+    pub fn new(experiments: Experiments) -> Self {
+        Self { experiments }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> allocator_server::AllocatorServer<Self> {
+        allocator_server::AllocatorServer::new(self)
+    }
+}
+
+fn allocate(
+    experiments: &Experiments,
+    request: pb::AllocateRequest,
+) -> Result<pb::Allocation, Status> {
+    let allocated = experiments
+        .allocate(&request.test_id, &request.unit_key)
+        .map_err(status::experiment)?;
+    Ok(pb::Allocation {
+        test_id: request.test_id,
+        arm_id: allocated.arm_id,
+        model_registry_id: allocated.model_registry_id,
+        decision_id: allocated.decision.decision_id,
+        propensity: allocated.decision.propensity,
+        test_status: pb_test_status(allocated.decision.status) as i32,
+    })
+}
+
+fn ack(sequence: u64, outcomes: Vec<RecordOutcome>) -> pb::BatchAck {
+    let mut ack = pb::BatchAck {
+        sequence,
+        ..Default::default()
+    };
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            RecordOutcome::Accepted => ack.accepted += 1,
+            RecordOutcome::Duplicate => ack.duplicates += 1,
+            RecordOutcome::Rejected(e) => {
+                let status = status::experiment(e);
+                ack.rejected.push(pb::RecordRejection {
+                    index: index as u32,
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                });
+            }
+        }
+    }
+    ack
+}
+
+type AllocationStream = Pin<Box<dyn Stream<Item = Result<pb::Allocation, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl allocator_server::Allocator for AllocatorService {
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::Allocation>, Status> {
+        allocate(&self.experiments, request.into_inner()).map(Response::new)
+    }
+
+    type AllocateStreamStream = AllocationStream;
+
+    async fn allocate_stream(
+        &self,
+        request: Request<Streaming<pb::AllocateRequest>>,
+    ) -> Result<Response<Self::AllocateStreamStream>, Status> {
+        let experiments = self.experiments.clone();
+        // Mapping the inbound stream keeps responses in request order with no extra task or hop.
+        let responses = request
+            .into_inner()
+            .map(move |request| request.and_then(|r| allocate(&experiments, r)));
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn record_result(
+        &self,
+        request: Request<pb::ResultRecord>,
+    ) -> Result<Response<pb::RecordAck>, Status> {
+        let input = ResultInput::from(request.into_inner());
+        let mut outcomes = self
+            .experiments
+            .record_batch(vec![input])
+            .await
+            .map_err(status::experiment)?;
+        match outcomes.pop() {
+            Some(RecordOutcome::Accepted) => Ok(Response::new(pb::RecordAck { duplicate: false })),
+            Some(RecordOutcome::Duplicate) => Ok(Response::new(pb::RecordAck { duplicate: true })),
+            Some(RecordOutcome::Rejected(e)) => Err(status::experiment(e)),
+            None => Err(Status::internal("no outcome for the record")),
+        }
+    }
+
+    type IngestResultsStream = ReceiverStream<Result<pb::BatchAck, Status>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn ingest_results(
+        &self,
+        request: Request<Streaming<pb::ResultBatch>>,
+    ) -> Result<Response<Self::IngestResultsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let experiments = self.experiments.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(batch) = inbound.next().await {
+                let reply = match batch {
+                    Err(status) => Err(status),
+                    Ok(batch) => {
+                        let inputs = batch.results.into_iter().map(ResultInput::from).collect();
+                        experiments
+                            .record_batch(inputs)
+                            .await
+                            .map(|outcomes| ack(batch.sequence, outcomes))
+                            .map_err(status::experiment)
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,145 @@
+//! `arbiter.v1.Experiments` over [`crate::experiment::Experiments`].
+
+use tonic::{Request, Response, Status};
+
+use super::experiment_convert::test_status;
+use super::status;
+use crate::experiment::types::TestConfig;
+use crate::experiment::Experiments;
+use crate::pb::{self, experiments_server};
+
+/// The Experiments service.
+#[derive(Debug, Clone)]
+pub struct ExperimentsService {
+    experiments: Experiments,
+}
+
+impl ExperimentsService {
+    /// Wraps the engine.
+    pub fn new(experiments: Experiments) -> Self {
+        Self { experiments }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> experiments_server::ExperimentsServer<Self> {
+        experiments_server::ExperimentsServer::new(self)
+    }
+}
+
+fn actor(requested_by: &str) -> &str {
+    if requested_by.is_empty() {
+        "anonymous"
+    } else {
+        requested_by
+    }
+}
+
+#[tonic::async_trait]
+impl experiments_server::Experiments for ExperimentsService {
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn create_test(
+        &self,
+        request: Request<pb::CreateTestRequest>,
+    ) -> Result<Response<pb::Test>, Status> {
+        let config = TestConfig::try_from(request.into_inner()).map_err(status::experiment)?;
+        let actor = config.created_by.clone();
+        let view = self
+            .experiments
+            .create(config, &actor)
+            .await
+            .map_err(status::experiment)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn get_test(
+        &self,
+        request: Request<pb::GetTestRequest>,
+    ) -> Result<Response<pb::Test>, Status> {
+        let view = self
+            .experiments
+            .get(&request.into_inner().test_id)
+            .map_err(status::experiment)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_tests(
+        &self,
+        request: Request<pb::ListTestsRequest>,
+    ) -> Result<Response<pb::ListTestsResponse>, Status> {
+        let filter = request
+            .into_inner()
+            .status
+            .map(|s| test_status("status", s))
+            .transpose()
+            .map_err(status::experiment)?;
+        let tests = self
+            .experiments
+            .list(filter)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        Ok(Response::new(pb::ListTestsResponse { tests }))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn pause_test(
+        &self,
+        request: Request<pb::TestActionRequest>,
+    ) -> Result<Response<pb::Test>, Status> {
+        let r = request.into_inner();
+        let view = self
+            .experiments
+            .pause(&r.test_id, actor(&r.requested_by), &r.reason)
+            .await
+            .map_err(status::experiment)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn resume_test(
+        &self,
+        request: Request<pb::TestActionRequest>,
+    ) -> Result<Response<pb::Test>, Status> {
+        let r = request.into_inner();
+        let view = self
+            .experiments
+            .resume(&r.test_id, actor(&r.requested_by), &r.reason)
+            .await
+            .map_err(status::experiment)?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn stop_test(
+        &self,
+        request: Request<pb::StopTestRequest>,
+    ) -> Result<Response<pb::TestResults>, Status> {
+        let r = request.into_inner();
+        let results = self
+            .experiments
+            .stop(
+                &r.test_id,
+                actor(&r.requested_by),
+                &r.reason,
+                None,
+                "manual",
+            )
+            .await
+            .map_err(status::experiment)?;
+        Ok(Response::new(results.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn get_test_results(
+        &self,
+        request: Request<pb::GetTestResultsRequest>,
+    ) -> Result<Response<pb::TestResults>, Status> {
+        let results = self
+            .experiments
+            .results(&request.into_inner().test_id)
+            .map_err(status::experiment)?;
+        Ok(Response::new(results.into()))
+    }
+}
