@@ -261,3 +261,211 @@ async fn orphaned_artifact_files_are_swept_at_start() {
     register_simple(&mut client, "m", "2.0.0").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn restart_keeps_tests_statuses_posteriors_allocations_and_final_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (before, paused_before, allocations_before) = {
+        let server = TestServer::start(dir.path()).await;
+        let mut registry = server.registry().await;
+        let models = register_models(&mut registry, 3).await;
+        let mut client = server.experiments().await;
+        client
+            .create_test(test_request("running", &models[..2]))
+            .await
+            .expect("create");
+        client
+            .create_test(test_request("paused", &models[1..]))
+            .await
+            .expect("create");
+        client
+            .create_test(test_request(
+                "done",
+                &[models[0].clone(), models[2].clone()],
+            ))
+            .await
+            .expect("create");
+        let mut allocator = server.allocator().await;
+        for _ in 0..300 {
+            allocator
+                .allocate(pb::AllocateRequest {
+                    test_id: "running".into(),
+                    unit_key: String::new(),
+                })
+                .await
+                .expect("allocate");
+        }
+        let mut batch = Vec::new();
+        for i in 0..200 {
+            let mut r = result(
+                "running",
+                if i % 2 == 0 { "arm_0" } else { "arm_1" },
+                (i as f64 - 90.0) / 1000.0,
+            );
+            r.result_id = format!("r{i}");
+            batch.push(r);
+        }
+        batch.push(result("done", "arm_1", 0.5));
+        ingest(
+            &mut allocator,
+            vec![pb::ResultBatch {
+                sequence: 1,
+                results: batch,
+            }],
+        )
+        .await
+        .expect("ingest");
+        client
+            .pause_test(pb::TestActionRequest {
+                test_id: "paused".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("pause");
+        client
+            .stop_test(pb::StopTestRequest {
+                test_id: "done".into(),
+                reason: "finished".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("stop");
+        let results = |id: &str| pb::GetTestResultsRequest { test_id: id.into() };
+        let before = client
+            .get_test_results(results("running"))
+            .await
+            .expect("results")
+            .into_inner();
+        let paused = client
+            .get_test(pb::GetTestRequest {
+                test_id: "paused".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        drop((client, allocator, registry));
+        server.stop().await;
+        let total = before.total_allocations;
+        (before, paused, total)
+    };
+    assert_eq!(allocations_before, 300);
+    let final_file = dir.path().join("ab_tests/results/done_final.json");
+    let final_before = std::fs::read(&final_file).expect("final results written");
+
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.experiments().await;
+    let after = client
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "running".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    assert_eq!(after.total_requests, 200);
+    assert_eq!(
+        after.total_allocations, 300,
+        "allocation counts persisted at shutdown"
+    );
+    for (a, b) in before.arms.iter().zip(&after.arms) {
+        assert_eq!(
+            (a.total_requests, a.allocations),
+            (b.total_requests, b.allocations)
+        );
+        assert_eq!(
+            (a.mean_return, a.std_return, a.total_returns),
+            (b.mean_return, b.std_return, b.total_returns)
+        );
+        assert_eq!(
+            (a.min_return, a.max_return, a.win_rate),
+            (b.min_return, b.max_return, b.win_rate)
+        );
+        // Allocation shares come back from the same posteriors (Monte Carlo: within 4 points).
+        assert!(
+            (a.allocation_weight - b.allocation_weight).abs() < 0.04,
+            "{a:?} vs {b:?}"
+        );
+    }
+    let paused = client
+        .get_test(pb::GetTestRequest {
+            test_id: "paused".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(paused, paused_before);
+    let done = client
+        .get_test(pb::GetTestRequest {
+            test_id: "done".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (done.status, done.stop_reason.as_str()),
+        (pb::TestStatus::Completed as i32, "finished")
+    );
+    assert_eq!(
+        std::fs::read(&final_file).expect("final results kept"),
+        final_before
+    );
+
+    // result_id idempotency survives the restart.
+    let mut allocator = server.allocator().await;
+    let mut again = result("running", "arm_0", 1.0);
+    again.result_id = "r0".into();
+    assert!(
+        allocator
+            .record_result(again)
+            .await
+            .expect("record")
+            .into_inner()
+            .duplicate
+    );
+    let a = allocator
+        .allocate(pb::AllocateRequest {
+            test_id: "paused".into(),
+            unit_key: String::new(),
+        })
+        .await
+        .expect("allocate")
+        .into_inner();
+    assert_eq!(
+        (a.arm_id.as_str(), a.propensity),
+        ("arm_0", 1.0),
+        "a paused test still serves its control"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_final_results_file_is_rewritten_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let server = TestServer::start(dir.path()).await;
+        let mut registry = server.registry().await;
+        let models = register_models(&mut registry, 2).await;
+        let mut client = server.experiments().await;
+        client
+            .create_test(test_request("t", &models))
+            .await
+            .expect("create");
+        client
+            .stop_test(pb::StopTestRequest {
+                test_id: "t".into(),
+                reason: "done".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("stop");
+        drop((client, registry));
+        server.stop().await;
+    }
+    // As if the process died between committing the stop and writing the file.
+    let file = dir.path().join("ab_tests/results/t_final.json");
+    std::fs::remove_file(&file).expect("remove");
+    let server = TestServer::start(dir.path()).await;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("rewritten")).expect("json");
+    assert_eq!(json["stop_reason"], "done");
+    server.stop().await;
+}

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arbiter::pb::{self, admin_client::AdminClient, registry_client::RegistryClient};
+use arbiter::pb::{
+    self, admin_client::AdminClient, allocator_client::AllocatorClient,
+    experiments_client::ExperimentsClient, registry_client::RegistryClient,
+};
 use arbiter::registry::RegistryConfig;
 use arbiter::server::ServerConfig;
 use sha2::{Digest, Sha256};
@@ -43,7 +46,7 @@ impl TestServer {
         let handle = tokio::spawn(arbiter::server::run(listener, config, async move {
             let _ = rx.await;
         }));
-        let server = Self {
+        let mut server = Self {
             addr,
             data_dir: data_dir.to_path_buf(),
             shutdown: Some(tx),
@@ -53,8 +56,15 @@ impl TestServer {
         server
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         for _ in 0..200 {
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let outcome = self.handle.take().expect("handle").await;
+                panic!(
+                    "server on {} stopped during start-up: {outcome:?}",
+                    self.addr
+                );
+            }
             if let Ok(channel) = Channel::from_shared(self.url())
                 .expect("url")
                 .connect()
@@ -95,6 +105,16 @@ impl TestServer {
     /// An Admin client on a new connection.
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel().await)
+    }
+
+    /// An Experiments client on a new connection.
+    pub async fn experiments(&self) -> ExperimentsClient<Channel> {
+        ExperimentsClient::new(self.channel().await)
+    }
+
+    /// An Allocator client on a new connection.
+    pub async fn allocator(&self) -> AllocatorClient<Channel> {
+        AllocatorClient::new(self.channel().await)
     }
 
     /// Graceful shutdown; returns once the server has flushed and released the data directory.
@@ -282,4 +302,54 @@ pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
         Ok(entries) => entries.map(|e| e.expect("dir entry").path()).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Registers `n` models `model_0:1.0.0` … and returns their registry ids.
+pub async fn register_models(client: &mut RegistryClient<Channel>, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            register_simple(client, &format!("model_{i}"), "1.0.0")
+                .await
+                .registry_id,
+        );
+    }
+    ids
+}
+
+/// A CreateTest request over `models` with everything else at its default.
+pub fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
+    pb::CreateTestRequest {
+        test_id: test_id.into(),
+        created_by: "quant".into(),
+        model_registry_ids: models.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A result attributed by arm id.
+pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
+    pb::ResultRecord {
+        test_id: test_id.into(),
+        attribution: Some(pb::result_record::Attribution::ArmId(arm_id.into())),
+        return_value: value,
+        ..Default::default()
+    }
+}
+
+/// Sends batches over one IngestResults stream and returns the acks in order.
+pub async fn ingest(
+    client: &mut AllocatorClient<Channel>,
+    batches: Vec<pb::ResultBatch>,
+) -> Result<Vec<pb::BatchAck>, tonic::Status> {
+    let n = batches.len();
+    let mut acks = client
+        .ingest_results(tokio_stream::iter(batches))
+        .await?
+        .into_inner();
+    let mut out = Vec::with_capacity(n);
+    while let Some(ack) = acks.message().await? {
+        out.push(ack);
+    }
+    Ok(out)
 }

@@ -38,9 +38,9 @@ pub struct ArmStats {
     sum_compensation: f64,
     /// Results with return > 0.
     pub wins: u64,
-    /// Smallest return (+∞ when empty).
+    /// Smallest return (0 when empty; JSON has no infinities).
     pub min: f64,
-    /// Largest return (−∞ when empty).
+    /// Largest return (0 when empty).
     pub max: f64,
     /// Additional metrics by name.
     pub metrics: BTreeMap<String, MetricStats>,
@@ -55,8 +55,8 @@ impl Default for ArmStats {
             sum: 0.0,
             sum_compensation: 0.0,
             wins: 0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
+            min: 0.0,
+            max: 0.0,
             metrics: BTreeMap::new(),
         }
     }
@@ -80,8 +80,12 @@ impl ArmStats {
         if x > 0.0 {
             self.wins += 1;
         }
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+        if self.n == 1 {
+            (self.min, self.max) = (x, x);
+        } else {
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
+        }
     }
 
     /// Whether `name` can be recorded (it is known, or there is room for a new metric).
@@ -232,6 +236,29 @@ mod tests {
         assert!((a.mean - all.mean).abs() < 1e-15);
         assert!((a.variance() - all.variance()).abs() < 1e-15);
         assert!((a.total() - all.total()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn statistics_survive_their_storage_encoding() {
+        let empty = ArmStats::default();
+        let json = serde_json::to_string(&empty).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<ArmStats>(&json).expect("decodes"),
+            empty
+        );
+        let one = arm_of(&[-0.5]);
+        assert_eq!((one.min, one.max), (-0.5, -0.5));
+        let json = serde_json::to_string(&one).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<ArmStats>(&json).expect("decodes"),
+            one
+        );
+    }
+
+    fn arm_of(xs: &[f64]) -> ArmStats {
+        let mut a = ArmStats::default();
+        xs.iter().for_each(|&x| a.add(x));
+        a
     }
 
     #[test]

@@ -58,12 +58,33 @@ impl Policy for Thompson {
                     .collect()
             }
         };
-        probability_best(&samplers, draws_for(arms.len()), rng)
+        let mut p = probability_best(&samplers, draws_for(arms.len()), rng);
+        symmetrize(&samplers, &mut p);
+        p
+    }
+}
+
+/// Arms with identical posteriors have equal P(best) exactly; averaging their estimates removes
+/// Monte Carlo noise between them (an untouched test splits exactly evenly, for instance).
+fn symmetrize(samplers: &[MeanSampler], p: &mut [f64]) {
+    let mut done = vec![false; samplers.len()];
+    for i in 0..samplers.len() {
+        if done[i] {
+            continue;
+        }
+        let group: Vec<usize> = (i..samplers.len())
+            .filter(|&j| samplers[j] == samplers[i])
+            .collect();
+        let mean = group.iter().map(|&j| p[j]).sum::<f64>() / group.len() as f64;
+        for j in group {
+            p[j] = mean;
+            done[j] = true;
+        }
     }
 }
 
 /// Draws from the posterior of one arm's mean reward.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum MeanSampler {
     Beta(Beta<f64>),
     Nig {

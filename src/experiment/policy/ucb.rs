@@ -26,8 +26,9 @@ impl Ucb {
 impl Policy for Ucb {
     fn probabilities(&self, arms: &[ArmStats], _rng: &mut Xoshiro256PlusPlus) -> Vec<f64> {
         let total: u64 = arms.iter().map(|a| a.n).sum();
-        let lo = arms.iter().map(|a| a.min).fold(f64::INFINITY, f64::min);
-        let hi = arms.iter().map(|a| a.max).fold(f64::NEG_INFINITY, f64::max);
+        let played = arms.iter().filter(|a| a.n > 0);
+        let lo = played.clone().map(|a| a.min).fold(f64::INFINITY, f64::min);
+        let hi = played.map(|a| a.max).fold(f64::NEG_INFINITY, f64::max);
         let range = hi - lo;
         let ln_n = (total.max(1) as f64).ln();
         let scores: Vec<f64> = arms
