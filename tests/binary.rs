@@ -190,3 +190,147 @@ async fn kill_dash_nine_loses_no_acknowledged_registration() {
     server.signal("-TERM");
     assert_eq!(server.wait().await.code(), Some(0));
 }
+
+/// Result `n` of the durability test: alternating arms, a deterministic return, a unique id.
+fn numbered_result(n: u64) -> pb::ResultRecord {
+    let mut r = result(
+        "durable",
+        if n % 2 == 0 { "arm_0" } else { "arm_1" },
+        ((n % 201) as f64 - 100.0) / 10_000.0,
+    );
+    r.result_id = format!("r{n}");
+    r
+}
+
+fn numbered_batch(sequence: u64, size: u64) -> pb::ResultBatch {
+    pb::ResultBatch {
+        sequence,
+        results: (sequence * size..(sequence + 1) * size)
+            .map(numbered_result)
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn kill_dash_nine_mid_stream_loses_no_acknowledged_result_and_counts_none_twice() {
+    const BATCHES: u64 = 100;
+    const SIZE: u64 = 1000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    let mut registry = server.registry().await;
+    let models = register_models(&mut registry, 2).await;
+    let mut experiments =
+        arbiter::pb::experiments_client::ExperimentsClient::connect(server.url.clone())
+            .await
+            .expect("connect");
+    let mut request = test_request("durable", &models);
+    request.allocation_strategy = pb::AllocationStrategy::Fixed as i32;
+    request.early_stopping = Some(false);
+    experiments.create_test(request).await.expect("create");
+
+    // Stream every batch at once; kill the server after a seeded-random number of acks.
+    let kill_after = {
+        let mut x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos() as u64
+            | 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        10 + x % 80
+    };
+    eprintln!("killing after {kill_after} acknowledged batches");
+    let mut allocator = arbiter::pb::allocator_client::AllocatorClient::connect(server.url.clone())
+        .await
+        .expect("connect");
+    let batches: Vec<pb::ResultBatch> = (0..BATCHES).map(|s| numbered_batch(s, SIZE)).collect();
+    let mut acks = allocator
+        .ingest_results(tokio_stream::iter(batches))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut acked = std::collections::BTreeSet::new();
+    while let Ok(Some(ack)) = acks.message().await {
+        assert_eq!((ack.accepted, ack.duplicates), (SIZE as u32, 0), "{ack:?}");
+        acked.insert(ack.sequence);
+        if acked.len() as u64 == kill_after {
+            server.signal("-KILL");
+            break;
+        }
+    }
+    let _ = server.wait().await;
+    drop((acks, allocator, experiments, registry));
+    assert_eq!(acked.len() as u64, kill_after);
+
+    let server = spawn(dir.path());
+    let mut experiments =
+        arbiter::pb::experiments_client::ExperimentsClient::connect(server.url.clone())
+            .await
+            .expect("connect");
+    let results =
+        |e: &mut arbiter::pb::experiments_client::ExperimentsClient<tonic::transport::Channel>| {
+            let mut e = e.clone();
+            async move {
+                e.get_test_results(pb::GetTestResultsRequest {
+                    test_id: "durable".into(),
+                })
+                .await
+                .expect("results")
+                .into_inner()
+            }
+        };
+    let after_crash = results(&mut experiments).await;
+    assert!(
+        after_crash.total_requests >= kill_after * SIZE,
+        "{} results survived, {} were acknowledged",
+        after_crash.total_requests,
+        kill_after * SIZE
+    );
+    assert_eq!(
+        after_crash.total_requests % SIZE,
+        0,
+        "batches are applied whole"
+    );
+
+    // Resend everything that was not acknowledged: applied ones come back as duplicates.
+    let mut allocator = arbiter::pb::allocator_client::AllocatorClient::connect(server.url.clone())
+        .await
+        .expect("connect");
+    let resend: Vec<pb::ResultBatch> = (0..BATCHES)
+        .filter(|s| !acked.contains(s))
+        .map(|s| numbered_batch(s, SIZE))
+        .collect();
+    let acks = ingest(&mut allocator, resend).await.expect("resend");
+    let duplicates: u64 = acks.iter().map(|a| u64::from(a.duplicates)).sum();
+    assert!(acks
+        .iter()
+        .all(|a| u64::from(a.accepted + a.duplicates) == SIZE && a.rejected.is_empty()));
+    assert_eq!(duplicates, after_crash.total_requests - kill_after * SIZE);
+
+    let last = results(&mut experiments).await;
+    assert_eq!(
+        last.total_requests,
+        BATCHES * SIZE,
+        "every result exactly once"
+    );
+    let mut expected = [
+        arbiter::experiment::posterior::ArmStats::default(),
+        Default::default(),
+    ];
+    for n in 0..BATCHES * SIZE {
+        expected[(n % 2) as usize].add(numbered_result(n).return_value);
+    }
+    for (arm, e) in last.arms.iter().zip(&expected) {
+        assert_eq!(arm.total_requests, e.n);
+        assert!(
+            (arm.total_returns - e.total()).abs() < 1e-9,
+            "{} vs {}",
+            arm.total_returns,
+            e.total()
+        );
+        assert!((arm.mean_return - e.mean).abs() < 1e-12);
+        assert!((arm.std_return - e.std()).abs() < 1e-12);
+    }
+    server.signal("-TERM");
+    assert_eq!(server.wait().await.code(), Some(0));
+}
