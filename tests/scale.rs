@@ -1,0 +1,99 @@
+//! Measurements too slow for the default suite (run them in release):
+//!
+//! `cargo test --release --test scale -- --ignored --nocapture`
+//!
+//! They print figures for the notes; correctness at scale is asserted, timing is only reported.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use arbiter::pb;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn restart_after_a_million_results() {
+    const BATCHES: u64 = 1000;
+    const SIZE: u64 = 1000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut registry = server.registry().await;
+    let models = register_models(&mut registry, 2).await;
+    let mut experiments = server.experiments().await;
+    let mut request = test_request("big", &models);
+    request.early_stopping = Some(false);
+    experiments.create_test(request).await.expect("create");
+
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for stream in 0..2u64 {
+        let mut allocator = server.allocator().await;
+        streams.push(tokio::spawn(async move {
+            let batches: Vec<pb::ResultBatch> = (0..BATCHES / 2)
+                .map(|b| {
+                    let sequence = stream * BATCHES / 2 + b;
+                    pb::ResultBatch {
+                        sequence,
+                        results: (0..SIZE)
+                            .map(|i| {
+                                let n = sequence * SIZE + i;
+                                let mut r = result("big", if n % 2 == 0 { "arm_0" } else { "arm_1" }, (n % 97) as f64 / 1e4);
+                                r.result_id = format!("r{n}");
+                                r
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let acks = ingest(&mut allocator, batches).await.expect("ingest");
+            acks.iter().map(|a| u64::from(a.accepted)).sum::<u64>()
+        }));
+    }
+    let mut accepted = 0;
+    for s in streams {
+        accepted += s.await.expect("stream");
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+    assert_eq!(accepted, BATCHES * SIZE);
+    println!(
+        "ingested {accepted} results with result_ids in {ingest_secs:.2} s over 2 streams: {:.0} durable results/s",
+        accepted as f64 / ingest_secs
+    );
+    drop((registry, experiments));
+    server.stop().await;
+    let db_bytes: u64 = walk_size(&dir.path().join("db"));
+    println!("database size: {:.1} MiB", db_bytes as f64 / (1 << 20) as f64);
+
+    let started = Instant::now();
+    let server = TestServer::start(dir.path()).await;
+    let ready = started.elapsed();
+    let mut experiments = server.experiments().await;
+    let results = experiments
+        .get_test_results(pb::GetTestResultsRequest { test_id: "big".into() })
+        .await
+        .expect("results")
+        .into_inner();
+    assert_eq!(results.total_requests, BATCHES * SIZE);
+    println!("restart to a serving server with {} results on disk: {ready:?}", results.total_requests);
+    assert!(ready < Duration::from_secs(60));
+    server.stop().await;
+}
+
+fn walk_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk_size(&p)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
