@@ -38,7 +38,11 @@ async fn restart_after_a_million_results() {
                         results: (0..SIZE)
                             .map(|i| {
                                 let n = sequence * SIZE + i;
-                                let mut r = result("big", if n % 2 == 0 { "arm_0" } else { "arm_1" }, (n % 97) as f64 / 1e4);
+                                let mut r = result(
+                                    "big",
+                                    if n % 2 == 0 { "arm_0" } else { "arm_1" },
+                                    (n % 97) as f64 / 1e4,
+                                );
                                 r.result_id = format!("r{n}");
                                 r
                             })
@@ -63,19 +67,27 @@ async fn restart_after_a_million_results() {
     drop((registry, experiments));
     server.stop().await;
     let db_bytes: u64 = walk_size(&dir.path().join("db"));
-    println!("database size: {:.1} MiB", db_bytes as f64 / (1 << 20) as f64);
+    println!(
+        "database size: {:.1} MiB",
+        db_bytes as f64 / (1 << 20) as f64
+    );
 
     let started = Instant::now();
     let server = TestServer::start(dir.path()).await;
     let ready = started.elapsed();
     let mut experiments = server.experiments().await;
     let results = experiments
-        .get_test_results(pb::GetTestResultsRequest { test_id: "big".into() })
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "big".into(),
+        })
         .await
         .expect("results")
         .into_inner();
     assert_eq!(results.total_requests, BATCHES * SIZE);
-    println!("restart to a serving server with {} results on disk: {ready:?}", results.total_requests);
+    println!(
+        "restart to a serving server with {} results on disk: {ready:?}",
+        results.total_requests
+    );
     assert!(ready < Duration::from_secs(60));
     server.stop().await;
 }
