@@ -20,8 +20,12 @@ mod lifecycle;
 pub mod policy;
 pub mod posterior;
 mod results;
+mod risk;
 pub mod rng;
+#[cfg(test)]
+mod simulation_tests;
 mod state;
+pub mod stopping;
 #[cfg(test)]
 mod strategy_tests;
 pub mod table;
@@ -38,7 +42,7 @@ pub use allocate::Allocated;
 pub use error::ExperimentError;
 pub use ingest::{Attribution, RecordOutcome, ResultInput};
 pub use lifecycle::TestView;
-pub use results::{ArmResults, TestResults};
+pub use results::{ArmResults, ComparisonResults, TestResults};
 pub use state::{AllocationRecord, Decision};
 use state::{StatsRecord, TestState};
 use types::*;
@@ -57,6 +61,15 @@ pub const ALLOCATION_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 const REFRESH_INTERVAL: Duration = Duration::from_millis(5);
 /// Inline table refreshes of one test happen at most this often; the rest wait for the ticker.
 const INLINE_REFRESH_NS: i64 = 2_000_000;
+
+/// The wall clock as of the background ticker's last tick (every [`REFRESH_INTERVAL`]): lets the
+/// hot path notice an expired test with one relaxed load instead of a clock read.
+static COARSE_NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// [`COARSE_NOW`].
+fn coarse_now() -> i64 {
+    COARSE_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The experiment engine; cheap to clone.
 #[derive(Debug, Clone)]
@@ -90,13 +103,12 @@ impl Experiments {
             let (_, record) = entry?;
             let id = record.config.test_id.clone();
             let k = record.config.arms.len();
-            let arms = storage
+            let stats = storage
                 .get::<StatsRecord>(&keys::test_stats(id.as_str()))?
-                .map(|s| s.arms)
-                .unwrap_or_else(|| vec![Default::default(); k]);
+                .unwrap_or_else(|| StatsRecord::new(k));
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
-            tests.insert(id, Arc::new(TestState::new(record, arms, allocations)));
+            tests.insert(id, Arc::new(TestState::new(record, stats, allocations)));
         }
         let experiments = Self {
             inner: Arc::new(Inner {
@@ -123,6 +135,7 @@ impl Experiments {
                 refresh.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let this = Experiments { inner };
+                COARSE_NOW.store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
                 for entry in this.inner.tests.iter() {
                     if entry.value().is_dirty() {
                         entry.value().refresh();
@@ -132,6 +145,9 @@ impl Experiments {
                     persist_at += ALLOCATION_PERSIST_INTERVAL;
                     if let Err(e) = this.persist_allocations(false).await {
                         tracing::warn!(error = %e, "persisting allocation counts failed");
+                    }
+                    if let Err(e) = this.expire_due_tests().await {
+                        tracing::warn!(error = %e, "expiring tests failed");
                     }
                 }
             }
@@ -194,7 +210,7 @@ impl ModelUsage for Experiments {
             tests += 1;
             let book = state.book.lock();
             for i in arms {
-                pooled.merge(&book.arms[i]);
+                pooled.merge(&book.stats.arms[i]);
             }
         }
         LivePerformance {

@@ -1,7 +1,23 @@
-//! Pure statistics: no I/O, no async, no knowledge of tests or gRPC. Distributions come from
-//! statrs; this module writes only the tests and intervals themselves, each citing its formula.
+//! Pure statistics: no I/O, no async, no knowledge of tests or gRPC. Distributions (Student t,
+//! normal, χ²) come from statrs; this module writes only the tests and intervals themselves, each
+//! citing its formula. Reference values in the tests come from scipy 1.17.1 / statsmodels 0.15
+//! (the generating script is quoted next to them) and must match to 1e-9 relative.
+
+mod holm;
+mod pbest;
+mod power;
+mod sequential;
+mod srm;
+mod welch;
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
+
+pub use holm::holm_adjust;
+pub use pbest::{probability_best, Posterior};
+pub use power::{sample_size_per_arm, SampleSizeError};
+pub use sequential::{always_valid_p_value, mixture_log_likelihood_ratio};
+pub use srm::chi_square_goodness_of_fit;
+pub use welch::{cohens_d, degenerate as welch_degenerate, welch_t_test, Welch};
 
 /// Summary of a sample: size, mean and sample standard deviation (n − 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,45 +45,112 @@ pub fn mean_confidence_interval(s: Summary, alpha: f64) -> Option<(f64, f64)> {
     Some((s.mean - half, s.mean + half))
 }
 
+/// Asserts `actual` is within `rel` relative error of `expected` (absolute below 1e-300).
+#[cfg(test)]
+pub(crate) fn assert_close(actual: f64, expected: f64, rel: f64, what: &str) {
+    let tolerance = rel * expected.abs().max(1e-300);
+    assert!(
+        (actual - expected).abs() <= tolerance,
+        "{what}: {actual:e} vs reference {expected:e} (relative error {:e})",
+        ((actual - expected) / expected).abs()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Reference values from scipy 1.17.1:
-    /// `scipy.stats.t.interval(1-alpha, n-1, loc=mean, scale=std/sqrt(n))`.
+    /// `scipy.stats.t.interval(1 - alpha, n - 1, loc=mean, scale=std / sqrt(n))`, from the script
+    /// in `welch.rs`'s tests (seed 20261127).
     #[test]
     fn student_interval_matches_scipy() {
-        let cases = [
-            // (n, mean, std, alpha, low, high)
+        let cases: [(u64, f64, f64, f64, f64, f64); 10] = [
             (
-                10,
-                0.01,
-                0.02,
+                650,
+                0.012755041759647527,
+                0.0485595984763514,
                 0.05,
-                -0.004307138119413_f64,
-                0.024307138119413_f64,
+                0.009014993766600202,
+                0.016495089752694852,
             ),
-            (2, 1.0, 1.0, 0.05, -7.984643532093752, 9.984643532093752),
             (
-                1000,
-                -0.002,
-                0.05,
+                1262,
+                -0.006767276156525366,
+                0.046052988044457496,
                 0.01,
-                -0.006080539273598,
-                0.002080539273598,
+                -0.010111559216187296,
+                -0.0034229930968634357,
+            ),
+            (
+                532,
+                0.00024215861323473393,
+                0.015203349193583848,
+                0.1,
+                -0.0008439394849117223,
+                0.0013282567113811897,
+            ),
+            (
+                238,
+                0.0035150711657897294,
+                0.03993525236939645,
+                0.2,
+                0.00018835067610233286,
+                0.0068417916554771255,
+            ),
+            (
+                6,
+                0.007701505847395511,
+                0.09061686852245807,
+                0.001,
+                -0.24640511415167574,
+                0.2618081258464729,
+            ),
+            (
+                1101,
+                0.010854954259585917,
+                0.07293086811968578,
+                0.05,
+                0.006542307011262868,
+                0.015167601507908966,
+            ),
+            (
+                750,
+                -0.007207869055337171,
+                0.025251978223359874,
+                0.01,
+                -0.009589035970541128,
+                -0.0048267021401332145,
+            ),
+            (
+                46,
+                -0.002199029202311974,
+                0.016199165454050334,
+                0.1,
+                -0.006210235125546007,
+                0.0018121767209220573,
+            ),
+            (
+                1065,
+                0.007427225198880283,
+                0.043958871230097056,
+                0.2,
+                0.005699886366904468,
+                0.009154564030856098,
+            ),
+            (
+                1796,
+                0.009312441176105133,
+                0.0786390957500928,
+                0.001,
+                0.0031964526800100394,
+                0.015428429672200285,
             ),
         ];
         for (n, mean, std, alpha, low, high) in cases {
             let (l, h) =
                 mean_confidence_interval(Summary { n, mean, std }, alpha).expect("defined");
-            assert!(
-                (l - low).abs() <= 1e-9 * low.abs().max(1e-12),
-                "n={n}: {l} vs {low}"
-            );
-            assert!(
-                (h - high).abs() <= 1e-9 * high.abs().max(1e-12),
-                "n={n}: {h} vs {high}"
-            );
+            assert_close(l, low, 1e-9, "low");
+            assert_close(h, high, 1e-9, "high");
         }
         assert_eq!(
             mean_confidence_interval(

@@ -1,7 +1,10 @@
 //! The hot path: one allocation decision.
 
-use super::state::Decision;
-use super::{ExperimentError, Experiments, Result};
+use std::sync::atomic::Ordering;
+
+use super::state::{Decision, TestState};
+use super::types::TestStatus;
+use super::{coarse_now, ExperimentError, Experiments, Result};
 
 /// A decision together with the strings a response needs.
 #[derive(Debug, Clone)]
@@ -28,11 +31,31 @@ impl Experiments {
             })?;
         let state = entry.value();
         let decision = state.decide(unit_key);
+        if state.deadline <= coarse_now() {
+            self.schedule_expiry(state, decision.status);
+        }
         Ok(Allocated {
             arm_id: state.arm_ids[decision.arm].clone(),
             model_registry_id: state.model_ids[decision.arm].clone(),
             decision,
         })
+    }
+
+    /// Expires the test in the background (once), so the decision path never waits for it.
+    #[cold]
+    fn schedule_expiry(&self, state: &TestState, status: TestStatus) {
+        if status.is_ended() || state.expiring.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let this = self.clone();
+            let test_id = state.config.test_id.to_string();
+            runtime.spawn(async move {
+                if let Err(e) = this.expire_if_due(&test_id).await {
+                    tracing::warn!(test_id, error = %e, "expiring test failed");
+                }
+            });
+        }
     }
 
     /// Chooses an arm without building response strings (for benchmarks and embedding).

@@ -7,9 +7,30 @@ use std::collections::HashSet;
 use crate::storage::{keys, WriteBatch};
 use crate::time::UnixNanos;
 
+use crate::audit::AuditDraft;
+
 use super::state::StatsRecord;
-use super::types::MAX_ARMS;
-use super::{ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
+use super::types::{TestConfig, MAX_ARMS};
+use super::{risk, stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
+
+/// The audit event of a stop-loss suspension or reinstatement.
+fn suspension_event(
+    config: &TestConfig,
+    stats: &StatsRecord,
+    arm: usize,
+    suspended: bool,
+) -> AuditDraft {
+    let action = if suspended {
+        "test.arm_suspended"
+    } else {
+        "test.arm_reinstated"
+    };
+    AuditDraft::test("system", action, &config.test_id)
+        .detail("arm_id", &config.arms[arm].arm_id)
+        .detail("mean_return", stats.arms[arm].mean)
+        .detail("results", stats.arms[arm].n)
+        .detail("stop_loss_threshold", config.stop_loss_threshold)
+}
 
 /// Longest accepted `result_id`.
 pub const MAX_RESULT_ID_LEN: usize = 256;
@@ -53,9 +74,18 @@ pub enum RecordOutcome {
     Rejected(ExperimentError),
 }
 
+/// A stop decided while applying results, carried out once they are durable.
+struct PendingStop {
+    test_id: String,
+    winner: Option<usize>,
+    reason: String,
+    kind: &'static str,
+}
+
 impl Experiments {
     /// Applies a batch of results, one outcome per record in order. Bad records are rejected
     /// individually; an `Err` means storage failed and nothing of the batch may be assumed durable.
+    /// After the batch is durable, tests whose stop-loss or sequential test says so are stopped.
     pub async fn record_batch(&self, records: Vec<ResultInput>) -> Result<Vec<RecordOutcome>> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
         // Group record indices by test, keeping their order.
@@ -67,8 +97,10 @@ impl Experiments {
             }
         }
         let mut touched = Vec::new();
-        let mut wrote = false;
+        let mut stops = Vec::new();
         for (test_id, indices) in groups {
+            // An expired test completes before it could take more results.
+            self.expire_if_due(&test_id).await?;
             let state = match self.state(&test_id) {
                 Ok(s) => s,
                 Err(_) => {
@@ -91,13 +123,14 @@ impl Experiments {
                 }
                 continue;
             }
-            let mut arms = book.arms.clone();
+            let config = state.config.clone();
+            let mut stats = book.stats.clone();
             let mut batch = WriteBatch::new();
             let mut seen = HashSet::new();
             let mut applied = 0usize;
             for i in indices {
                 let r = &records[i];
-                let outcome = match self.check(&state.config, &arms, r) {
+                let outcome = match self.check(&config, &stats.arms, r) {
                     Err(e) => RecordOutcome::Rejected(e),
                     Ok(arm) => {
                         let duplicate = !r.result_id.is_empty()
@@ -109,9 +142,9 @@ impl Experiments {
                         if duplicate {
                             RecordOutcome::Duplicate
                         } else {
-                            arms[arm].add(r.return_value);
+                            stats.arms[arm].add(r.return_value);
                             for (name, value) in &r.metrics {
-                                arms[arm].add_metric(name, *value);
+                                stats.arms[arm].add_metric(name, *value);
                             }
                             if !r.result_id.is_empty() {
                                 batch.put_raw(keys::result_id(&test_id, &r.result_id), Vec::new());
@@ -123,23 +156,48 @@ impl Experiments {
                 };
                 outcomes[i] = Some(outcome);
             }
-            if applied > 0 {
-                batch.put(
-                    keys::test_stats(&test_id),
-                    &StatsRecord { arms: arms.clone() },
-                )?;
-                self.inner.storage.apply(batch)?;
-                book.arms = arms;
-                wrote = true;
-                drop(book);
-                touched.push(state);
+            if applied == 0 {
+                continue;
             }
+            let drafts = risk::update_suspensions(&config, &mut stats)
+                .into_iter()
+                .map(|(arm, suspended)| suspension_event(&config, &stats, arm, suspended))
+                .collect();
+            if stopping::monitoring(&config, &stats.arms) {
+                stopping::look(&config, &stats.arms, &mut stats.sequential);
+            }
+            if let Some(stop) = self.stop_decision(&config, &stats) {
+                stops.push(stop);
+            }
+            batch.put(keys::test_stats(&test_id), &stats)?;
+            self.inner
+                .audit
+                .commit(&self.inner.storage, batch, drafts)?;
+            book.stats = stats;
+            drop(book);
+            touched.push(state);
         }
-        if wrote {
+        if !touched.is_empty() {
             self.inner.storage.flush().await?;
         }
         for state in touched {
             state.refresh_soon(INLINE_REFRESH_NS);
+        }
+        for stop in stops {
+            match self
+                .stop(
+                    &stop.test_id,
+                    "system",
+                    &stop.reason,
+                    stop.winner,
+                    stop.kind,
+                )
+                .await
+            {
+                // Someone else ended it meanwhile.
+                Ok(_) | Err(ExperimentError::WrongStatus { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(outcomes
             .into_iter()
@@ -147,10 +205,38 @@ impl Experiments {
             .collect())
     }
 
+    /// Whether the test must stop after this batch: every arm suspended by the stop-loss, or
+    /// (with early stopping) the sequential tests justify a winner.
+    fn stop_decision(&self, config: &TestConfig, stats: &StatsRecord) -> Option<PendingStop> {
+        let test_id = config.test_id.to_string();
+        if stats.suspended.iter().all(|&s| s) {
+            return Some(PendingStop {
+                test_id,
+                winner: None,
+                reason: format!(
+                    "stop-loss: every arm's mean return is below {}",
+                    config.stop_loss_threshold
+                ),
+                kind: "stop_loss",
+            });
+        }
+        if !config.early_stopping || !stopping::monitoring(config, &stats.arms) {
+            return None;
+        }
+        let comparisons = stopping::compare(config, &stats.arms, &stats.sequential);
+        let winner = stopping::decide(config, &stats.arms, &comparisons)?;
+        Some(PendingStop {
+            test_id,
+            winner: Some(winner),
+            reason: stopping::reason(config, &comparisons, winner),
+            kind: "early_stop",
+        })
+    }
+
     /// Validates one record against its test and returns its arm index.
     fn check(
         &self,
-        config: &super::types::TestConfig,
+        config: &TestConfig,
         arms: &[super::posterior::ArmStats],
         r: &ResultInput,
     ) -> Result<usize> {

@@ -10,6 +10,7 @@ use crate::storage::{keys, WriteBatch};
 use crate::time;
 
 use super::state::{AllocationRecord, StatsRecord, TestState};
+use super::stopping;
 use super::types::*;
 use super::{ExperimentError, Experiments, Result, TestResults};
 
@@ -62,12 +63,7 @@ impl Experiments {
             let k = record.config.arms.len();
             let mut batch = WriteBatch::new();
             batch.put(keys::test(id.as_str()), &record)?;
-            batch.put(
-                keys::test_stats(id.as_str()),
-                &StatsRecord {
-                    arms: vec![Default::default(); k],
-                },
-            )?;
+            batch.put(keys::test_stats(id.as_str()), &StatsRecord::new(k))?;
             let models: Vec<String> = record
                 .config
                 .arms
@@ -80,7 +76,7 @@ impl Experiments {
             self.inner
                 .audit
                 .commit(&self.inner.storage, batch, vec![draft])?;
-            let state = TestState::new(record.clone(), vec![Default::default(); k], None);
+            let state = TestState::new(record.clone(), StatsRecord::new(k), None);
             self.inner.tests.insert(id, Arc::new(state));
         }
         self.inner.storage.flush().await?;
@@ -276,6 +272,80 @@ impl Experiments {
             }
         }
         Ok(())
+    }
+
+    /// Completes a RUNNING or PAUSED test whose maximum duration has passed; called lazily on
+    /// access and by the periodic sweep. The winner is declared only if significant, after one
+    /// final look of the sequential tests.
+    pub async fn expire_if_due(&self, test_id: &str) -> Result<()> {
+        let Ok(state) = self.state(test_id) else {
+            return Ok(());
+        };
+        if state.status().is_ended() || time::now() < state.deadline {
+            return Ok(());
+        }
+        let (winner, reason) = {
+            let mut book = state.book.lock();
+            if book.record.status.is_ended() {
+                return Ok(());
+            }
+            let config = &state.config;
+            let mut stats = book.stats.clone();
+            stopping::look(config, &stats.arms, &mut stats.sequential);
+            let comparisons = stopping::compare(config, &stats.arms, &stats.sequential);
+            let winner = stopping::decide(config, &stats.arms, &comparisons);
+            let mut batch = WriteBatch::new();
+            batch.put(keys::test_stats(test_id), &stats)?;
+            self.inner.storage.apply(batch)?;
+            book.stats = stats;
+            let days = config.max_duration_days;
+            let reason = match winner {
+                Some(w) => format!(
+                    "max duration of {days} days reached; {}",
+                    stopping::reason(config, &comparisons, w).trim_start_matches("early stop: ")
+                ),
+                None => format!("max duration of {days} days reached; no significant difference"),
+            };
+            (winner, reason)
+        };
+        match self
+            .stop(test_id, "system", &reason, winner, "expiry")
+            .await
+        {
+            Ok(_) | Err(ExperimentError::WrongStatus { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Expires every test whose maximum duration has passed.
+    pub async fn expire_due_tests(&self) -> Result<()> {
+        let now = time::now();
+        let due: Vec<String> = self
+            .inner
+            .tests
+            .iter()
+            .filter(|e| !e.value().status().is_ended() && e.value().deadline <= now)
+            .map(|e| e.key().to_string())
+            .collect();
+        for test_id in due {
+            self.expire_if_due(&test_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Results per arm (and in total) to detect `effect` with `power` at level `alpha` across
+    /// `arms` arms compared with a control.
+    pub fn estimate_sample_size(
+        &self,
+        std: f64,
+        effect: f64,
+        alpha: f64,
+        power: f64,
+        arms: u32,
+    ) -> Result<(u64, u64)> {
+        let per_arm = crate::stats::sample_size_per_arm(std, effect, alpha, power, arms)
+            .map_err(|e| ExperimentError::invalid(e.field, e.reason))?;
+        Ok((per_arm, per_arm.saturating_mul(u64::from(arms))))
     }
 
     /// The stored allocation record of a test (for tests and tools).

@@ -10,7 +10,51 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Summary;
+use super::types::RewardModel;
+use crate::stats::{Posterior, Summary};
+
+/// The posterior of each arm's mean reward under `model`:
+///
+/// - BERNOULLI: win iff return > 0, Beta(1 + wins, 1 + losses).
+/// - GAUSSIAN: Normal-Inverse-Gamma over (mean, variance) of the returns, with the conjugate
+///   update of Murphy (2007), "Conjugate Bayesian analysis of the Gaussian distribution",
+///   eqs. 85–89: `κn = κ0 + n`, `μn = (κ0·μ0 + n·x̄)/κn`, `αn = α0 + n/2`,
+///   `βn = β0 + ½·Σ(x − x̄)² + κ0·n·(x̄ − μ0)² / (2κn)`. The prior is empirical-Bayes and
+///   scale-free: `μ0` is the pooled mean of the test's results, `κ0 = 1` (one pseudo-observation),
+///   `α0 = 1`, `β0` the pooled sample variance, so the policy behaves the same whether returns are
+///   fractions, basis points or dollars.
+pub fn posteriors(model: RewardModel, arms: &[ArmStats]) -> Vec<Posterior> {
+    match model {
+        RewardModel::Bernoulli => arms
+            .iter()
+            .map(|a| Posterior::Beta {
+                alpha: 1.0 + a.wins as f64,
+                beta: 1.0 + (a.n - a.wins) as f64,
+            })
+            .collect(),
+        RewardModel::Gaussian => {
+            let mut pooled = ArmStats::default();
+            arms.iter().for_each(|a| pooled.merge(a));
+            let (mu0, kappa0, alpha0) = (pooled.mean, 1.0, 1.0);
+            // A test whose returns are all equal has no scale; any positive β0 keeps it proper.
+            let beta0 = pooled.variance().max(f64::MIN_POSITIVE.sqrt());
+            arms.iter()
+                .map(|a| {
+                    let n = a.n as f64;
+                    let kappa = kappa0 + n;
+                    Posterior::NormalInverseGamma {
+                        mu: (kappa0 * mu0 + n * a.mean) / kappa,
+                        kappa,
+                        alpha: alpha0 + n / 2.0,
+                        beta: beta0
+                            + 0.5 * a.m2
+                            + kappa0 * n * (a.mean - mu0).powi(2) / (2.0 * kappa),
+                    }
+                })
+                .collect()
+        }
+    }
+}
 
 /// Most distinct additional metric names kept per arm (bounds memory per test).
 pub const MAX_METRICS_PER_ARM: usize = 32;

@@ -1,18 +1,31 @@
-//! Per-arm figures of SPEC §3 (counts, total and mean return, sample std, Student t interval,
-//! Sharpe, win rate, extremes, allocations, current weight, additional metric means).
+//! The results of a test (SPEC §3): per-arm figures, the comparisons with the control arm, the
+//! winner, P(arm is best) and the sample-ratio-mismatch check.
 
 use std::collections::BTreeMap;
 
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 
 use crate::stats;
 use crate::time::{self, UnixNanos};
 
-use super::posterior::MetricStats;
-use super::types::{Strategy, TestStatus};
+use super::posterior::{posteriors, ArmStats, MetricStats};
+use super::stopping::{self, Comparison};
+use super::types::{TestConfig, TestStatus};
 use super::{Experiments, Result};
 
 const NANOS_PER_DAY: f64 = 86_400e9;
+
+/// Monte Carlo draws behind the reported P(best): standard error ≤ 0.5/√draws (0.55 points for
+/// 8192). The generator is seeded with a constant, so the same data give the same figures.
+fn probability_best_draws(arms: usize) -> usize {
+    if arms <= 8 {
+        8192
+    } else {
+        2048
+    }
+}
 
 /// Figures of one arm.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,12 +56,41 @@ pub struct ArmResults {
     pub max_return: f64,
     /// Current probability of allocation.
     pub allocation_weight: f64,
-    /// P(arm is best), where the strategy computes it.
-    pub probability_best: Option<f64>,
+    /// P(arm is best) under the test's reward model.
+    pub probability_best: f64,
     /// Suspended by the stop-loss.
     pub suspended: bool,
     /// Count and mean per additional metric.
     pub additional_metrics: BTreeMap<String, MetricStats>,
+}
+
+/// One comparison of a treatment arm with the control (signs: treatment − control).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparisonResults {
+    /// Control arm id.
+    pub control_arm: String,
+    /// Treatment arm id.
+    pub treatment_arm: String,
+    /// Holm-adjusted always-valid p ≤ α and |difference| ≥ minimum effect.
+    pub significant: bool,
+    /// Welch's two-sided p (1 when undefined); valid for a single look only.
+    pub p_value: f64,
+    /// Welch's t (0 when undefined).
+    pub t_statistic: f64,
+    /// Welch–Satterthwaite degrees of freedom (0 when undefined).
+    pub degrees_of_freedom: f64,
+    /// Cohen's d (0 when undefined).
+    pub effect_size: f64,
+    /// Difference of means.
+    pub difference: f64,
+    /// Welch interval of the difference at 1 − α.
+    pub difference_ci: Option<(f64, f64)>,
+    /// Arm with the higher mean, once both arms have two results.
+    pub winner: Option<String>,
+    /// Running always-valid p-value (mixture SPRT).
+    pub always_valid_p_value: f64,
+    /// Holm-adjusted always-valid p-value (tests with several treatment arms).
+    pub adjusted_p_value: Option<f64>,
 }
 
 /// The results of a test.
@@ -70,12 +112,58 @@ pub struct TestResults {
     pub total_allocations: u64,
     /// Per-arm figures.
     pub arms: Vec<ArmResults>,
-    /// Winning arm id, if decided.
+    /// One per non-control arm.
+    pub comparisons: Vec<ComparisonResults>,
+    /// The declared winner of an ended test, or the winner the evidence supports so far.
     pub winner: Option<String>,
     /// Why the test ended.
     pub stop_reason: String,
     /// When it ended (ns since epoch).
     pub stopped_at: Option<UnixNanos>,
+    /// χ² test of allocation counts against their expected counts; `None` before any allocation.
+    pub srm_p_value: Option<f64>,
+}
+
+fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults {
+    let name = |i: usize| config.arms[i].arm_id.clone();
+    ComparisonResults {
+        control_arm: name(c.control),
+        treatment_arm: name(c.treatment),
+        significant: c.significant,
+        p_value: c.welch.map_or(1.0, |w| w.p),
+        t_statistic: c.welch.map_or(0.0, |w| w.t),
+        degrees_of_freedom: c.welch.map_or(0.0, |w| w.df),
+        effect_size: c.cohens_d.unwrap_or(0.0),
+        difference: c.difference,
+        difference_ci: c.welch.map(|w| w.ci),
+        winner: c.winner.map(name),
+        always_valid_p_value: c.always_valid_p,
+        adjusted_p_value: (config.arms.len() > 2).then_some(c.adjusted_p),
+    }
+}
+
+fn arm_results(config: &TestConfig, i: usize, a: &ArmStats) -> ArmResults {
+    ArmResults {
+        arm_id: config.arms[i].arm_id.clone(),
+        model_registry_id: config.arms[i].model.to_string(),
+        total_requests: a.n,
+        allocations: 0,
+        total_returns: a.total(),
+        mean_return: a.mean,
+        std_return: a.std(),
+        confidence_interval: stats::mean_confidence_interval(
+            a.summary(),
+            config.significance_level,
+        ),
+        sharpe_ratio: a.sharpe(),
+        win_rate: a.win_rate(),
+        min_return: a.min,
+        max_return: a.max,
+        allocation_weight: 0.0,
+        probability_best: 0.0,
+        suspended: false,
+        additional_metrics: a.metrics.clone(),
+    }
 }
 
 impl Experiments {
@@ -84,36 +172,37 @@ impl Experiments {
         let state = self.state(test_id)?;
         let allocations = state.allocation_record();
         let weights = state.current_probabilities();
-        let raw = state.raw_vector();
         let book = state.book.lock();
-        let record = &book.record;
+        let (record, st) = (&book.record, &book.stats);
         let config = &record.config;
-        let arms: Vec<ArmResults> = book
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
+        let p_best = stats::probability_best(
+            &posteriors(config.reward_model, &st.arms),
+            probability_best_draws(st.arms.len()),
+            &mut rng,
+        );
+        let arms: Vec<ArmResults> = st
             .arms
             .iter()
             .enumerate()
             .map(|(i, a)| ArmResults {
-                arm_id: config.arms[i].arm_id.clone(),
-                model_registry_id: config.arms[i].model.to_string(),
-                total_requests: a.n,
                 allocations: allocations.counts[i],
-                total_returns: a.total(),
-                mean_return: a.mean,
-                std_return: a.std(),
-                confidence_interval: stats::mean_confidence_interval(
-                    a.summary(),
-                    config.significance_level,
-                ),
-                sharpe_ratio: a.sharpe(),
-                win_rate: a.win_rate(),
-                min_return: a.min,
-                max_return: a.max,
                 allocation_weight: weights[i],
-                probability_best: (config.strategy == Strategy::ThompsonSampling).then(|| raw[i]),
-                suspended: false,
-                additional_metrics: a.metrics.clone(),
+                probability_best: p_best[i],
+                suspended: st.suspended[i],
+                ..arm_results(config, i, a)
             })
             .collect();
+        let comparisons = stopping::compare(config, &st.arms, &st.sequential);
+        let winner = match record.status {
+            s if s.is_ended() => record.winner,
+            _ => stopping::decide(config, &st.arms, &comparisons),
+        };
+        let observed: Vec<f64> = allocations.counts.iter().map(|&c| c as f64).collect();
+        let srm_p_value = (allocations.counts.iter().sum::<u64>() > 0)
+            .then(|| stats::chi_square_goodness_of_fit(&observed, &allocations.expected))
+            .flatten()
+            .map(|(_, p)| p);
         let end = record.stopped_at.unwrap_or_else(time::now);
         Ok(TestResults {
             test_id: test_id.to_string(),
@@ -124,9 +213,14 @@ impl Experiments {
             total_requests: arms.iter().map(|a| a.total_requests).sum(),
             total_allocations: allocations.counts.iter().sum(),
             arms,
-            winner: record.winner.map(|w| config.arms[w].arm_id.clone()),
+            comparisons: comparisons
+                .iter()
+                .map(|c| comparison_results(config, c))
+                .collect(),
+            winner: winner.map(|w| config.arms[w].arm_id.clone()),
             stop_reason: record.stop_reason.clone(),
             stopped_at: record.stopped_at,
+            srm_p_value,
         })
     }
 }

@@ -12,15 +12,43 @@ use serde::{Deserialize, Serialize};
 use super::policy::{self, Policy};
 use super::posterior::ArmStats;
 use super::rng;
+use super::stopping::SequentialState;
 use super::table::{apply_limits, AllocationTable};
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
 use crate::storage::Record;
 
-/// The durable sufficient statistics of a test's arms.
+/// The durable statistical state of a test: sufficient statistics, stop-loss suspensions and the
+/// sequential tests. Written atomically with the results that changed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsRecord {
     /// One entry per arm.
     pub arms: Vec<ArmStats>,
+    /// Arms held at the floor by the stop-loss.
+    #[serde(default)]
+    pub suspended: Vec<bool>,
+    /// One sequential test per non-control arm.
+    #[serde(default)]
+    pub sequential: Vec<SequentialState>,
+}
+
+impl StatsRecord {
+    /// The state of a test with `arms` arms and no results.
+    pub fn new(arms: usize) -> Self {
+        Self {
+            arms: vec![ArmStats::default(); arms],
+            suspended: vec![false; arms],
+            sequential: vec![SequentialState::default(); arms.saturating_sub(1)],
+        }
+    }
+
+    /// Fills fields that records written before they existed lack.
+    pub fn normalized(mut self, arms: usize) -> Self {
+        self.arms.resize(arms, ArmStats::default());
+        self.suspended.resize(arms, false);
+        self.sequential
+            .resize(arms.saturating_sub(1), SequentialState::default());
+        self
+    }
 }
 
 impl Record for StatsRecord {
@@ -47,8 +75,8 @@ impl Record for AllocationRecord {
 pub struct Book {
     /// The stored record.
     pub record: TestRecord,
-    /// Arm statistics.
-    pub arms: Vec<ArmStats>,
+    /// Statistics, suspensions and sequential tests.
+    pub stats: StatsRecord,
 }
 
 /// One test in memory.
@@ -68,11 +96,13 @@ pub struct TestState {
     allocations: Vec<AtomicU64>,
     next_decision: AtomicU64,
     policy: Box<dyn Policy>,
-    /// The policy's last vector before limits (P(best) for Thompson sampling).
-    raw_vector: Mutex<Vec<f64>>,
     last_refresh: AtomicI64,
     dirty: AtomicBool,
     allocations_dirty: AtomicBool,
+    /// When the test expires (ns since epoch).
+    pub deadline: i64,
+    /// Set once an expiry has been scheduled from the hot path.
+    pub expiring: AtomicBool,
     /// Record and statistics.
     pub book: Mutex<Book>,
 }
@@ -94,7 +124,7 @@ impl TestState {
     /// Builds the state of a stored test.
     pub fn new(
         record: TestRecord,
-        arms: Vec<ArmStats>,
+        stats: StatsRecord,
         allocations: Option<AllocationRecord>,
     ) -> Self {
         let config = Arc::new(record.config.clone());
@@ -114,11 +144,17 @@ impl TestState {
             allocations: alloc.counts.into_iter().map(AtomicU64::new).collect(),
             next_decision: AtomicU64::new(alloc.next_decision),
             policy: policy::for_config(&config),
-            raw_vector: Mutex::new(vec![1.0 / k as f64; k]),
             last_refresh: AtomicI64::new(0),
             dirty: AtomicBool::new(false),
             allocations_dirty: AtomicBool::new(false),
-            book: Mutex::new(Book { record, arms }),
+            deadline: record
+                .created_at
+                .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
+            expiring: AtomicBool::new(false),
+            book: Mutex::new(Book {
+                stats: stats.normalized(k),
+                record,
+            }),
             config,
         };
         state.refresh();
@@ -161,15 +197,13 @@ impl TestState {
         let k = self.config.arms.len();
         let table = match record.status {
             TestStatus::Running => {
-                let raw = rng::with_rng(|r| self.policy.probabilities(&book.arms, r));
-                let suspended = vec![false; k];
+                let raw = rng::with_rng(|r| self.policy.probabilities(&book.stats.arms, r));
                 let limited = apply_limits(
                     &raw,
                     self.config.min_allocation_per_arm,
                     self.config.max_allocation_per_arm,
-                    &suspended,
+                    &book.stats.suspended,
                 );
-                *self.raw_vector.lock() = raw;
                 AllocationTable::new(limited)
             }
             TestStatus::Paused => AllocationTable::single(k, self.config.control_arm),
@@ -204,11 +238,6 @@ impl TestState {
     /// The current allocation probabilities.
     pub fn current_probabilities(&self) -> Vec<f64> {
         self.table.load().probabilities.clone()
-    }
-
-    /// The policy's last vector before limits.
-    pub fn raw_vector(&self) -> Vec<f64> {
-        self.raw_vector.lock().clone()
     }
 
     /// Allocation counters and expected counts, folding retired tables nobody holds any more.

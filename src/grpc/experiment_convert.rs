@@ -3,7 +3,7 @@
 
 use crate::experiment::types::*;
 use crate::experiment::{
-    ArmResults, Attribution, ExperimentError, ResultInput, TestResults, TestView,
+    ArmResults, Attribution, ComparisonResults, ExperimentError, ResultInput, TestResults, TestView,
 };
 use crate::pb;
 use crate::registry::types::RegistryId;
@@ -317,7 +317,7 @@ impl From<ArmResults> for pb::ArmResults {
             min_return: a.min_return,
             max_return: a.max_return,
             allocation_weight: a.allocation_weight,
-            probability_best: a.probability_best,
+            probability_best: Some(a.probability_best),
             suspended: a.suspended,
             additional_metrics: a
                 .additional_metrics
@@ -336,6 +336,27 @@ impl From<ArmResults> for pb::ArmResults {
     }
 }
 
+impl From<ComparisonResults> for pb::SignificanceTest {
+    fn from(c: ComparisonResults) -> Self {
+        pb::SignificanceTest {
+            control_arm: c.control_arm,
+            treatment_arm: c.treatment_arm,
+            significant: c.significant,
+            p_value: c.p_value,
+            t_statistic: c.t_statistic,
+            degrees_of_freedom: c.degrees_of_freedom,
+            effect_size: c.effect_size,
+            difference: c.difference,
+            difference_ci: c
+                .difference_ci
+                .map(|(low, high)| pb::ConfidenceInterval { low, high }),
+            winner: c.winner.unwrap_or_default(),
+            always_valid_p_value: c.always_valid_p_value,
+            adjusted_p_value: c.adjusted_p_value,
+        }
+    }
+}
+
 impl From<TestResults> for pb::TestResults {
     fn from(r: TestResults) -> Self {
         pb::TestResults {
@@ -347,12 +368,12 @@ impl From<TestResults> for pb::TestResults {
             total_requests: r.total_requests,
             total_allocations: r.total_allocations,
             arms: r.arms.into_iter().map(Into::into).collect(),
-            significance_test: None,
-            comparisons: Vec::new(),
+            significance_test: (r.comparisons.len() == 1).then(|| r.comparisons[0].clone().into()),
+            comparisons: r.comparisons.into_iter().map(Into::into).collect(),
             winner: r.winner.unwrap_or_default(),
             stop_reason: r.stop_reason,
             stopped_at: r.stopped_at.map(timestamp),
-            srm_p_value: None,
+            srm_p_value: r.srm_p_value,
         }
     }
 }

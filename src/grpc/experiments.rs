@@ -56,10 +56,12 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::GetTestRequest>,
     ) -> Result<Response<pb::Test>, Status> {
-        let view = self
-            .experiments
-            .get(&request.into_inner().test_id)
+        let test_id = request.into_inner().test_id;
+        self.experiments
+            .expire_if_due(&test_id)
+            .await
             .map_err(status::experiment)?;
+        let view = self.experiments.get(&test_id).map_err(status::experiment)?;
         Ok(Response::new(view.into()))
     }
 
@@ -73,6 +75,10 @@ impl experiments_server::Experiments for ExperimentsService {
             .status
             .map(|s| test_status("status", s))
             .transpose()
+            .map_err(status::experiment)?;
+        self.experiments
+            .expire_due_tests()
+            .await
             .map_err(status::experiment)?;
         let tests = self
             .experiments
@@ -136,10 +142,37 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::GetTestResultsRequest>,
     ) -> Result<Response<pb::TestResults>, Status> {
+        let test_id = request.into_inner().test_id;
+        self.experiments
+            .expire_if_due(&test_id)
+            .await
+            .map_err(status::experiment)?;
         let results = self
             .experiments
-            .results(&request.into_inner().test_id)
+            .results(&test_id)
             .map_err(status::experiment)?;
         Ok(Response::new(results.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn estimate_sample_size(
+        &self,
+        request: Request<pb::EstimateSampleSizeRequest>,
+    ) -> Result<Response<pb::EstimateSampleSizeResponse>, Status> {
+        let r = request.into_inner();
+        let (per_arm, total) = self
+            .experiments
+            .estimate_sample_size(
+                r.std,
+                r.minimum_effect_size,
+                r.significance_level.unwrap_or(0.05),
+                r.power.unwrap_or(0.8),
+                r.arms.unwrap_or(2),
+            )
+            .map_err(status::experiment)?;
+        Ok(Response::new(pb::EstimateSampleSizeResponse {
+            per_arm,
+            total,
+        }))
     }
 }

@@ -1,0 +1,29 @@
+//! The stop-loss (SPEC §3): an arm whose mean return per result falls below
+//! `stop_loss_threshold`, once it has at least [`STOP_LOSS_MIN_RESULTS`] results, is suspended to
+//! the allocation floor; the suspension is lifted when its mean recovers. Floors and caps are
+//! applied to every strategy's vector in [`super::table::apply_limits`].
+
+use super::state::StatsRecord;
+use super::types::TestConfig;
+
+/// Results an arm needs before the stop-loss can suspend it.
+pub const STOP_LOSS_MIN_RESULTS: u64 = 20;
+
+/// Updates the suspensions from the statistics; returns the arms whose state changed (with the
+/// new state).
+pub fn update_suspensions(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)> {
+    let mut changes = Vec::new();
+    for (i, (arm, suspended)) in stats
+        .arms
+        .iter()
+        .zip(stats.suspended.iter_mut())
+        .enumerate()
+    {
+        let below = arm.n >= STOP_LOSS_MIN_RESULTS && arm.mean < config.stop_loss_threshold;
+        if below != *suspended {
+            *suspended = below;
+            changes.push((i, below));
+        }
+    }
+    changes
+}

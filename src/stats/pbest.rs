@@ -1,0 +1,203 @@
+//! P(arm is best) under independent posteriors of each arm's mean reward, by seeded Monte Carlo:
+//! `draws` joint draws, counting how often each arm's draw is the largest. The standard error of
+//! each probability is at most `0.5/√draws` (0.78 points for 4096 draws). Arms with identical
+//! posteriors have exactly equal probabilities, so their estimates are averaged.
+//!
+//! - Beta(α, β): the posterior of a success rate.
+//! - Normal-Inverse-Gamma(μ, κ, α, β): `σ² ~ InvGamma(α, β)`, `mean | σ² ~ N(μ, σ²/κ)` (Murphy
+//!   2007, "Conjugate Bayesian analysis of the Gaussian distribution", §3); a draw of the mean is
+//!   `μ + z·√(β / (g·κ))` with `z ~ N(0, 1)`, `g ~ Gamma(α, 1)`.
+
+use rand::Rng;
+use rand_distr::{Beta, Distribution, Gamma, StandardNormal};
+
+/// The posterior of one arm's mean reward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Posterior {
+    /// Beta(alpha, beta), both > 0.
+    Beta {
+        /// First shape.
+        alpha: f64,
+        /// Second shape.
+        beta: f64,
+    },
+    /// Normal-Inverse-Gamma; kappa, alpha, beta > 0.
+    NormalInverseGamma {
+        /// Location of the mean.
+        mu: f64,
+        /// Pseudo-observations behind the mean.
+        kappa: f64,
+        /// Shape of the variance.
+        alpha: f64,
+        /// Scale of the variance.
+        beta: f64,
+    },
+}
+
+enum Sampler {
+    Beta(Beta<f64>),
+    Nig {
+        mu: f64,
+        kappa: f64,
+        shape: Gamma<f64>,
+        beta: f64,
+    },
+    /// Invalid parameters: never the best.
+    Never,
+}
+
+impl Sampler {
+    fn new(p: &Posterior) -> Self {
+        match *p {
+            Posterior::Beta { alpha, beta } => {
+                Beta::new(alpha, beta).map_or(Self::Never, Self::Beta)
+            }
+            Posterior::NormalInverseGamma {
+                mu,
+                kappa,
+                alpha,
+                beta,
+            } => match Gamma::new(alpha, 1.0) {
+                Ok(shape) if kappa > 0.0 && beta > 0.0 && mu.is_finite() => Self::Nig {
+                    mu,
+                    kappa,
+                    shape,
+                    beta,
+                },
+                _ => Self::Never,
+            },
+        }
+    }
+
+    fn sample(&self, rng: &mut impl Rng) -> f64 {
+        match self {
+            Self::Beta(b) => b.sample(rng),
+            Self::Nig {
+                mu,
+                kappa,
+                shape,
+                beta,
+            } => {
+                let variance = beta / shape.sample(rng).max(f64::MIN_POSITIVE);
+                let z: f64 = StandardNormal.sample(rng);
+                mu + z * (variance / kappa).sqrt()
+            }
+            Self::Never => f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// P(arm i has the largest mean) for each posterior; sums to 1.
+pub fn probability_best(posteriors: &[Posterior], draws: usize, rng: &mut impl Rng) -> Vec<f64> {
+    let samplers: Vec<Sampler> = posteriors.iter().map(Sampler::new).collect();
+    let draws = draws.max(1);
+    let mut wins = vec![0u32; samplers.len()];
+    for _ in 0..draws {
+        let mut best = 0;
+        let mut best_value = f64::NEG_INFINITY;
+        let mut ties = 0u32;
+        for (i, s) in samplers.iter().enumerate() {
+            let v = s.sample(rng);
+            if v > best_value {
+                (best, best_value, ties) = (i, v, 1);
+            } else if v == best_value {
+                // Reservoir choice among exact ties: each tied arm is equally likely.
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = i;
+                }
+            }
+        }
+        wins[best] += 1;
+    }
+    let mut p: Vec<f64> = wins.iter().map(|&w| f64::from(w) / draws as f64).collect();
+    symmetrize(posteriors, &mut p);
+    p
+}
+
+fn symmetrize(posteriors: &[Posterior], p: &mut [f64]) {
+    let mut done = vec![false; posteriors.len()];
+    for i in 0..posteriors.len() {
+        if done[i] {
+            continue;
+        }
+        let group: Vec<usize> = (i..posteriors.len())
+            .filter(|&j| posteriors[j] == posteriors[i])
+            .collect();
+        let mean = group.iter().map(|&j| p[j]).sum::<f64>() / group.len() as f64;
+        for j in group {
+            p[j] = mean;
+            done[j] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    #[test]
+    fn beta_matches_the_closed_form() {
+        // P(Beta(3, 2) > Beta(2, 3)) = 0.7571429 exactly (Miller 2015, "Formulas for Bayesian A/B
+        // testing"; evaluated with scipy.special.betaln). 16384 draws: sd 0.0034; 5 sd allowed
+        // (false failure 6e-7).
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let p = probability_best(
+            &[
+                Posterior::Beta {
+                    alpha: 3.0,
+                    beta: 2.0,
+                },
+                Posterior::Beta {
+                    alpha: 2.0,
+                    beta: 3.0,
+                },
+            ],
+            16384,
+            &mut rng,
+        );
+        assert!((p[0] - 0.7571429).abs() < 0.017, "{p:?}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn normal_inverse_gamma_matches_the_student_t_difference() {
+        // Two NIG posteriors with κ = 100, α = 50, β = 0.5 (σ² ≈ 0.0102), means 0.01 and 0.0:
+        // each mean is t_{100}(μ, β/(ακ)) with scale 0.01, so the difference is ≈ N(0.01, 2e-4)
+        // and P(first best) ≈ Φ(0.01/0.01414) = 0.760 (the t tails move it by < 0.002).
+        let nig = |mu| Posterior::NormalInverseGamma {
+            mu,
+            kappa: 100.0,
+            alpha: 50.0,
+            beta: 0.5,
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(8);
+        let p = probability_best(&[nig(0.01), nig(0.0)], 16384, &mut rng);
+        assert!((p[0] - 0.760).abs() < 0.019, "{p:?}");
+    }
+
+    #[test]
+    fn identical_posteriors_split_exactly_and_invalid_ones_never_win() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        let same = Posterior::Beta {
+            alpha: 1.0,
+            beta: 1.0,
+        };
+        let p = probability_best(&[same, same, same, same], 4096, &mut rng);
+        assert!(p.iter().all(|&x| (x - 0.25).abs() < 1e-12), "{p:?}");
+        let p = probability_best(
+            &[
+                same,
+                Posterior::Beta {
+                    alpha: 0.0,
+                    beta: 1.0,
+                },
+            ],
+            1000,
+            &mut rng,
+        );
+        assert_eq!(p, vec![1.0, 0.0]);
+    }
+}
