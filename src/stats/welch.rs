@@ -31,7 +31,8 @@ pub struct Welch {
 
 /// Whether a standard error is too small, relative to the means, to support any inference.
 pub fn degenerate(se: f64, m1: f64, m2: f64) -> bool {
-    !(se > DEGENERATE_SE * m1.abs().max(m2.abs())) || !se.is_finite()
+    let floor = DEGENERATE_SE * m1.abs().max(m2.abs());
+    !se.is_finite() || se <= floor
 }
 
 /// Welch's test of `treatment` against `control`. `None` when either has fewer than two results or
@@ -98,7 +99,9 @@ mod tests {
     /// (the same script, continued, produces the tables of the other stats tests).
     #[test]
     fn welch_matches_scipy() {
-        let cases: [(u64, f64, f64, u64, f64, f64, f64, f64, f64, f64, f64, f64); 12] = [
+        // (n1, m1, s1, n2, m2, s2, alpha, t, df, p, low, high)
+        type Case = (u64, f64, f64, u64, f64, f64, f64, f64, f64, f64, f64, f64);
+        let cases: [Case; 12] = [
             (
                 317,
                 0.004365223668720373,
