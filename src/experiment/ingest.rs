@@ -223,12 +223,12 @@ impl Experiments {
         if !config.early_stopping || !stopping::monitoring(config, &stats.arms) {
             return None;
         }
-        let comparisons = stopping::compare(config, &stats.arms, &stats.sequential);
-        let winner = stopping::decide(config, &stats.arms, &comparisons)?;
+        let evidence = stopping::evidence(config, &stats.arms, &stats.sequential);
+        let winner = stopping::decide(config, &stats.arms, &evidence)?;
         Some(PendingStop {
             test_id,
             winner: Some(winner),
-            reason: stopping::reason(config, &comparisons, winner),
+            reason: stopping::reason(config, &evidence, winner),
             kind: "early_stop",
         })
     }

@@ -292,8 +292,8 @@ impl Experiments {
             let config = &state.config;
             let mut stats = book.stats.clone();
             stopping::look(config, &stats.arms, &mut stats.sequential);
-            let comparisons = stopping::compare(config, &stats.arms, &stats.sequential);
-            let winner = stopping::decide(config, &stats.arms, &comparisons);
+            let evidence = stopping::evidence(config, &stats.arms, &stats.sequential);
+            let winner = stopping::decide(config, &stats.arms, &evidence);
             let mut batch = WriteBatch::new();
             batch.put(keys::test_stats(test_id), &stats)?;
             self.inner.storage.apply(batch)?;
@@ -302,7 +302,7 @@ impl Experiments {
             let reason = match winner {
                 Some(w) => format!(
                     "max duration of {days} days reached; {}",
-                    stopping::reason(config, &comparisons, w).trim_start_matches("early stop: ")
+                    stopping::reason(config, &evidence, w).trim_start_matches("early stop: ")
                 ),
                 None => format!("max duration of {days} days reached; no significant difference"),
             };

@@ -107,6 +107,18 @@ impl Default for ArmStats {
 }
 
 impl ArmStats {
+    /// Statistics with the given count, mean and sum of squared deviations (for simulations that
+    /// draw a batch's sufficient statistics directly; wins and extremes are not tracked).
+    pub fn from_moments(n: u64, mean: f64, m2: f64) -> Self {
+        Self {
+            n,
+            mean,
+            m2,
+            sum: n as f64 * mean,
+            ..Self::default()
+        }
+    }
+
     /// Adds one finite return.
     pub fn add(&mut self, x: f64) {
         self.n += 1;

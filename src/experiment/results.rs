@@ -126,19 +126,20 @@ pub struct TestResults {
 
 fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults {
     let name = |i: usize| config.arms[i].arm_id.clone();
+    let e = &c.evidence;
     ComparisonResults {
-        control_arm: name(c.control),
-        treatment_arm: name(c.treatment),
-        significant: c.significant,
+        control_arm: name(e.control),
+        treatment_arm: name(e.treatment),
+        significant: e.significant,
         p_value: c.welch.map_or(1.0, |w| w.p),
         t_statistic: c.welch.map_or(0.0, |w| w.t),
         degrees_of_freedom: c.welch.map_or(0.0, |w| w.df),
         effect_size: c.cohens_d.unwrap_or(0.0),
-        difference: c.difference,
+        difference: e.difference,
         difference_ci: c.welch.map(|w| w.ci),
         winner: c.winner.map(name),
-        always_valid_p_value: c.always_valid_p,
-        adjusted_p_value: (config.arms.len() > 2).then_some(c.adjusted_p),
+        always_valid_p_value: e.always_valid_p,
+        adjusted_p_value: (config.arms.len() > 2).then_some(e.adjusted_p),
     }
 }
 
@@ -196,7 +197,10 @@ impl Experiments {
         let comparisons = stopping::compare(config, &st.arms, &st.sequential);
         let winner = match record.status {
             s if s.is_ended() => record.winner,
-            _ => stopping::decide(config, &st.arms, &comparisons),
+            _ => {
+                let evidence: Vec<_> = comparisons.iter().map(|c| c.evidence).collect();
+                stopping::decide(config, &st.arms, &evidence)
+            }
         };
         let observed: Vec<f64> = allocations.counts.iter().map(|&c| c as f64).collect();
         let srm_p_value = (allocations.counts.iter().sum::<u64>() > 0)

@@ -39,17 +39,13 @@ impl Default for SequentialState {
     }
 }
 
-/// One comparison of a treatment arm with the control arm.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Comparison {
+/// What the sequential tests say about one treatment arm: all that stopping decisions use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
     /// Control arm index.
     pub control: usize,
     /// Treatment arm index.
     pub treatment: usize,
-    /// Welch's test; `None` below two results per arm or with (near) zero variance.
-    pub welch: Option<Welch>,
-    /// Cohen's d.
-    pub cohens_d: Option<f64>,
     /// Difference of means, treatment − control.
     pub difference: f64,
     /// Running always-valid p-value.
@@ -58,6 +54,17 @@ pub struct Comparison {
     pub adjusted_p: f64,
     /// Adjusted p ≤ α and |difference| ≥ minimum effect.
     pub significant: bool,
+}
+
+/// The full comparison reported to clients: the evidence plus the fixed-horizon figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// The sequential evidence.
+    pub evidence: Evidence,
+    /// Welch's test; `None` below two results per arm or with (near) zero variance.
+    pub welch: Option<Welch>,
+    /// Cohen's d.
+    pub cohens_d: Option<f64>,
     /// The arm with the higher mean, once both arms have two results.
     pub winner: Option<usize>,
 }
@@ -98,59 +105,73 @@ pub fn treatments(config: &TestConfig) -> impl Iterator<Item = usize> + '_ {
     (0..config.arms.len()).filter(move |&i| i != config.control_arm)
 }
 
+/// The sequential evidence for every treatment at the current data.
+pub fn evidence(
+    config: &TestConfig,
+    arms: &[ArmStats],
+    sequential: &[SequentialState],
+) -> Vec<Evidence> {
+    let c = config.control_arm;
+    let adjusted = stats::holm_adjust(&sequential.iter().map(|s| s.p).collect::<Vec<_>>());
+    treatments(config)
+        .zip(sequential.iter().zip(adjusted))
+        .map(|(t, (state, adjusted_p))| {
+            let difference = arms[t].mean - arms[c].mean;
+            Evidence {
+                control: c,
+                treatment: t,
+                difference,
+                always_valid_p: state.p,
+                adjusted_p,
+                significant: adjusted_p <= config.significance_level
+                    && difference.abs() >= config.minimum_effect_size,
+            }
+        })
+        .collect()
+}
+
 /// The comparisons of every treatment with the control at the current data.
 pub fn compare(
     config: &TestConfig,
     arms: &[ArmStats],
     sequential: &[SequentialState],
 ) -> Vec<Comparison> {
-    let c = config.control_arm;
-    let adjusted = stats::holm_adjust(&sequential.iter().map(|s| s.p).collect::<Vec<_>>());
-    treatments(config)
-        .zip(sequential.iter().zip(adjusted))
-        .map(|(t, (state, adjusted_p))| {
-            let (a, b) = (arms[c].summary(), arms[t].summary());
-            let difference = b.mean - a.mean;
+    evidence(config, arms, sequential)
+        .into_iter()
+        .map(|e| {
+            let (a, b) = (arms[e.control].summary(), arms[e.treatment].summary());
             Comparison {
-                control: c,
-                treatment: t,
                 welch: stats::welch_t_test(a, b, config.significance_level),
                 cohens_d: stats::cohens_d(a, b),
-                difference,
-                always_valid_p: state.p,
-                adjusted_p,
-                significant: adjusted_p <= config.significance_level
-                    && difference.abs() >= config.minimum_effect_size,
-                winner: (a.n >= 2 && b.n >= 2).then_some(if difference > 0.0 { t } else { c }),
+                winner: (a.n >= 2 && b.n >= 2).then_some(if e.difference > 0.0 {
+                    e.treatment
+                } else {
+                    e.control
+                }),
+                evidence: e,
             }
         })
         .collect()
 }
 
-/// The winner the comparisons justify stopping for, if any.
-pub fn decide(config: &TestConfig, arms: &[ArmStats], comparisons: &[Comparison]) -> Option<usize> {
-    let better: Vec<usize> = comparisons
+/// The winner the evidence justifies stopping for, if any.
+pub fn decide(config: &TestConfig, arms: &[ArmStats], evidence: &[Evidence]) -> Option<usize> {
+    let better = evidence
         .iter()
-        .filter(|c| c.significant && c.difference > 0.0)
-        .map(|c| c.treatment)
-        .collect();
-    if let Some(&best) = better
-        .iter()
-        .max_by(|&&x, &&y| arms[x].mean.total_cmp(&arms[y].mean))
-    {
+        .filter(|e| e.significant && e.difference > 0.0)
+        .map(|e| e.treatment);
+    if let Some(best) = better.max_by(|&x, &y| arms[x].mean.total_cmp(&arms[y].mean)) {
         return Some(best);
     }
-    let control_wins_all = !comparisons.is_empty()
-        && comparisons
-            .iter()
-            .all(|c| c.significant && c.difference < 0.0);
+    let control_wins_all =
+        !evidence.is_empty() && evidence.iter().all(|e| e.significant && e.difference < 0.0);
     control_wins_all.then_some(config.control_arm)
 }
 
 /// The stop reason naming the evidence.
-pub fn reason(config: &TestConfig, comparisons: &[Comparison], winner: usize) -> String {
+pub fn reason(config: &TestConfig, evidence: &[Evidence], winner: usize) -> String {
     let name = |i: usize| config.arms[i].arm_id.as_str();
-    let evidence = comparisons
+    let evidence = evidence
         .iter()
         .filter(|c| c.significant && (c.treatment == winner || winner == config.control_arm))
         .map(|c| {

@@ -133,3 +133,38 @@ fn epsilon_greedy_breaks_ties_at_random_not_by_arm_order() {
         "{s:?}"
     );
 }
+
+#[test]
+fn floors_and_caps_hold_for_every_strategy_with_a_lopsided_posterior() {
+    let (min, max) = (0.1, 0.6);
+    let arms = vec![arm([0.05; 50]), arm([-0.01; 50]), arm([-0.02; 50])];
+    let policies: Vec<(&str, Box<dyn Policy>)> = vec![
+        ("fixed", Box::new(Fixed::new(vec![0.9, 0.05, 0.05]))),
+        ("thompson", Box::new(Thompson::new(RewardModel::Bernoulli))),
+        (
+            "thompson-gaussian",
+            Box::new(Thompson::new(RewardModel::Gaussian)),
+        ),
+        ("ucb", Box::new(Ucb::new(std::f64::consts::SQRT_2))),
+        ("epsilon-greedy", Box::new(EpsilonGreedy::new(0.1))),
+    ];
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
+    for (name, policy) in policies {
+        let raw = policy.probabilities(&arms, &mut rng);
+        let table = AllocationTable::new(apply_limits(&raw, min, max, &[false; 3]));
+        let s = shares(&table, 50_000, &mut rng);
+        // Each share's sd is below √(0.25/50000) = 0.0022: 1 point is 4.5 sd (false failure 7e-6
+        // per bound).
+        for (i, share) in s.iter().enumerate() {
+            assert!(
+                (min - 0.01..=max + 0.01).contains(share),
+                "{name}: arm {i} got {share} (raw {raw:?}, limited {:?})",
+                table.probabilities
+            );
+        }
+        assert!(
+            s[0] > 0.55,
+            "{name}: the best arm should sit at the cap, got {s:?}"
+        );
+    }
+}

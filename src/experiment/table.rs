@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// an additive floor `p ← min + (1 − K·min)·p` (keeps the order of arms and the sum), then
 /// a cap: mass above `max` is moved to the arms below the cap in proportion to their headroom,
 /// repeatedly, until none exceeds it. Requires `K·min ≤ 1 ≤ K·max` (checked at test creation);
-/// `suspended` arms (stop-loss) are held at the floor.
+/// `suspended` arms (stop-loss) are held at the floor, or as close to it as the other arms' caps
+/// allow (caps win: with two arms and a cap of 0.8, a suspended arm keeps 0.2).
 pub fn apply_limits(p: &[f64], min: f64, max: f64, suspended: &[bool]) -> Vec<f64> {
     let k = p.len();
     let mut out: Vec<f64> = p
