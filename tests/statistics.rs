@@ -444,3 +444,47 @@ async fn sample_size_estimates() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_manual_stop_declares_a_winner_only_when_the_evidence_is_significant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = register_models(&mut server.registry().await, 2).await;
+    let mut experiments = server.experiments().await;
+    for (id, separated) in [("clear", true), ("noise", false)] {
+        let mut request = test_request(id, &models);
+        request.minimum_sample_size = Some(50);
+        request.early_stopping = Some(false);
+        experiments.create_test(request).await.expect("create");
+        let records = (0..60)
+            .flat_map(|i| {
+                let wobble = if i % 2 == 0 { 0.01 } else { -0.01 };
+                let edge = if separated { 0.02 } else { 0.0 };
+                [
+                    result(id, "arm_0", wobble),
+                    result(id, "arm_1", edge - wobble),
+                ]
+            })
+            .collect();
+        ingest(&mut server.allocator().await, vec![batch(1, records)])
+            .await
+            .expect("ingest");
+        assert_eq!(
+            results(&server, id).await.status,
+            TS::Running as i32,
+            "early stopping is off"
+        );
+        let stopped = experiments
+            .stop_test(pb::StopTestRequest {
+                test_id: id.into(),
+                reason: "review".into(),
+                requested_by: "lead".into(),
+            })
+            .await
+            .expect("stop")
+            .into_inner();
+        let expected = if separated { "arm_1" } else { "" };
+        assert_eq!(stopped.winner, expected, "{id}");
+    }
+    server.stop().await;
+}

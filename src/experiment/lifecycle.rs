@@ -274,6 +274,24 @@ impl Experiments {
         Ok(())
     }
 
+    /// Ends a test on request (StopTest). The winner is declared only if the evidence is already
+    /// significant (the same rule as early stopping); otherwise the control arm keeps serving.
+    pub async fn stop_on_request(
+        &self,
+        test_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<TestResults> {
+        let winner = {
+            let state = self.state(test_id)?;
+            let book = state.book.lock();
+            let stats = &book.stats;
+            let evidence = stopping::evidence(&state.config, &stats.arms, &stats.sequential);
+            stopping::decide(&state.config, &stats.arms, &evidence)
+        };
+        self.stop(test_id, actor, reason, winner, "manual").await
+    }
+
     /// Completes a RUNNING or PAUSED test whose maximum duration has passed; called lazily on
     /// access and by the periodic sweep. The winner is declared only if significant, after one
     /// final look of the sequential tests.

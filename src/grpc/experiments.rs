@@ -125,13 +125,7 @@ impl experiments_server::Experiments for ExperimentsService {
         let r = request.into_inner();
         let results = self
             .experiments
-            .stop(
-                &r.test_id,
-                actor(&r.requested_by),
-                &r.reason,
-                None,
-                "manual",
-            )
+            .stop_on_request(&r.test_id, actor(&r.requested_by), &r.reason)
             .await
             .map_err(status::experiment)?;
         Ok(Response::new(results.into()))
