@@ -12,7 +12,11 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/admin.proto",
     "arbiter/v1/experiments.proto",
     "arbiter/v1/allocator.proto",
+    "arbiter/bench/v1/echo.proto",
 ];
+
+/// Compiled for the load generator but kept out of the reflection descriptor set.
+const NOT_SERVED: &[&str] = &["arbiter/bench/v1/echo.proto"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=proto");
@@ -24,13 +28,24 @@ fn main() -> anyhow::Result<()> {
         .open_files(PROTOS)
         .map_err(|e| anyhow::anyhow!("compiling protos: {e:?}"))?;
     let encoded = compiler.encode_file_descriptor_set();
-    std::fs::write(out_dir.join("arbiter_descriptor.bin"), &encoded)
-        .context("writing the descriptor set")?;
 
     // Decode with our own prost-types so that a different prost version inside protox cannot
     // cause a type mismatch.
     let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())
         .context("decoding the descriptor set")?;
+    let served = prost_types::FileDescriptorSet {
+        file: fds
+            .file
+            .iter()
+            .filter(|f| !NOT_SERVED.contains(&f.name()))
+            .cloned()
+            .collect(),
+    };
+    std::fs::write(
+        out_dir.join("arbiter_descriptor.bin"),
+        served.encode_to_vec(),
+    )
+    .context("writing the descriptor set")?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -22,6 +22,48 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Measure Allocate and IngestResults over gRPC, optionally against an echo baseline.
+    Bench(BenchArgs),
+}
+
+/// The baseline `arbiter bench` compares with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// No baseline.
+    None,
+    /// A bare tonic echo service with the same message shapes, started in the same process.
+    Echo,
+}
+
+/// Flags of `arbiter bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// arbiter to measure (e.g. http://127.0.0.1:50051); default: start one in this process on a
+    /// temporary data directory.
+    #[arg(long, env = "ARBITER_BENCH_TARGET")]
+    pub target: Option<String>,
+    /// Also measure this baseline and report arbiter/baseline ratios.
+    #[arg(long, value_enum, default_value_t = Baseline::None)]
+    pub baseline: Baseline,
+    /// Milliseconds per scenario and system.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_ms: u64,
+    /// Connections of the closed-loop scenario.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections: u32,
+    /// Concurrent callers per connection in the closed-loop scenario.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// Whether the echo baseline runs.
+    pub fn baseline_echo(&self) -> bool {
+        self.baseline == Baseline::Echo
+    }
 }
 
 /// Log line format.
@@ -82,13 +124,38 @@ mod tests {
     #[test]
     fn defaults_run_on_a_laptop() {
         let cli = Cli::try_parse_from(["arbiter", "serve"]).expect("parses");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(args.data_dir, PathBuf::from("./arbiter-data"));
         let config = args.server_config();
         assert_eq!(config.registry.max_artifact_bytes, 1 << 30);
         assert_eq!(config.registry.max_versions_per_model, 10);
         assert!(!config.registry.allow_self_approval);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "arbiter",
+            "bench",
+            "--baseline",
+            "echo",
+            "--connections",
+            "3",
+        ])
+        .expect("parses");
+        let Command::Bench(args) = cli.command else {
+            panic!("bench expected");
+        };
+        assert!(args.baseline_echo());
+        assert_eq!(
+            (args.connections, args.in_flight, args.duration_ms),
+            (3, 16, 3000)
+        );
     }
 
     #[test]

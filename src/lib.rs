@@ -9,11 +9,13 @@
 //! - [`storage`]: sled behind typed keys and versioned record encodings, with group commit.
 //! - [`server`] composes the services; [`config`] and [`telemetry`] serve `main.rs`.
 //! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).
+//! - [`loadgen`]: `arbiter bench`, the load generator with its echo baseline.
 
 pub mod audit;
 pub mod config;
 pub mod experiment;
 pub mod grpc;
+pub mod loadgen;
 pub mod pb;
 pub mod registry;
 pub mod server;

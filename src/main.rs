@@ -20,6 +20,21 @@ fn main() -> anyhow::Result<()> {
                     .context("server failed")
             })
         }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let report = runtime
+                .block_on(arbiter::loadgen::run(&args))
+                .context("benchmark failed")?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding the report")?
+                );
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,109 @@
+//! Durable result ingestion in process: a batch of 1, 100 or 1000 results (each with a result_id)
+//! applied and flushed, as `IngestResults` does before acknowledging; and recovery time (opening
+//! the whole engine on a data directory holding 100 000 results).
+//!
+//! `cargo bench --bench storage`
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use arbiter::experiment::types::Strategy;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn storage(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = runtime.block_on(async {
+        let engine = support::engine().await;
+        let models = support::models(&engine.registry, 2).await;
+        let config = support::config("t", &models, 2, Strategy::ThompsonSampling);
+        engine
+            .experiments
+            .create(config, "bench")
+            .await
+            .expect("create");
+        engine
+    });
+    let mut next_id = 0u64;
+    let mut group = c.benchmark_group("durable_batch");
+    for size in [1usize, 100, 1000] {
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, &size| {
+            b.iter_custom(|iters| {
+                let batches: Vec<Vec<_>> = (0..iters)
+                    .map(|_| {
+                        (0..size)
+                            .map(|i| {
+                                next_id += 1;
+                                support::result(
+                                    "t",
+                                    i % 2,
+                                    ((i % 13) as f64 - 6.0) * 1e-3,
+                                    format!("r{next_id}"),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect();
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for batch in batches {
+                        engine
+                            .experiments
+                            .record_batch(batch)
+                            .await
+                            .expect("durable");
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // Fill a directory with 100k results, then measure opening it.
+    let dir = runtime.block_on(async {
+        for chunk in 0..100 {
+            let batch = (0..1000)
+                .map(|i| support::result("t", i % 2, 1e-3, format!("fill-{chunk}-{i}")))
+                .collect();
+            engine.experiments.record_batch(batch).await.expect("fill");
+        }
+        engine.dir
+    });
+    drop((engine.experiments, engine.registry, engine.storage));
+    let mut dir = Some(dir);
+    c.bench_function("recovery/open_engine_100k_results", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let engine = runtime.block_on(support::open(dir.take().expect("dir")));
+                total += started.elapsed();
+                let support::Engine {
+                    storage,
+                    registry,
+                    experiments,
+                    dir: d,
+                } = engine;
+                drop((experiments, registry, storage));
+                // Let background tasks notice the drop so sled's lock is released.
+                runtime.block_on(tokio::time::sleep(Duration::from_millis(20)));
+                dir = Some(d);
+            }
+            total
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = storage
+}
+criterion_main!(benches);

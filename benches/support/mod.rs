@@ -1,0 +1,121 @@
+//! Shared set-up of the benches: an in-process engine on a temporary data directory with models
+//! and tests created through the public domain API.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use arbiter::audit::AuditLog;
+use arbiter::experiment::types::*;
+use arbiter::experiment::Experiments;
+use arbiter::registry::types::{ModelType, NewModel, RegistryId};
+use arbiter::registry::{Registry, RegistryConfig};
+use arbiter::storage::Storage;
+
+/// An engine and the directory it lives in.
+pub struct Engine {
+    pub storage: Arc<Storage>,
+    pub registry: Registry,
+    pub experiments: Experiments,
+    pub dir: tempfile::TempDir,
+}
+
+/// Opens storage, audit log, registry and experiments on a fresh temporary directory.
+pub async fn engine() -> Engine {
+    let dir = tempfile::tempdir().expect("tempdir");
+    open(dir).await
+}
+
+/// Opens the engine on an existing directory.
+pub async fn open(dir: tempfile::TempDir) -> Engine {
+    let storage = Arc::new(Storage::open(dir.path()).expect("storage"));
+    let audit = Arc::new(AuditLog::open(&storage).expect("audit"));
+    let registry = Registry::open(storage.clone(), audit.clone(), RegistryConfig::default())
+        .expect("registry");
+    let experiments =
+        Experiments::open(storage.clone(), audit, registry.clone()).expect("experiments");
+    Engine {
+        storage,
+        registry,
+        experiments,
+        dir,
+    }
+}
+
+/// Registers `n` models `m0:1.0.0` … and returns their ids.
+pub async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = RegistryId::parse("registry_id", &format!("m{i}:1.0.0")).expect("valid");
+        let model = NewModel {
+            registry_id: id.clone(),
+            name: format!("m{i}"),
+            model_type: ModelType::Signal,
+            created_by: "bench".into(),
+            description: String::new(),
+            framework: String::new(),
+            input_features: Vec::new(),
+            output_schema: Default::default(),
+            figures: Default::default(),
+            resource_requirements: Default::default(),
+            latency_requirements_ms: None,
+            policy_config: None,
+            feature_spec: None,
+            expected_sha256: None,
+        };
+        let mut registration = registry.begin_registration(model).await.expect("begin");
+        registration.write(b"weights").await.expect("write");
+        registration.commit().await.expect("commit");
+        ids.push(id);
+    }
+    ids
+}
+
+/// A test over the first `arms` models with the given strategy, early stopping off.
+pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strategy) -> TestConfig {
+    TestConfig {
+        test_id: TestId::parse(test_id).expect("valid"),
+        name: test_id.into(),
+        description: String::new(),
+        created_by: "bench".into(),
+        arms: models[..arms]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ArmConfig {
+                arm_id: format!("arm_{i}"),
+                model: m.clone(),
+                weight: 1.0 / arms as f64,
+            })
+            .collect(),
+        strategy,
+        reward_model: RewardModel::Bernoulli,
+        epsilon: 0.1,
+        ucb_exploration: std::f64::consts::SQRT_2,
+        significance_level: 0.05,
+        minimum_sample_size: 1000,
+        minimum_effect_size: 0.0,
+        max_duration_days: 30.0,
+        early_stopping: false,
+        stop_loss_threshold: -1e9,
+        min_allocation_per_arm: 0.5 / arms as f64 * 0.1,
+        max_allocation_per_arm: 1.0,
+        control_arm: 0,
+    }
+}
+
+/// A result for `test_id` on `arm`.
+pub fn result(
+    test_id: &str,
+    arm: usize,
+    value: f64,
+    result_id: String,
+) -> arbiter::experiment::ResultInput {
+    arbiter::experiment::ResultInput {
+        test_id: test_id.into(),
+        attribution: Some(arbiter::experiment::Attribution::Arm(format!("arm_{arm}"))),
+        return_value: value,
+        metrics: Vec::new(),
+        result_id,
+        observed_at: None,
+    }
+}

@@ -1,0 +1,414 @@
+//! The load shapes, each run for a fixed duration against one target.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::{create_test_on as create_bench_test, BenchError, Measurement};
+use crate::pb::arbiter::bench::v1::echo_client::EchoClient;
+use crate::pb::{self, allocator_client::AllocatorClient};
+
+/// Which server a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// arbiter itself.
+    Arbiter,
+    /// The echo baseline.
+    Echo,
+}
+
+impl System {
+    /// "arbiter" or "echo".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Arbiter => "arbiter",
+            Self::Echo => "echo",
+        }
+    }
+}
+
+/// A server ready to be measured.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Which server.
+    pub system: System,
+    url: String,
+    test_id: String,
+}
+
+impl Target {
+    /// Connects once to check the target and, for arbiter, creates the test to allocate from.
+    pub async fn prepare(system: System, url: &str) -> Result<Self, BenchError> {
+        let test_id = match system {
+            System::Arbiter => retry_until_up(|| create_bench_test(url)).await?,
+            System::Echo => {
+                retry_until_up(|| async { connect(url).await.map(|_| ()) }).await?;
+                "bench-echo".to_string()
+            }
+        };
+        Ok(Self {
+            system,
+            url: url.to_string(),
+            test_id,
+        })
+    }
+
+    fn request(&self) -> pb::AllocateRequest {
+        pb::AllocateRequest {
+            test_id: self.test_id.clone(),
+            unit_key: String::new(),
+        }
+    }
+}
+
+async fn retry_until_up<T, F, Fut>(mut attempt: F) -> Result<T, BenchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BenchError>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn connect(url: &str) -> Result<Channel, BenchError> {
+    Channel::from_shared(url.to_string())
+        .map_err(|e| BenchError::Start {
+            what: "client",
+            reason: e.to_string(),
+        })?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| BenchError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
+/// One client over either service: both expose the same three calls.
+#[derive(Debug, Clone)]
+enum Client {
+    Arbiter(AllocatorClient<Channel>),
+    Echo(EchoClient<Channel>),
+}
+
+impl Client {
+    async fn new(target: &Target) -> Result<Self, BenchError> {
+        let channel = connect(&target.url).await?;
+        Ok(match target.system {
+            System::Arbiter => Self::Arbiter(AllocatorClient::new(channel)),
+            System::Echo => Self::Echo(EchoClient::new(channel)),
+        })
+    }
+
+    async fn allocate(&mut self, request: pb::AllocateRequest) -> Result<(), BenchError> {
+        let outcome = match self {
+            Self::Arbiter(c) => c.allocate(request).await.map(drop),
+            Self::Echo(c) => c.allocate(request).await.map(drop),
+        };
+        outcome.map_err(|status| BenchError::Call {
+            what: "Allocate",
+            status,
+        })
+    }
+
+    async fn allocate_stream(
+        &mut self,
+        requests: ReceiverStream<pb::AllocateRequest>,
+    ) -> Result<tonic::Streaming<pb::Allocation>, BenchError> {
+        let outcome = match self {
+            Self::Arbiter(c) => c.allocate_stream(requests).await,
+            Self::Echo(c) => c.allocate_stream(requests).await,
+        };
+        outcome
+            .map(tonic::Response::into_inner)
+            .map_err(|status| BenchError::Call {
+                what: "AllocateStream",
+                status,
+            })
+    }
+
+    async fn ingest(
+        &mut self,
+        batches: ReceiverStream<pb::ResultBatch>,
+    ) -> Result<tonic::Streaming<pb::BatchAck>, BenchError> {
+        let outcome = match self {
+            Self::Arbiter(c) => c.ingest_results(batches).await,
+            Self::Echo(c) => c.ingest_results(batches).await,
+        };
+        outcome
+            .map(tonic::Response::into_inner)
+            .map_err(|status| BenchError::Call {
+                what: "IngestResults",
+                status,
+            })
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A load shape.
+#[derive(Debug, Clone, Copy)]
+pub enum Scenario {
+    /// Unary Allocate, one call at a time on one connection.
+    UnarySequential,
+    /// Unary Allocate from `connections` × `in_flight` concurrent callers.
+    UnaryClosedLoop {
+        /// Connections.
+        connections: usize,
+        /// Callers per connection.
+        in_flight: usize,
+    },
+    /// AllocateStream with up to 512 requests in flight.
+    StreamPipelined,
+    /// IngestResults with `streams` concurrent streams of `batch`-result batches.
+    Ingest {
+        /// Results per batch.
+        batch: usize,
+        /// Concurrent streams.
+        streams: usize,
+    },
+}
+
+impl Scenario {
+    /// Every scenario of the benchmark, in order.
+    pub fn all(connections: usize, in_flight: usize) -> Vec<Self> {
+        vec![
+            Self::UnarySequential,
+            Self::UnaryClosedLoop {
+                connections,
+                in_flight,
+            },
+            Self::StreamPipelined,
+            Self::Ingest {
+                batch: 100,
+                streams: 1,
+            },
+            Self::Ingest {
+                batch: 100,
+                streams: 4,
+            },
+            Self::Ingest {
+                batch: 1000,
+                streams: 1,
+            },
+            Self::Ingest {
+                batch: 1000,
+                streams: 4,
+            },
+        ]
+    }
+
+    /// A stable name for tables and JSON.
+    pub fn name(&self) -> String {
+        match self {
+            Self::UnarySequential => "allocate_unary_sequential".into(),
+            Self::UnaryClosedLoop {
+                connections,
+                in_flight,
+            } => {
+                format!("allocate_unary_closed_loop_{connections}x{in_flight}")
+            }
+            Self::StreamPipelined => "allocate_stream_pipelined".into(),
+            Self::Ingest { batch, streams } => format!("ingest_batch{batch}_streams{streams}"),
+        }
+    }
+
+    /// Runs the scenario against `target` for `duration`.
+    pub async fn run(
+        &self,
+        target: &Target,
+        duration: Duration,
+    ) -> Result<Measurement, BenchError> {
+        let (ops, elapsed, latencies) = match *self {
+            Self::UnarySequential => unary(target, 1, 1, duration).await?,
+            Self::UnaryClosedLoop {
+                connections,
+                in_flight,
+            } => unary(target, connections, in_flight, duration).await?,
+            Self::StreamPipelined => pipelined(target, duration).await?,
+            Self::Ingest { batch, streams } => ingest(target, batch, streams, duration).await?,
+        };
+        Ok(Measurement::new(
+            self.name(),
+            target.system.name(),
+            ops,
+            elapsed,
+            latencies,
+        ))
+    }
+}
+
+type Outcome = (u64, Duration, Option<Histogram<u64>>);
+
+async fn unary(
+    target: &Target,
+    connections: usize,
+    in_flight: usize,
+    duration: Duration,
+) -> Result<Outcome, BenchError> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut client = Client::new(target).await?;
+        for _ in 0..200 {
+            client.allocate(target.request()).await?; // warm-up
+        }
+        clients.push(client);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for client in &clients {
+        for _ in 0..in_flight {
+            let mut client = client.clone();
+            let request = target.request();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = histogram();
+                let mut ops = 0u64;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    client.allocate(request.clone()).await?;
+                    latencies.saturating_record(t0.elapsed().as_nanos() as u64);
+                    ops += 1;
+                }
+                Ok::<_, BenchError>((ops, latencies))
+            }));
+        }
+    }
+    let mut total = 0;
+    let mut merged = histogram();
+    for task in tasks {
+        let (ops, latencies) = task.await.map_err(|e| BenchError::Start {
+            what: "caller",
+            reason: e.to_string(),
+        })??;
+        total += ops;
+        merged.add(&latencies).expect("histograms share bounds");
+    }
+    Ok((total, started.elapsed(), Some(merged)))
+}
+
+const STREAM_WINDOW: usize = 512;
+
+async fn pipelined(target: &Target, duration: Duration) -> Result<Outcome, BenchError> {
+    let mut client = Client::new(target).await?;
+    let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+    let window = Arc::new(Semaphore::new(STREAM_WINDOW));
+    let mut responses = client.allocate_stream(ReceiverStream::new(rx)).await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let sender_window = window.clone();
+    let request = target.request();
+    let sender = tokio::spawn(async move {
+        while Instant::now() < deadline {
+            let Ok(permit) = sender_window.acquire().await else {
+                return;
+            };
+            permit.forget();
+            if tx.send(request.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut ops = 0u64;
+    while let Some(response) = responses
+        .message()
+        .await
+        .map_err(|status| BenchError::Call {
+            what: "AllocateStream",
+            status,
+        })?
+    {
+        drop(response);
+        ops += 1;
+        window.add_permits(1);
+    }
+    let elapsed = started.elapsed();
+    let _ = sender.await;
+    Ok((ops, elapsed, None))
+}
+
+const BATCH_WINDOW: usize = 4;
+
+async fn ingest(
+    target: &Target,
+    batch: usize,
+    streams: usize,
+    duration: Duration,
+) -> Result<Outcome, BenchError> {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for stream in 0..streams {
+        let mut client = Client::new(target).await?;
+        let test_id = target.test_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(BATCH_WINDOW);
+            let window = Arc::new(Semaphore::new(BATCH_WINDOW));
+            let mut acks = client.ingest(ReceiverStream::new(rx)).await?;
+            let sender_window = window.clone();
+            let sender = tokio::spawn(async move {
+                let mut sequence = 0u64;
+                while Instant::now() < deadline {
+                    let Ok(permit) = sender_window.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                    let results = (0..batch)
+                        .map(|i| pb::ResultRecord {
+                            test_id: test_id.clone(),
+                            attribution: Some(pb::result_record::Attribution::ArmId(
+                                if i % 2 == 0 { "arm_0" } else { "arm_1" }.to_string(),
+                            )),
+                            return_value: ((i % 17) as f64 - 8.0) * 1e-3,
+                            result_id: format!("{run}-{stream}-{sequence}-{i}"),
+                            ..Default::default()
+                        })
+                        .collect();
+                    if tx
+                        .send(pb::ResultBatch { sequence, results })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sequence += 1;
+                }
+            });
+            let mut accepted = 0u64;
+            while let Some(ack) = acks.message().await.map_err(|status| BenchError::Call {
+                what: "IngestResults",
+                status,
+            })? {
+                accepted += u64::from(ack.accepted);
+                window.add_permits(1);
+            }
+            let _ = sender.await;
+            Ok::<_, BenchError>(accepted)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.map_err(|e| BenchError::Start {
+            what: "stream",
+            reason: e.to_string(),
+        })??;
+    }
+    Ok((total, started.elapsed(), None))
+}

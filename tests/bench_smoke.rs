@@ -1,0 +1,53 @@
+//! `arbiter bench` runs end to end with tiny durations and emits a JSON report whose numbers make
+//! sense. No timing assertions: figures belong in BENCHMARKS.md, not in tests.
+
+use std::process::Command;
+
+#[test]
+fn bench_json_report_parses_and_counts_work() {
+    let output = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "bench",
+            "--baseline",
+            "echo",
+            "--duration-ms",
+            "100",
+            "--connections",
+            "1",
+            "--in-flight",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run arbiter bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let measurements = report["measurements"].as_array().expect("measurements");
+    assert_eq!(measurements.len(), 14, "7 scenarios × arbiter and echo");
+    for m in measurements {
+        assert!(m["ops"].as_u64().expect("ops") > 0, "{m}");
+        assert!(m["rate"].as_f64().expect("rate") > 0.0, "{m}");
+    }
+    let unary = measurements
+        .iter()
+        .find(|m| m["scenario"] == "allocate_unary_sequential" && m["system"] == "arbiter")
+        .expect("unary scenario");
+    let (p50, p99) = (
+        unary["p50_us"].as_f64().expect("p50"),
+        unary["p99_us"].as_f64().expect("p99"),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{unary}");
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 7);
+    assert!(ratios
+        .iter()
+        .all(|r| r["rate"].as_f64().is_some_and(|x| x > 0.0)));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("allocate_unary_sequential against echo"),
+        "progress lines"
+    );
+}
