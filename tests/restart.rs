@@ -115,9 +115,9 @@ async fn an_upload_cut_off_mid_stream_leaves_no_trace() {
         !dir_entries(&tmp).is_empty(),
         "the upload reached the server"
     );
+    // Keep the request stream open (no END_STREAM can follow); the call's abort resets it.
     call.abort();
     let _ = call.await;
-    drop(tx);
 
     for _ in 0..500 {
         if dir_entries(&tmp).is_empty() {
@@ -148,6 +148,7 @@ async fn an_upload_cut_off_mid_stream_leaves_no_trace() {
         "no audit event for an aborted upload"
     );
 
+    drop(tx);
     let bytes = artifact_bytes(100_000, 9);
     let m = register(&mut client, header("m", "1.0.0", "alice"), &bytes)
         .await
