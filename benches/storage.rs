@@ -77,6 +77,7 @@ fn storage(c: &mut Criterion) {
         engine.dir
     });
     drop((engine.experiments, engine.registry, engine.storage));
+    support::wait_unlocked(dir.path());
     let mut dir = Some(dir);
     c.bench_function("recovery/open_engine_100k_results", |b| {
         b.iter_custom(|iters| {
@@ -92,8 +93,7 @@ fn storage(c: &mut Criterion) {
                     dir: d,
                 } = engine;
                 drop((experiments, registry, storage));
-                // Let background tasks notice the drop so sled's lock is released.
-                runtime.block_on(tokio::time::sleep(Duration::from_millis(20)));
+                support::wait_unlocked(d.path());
                 dir = Some(d);
             }
             total

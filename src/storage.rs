@@ -85,6 +85,7 @@ impl Storage {
             // Durability comes from explicit flushes before every acknowledgement; sled's own
             // periodic flush only bounds what an unacknowledged write may lose.
             .flush_every_ms(Some(1000))
+            .cache_capacity(8 << 20)
             .open()?;
         let flusher = GroupCommit::start(db.clone());
         Ok(Self {

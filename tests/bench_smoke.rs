@@ -27,7 +27,7 @@ fn bench_json_report_parses_and_counts_work() {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     let measurements = report["measurements"].as_array().expect("measurements");
-    assert_eq!(measurements.len(), 14, "7 scenarios × arbiter and echo");
+    assert_eq!(measurements.len(), 16, "8 scenarios × arbiter and echo");
     for m in measurements {
         assert!(m["ops"].as_u64().expect("ops") > 0, "{m}");
         assert!(m["rate"].as_f64().expect("rate") > 0.0, "{m}");
@@ -42,7 +42,7 @@ fn bench_json_report_parses_and_counts_work() {
     );
     assert!(p50 > 0.0 && p99 >= p50, "{unary}");
     let ratios = report["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.len(), 7);
+    assert_eq!(ratios.len(), 8);
     assert!(ratios
         .iter()
         .all(|r| r["rate"].as_f64().is_some_and(|x| x > 0.0)));

@@ -109,3 +109,68 @@ fn walk_size(path: &std::path::Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn memory_with_ten_thousand_tests_of_eight_arms() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut registry = loop {
+        match pb::registry_client::RegistryClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let models = register_models(&mut registry, 8).await;
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .expect("VmRSS")
+    };
+    let before = rss(child.id());
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let url = url.clone();
+        let models = models.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::experiments_client::ExperimentsClient::connect(url)
+                .await
+                .expect("connect");
+            for i in (worker..10_000).step_by(8) {
+                client
+                    .create_test(test_request(&format!("t{i}"), &models))
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(child.id());
+    println!(
+        "RSS with 8 models: {:.1} MiB; with 10 000 tests × 8 arms: {:.1} MiB",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -42,6 +42,17 @@ pub async fn open(dir: tempfile::TempDir) -> Engine {
     }
 }
 
+/// Waits until the database under `dir` is released by every background task of a dropped engine.
+pub fn wait_unlocked(dir: &std::path::Path) {
+    for _ in 0..400 {
+        if sled::Config::new().path(dir.join("db")).open().is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("database still locked");
+}
+
 /// Registers `n` models `m0:1.0.0` … and returns their ids.
 pub async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
     let mut ids = Vec::new();

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::state::{Decision, TestState};
-use super::types::TestStatus;
+use super::types::{TestStatus, ARM_IDS};
 use super::{coarse_now, ExperimentError, Experiments, Result};
 
 /// A decision together with the strings a response needs.
@@ -35,7 +35,7 @@ impl Experiments {
             self.schedule_expiry(state, decision.status);
         }
         Ok(Allocated {
-            arm_id: state.arm_ids[decision.arm].clone(),
+            arm_id: ARM_IDS[decision.arm].to_string(),
             model_registry_id: state.model_ids[decision.arm].clone(),
             decision,
         })

@@ -51,7 +51,7 @@ impl Experiments {
             winner: None,
             stop_reason: String::new(),
             stopped_at: None,
-            config,
+            config: Arc::new(config),
         };
         {
             let _guard = self.inner.create_lock.lock();

@@ -84,8 +84,6 @@ pub struct Book {
 pub struct TestState {
     /// The configuration (never changes).
     pub config: Arc<TestConfig>,
-    /// `arm_i` strings, ready to hand out.
-    pub arm_ids: Vec<String>,
     /// Registry ids of the arms, ready to hand out.
     pub model_ids: Vec<String>,
     status: AtomicU8,
@@ -127,7 +125,7 @@ impl TestState {
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
     ) -> Self {
-        let config = Arc::new(record.config.clone());
+        let config = record.config.clone();
         let k = config.arms.len();
         let alloc = allocations.unwrap_or(AllocationRecord {
             counts: vec![0; k],
@@ -135,7 +133,6 @@ impl TestState {
             next_decision: 0,
         });
         let state = Self {
-            arm_ids: config.arms.iter().map(|a| a.arm_id.clone()).collect(),
             model_ids: config.arms.iter().map(|a| a.model.to_string()).collect(),
             status: AtomicU8::new(record.status.to_u8()),
             table: ArcSwap::from_pointee(AllocationTable::single(k, config.control_arm)),
@@ -213,7 +210,11 @@ impl TestState {
         };
         self.status.store(record.status.to_u8(), Ordering::Release);
         let old = self.table.swap(Arc::new(table));
-        self.retired.lock().push(old);
+        let mut expected = self.expected.lock();
+        let mut retired = self.retired.lock();
+        retired.push(old);
+        fold_unreferenced(&mut expected, &mut retired);
+        drop((expected, retired));
         self.last_refresh
             .store(crate::time::now(), Ordering::Relaxed);
         self.dirty.store(false, Ordering::Relaxed);
@@ -244,14 +245,7 @@ impl TestState {
     pub fn allocation_record(&self) -> AllocationRecord {
         let mut expected = self.expected.lock();
         let mut retired = self.retired.lock();
-        retired.retain(|table| {
-            if Arc::strong_count(table) == 1 {
-                fold(&mut expected, table);
-                false
-            } else {
-                true
-            }
-        });
+        fold_unreferenced(&mut expected, &mut retired);
         let mut total = expected.clone();
         for table in retired.iter() {
             fold(&mut total, table);
@@ -272,6 +266,18 @@ impl TestState {
     pub fn take_allocations_dirty(&self) -> bool {
         self.allocations_dirty.swap(false, Ordering::Relaxed)
     }
+}
+
+/// Folds the retired tables no thread can still draw from into `expected` and forgets them.
+fn fold_unreferenced(expected: &mut [f64], retired: &mut Vec<Arc<AllocationTable>>) {
+    retired.retain(|table| {
+        if Arc::strong_count(table) == 1 {
+            fold(expected, table);
+            false
+        } else {
+            true
+        }
+    });
 }
 
 fn fold(expected: &mut [f64], table: &AllocationTable) {

@@ -14,6 +14,14 @@ use super::ExperimentError;
 /// Most arms a test may have; decision ids reserve 6 bits for the arm index.
 pub const MAX_ARMS: usize = 32;
 
+/// The arm ids, `arm_0` … `arm_31`, shared by every test (arms are always named by position).
+pub const ARM_IDS: [&str; MAX_ARMS] = [
+    "arm_0", "arm_1", "arm_2", "arm_3", "arm_4", "arm_5", "arm_6", "arm_7", "arm_8", "arm_9",
+    "arm_10", "arm_11", "arm_12", "arm_13", "arm_14", "arm_15", "arm_16", "arm_17", "arm_18",
+    "arm_19", "arm_20", "arm_21", "arm_22", "arm_23", "arm_24", "arm_25", "arm_26", "arm_27",
+    "arm_28", "arm_29", "arm_30", "arm_31",
+];
+
 /// A test identifier, `[A-Za-z0-9._-]{1,128}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -191,8 +199,8 @@ impl TestConfig {
 /// The stored state of a test besides its results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRecord {
-    /// The configuration.
-    pub config: TestConfig,
+    /// The configuration, shared with the in-memory state (it never changes).
+    pub config: std::sync::Arc<TestConfig>,
     /// Current status.
     pub status: TestStatus,
     /// Creation time.

@@ -250,7 +250,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
 impl From<TestView> for pb::Test {
     fn from(view: TestView) -> Self {
         let r = view.record;
-        let c = r.config;
+        let c = std::sync::Arc::unwrap_or_clone(r.config);
         pb::Test {
             test_id: c.test_id.to_string(),
             name: c.name,

@@ -181,12 +181,19 @@ pub enum Scenario {
         batch: usize,
         /// Concurrent streams.
         streams: usize,
+        /// Whether each result carries a result_id (idempotency costs a lookup and a key each).
+        ids: bool,
     },
 }
 
 impl Scenario {
     /// Every scenario of the benchmark, in order.
     pub fn all(connections: usize, in_flight: usize) -> Vec<Self> {
+        let ingest = |batch, streams, ids| Self::Ingest {
+            batch,
+            streams,
+            ids,
+        };
         vec![
             Self::UnarySequential,
             Self::UnaryClosedLoop {
@@ -194,22 +201,11 @@ impl Scenario {
                 in_flight,
             },
             Self::StreamPipelined,
-            Self::Ingest {
-                batch: 100,
-                streams: 1,
-            },
-            Self::Ingest {
-                batch: 100,
-                streams: 4,
-            },
-            Self::Ingest {
-                batch: 1000,
-                streams: 1,
-            },
-            Self::Ingest {
-                batch: 1000,
-                streams: 4,
-            },
+            ingest(100, 1, true),
+            ingest(100, 4, true),
+            ingest(1000, 1, true),
+            ingest(1000, 4, true),
+            ingest(1000, 4, false),
         ]
     }
 
@@ -224,7 +220,16 @@ impl Scenario {
                 format!("allocate_unary_closed_loop_{connections}x{in_flight}")
             }
             Self::StreamPipelined => "allocate_stream_pipelined".into(),
-            Self::Ingest { batch, streams } => format!("ingest_batch{batch}_streams{streams}"),
+            Self::Ingest {
+                batch,
+                streams,
+                ids: true,
+            } => format!("ingest_batch{batch}_streams{streams}"),
+            Self::Ingest {
+                batch,
+                streams,
+                ids: false,
+            } => format!("ingest_batch{batch}_streams{streams}_no_ids"),
         }
     }
 
@@ -241,7 +246,11 @@ impl Scenario {
                 in_flight,
             } => unary(target, connections, in_flight, duration).await?,
             Self::StreamPipelined => pipelined(target, duration).await?,
-            Self::Ingest { batch, streams } => ingest(target, batch, streams, duration).await?,
+            Self::Ingest {
+                batch,
+                streams,
+                ids,
+            } => ingest(target, batch, streams, ids, duration).await?,
         };
         Ok(Measurement::new(
             self.name(),
@@ -348,6 +357,7 @@ async fn ingest(
     target: &Target,
     batch: usize,
     streams: usize,
+    ids: bool,
     duration: Duration,
 ) -> Result<Outcome, BenchError> {
     static RUN: AtomicU64 = AtomicU64::new(0);
@@ -377,7 +387,11 @@ async fn ingest(
                                 if i % 2 == 0 { "arm_0" } else { "arm_1" }.to_string(),
                             )),
                             return_value: ((i % 17) as f64 - 8.0) * 1e-3,
-                            result_id: format!("{run}-{stream}-{sequence}-{i}"),
+                            result_id: if ids {
+                                format!("{run}-{stream}-{sequence}-{i}")
+                            } else {
+                                String::new()
+                            },
                             ..Default::default()
                         })
                         .collect();
