@@ -310,17 +310,7 @@ async fn pause_resume_stop_and_what_allocate_returns_in_each_status() {
         .into_inner();
     assert_eq!(completed.tests.len(), 1);
 
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "t".into(),
-            limit: 0,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "t", 0).await;
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,

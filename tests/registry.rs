@@ -350,17 +350,7 @@ async fn production_needs_a_second_person_and_replaces_the_previous_version() {
     assert_eq!(production.len(), 1);
     assert_eq!(production[0].registry_id, "m:1.1.0");
 
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "m:1.0.0".into(),
-            limit: 0,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "m:1.0.0", 0).await;
     let last = events.last().expect("events");
     assert_eq!(last.action, "model.promote");
     assert_eq!(last.details["to"], "DEPRECATED");
@@ -478,17 +468,7 @@ async fn delete_protects_production_and_removes_everything() {
         "\"m\"",
     );
 
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "m".into(),
-            limit: 1,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "m", 1).await;
     assert_eq!(events.len(), 1);
     assert_eq!(
         (events[0].action.as_str(), events[0].actor.as_str()),
@@ -557,17 +537,7 @@ async fn retention_removes_the_oldest_development_or_testing_version() {
         "TESTING 1.2.0 was next"
     );
 
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "m:1.1.0".into(),
-            limit: 10,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "m:1.1.0", 10).await;
     let last = events.last().expect("events");
     assert_eq!(
         (last.action.as_str(), last.actor.as_str()),

@@ -66,17 +66,7 @@ async fn a_losing_arm_is_suspended_to_the_floor_and_reinstated_when_it_recovers(
         "{}",
         arm0.allocation_weight
     );
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "t".into(),
-            limit: 0,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "t", 0).await;
     let suspended = events
         .iter()
         .find(|e| e.action == "test.arm_suspended")
@@ -91,17 +81,7 @@ async fn a_losing_arm_is_suspended_to_the_floor_and_reinstated_when_it_recovers(
     let r = results(&server, "t").await;
     assert!(!r.arms[0].suspended);
     assert!(r.arms[0].allocation_weight > 0.05);
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "t".into(),
-            limit: 0,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "t", 0).await;
     assert!(events.iter().any(|e| e.action == "test.arm_reinstated"));
     server.stop().await;
 }
@@ -202,17 +182,7 @@ async fn clearly_separated_returns_stop_early_with_a_winner() {
         (a.arm_id.as_str(), a.propensity, a.test_status),
         ("arm_1", 1.0, TS::Completed as i32)
     );
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            entity: "t".into(),
-            limit: 0,
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&server, "t", 0).await;
     let stop = events
         .iter()
         .find(|e| e.action == "test.stop")

@@ -353,3 +353,18 @@ pub async fn ingest(
     }
     Ok(out)
 }
+
+/// The most recent `limit` audit events about `entity` (0: the server's default of 100).
+pub async fn audit_events(server: &TestServer, entity: &str, limit: u32) -> Vec<pb::AuditEvent> {
+    server
+        .admin()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest {
+            entity: entity.into(),
+            limit,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events
+}
