@@ -1,9 +1,14 @@
-//! Command-line configuration (clap derive). Every flag has an `ARBITER_…` environment override.
+//! Command-line configuration (clap derive). Every flag has an `ARBITER_…` environment override;
+//! `arbiter serve --config arbiter.toml` reads a file whose keys are the flags' long names
+//! (`listen = "127.0.0.1:50051"`, `data-dir = "/var/lib/arbiter"`, …). Precedence, highest first:
+//! flag, environment, file, built-in default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
@@ -67,7 +72,8 @@ impl BenchArgs {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Plain,
@@ -78,6 +84,12 @@ pub enum LogFormat {
 /// Flags of `arbiter serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file whose keys mirror these flags; flags and environment variables override it.
+    #[arg(long, env = "ARBITER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings and exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Address to listen on.
     #[arg(long, env = "ARBITER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -102,7 +114,132 @@ pub struct ServeArgs {
     pub shutdown_grace_secs: u64,
 }
 
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line itself is wrong (clap prints its own message and usage).
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid.
+    #[error("invalid configuration file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its location.
+        reason: String,
+    },
+}
+
+/// The keys of `arbiter.toml`: the long names of `arbiter serve`'s flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    max_artifact_bytes: Option<u64>,
+    max_versions_per_model: Option<u32>,
+    allow_self_approval: Option<bool>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and validates a configuration file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: Self = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim().to_string(),
+        })?;
+        if file.max_versions_per_model == Some(0) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "max-versions-per-model must be at least 1".into(),
+            });
+        }
+        Ok(file)
+    }
+}
+
+impl Cli {
+    /// Parses the process's command line and applies the configuration file, if any.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Parses `args` (program name first) and applies the configuration file under flags and
+    /// environment variables.
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let Command::Serve(serve) = &mut cli.command {
+            if let (Some(path), Some(sub)) =
+                (serve.config.clone(), matches.subcommand_matches("serve"))
+            {
+                let file = FileConfig::read(&path)?;
+                serve.apply_file(file, |id| {
+                    sub.value_source(id) == Some(ValueSource::DefaultValue)
+                });
+            }
+        }
+        Ok(cli)
+    }
+}
+
 impl ServeArgs {
+    /// Takes each value of `file` whose flag was left at its default (`is_default(flag id)`).
+    fn apply_file(&mut self, file: FileConfig, is_default: impl Fn(&str) -> bool) {
+        macro_rules! take {
+            ($field:ident) => {
+                if let Some(value) = file.$field {
+                    if is_default(stringify!($field)) {
+                        self.$field = value;
+                    }
+                }
+            };
+        }
+        take!(listen);
+        take!(data_dir);
+        take!(log_format);
+        take!(max_artifact_bytes);
+        take!(max_versions_per_model);
+        take!(allow_self_approval);
+        take!(shutdown_grace_secs);
+    }
+
+    /// The effective settings, one `key = value` line each (for `--check-config`).
+    pub fn describe(&self) -> String {
+        format!(
+            "listen = \"{}\"\ndata-dir = {:?}\nlog-format = \"{}\"\nmax-artifact-bytes = {}\n\
+             max-versions-per-model = {}\nallow-self-approval = {}\nshutdown-grace-secs = {}\n",
+            self.listen,
+            self.data_dir.display().to_string(),
+            match self.log_format {
+                LogFormat::Plain => "plain",
+                LogFormat::Json => "json",
+            },
+            self.max_artifact_bytes,
+            self.max_versions_per_model,
+            self.allow_self_approval,
+            self.shutdown_grace_secs
+        )
+    }
+
     /// The server configuration these flags describe.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
@@ -156,6 +293,66 @@ mod tests {
             (args.connections, args.in_flight, args.duration_ms),
             (3, 16, 3000)
         );
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        match Cli::load_from(args.iter().copied()).expect("loads").command {
+            Command::Serve(serve) => serve,
+            Command::Bench(_) => panic!("serve expected"),
+        }
+    }
+
+    #[test]
+    fn the_file_fills_in_below_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:6000\"\ndata-dir = \"/srv/arbiter\"\nmax-versions-per-model = 3\nlog-format = \"json\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let from_file = serve(&["arbiter", "serve", "--config", p]);
+        assert_eq!(from_file.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(from_file.data_dir, PathBuf::from("/srv/arbiter"));
+        assert_eq!(from_file.max_versions_per_model, 3);
+        assert_eq!(from_file.log_format, LogFormat::Json);
+        assert_eq!(
+            from_file.max_artifact_bytes,
+            1 << 30,
+            "unset keys keep their defaults"
+        );
+        let flag_wins = serve(&[
+            "arbiter",
+            "serve",
+            "--config",
+            p,
+            "--max-versions-per-model",
+            "7",
+        ]);
+        assert_eq!(flag_wins.max_versions_per_model, 7);
+        assert_eq!(flag_wins.listen.to_string(), "127.0.0.1:6000");
+        assert!(from_file.describe().contains("max-versions-per-model = 3"));
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arbiter.toml");
+        for (text, needle) in [
+            ("listen = \"not an address\"", "listen"),
+            ("no-such-key = 1", "no-such-key"),
+            ("max-versions-per-model = 0", "at least 1"),
+            ("max-artifact-bytes = \"big\"", "max-artifact-bytes"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let p = path.to_str().expect("utf-8");
+            let err = Cli::load_from(["arbiter", "serve", "--config", p]).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+        let err = Cli::load_from(["arbiter", "serve", "--config", "/nonexistent/arbiter.toml"])
+            .expect_err("missing");
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
     #[test]

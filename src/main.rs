@@ -1,13 +1,23 @@
 //! The `arbiter` binary: parse the command line, set up telemetry, run.
 
 use anyhow::Context;
-use clap::Parser;
-
-use arbiter::config::{Cli, Command};
+use arbiter::config::{Cli, Command, ConfigError};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        Err(ConfigError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     match cli.command {
+        Command::Serve(args) if args.check_config => {
+            print!("{}", args.describe());
+            println!("# configuration ok");
+            Ok(())
+        }
         Command::Serve(args) => {
             arbiter::telemetry::init(args.log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
