@@ -101,9 +101,17 @@ pub async fn run(
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");
-        reporter
-            .set_not_serving::<pb::registry_server::RegistryServer<RegistryService>>()
-            .await;
+        for service in [
+            "",
+            "arbiter.v1.Registry",
+            "arbiter.v1.Admin",
+            "arbiter.v1.Experiments",
+            "arbiter.v1.Allocator",
+        ] {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         let _ = draining_tx.send(());
     };
     // Clients that keep idle connections open would hold a graceful shutdown forever.

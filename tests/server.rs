@@ -164,3 +164,27 @@ async fn audit_listing_filters_by_entity_and_limits() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = TestServer::start(dir.path()).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "arbiter.v1.Allocator".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("message");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    server.begin_stop();
+    let next = watch.message().await.expect("status").expect("message");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop((watch, health));
+    server.stop().await;
+}

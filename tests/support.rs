@@ -117,6 +117,13 @@ impl TestServer {
         AllocatorClient::new(self.channel().await)
     }
 
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Graceful shutdown; returns once the server has flushed and released the data directory.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
