@@ -130,6 +130,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Runs `f` while no registration, promotion or deletion can commit. The experiment layer
+    /// checks a new test's models and makes the test visible inside it, so that DeleteModel
+    /// (which checks for active tests under the same lock) can never remove an arm of a test.
+    pub fn while_unchanged<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.inner.write_lock.lock();
+        f()
+    }
+
     fn active_test_using(&self, id: &RegistryId) -> Option<String> {
         self.usage()?.active_test_using(id)
     }

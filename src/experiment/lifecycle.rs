@@ -23,7 +23,45 @@ pub struct TestView {
 
 impl Experiments {
     /// Creates a test over registered, non-retired model versions.
+    ///
+    /// The models are checked and the test made visible to DeleteModel's "arm of an active test"
+    /// check while the registry cannot change, so a test can never be created over a deleted
+    /// model.
     pub async fn create(&self, config: TestConfig, actor: &str) -> Result<TestView> {
+        let id = config.test_id.clone();
+        let record = TestRecord {
+            status: TestStatus::Running,
+            created_at: time::now(),
+            winner: None,
+            stop_reason: String::new(),
+            stopped_at: None,
+            config: Arc::new(config),
+        };
+        {
+            let _guard = self.inner.create_lock.lock();
+            if self.inner.tests.contains_key(&id) {
+                return Err(ExperimentError::AlreadyExists {
+                    test_id: id.to_string(),
+                });
+            }
+            let k = record.config.arms.len();
+            let state = Arc::new(TestState::new(record.clone(), StatsRecord::new(k), None));
+            self.inner.registry.while_unchanged(|| {
+                self.check_models(&record.config)?;
+                self.inner.tests.insert(id.clone(), state);
+                Ok::<_, ExperimentError>(())
+            })?;
+            if let Err(e) = self.commit_creation(&record, actor) {
+                self.inner.tests.remove(&id);
+                return Err(e);
+            }
+        }
+        self.inner.storage.flush().await?;
+        Ok(TestView { record })
+    }
+
+    /// Every arm's model exists and is not DEPRECATED or ARCHIVED.
+    fn check_models(&self, config: &TestConfig) -> Result<()> {
         for arm in &config.arms {
             match self.inner.registry.metadata(&arm.model) {
                 Ok(view) => {
@@ -44,43 +82,31 @@ impl Experiments {
                 Err(e) => return Err(e.into()),
             }
         }
-        let id = config.test_id.clone();
-        let record = TestRecord {
-            status: TestStatus::Running,
-            created_at: time::now(),
-            winner: None,
-            stop_reason: String::new(),
-            stopped_at: None,
-            config: Arc::new(config),
-        };
-        {
-            let _guard = self.inner.create_lock.lock();
-            if self.inner.tests.contains_key(&id) {
-                return Err(ExperimentError::AlreadyExists {
-                    test_id: id.to_string(),
-                });
-            }
-            let k = record.config.arms.len();
-            let mut batch = WriteBatch::new();
-            batch.put(keys::test(id.as_str()), &record)?;
-            batch.put(keys::test_stats(id.as_str()), &StatsRecord::new(k))?;
-            let models: Vec<String> = record
-                .config
-                .arms
-                .iter()
-                .map(|a| a.model.to_string())
-                .collect();
-            let draft = AuditDraft::test(actor, "test.create", &id)
-                .detail("models", models.join(","))
-                .detail("strategy", format!("{:?}", record.config.strategy));
-            self.inner
-                .audit
-                .commit(&self.inner.storage, batch, vec![draft])?;
-            let state = TestState::new(record.clone(), StatsRecord::new(k), None);
-            self.inner.tests.insert(id, Arc::new(state));
-        }
-        self.inner.storage.flush().await?;
-        Ok(TestView { record })
+        Ok(())
+    }
+
+    /// Writes a new test's record, empty statistics and audit event in one batch.
+    fn commit_creation(&self, record: &TestRecord, actor: &str) -> Result<()> {
+        let id = record.config.test_id.as_str();
+        let mut batch = WriteBatch::new();
+        batch.put(keys::test(id), record)?;
+        batch.put(
+            keys::test_stats(id),
+            &StatsRecord::new(record.config.arms.len()),
+        )?;
+        let models: Vec<String> = record
+            .config
+            .arms
+            .iter()
+            .map(|a| a.model.to_string())
+            .collect();
+        let draft = AuditDraft::test(actor, "test.create", id)
+            .detail("models", models.join(","))
+            .detail("strategy", format!("{:?}", record.config.strategy));
+        self.inner
+            .audit
+            .commit(&self.inner.storage, batch, vec![draft])?;
+        Ok(())
     }
 
     /// One test.
