@@ -29,6 +29,94 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure Allocate and IngestResults over gRPC, optionally against an echo baseline.
     Bench(BenchArgs),
+    /// Read and control A/B tests on a server.
+    Tests(TestsArgs),
+    /// Read and verify the audit log of a server.
+    Audit(AuditArgs),
+}
+
+/// How client subcommands reach the server and print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The arbiter server.
+    #[arg(
+        long,
+        env = "ARBITER_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `arbiter tests …`.
+#[derive(Debug, Clone, Args)]
+pub struct TestsArgs {
+    /// Connection and output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: TestsAction,
+}
+
+/// Actions on tests.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TestsAction {
+    /// List tests, newest first.
+    List,
+    /// Show the results of a test: per-arm figures, then the significance line and status.
+    Results {
+        /// The test id.
+        test_id: String,
+    },
+    /// Pause a running test (all traffic to the control arm).
+    Pause {
+        /// The test id.
+        test_id: String,
+    },
+    /// Resume a paused test.
+    Resume {
+        /// The test id.
+        test_id: String,
+    },
+    /// Stop a test.
+    Stop {
+        /// The test id.
+        test_id: String,
+        /// Why (recorded in the audit log and the final results).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// `arbiter audit …`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Connection and output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: AuditAction,
+}
+
+/// Actions on the audit log.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditAction {
+    /// The most recent events, oldest first.
+    List {
+        /// Only events about this entity (a test id, a registry id or a model id).
+        #[arg(long, default_value = "")]
+        entity: String,
+        /// How many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Recompute the hash chain; exits 1 when it does not verify.
+    Verify,
 }
 
 /// The baseline `arbiter bench` compares with.
@@ -298,7 +386,7 @@ mod tests {
     fn serve(args: &[&str]) -> ServeArgs {
         match Cli::load_from(args.iter().copied()).expect("loads").command {
             Command::Serve(serve) => serve,
-            Command::Bench(_) => panic!("serve expected"),
+            _ => panic!("serve expected"),
         }
     }
 

@@ -10,8 +10,10 @@
 //! - [`server`] composes the services; [`config`] and [`telemetry`] serve `main.rs`.
 //! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).
 //! - [`loadgen`]: `arbiter bench`, the load generator with its echo baseline.
+//! - [`cli`]: the client subcommands (`arbiter tests …`, `arbiter audit …`).
 
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod experiment;
 pub mod grpc;

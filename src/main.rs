@@ -30,6 +30,8 @@ fn main() -> anyhow::Result<()> {
                     .context("server failed")
             })
         }
+        Command::Tests(args) => client(|| arbiter::cli::tests(&args)),
+        Command::Audit(args) => client(|| arbiter::cli::audit(&args)),
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let report = runtime
@@ -44,6 +46,25 @@ fn main() -> anyhow::Result<()> {
                 print!("{report}");
             }
             Ok(())
+        }
+    }
+}
+
+/// Runs a client subcommand: prints its output, or its error and exits 1.
+fn client<F, Fut>(command: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<String, arbiter::cli::CliError>>,
+{
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match runtime.block_on(command()) {
+        Ok(output) => {
+            print!("{output}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
         }
     }
 }

@@ -1,0 +1,195 @@
+//! `arbiter tests list|results|pause|resume|stop`.
+
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use super::{time, CliError};
+use crate::config::{TestsAction, TestsArgs};
+use crate::pb::{self, experiments_client::ExperimentsClient};
+
+fn status_name(raw: i32) -> &'static str {
+    match pb::TestStatus::try_from(raw) {
+        Ok(pb::TestStatus::Running) => "RUNNING",
+        Ok(pb::TestStatus::Paused) => "PAUSED",
+        Ok(pb::TestStatus::Completed) => "COMPLETED",
+        Ok(pb::TestStatus::Cancelled) => "CANCELLED",
+        _ => "UNKNOWN",
+    }
+}
+
+fn test_json(t: &pb::Test) -> Value {
+    json!({"test_id": t.test_id, "name": t.name, "status": status_name(t.status),
+           "created_at": time(t.created_at.as_ref()), "created_by": t.created_by,
+           "model_registry_ids": t.model_registry_ids, "winner": t.winner,
+           "stop_reason": t.stop_reason, "stopped_at": t.stopped_at.as_ref().map(|s| s.to_string())})
+}
+
+fn results_json(r: &pb::TestResults) -> Value {
+    let arms: Vec<Value> = r
+        .arms
+        .iter()
+        .map(|a| {
+            json!({"arm_id": a.arm_id, "model_registry_id": a.model_registry_id, "results": a.total_requests,
+                   "allocations": a.allocations, "mean_return": a.mean_return, "std_return": a.std_return,
+                   "confidence_interval": a.confidence_interval.as_ref().map(|c| [c.low, c.high]),
+                   "sharpe_ratio": a.sharpe_ratio, "win_rate": a.win_rate, "allocation_weight": a.allocation_weight,
+                   "probability_best": a.probability_best, "suspended": a.suspended})
+        })
+        .collect();
+    let comparisons: Vec<Value> = r
+        .comparisons
+        .iter()
+        .map(|c| {
+            json!({"control_arm": c.control_arm, "treatment_arm": c.treatment_arm, "significant": c.significant,
+                   "p_value": c.p_value, "always_valid_p_value": c.always_valid_p_value,
+                   "adjusted_p_value": c.adjusted_p_value, "difference": c.difference, "winner": c.winner})
+        })
+        .collect();
+    json!({"test_id": r.test_id, "status": status_name(r.status), "total_requests": r.total_requests,
+           "total_allocations": r.total_allocations, "winner": r.winner, "stop_reason": r.stop_reason,
+           "srm_p_value": r.srm_p_value, "arms": arms, "comparisons": comparisons})
+}
+
+/// The aligned table of `tests results`: arm, model, n, mean ± CI half-width, Sharpe, win rate,
+/// share, P(best); then one significance line per comparison and the status.
+fn results_table(r: &pb::TestResults) -> String {
+    let mut out = format!(
+        "{:<7} {:<32} {:>8} {:>22} {:>7} {:>6} {:>6} {:>7}\n",
+        "arm", "model", "n", "mean ± CI", "Sharpe", "win", "share", "P(best)"
+    );
+    for a in &r.arms {
+        let mean = match &a.confidence_interval {
+            Some(ci) => format!("{:+.5} ± {:.5}", a.mean_return, (ci.high - ci.low) / 2.0),
+            None => format!("{:+.5}", a.mean_return),
+        };
+        out.push_str(&format!(
+            "{:<7} {:<32} {:>8} {:>22} {:>7.3} {:>5.1}% {:>5.1}% {:>7.3}{}\n",
+            a.arm_id,
+            a.model_registry_id,
+            a.total_requests,
+            mean,
+            a.sharpe_ratio,
+            a.win_rate * 100.0,
+            a.allocation_weight * 100.0,
+            a.probability_best.unwrap_or(0.0),
+            if a.suspended { "  suspended" } else { "" }
+        ));
+    }
+    for c in &r.comparisons {
+        out.push_str(&format!(
+            "{} vs {}: difference {:+.5}, Welch p = {:.4}, always-valid p = {:.4}{} → {}\n",
+            c.treatment_arm,
+            c.control_arm,
+            c.difference,
+            c.p_value,
+            c.always_valid_p_value,
+            c.adjusted_p_value
+                .map(|p| format!(" (Holm {p:.4})"))
+                .unwrap_or_default(),
+            if c.significant {
+                "significant"
+            } else {
+                "not significant"
+            }
+        ));
+    }
+    out.push_str(&format!("status {}", status_name(r.status)));
+    if !r.winner.is_empty() {
+        out.push_str(&format!(", winner {}", r.winner));
+    }
+    if !r.stop_reason.is_empty() {
+        out.push_str(&format!(", stopped: {}", r.stop_reason));
+    }
+    if let Some(p) = r.srm_p_value {
+        out.push_str(&format!(", SRM p = {p:.4}"));
+    }
+    out.push('\n');
+    out
+}
+
+pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, CliError> {
+    let mut client = ExperimentsClient::new(channel);
+    let as_json = args.client.json;
+    let show_test = |t: pb::Test| {
+        if as_json {
+            super::json(&test_json(&t))
+        } else {
+            format!(
+                "{} {} ({})\n",
+                t.test_id,
+                status_name(t.status),
+                t.model_registry_ids.join(", ")
+            )
+        }
+    };
+    match &args.action {
+        TestsAction::List => {
+            let tests = client
+                .list_tests(pb::ListTestsRequest { status: None })
+                .await?
+                .into_inner()
+                .tests;
+            if as_json {
+                return Ok(super::json(&Value::Array(
+                    tests.iter().map(test_json).collect(),
+                )));
+            }
+            let mut out = format!("{:<32} {:<10} {:<30} models\n", "test", "status", "created");
+            for t in &tests {
+                out.push_str(&format!(
+                    "{:<32} {:<10} {:<30} {}\n",
+                    t.test_id,
+                    status_name(t.status),
+                    time(t.created_at.as_ref()),
+                    t.model_registry_ids.join(", ")
+                ));
+            }
+            Ok(out)
+        }
+        TestsAction::Results { test_id } => {
+            let request = pb::GetTestResultsRequest {
+                test_id: test_id.clone(),
+            };
+            let results = client.get_test_results(request).await?.into_inner();
+            Ok(if as_json {
+                super::json(&results_json(&results))
+            } else {
+                results_table(&results)
+            })
+        }
+        TestsAction::Pause { test_id } => {
+            let request = pb::TestActionRequest {
+                test_id: test_id.clone(),
+                requested_by: whoami(),
+                reason: String::new(),
+            };
+            Ok(show_test(client.pause_test(request).await?.into_inner()))
+        }
+        TestsAction::Resume { test_id } => {
+            let request = pb::TestActionRequest {
+                test_id: test_id.clone(),
+                requested_by: whoami(),
+                reason: String::new(),
+            };
+            Ok(show_test(client.resume_test(request).await?.into_inner()))
+        }
+        TestsAction::Stop { test_id, reason } => {
+            let request = pb::StopTestRequest {
+                test_id: test_id.clone(),
+                reason: reason.clone(),
+                requested_by: whoami(),
+            };
+            let results = client.stop_test(request).await?.into_inner();
+            Ok(if as_json {
+                super::json(&results_json(&results))
+            } else {
+                results_table(&results)
+            })
+        }
+    }
+}
+
+/// The local user, recorded as the actor of pause/resume/stop.
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
+}

@@ -1,0 +1,135 @@
+//! The `arbiter` client subcommands against a real server: output parsed back, exit codes.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use arbiter::pb;
+use support::*;
+
+fn arbiter(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(args)
+        .env("ARBITER_SERVER", server.url())
+        .output()
+        .expect("run arbiter")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tests_and_audit_subcommands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = register_models(&mut server.registry().await, 2).await;
+    server
+        .experiments()
+        .await
+        .create_test(test_request("t1", &models))
+        .await
+        .expect("create");
+    let records = (0..30)
+        .flat_map(|i| {
+            let x = f64::from(i % 5) * 1e-3;
+            [
+                result("t1", "arm_0", x - 0.001),
+                result("t1", "arm_1", x + 0.002),
+            ]
+        })
+        .collect();
+    ingest(
+        &mut server.allocator().await,
+        vec![pb::ResultBatch {
+            sequence: 1,
+            results: records,
+        }],
+    )
+    .await
+    .expect("ingest");
+
+    let table = stdout(&arbiter(&server, &["tests", "results", "t1"]));
+    assert!(
+        table.lines().next().expect("header").starts_with("arm"),
+        "{table}"
+    );
+    assert!(table.contains("arm_1 vs arm_0"), "{table}");
+    assert!(table.contains("status RUNNING"), "{table}");
+    let results: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
+        &server,
+        &["tests", "results", "t1", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(results["total_requests"], 60);
+    assert_eq!(results["arms"][1]["results"], 30);
+    assert_eq!(results["comparisons"][0]["treatment_arm"], "arm_1");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&arbiter(&server, &["tests", "list", "--json"])))
+            .expect("json");
+    assert_eq!(list[0]["test_id"], "t1");
+    assert!(stdout(&arbiter(&server, &["tests", "pause", "t1"])).contains("PAUSED"));
+    assert!(stdout(&arbiter(&server, &["tests", "resume", "t1"])).contains("RUNNING"));
+    let stopped: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
+        &server,
+        &["tests", "stop", "t1", "--reason", "done", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(
+        (stopped["status"].as_str(), stopped["stop_reason"].as_str()),
+        (Some("COMPLETED"), Some("done"))
+    );
+
+    let events: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
+        &server,
+        &["audit", "list", "--entity", "t1", "--json"],
+    )))
+    .expect("json");
+    let actions: Vec<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["test.create", "test.pause", "test.resume", "test.stop"]
+    );
+    assert!(stdout(&arbiter(&server, &["audit", "verify"])).contains("audit chain ok"));
+
+    // A server error exits 1 and names the gRPC code; a usage error exits 2.
+    let missing = arbiter(&server, &["tests", "results", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("not found") && stderr.contains("nope"),
+        "{stderr}"
+    );
+    assert_eq!(
+        arbiter(&server, &["tests", "frobnicate"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        arbiter(&server, &["audit", "list", "--limit", "many"])
+            .status
+            .code(),
+        Some(2)
+    );
+    server.stop().await;
+}
+
+#[test]
+fn an_unreachable_server_exits_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["audit", "verify", "--server", "http://127.0.0.1:1"])
+        .output()
+        .expect("run arbiter");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}
