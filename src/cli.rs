@@ -3,11 +3,12 @@
 //! an error (printed with its gRPC code), 2 usage (clap).
 
 mod audit;
+mod models;
 mod tests;
 
 use tonic::transport::Channel;
 
-use crate::config::{AuditArgs, ClientArgs, TestsArgs};
+use crate::config::{AuditArgs, ClientArgs, ModelsArgs, TestsArgs};
 
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +22,24 @@ pub enum CliError {
         source: tonic::transport::Error,
     },
     /// The server answered with an error.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The command ran but found a problem (e.g. a broken audit chain).
     #[error("{0}")]
     Failed(String),
+}
+
+/// Runs `arbiter models …` and returns what to print.
+pub async fn models(args: &ModelsArgs) -> Result<String, CliError> {
+    models::run(args, connect(&args.client).await?).await
 }
 
 /// Runs `arbiter tests …` and returns what to print.
@@ -48,6 +62,30 @@ async fn connect(client: &ClientArgs) -> Result<Channel, CliError> {
         .connect()
         .await
         .map_err(connect_error)
+}
+
+/// The canonical name of a gRPC status code, as grpcurl and the gRPC docs print it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// Pretty JSON of a value built for output.

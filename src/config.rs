@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure Allocate and IngestResults over gRPC, optionally against an echo baseline.
     Bench(BenchArgs),
+    /// Register, read, promote and delete model versions on a server.
+    Models(ModelsArgs),
     /// Read and control A/B tests on a server.
     Tests(TestsArgs),
     /// Read and verify the audit log of a server.
@@ -49,6 +51,133 @@ pub struct ClientArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// A model type on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum ModelTypeArg {
+    Signal,
+    Risk,
+    Execution,
+    Regime,
+    Portfolio,
+}
+
+/// A model status on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum ModelStatusArg {
+    Development,
+    Testing,
+    Staging,
+    Production,
+    Deprecated,
+    Archived,
+}
+
+/// `arbiter models …`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelsArgs {
+    /// Connection and output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ModelsAction,
+}
+
+/// Actions on model versions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ModelsAction {
+    /// Upload an artifact as a new version; prints its registry id and checksum.
+    Register {
+        /// Model id, `[A-Za-z0-9._-]{1,128}`.
+        #[arg(long)]
+        id: String,
+        /// Semantic version.
+        #[arg(long)]
+        version: String,
+        /// Model type.
+        #[arg(long = "type", value_enum)]
+        model_type: ModelTypeArg,
+        /// The artifact file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Trading policy stored beside the model (a JSON object).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Feature specification (a JSON object).
+        #[arg(long)]
+        features: Option<PathBuf>,
+        /// Who registers it (default: $USER).
+        #[arg(long, env = "USER", default_value = "cli")]
+        created_by: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Framework, e.g. onnx.
+        #[arg(long, default_value = "")]
+        framework: String,
+    },
+    /// List versions, newest first.
+    List {
+        /// Only versions of this model.
+        #[arg(long, default_value = "")]
+        model_id: String,
+        /// Only versions in this status.
+        #[arg(long, value_enum)]
+        status: Option<ModelStatusArg>,
+    },
+    /// Show one version's metadata.
+    Show {
+        /// `<model_id>:<version>`.
+        registry_id: String,
+    },
+    /// Download an artifact (checksum verified by the server before sending).
+    Get {
+        /// Model id.
+        model_id: String,
+        /// Version; default: latest PRODUCTION, else highest.
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Where to write the artifact.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Move a version through the lifecycle.
+    Promote {
+        /// `<model_id>:<version>`.
+        registry_id: String,
+        /// Target status.
+        #[arg(long, value_enum)]
+        to: ModelStatusArg,
+        /// Approver (required for production; must not be the creator).
+        #[arg(long, default_value = "")]
+        approved_by: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Fail unless the version is currently in this status.
+        #[arg(long, value_enum)]
+        expected: Option<ModelStatusArg>,
+    },
+    /// Delete a version.
+    Delete {
+        /// `<model_id>:<version>`.
+        registry_id: String,
+        /// Allow deleting a PRODUCTION version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Recompute a version's checksums; exits 1 when they do not match.
+    Verify {
+        /// `<model_id>:<version>`.
+        registry_id: String,
+    },
 }
 
 /// `arbiter tests …`.

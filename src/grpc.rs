@@ -4,7 +4,7 @@
 
 mod admin;
 mod allocator;
-mod convert;
+pub(crate) mod convert;
 mod experiment_convert;
 mod experiments;
 mod registry;

@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
                     .context("server failed")
             })
         }
+        Command::Models(args) => client(|| arbiter::cli::models(&args)),
         Command::Tests(args) => client(|| arbiter::cli::tests(&args)),
         Command::Audit(args) => client(|| arbiter::cli::audit(&args)),
         Command::Bench(args) => {

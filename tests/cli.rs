@@ -108,7 +108,7 @@ async fn tests_and_audit_subcommands() {
     assert_eq!(missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(
-        stderr.contains("not found") && stderr.contains("nope"),
+        stderr.contains("NOT_FOUND") && stderr.contains("nope"),
         "{stderr}"
     );
     assert_eq!(
@@ -132,4 +132,149 @@ fn an_unreachable_server_exits_one() {
         .expect("run arbiter");
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_subcommands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let artifact = work.path().join("model.bin");
+    let bytes = artifact_bytes(3 * 1024 * 1024 + 17, 5);
+    std::fs::write(&artifact, &bytes).expect("write artifact");
+    let policy = work.path().join("policy.json");
+    std::fs::write(&policy, r#"{"position_size": 0.02, "max_leverage": 3}"#).expect("write policy");
+
+    let a = artifact.to_str().expect("utf-8");
+    let p = policy.to_str().expect("utf-8");
+    let register = [
+        "models",
+        "register",
+        "--id",
+        "sig",
+        "--version",
+        "1.0.0",
+        "--type",
+        "signal",
+        "--file",
+        a,
+    ];
+    let registered: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
+        &server,
+        &[
+            &register[..],
+            &["--policy", p, "--created-by", "alice", "--json"],
+        ]
+        .concat(),
+    )))
+    .expect("json");
+    assert_eq!(registered["registry_id"], "sig:1.0.0");
+    assert_eq!(registered["model_checksum"], sha256_hex(&bytes));
+    assert_eq!(
+        registered["policy_checksum"],
+        sha256_hex(br#"{"max_leverage":3.0,"position_size":0.02}"#)
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&arbiter(&server, &["models", "list", "--json"])))
+            .expect("json");
+    assert_eq!(list.as_array().expect("array").len(), 1);
+    assert!(stdout(&arbiter(&server, &["models", "show", "sig:1.0.0"]))
+        .contains("\"status\": \"DEVELOPMENT\""));
+
+    for to in ["testing", "staging"] {
+        assert!(stdout(&arbiter(
+            &server,
+            &["models", "promote", "sig:1.0.0", "--to", to]
+        ))
+        .contains("sig:1.0.0"));
+    }
+    let self_approved = arbiter(
+        &server,
+        &[
+            "models",
+            "promote",
+            "sig:1.0.0",
+            "--to",
+            "production",
+            "--approved-by",
+            "alice",
+        ],
+    );
+    assert_eq!(self_approved.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&self_approved.stderr);
+    assert!(
+        stderr.contains("FAILED_PRECONDITION") && stderr.contains("alice"),
+        "{stderr}"
+    );
+    stdout(&arbiter(
+        &server,
+        &[
+            "models",
+            "promote",
+            "sig:1.0.0",
+            "--to",
+            "production",
+            "--approved-by",
+            "lead",
+        ],
+    ));
+
+    let out = work.path().join("downloaded.bin");
+    stdout(&arbiter(
+        &server,
+        &[
+            "models",
+            "get",
+            "sig",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(
+        std::fs::read(&out).expect("downloaded") == bytes,
+        "downloaded bytes differ"
+    );
+    assert!(stdout(&arbiter(&server, &["models", "verify", "sig:1.0.0"])).contains("ok"));
+
+    let delete = arbiter(&server, &["models", "delete", "sig:1.0.0"]);
+    assert_eq!(delete.status.code(), Some(1), "PRODUCTION needs --force");
+    std::fs::write(dir.path().join("artifacts/sig/1.0.0.bin"), b"tampered").expect("tamper");
+    assert_eq!(
+        arbiter(&server, &["models", "verify", "sig:1.0.0"])
+            .status
+            .code(),
+        Some(1)
+    );
+    stdout(&arbiter(
+        &server,
+        &["models", "delete", "sig:1.0.0", "--force"],
+    ));
+    assert_eq!(
+        arbiter(&server, &["models", "show", "sig:1.0.0"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        arbiter(
+            &server,
+            &[
+                "models",
+                "register",
+                "--id",
+                "x",
+                "--version",
+                "1.0.0",
+                "--type",
+                "weird",
+                "--file",
+                a
+            ]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    server.stop().await;
 }

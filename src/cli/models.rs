@@ -1,0 +1,292 @@
+//! `arbiter models register|list|show|get|promote|delete|verify`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use super::{time, CliError};
+use crate::config::{ModelStatusArg, ModelTypeArg, ModelsAction, ModelsArgs};
+use crate::grpc::convert::json_to_struct;
+use crate::pb::{self, registry_client::RegistryClient};
+
+/// Bytes per uploaded chunk (below the 4 MiB gRPC message limit).
+const CHUNK: usize = 1 << 20;
+
+fn status(arg: ModelStatusArg) -> pb::ModelStatus {
+    match arg {
+        ModelStatusArg::Development => pb::ModelStatus::Development,
+        ModelStatusArg::Testing => pb::ModelStatus::Testing,
+        ModelStatusArg::Staging => pb::ModelStatus::Staging,
+        ModelStatusArg::Production => pb::ModelStatus::Production,
+        ModelStatusArg::Deprecated => pb::ModelStatus::Deprecated,
+        ModelStatusArg::Archived => pb::ModelStatus::Archived,
+    }
+}
+
+fn model_type(arg: ModelTypeArg) -> pb::ModelType {
+    match arg {
+        ModelTypeArg::Signal => pb::ModelType::Signal,
+        ModelTypeArg::Risk => pb::ModelType::Risk,
+        ModelTypeArg::Execution => pb::ModelType::Execution,
+        ModelTypeArg::Regime => pb::ModelType::Regime,
+        ModelTypeArg::Portfolio => pb::ModelType::Portfolio,
+    }
+}
+
+fn status_name(raw: i32) -> String {
+    pb::ModelStatus::try_from(raw)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("MODEL_STATUS_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "UNKNOWN".into())
+}
+
+fn metadata_json(m: &pb::ModelMetadata) -> Value {
+    json!({"registry_id": m.registry_id, "model_id": m.model_id, "version": m.version, "name": m.name,
+           "model_type": pb::ModelType::try_from(m.model_type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN")
+               .trim_start_matches("MODEL_TYPE_"),
+           "status": status_name(m.status), "created_at": time(m.created_at.as_ref()), "created_by": m.created_by,
+           "approval_status": m.approval_status, "approved_by": m.approved_by,
+           "model_checksum": m.model_checksum, "policy_checksum": m.policy_checksum,
+           "artifact_size_bytes": m.artifact_size_bytes, "backtest_sharpe": m.backtest_sharpe,
+           "framework": m.framework, "description": m.description})
+}
+
+fn metadata_line(m: &pb::ModelMetadata) -> String {
+    format!(
+        "{:<40} {:<12} {:<30} {:>12}  {}\n",
+        m.registry_id,
+        status_name(m.status),
+        time(m.created_at.as_ref()),
+        m.artifact_size_bytes,
+        m.model_checksum
+    )
+}
+
+fn read_json_object(path: &Path) -> Result<prost_types::Struct, CliError> {
+    let file_error = |source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(file_error)?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Failed(format!("{}: not valid JSON: {e}", path.display())))?;
+    json_to_struct(&value)
+        .ok_or_else(|| CliError::Failed(format!("{}: must hold a JSON object", path.display())))
+}
+
+/// Streams the header and the file in chunks, showing progress on a terminal.
+fn upload(
+    header: pb::RegisterModelHeader,
+    path: &Path,
+) -> Result<Vec<pb::RegisterModelRequest>, CliError> {
+    use pb::register_model_request::Part;
+    let file_error = |source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(file_error)?;
+    let total = file.metadata().map_err(file_error)?.len();
+    let mut messages = vec![pb::RegisterModelRequest {
+        part: Some(Part::Header(header)),
+    }];
+    let progress = std::io::stderr().is_terminal();
+    let mut read = 0u64;
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let n = file.read(&mut chunk).map_err(file_error)?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        read += n as u64;
+        messages.push(pb::RegisterModelRequest {
+            part: Some(Part::Chunk(chunk)),
+        });
+        if progress {
+            eprint!(
+                "\rreading {}: {:>3}%",
+                path.display(),
+                read * 100 / total.max(1)
+            );
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(messages)
+}
+
+pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, CliError> {
+    let mut client = RegistryClient::new(channel).max_decoding_message_size(16 << 20);
+    let as_json = args.client.json;
+    let show = |m: &pb::ModelMetadata| {
+        if as_json {
+            super::json(&metadata_json(m))
+        } else {
+            metadata_line(m)
+        }
+    };
+    match &args.action {
+        ModelsAction::Register {
+            id,
+            version,
+            model_type: kind,
+            file,
+            policy,
+            features,
+            created_by,
+            name,
+            description,
+            framework,
+        } => {
+            let header = pb::RegisterModelHeader {
+                model_id: id.clone(),
+                version: version.clone(),
+                model_type: model_type(*kind) as i32,
+                created_by: created_by.clone(),
+                name: name.clone(),
+                description: description.clone(),
+                framework: framework.clone(),
+                policy_config: policy.as_deref().map(read_json_object).transpose()?,
+                feature_spec: features.as_deref().map(read_json_object).transpose()?,
+                ..Default::default()
+            };
+            let messages = upload(header, file)?;
+            let m = client
+                .register_model(tokio_stream::iter(messages))
+                .await?
+                .into_inner();
+            Ok(if as_json {
+                super::json(&metadata_json(&m))
+            } else {
+                format!("{} {}\n", m.registry_id, m.model_checksum)
+            })
+        }
+        ModelsAction::List {
+            model_id,
+            status: filter,
+        } => {
+            let request = pb::ListModelsRequest {
+                model_id: model_id.clone(),
+                status: filter.map(|s| status(s) as i32),
+                ..Default::default()
+            };
+            let models = client.list_models(request).await?.into_inner().models;
+            if as_json {
+                return Ok(super::json(&Value::Array(
+                    models.iter().map(metadata_json).collect(),
+                )));
+            }
+            let mut out = format!(
+                "{:<40} {:<12} {:<30} {:>12}  sha256\n",
+                "registry id", "status", "created", "bytes"
+            );
+            models.iter().for_each(|m| out.push_str(&metadata_line(m)));
+            Ok(out)
+        }
+        ModelsAction::Show { registry_id } => {
+            let m = client
+                .get_model_metadata(pb::ModelRef {
+                    registry_id: registry_id.clone(),
+                })
+                .await?
+                .into_inner();
+            // Every field matters here, so the human form is the JSON form too.
+            Ok(super::json(&metadata_json(&m)))
+        }
+        ModelsAction::Get {
+            model_id,
+            version,
+            out,
+        } => {
+            use pb::get_model_response::Part;
+            let request = pb::GetModelRequest {
+                model_id: model_id.clone(),
+                version: version.clone(),
+            };
+            let mut stream = client.get_model(request).await?.into_inner();
+            let file_error = |source| CliError::File {
+                path: out.display().to_string(),
+                source,
+            };
+            let tmp = out.with_extension("partial");
+            let mut file = std::fs::File::create(&tmp).map_err(file_error)?;
+            let mut metadata = None;
+            while let Some(message) = stream.message().await? {
+                match message.part {
+                    Some(Part::Metadata(m)) => metadata = Some(m),
+                    Some(Part::Chunk(bytes)) => file.write_all(&bytes).map_err(file_error)?,
+                    None => {}
+                }
+            }
+            file.sync_all().map_err(file_error)?;
+            std::fs::rename(&tmp, out).map_err(file_error)?;
+            let m =
+                metadata.ok_or_else(|| CliError::Failed("the server sent no metadata".into()))?;
+            Ok(if as_json {
+                super::json(&metadata_json(&m))
+            } else {
+                format!("{} -> {}\n", m.registry_id, out.display())
+            })
+        }
+        ModelsAction::Promote {
+            registry_id,
+            to,
+            approved_by,
+            reason,
+            expected,
+        } => {
+            let request = pb::PromoteModelRequest {
+                registry_id: registry_id.clone(),
+                target_status: status(*to) as i32,
+                approved_by: approved_by.clone(),
+                reason: reason.clone(),
+                expected_status: expected.map(|s| status(s) as i32),
+            };
+            Ok(show(&client.promote_model(request).await?.into_inner()))
+        }
+        ModelsAction::Delete { registry_id, force } => {
+            let request = pb::DeleteModelRequest {
+                registry_id: registry_id.clone(),
+                force: *force,
+                requested_by: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+            };
+            client.delete_model(request).await?;
+            Ok(if as_json {
+                super::json(&json!({"deleted": registry_id}))
+            } else {
+                format!("deleted {registry_id}\n")
+            })
+        }
+        ModelsAction::Verify { registry_id } => {
+            let v = client
+                .verify_model(pb::ModelRef {
+                    registry_id: registry_id.clone(),
+                })
+                .await?
+                .into_inner();
+            let text = if as_json {
+                super::json(
+                    &json!({"ok": v.ok, "expected_sha256": v.expected_sha256, "actual_sha256": v.actual_sha256,
+                                    "expected_policy_sha256": v.expected_policy_sha256,
+                                    "actual_policy_sha256": v.actual_policy_sha256, "message": v.message}),
+                )
+            } else {
+                format!("{registry_id}: ok, sha256 {}\n", v.actual_sha256)
+            };
+            if v.ok {
+                Ok(text)
+            } else {
+                Err(CliError::Failed(format!(
+                    "{registry_id} does not verify: {}",
+                    v.message
+                )))
+            }
+        }
+    }
+}
