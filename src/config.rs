@@ -191,11 +191,95 @@ pub struct TestsArgs {
     pub action: TestsAction,
 }
 
+/// An allocation strategy on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum StrategyArg {
+    Fixed,
+    Thompson,
+    Ucb,
+    EpsilonGreedy,
+}
+
+/// A reward model on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum RewardArg {
+    Bernoulli,
+    Gaussian,
+}
+
+/// The options of `arbiter tests create` (unset ones take the server's defaults).
+#[derive(Debug, Clone, Args)]
+pub struct CreateTestArgs {
+    /// Test id.
+    #[arg(long)]
+    pub id: String,
+    /// Registry ids of the arms, in order: `a:1.0.0,b:1.0.0`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    /// Allocation strategy.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Thompson)]
+    pub strategy: StrategyArg,
+    /// Reward model of Thompson sampling.
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardArg>,
+    /// FIXED weights, one per model: `0.7,0.3`.
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<f64>,
+    /// Display name.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Results per arm before early stopping is considered.
+    #[arg(long)]
+    pub minimum_sample_size: Option<u64>,
+    /// Smallest absolute difference of mean return worth acting on.
+    #[arg(long)]
+    pub minimum_effect_size: Option<f64>,
+    /// Significance level.
+    #[arg(long)]
+    pub significance_level: Option<f64>,
+    /// The test completes by itself after this many days.
+    #[arg(long)]
+    pub max_duration_days: Option<f64>,
+    /// Never stop early.
+    #[arg(long)]
+    pub no_early_stopping: bool,
+    /// Mean return per result below which an arm is suspended.
+    #[arg(long, allow_hyphen_values = true)]
+    pub stop_loss_threshold: Option<f64>,
+    /// Allocation floor per arm.
+    #[arg(long)]
+    pub min_allocation_per_arm: Option<f64>,
+    /// Allocation cap per arm.
+    #[arg(long)]
+    pub max_allocation_per_arm: Option<f64>,
+    /// Exploration rate of epsilon-greedy.
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// Exploration constant of UCB.
+    #[arg(long)]
+    pub ucb_exploration: Option<f64>,
+    /// Control arm id (default arm_0).
+    #[arg(long)]
+    pub control_arm: Option<String>,
+}
+
 /// Actions on tests.
 #[derive(Debug, Clone, Subcommand)]
 pub enum TestsAction {
+    /// Create a test over registered model versions.
+    Create(Box<CreateTestArgs>),
     /// List tests, newest first.
     List,
+    /// Show a test's configuration and status.
+    Show {
+        /// The test id.
+        test_id: String,
+    },
     /// Show the results of a test: per-arm figures, then the significance line and status.
     Results {
         /// The test id.

@@ -70,10 +70,42 @@ async fn tests_and_audit_subcommands() {
     assert_eq!(results["arms"][1]["results"], 30);
     assert_eq!(results["comparisons"][0]["treatment_arm"], "arm_1");
 
+    let models_arg = models.join(",");
+    let create = [
+        "tests",
+        "create",
+        "--id",
+        "t2",
+        "--models",
+        &models_arg,
+        "--strategy",
+        "fixed",
+        "--weights",
+        "0.7,0.3",
+        "--stop-loss-threshold",
+        "-0.2",
+        "--no-early-stopping",
+        "--json",
+    ];
+    let created: serde_json::Value =
+        serde_json::from_str(&stdout(&arbiter(&server, &create))).expect("json");
+    assert_eq!(created["status"], "RUNNING");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&arbiter(&server, &["tests", "show", "t2"]))).expect("json");
+    assert_eq!(shown["allocation_strategy"], "FIXED");
+    assert_eq!(shown["early_stopping"], false);
+    assert_eq!(shown["arms"][0]["weight"], 0.7);
+    let bad = arbiter(
+        &server,
+        &["tests", "create", "--id", "t3", "--models", &models[0]],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("INVALID_ARGUMENT"));
+
     let list: serde_json::Value =
         serde_json::from_str(&stdout(&arbiter(&server, &["tests", "list", "--json"])))
             .expect("json");
-    assert_eq!(list[0]["test_id"], "t1");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
     assert!(stdout(&arbiter(&server, &["tests", "pause", "t1"])).contains("PAUSED"));
     assert!(stdout(&arbiter(&server, &["tests", "resume", "t1"])).contains("RUNNING"));
     let stopped: serde_json::Value = serde_json::from_str(&stdout(&arbiter(

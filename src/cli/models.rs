@@ -79,11 +79,13 @@ fn read_json_object(path: &Path) -> Result<prost_types::Struct, CliError> {
         .ok_or_else(|| CliError::Failed(format!("{}: must hold a JSON object", path.display())))
 }
 
-/// Streams the header and the file in chunks, showing progress on a terminal.
+/// The request stream of a registration: the header, then the file in chunks read by a blocking
+/// thread as the upload proceeds (so a large artifact is never held in memory), with a progress
+/// line on a terminal.
 fn upload(
     header: pb::RegisterModelHeader,
     path: &Path,
-) -> Result<Vec<pb::RegisterModelRequest>, CliError> {
+) -> Result<tokio_stream::wrappers::ReceiverStream<pb::RegisterModelRequest>, CliError> {
     use pb::register_model_request::Part;
     let file_error = |source| CliError::File {
         path: path.display().to_string(),
@@ -91,34 +93,48 @@ fn upload(
     };
     let mut file = std::fs::File::open(path).map_err(file_error)?;
     let total = file.metadata().map_err(file_error)?.len();
-    let mut messages = vec![pb::RegisterModelRequest {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.try_send(pb::RegisterModelRequest {
         part: Some(Part::Header(header)),
-    }];
-    let progress = std::io::stderr().is_terminal();
-    let mut read = 0u64;
-    loop {
-        let mut chunk = vec![0u8; CHUNK];
-        let n = file.read(&mut chunk).map_err(file_error)?;
-        if n == 0 {
-            break;
+    })
+    .expect("a fresh channel has room for the header");
+    let name = path.display().to_string();
+    std::thread::spawn(move || {
+        let progress = std::io::stderr().is_terminal();
+        let mut sent = 0u64;
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let n = match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    // Dropping the sender without the rest aborts the upload; the server keeps nothing.
+                    eprintln!("\nerror: reading {name}: {e}");
+                    return;
+                }
+            };
+            chunk.truncate(n);
+            if tx
+                .blocking_send(pb::RegisterModelRequest {
+                    part: Some(Part::Chunk(chunk)),
+                })
+                .is_err()
+            {
+                return;
+            }
+            sent += n as u64;
+            if progress {
+                eprint!(
+                    "\ruploading {name}: {:>3}% of {total} bytes",
+                    sent * 100 / total.max(1)
+                );
+            }
         }
-        chunk.truncate(n);
-        read += n as u64;
-        messages.push(pb::RegisterModelRequest {
-            part: Some(Part::Chunk(chunk)),
-        });
         if progress {
-            eprint!(
-                "\rreading {}: {:>3}%",
-                path.display(),
-                read * 100 / total.max(1)
-            );
+            eprintln!();
         }
-    }
-    if progress {
-        eprintln!();
-    }
-    Ok(messages)
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, CliError> {
@@ -157,10 +173,7 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 ..Default::default()
             };
             let messages = upload(header, file)?;
-            let m = client
-                .register_model(tokio_stream::iter(messages))
-                .await?
-                .into_inner();
+            let m = client.register_model(messages).await?.into_inner();
             Ok(if as_json {
                 super::json(&metadata_json(&m))
             } else {

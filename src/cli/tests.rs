@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::{time, CliError};
-use crate::config::{TestsAction, TestsArgs};
+use crate::config::{CreateTestArgs, RewardArg, StrategyArg, TestsAction, TestsArgs};
 use crate::pb::{self, experiments_client::ExperimentsClient};
 
 fn status_name(raw: i32) -> &'static str {
@@ -18,7 +18,22 @@ fn status_name(raw: i32) -> &'static str {
 }
 
 fn test_json(t: &pb::Test) -> Value {
+    let strategy = pb::AllocationStrategy::try_from(t.allocation_strategy)
+        .map(|s| s.as_str_name().trim_start_matches("ALLOCATION_STRATEGY_"))
+        .unwrap_or("UNKNOWN");
+    let reward = pb::RewardModel::try_from(t.reward_model)
+        .map(|r| r.as_str_name().trim_start_matches("REWARD_MODEL_"))
+        .unwrap_or("UNKNOWN");
+    let arms: Vec<Value> = t
+        .arms
+        .iter()
+        .map(|a| json!({"arm_id": a.arm_id, "model_registry_id": a.model_registry_id, "weight": a.weight}))
+        .collect();
     json!({"test_id": t.test_id, "name": t.name, "status": status_name(t.status),
+           "allocation_strategy": strategy, "reward_model": reward, "arms": arms,
+           "significance_level": t.significance_level, "minimum_sample_size": t.minimum_sample_size,
+           "early_stopping": t.early_stopping, "min_allocation_per_arm": t.min_allocation_per_arm,
+           "max_allocation_per_arm": t.max_allocation_per_arm, "control_arm": t.control_arm,
            "created_at": time(t.created_at.as_ref()), "created_by": t.created_by,
            "model_registry_ids": t.model_registry_ids, "winner": t.winner,
            "stop_reason": t.stop_reason, "stopped_at": t.stopped_at.as_ref().map(|s| s.to_string())})
@@ -107,6 +122,39 @@ fn results_table(r: &pb::TestResults) -> String {
     out
 }
 
+fn create_request(a: &CreateTestArgs) -> pb::CreateTestRequest {
+    pb::CreateTestRequest {
+        test_id: a.id.clone(),
+        name: a.name.clone(),
+        description: a.description.clone(),
+        created_by: whoami(),
+        model_registry_ids: a.models.clone(),
+        weights: a.weights.clone(),
+        allocation_strategy: match a.strategy {
+            StrategyArg::Fixed => pb::AllocationStrategy::Fixed,
+            StrategyArg::Thompson => pb::AllocationStrategy::ThompsonSampling,
+            StrategyArg::Ucb => pb::AllocationStrategy::Ucb,
+            StrategyArg::EpsilonGreedy => pb::AllocationStrategy::EpsilonGreedy,
+        } as i32,
+        reward_model: match a.reward {
+            None => pb::RewardModel::Unspecified,
+            Some(RewardArg::Bernoulli) => pb::RewardModel::Bernoulli,
+            Some(RewardArg::Gaussian) => pb::RewardModel::Gaussian,
+        } as i32,
+        epsilon: a.epsilon,
+        ucb_exploration: a.ucb_exploration,
+        significance_level: a.significance_level,
+        minimum_sample_size: a.minimum_sample_size,
+        minimum_effect_size: a.minimum_effect_size,
+        max_duration_days: a.max_duration_days,
+        early_stopping: a.no_early_stopping.then_some(false),
+        stop_loss_threshold: a.stop_loss_threshold,
+        min_allocation_per_arm: a.min_allocation_per_arm,
+        max_allocation_per_arm: a.max_allocation_per_arm,
+        control_arm: a.control_arm.clone(),
+    }
+}
+
 pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, CliError> {
     let mut client = ExperimentsClient::new(channel);
     let as_json = args.client.json;
@@ -123,6 +171,21 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
         }
     };
     match &args.action {
+        TestsAction::Create(create) => Ok(show_test(
+            client
+                .create_test(create_request(create))
+                .await?
+                .into_inner(),
+        )),
+        TestsAction::Show { test_id } => {
+            let test = client
+                .get_test(pb::GetTestRequest {
+                    test_id: test_id.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(super::json(&test_json(&test)))
+        }
         TestsAction::List => {
             let tests = client
                 .list_tests(pb::ListTestsRequest { status: None })
