@@ -4,6 +4,7 @@
 
 mod audit;
 mod models;
+pub mod report;
 mod tests;
 
 use tonic::transport::Channel;

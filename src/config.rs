@@ -285,6 +285,14 @@ pub enum TestsAction {
         /// The test id.
         test_id: String,
     },
+    /// Write an SVG report: each arm's posterior mean return and allocation share over time.
+    Report {
+        /// The test id.
+        test_id: String,
+        /// Where to write the SVG.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Pause a running test (all traffic to the control arm).
     Pause {
         /// The test id.

@@ -15,6 +15,7 @@
 
 mod allocate;
 mod error;
+pub mod history;
 mod ingest;
 mod lifecycle;
 pub mod policy;
@@ -108,7 +109,13 @@ impl Experiments {
                 .unwrap_or_else(|| StatsRecord::new(k));
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
-            tests.insert(id, Arc::new(TestState::new(record, stats, allocations)));
+            let state = TestState::new(record, stats, allocations);
+            if let Some(history) =
+                storage.get::<history::History>(&keys::test_history(id.as_str()))?
+            {
+                *state.history.lock() = history;
+            }
+            tests.insert(id, Arc::new(state));
         }
         let experiments = Self {
             inner: Arc::new(Inner {
@@ -149,6 +156,9 @@ impl Experiments {
                     if let Err(e) = this.expire_due_tests().await {
                         tracing::warn!(error = %e, "expiring tests failed");
                     }
+                    if let Err(e) = this.sample_histories() {
+                        tracing::warn!(error = %e, "recording test histories failed");
+                    }
                 }
             }
         });
@@ -172,6 +182,21 @@ impl Experiments {
         }
         self.inner.storage.apply(batch)?;
         self.inner.storage.flush().await?;
+        Ok(())
+    }
+
+    /// Adds a periodic history point to every test that has not ended.
+    fn sample_histories(&self) -> Result<()> {
+        let live: Vec<String> = self
+            .inner
+            .tests
+            .iter()
+            .filter(|e| !e.value().status().is_ended())
+            .map(|e| e.key().to_string())
+            .collect();
+        for test_id in live {
+            self.record_history(&test_id, true)?;
+        }
         Ok(())
     }
 

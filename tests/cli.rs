@@ -70,6 +70,59 @@ async fn tests_and_audit_subcommands() {
     assert_eq!(results["arms"][1]["results"], 30);
     assert_eq!(results["comparisons"][0]["treatment_arm"], "arm_1");
 
+    // The SVG report: valid XML, one posterior curve and one share series per arm.
+    let report_dir = tempfile::tempdir().expect("tempdir");
+    let report = report_dir.path().join("report.svg");
+    stdout(&arbiter(
+        &server,
+        &[
+            "tests",
+            "report",
+            "t1",
+            "--out",
+            report.to_str().expect("utf-8"),
+        ],
+    ));
+    let svg = std::fs::read_to_string(&report).expect("report written");
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let paths = |class: &str| {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("path") && n.attribute("class") == Some(class))
+            .map(|n| {
+                (
+                    n.attribute("data-arm").unwrap_or_default().to_string(),
+                    n.attribute("d").unwrap_or_default().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let posteriors = paths("posterior");
+    let shares = paths("share");
+    assert_eq!(
+        posteriors
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        vec!["arm_0", "arm_1"]
+    );
+    assert_eq!(
+        shares.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        vec!["arm_0", "arm_1"]
+    );
+    assert!(
+        posteriors
+            .iter()
+            .all(|(_, d)| d.matches('L').count() == 200),
+        "201-point curves"
+    );
+    assert!(
+        shares
+            .iter()
+            .all(|(_, d)| d.starts_with('M') && d.contains('L')),
+        "at least two history points"
+    );
+
     let models_arg = models.join(",");
     let create = [
         "tests",

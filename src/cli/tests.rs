@@ -220,6 +220,30 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                 results_table(&results)
             })
         }
+        TestsAction::Report { test_id, out } => {
+            let results = client
+                .get_test_results(pb::GetTestResultsRequest {
+                    test_id: test_id.clone(),
+                })
+                .await?
+                .into_inner();
+            let history = client
+                .get_test_history(pb::GetTestRequest {
+                    test_id: test_id.clone(),
+                })
+                .await?
+                .into_inner();
+            let svg = super::report::render(&results, &history);
+            std::fs::write(out, svg).map_err(|source| CliError::File {
+                path: out.display().to_string(),
+                source,
+            })?;
+            Ok(if as_json {
+                super::json(&json!({"test_id": test_id, "out": out.display().to_string()}))
+            } else {
+                format!("wrote {}\n", out.display())
+            })
+        }
         TestsAction::Pause { test_id } => {
             let request = pb::TestActionRequest {
                 test_id: test_id.clone(),

@@ -56,6 +56,7 @@ impl Experiments {
                 return Err(e);
             }
         }
+        self.record_history(id.as_str(), false)?;
         self.inner.storage.flush().await?;
         Ok(TestView { record })
     }
@@ -245,6 +246,7 @@ impl Experiments {
             book.record = record;
         }
         state.refresh();
+        self.record_history(test_id, false)?;
         self.inner.storage.flush().await?;
         let results = self.results(test_id)?;
         self.write_final_results(&results)?;

@@ -103,6 +103,8 @@ pub struct TestState {
     pub expiring: AtomicBool,
     /// Record and statistics.
     pub book: Mutex<Book>,
+    /// The compact time series for reports.
+    pub history: Mutex<super::history::History>,
 }
 
 /// A decision of [`TestState::decide`].
@@ -148,6 +150,7 @@ impl TestState {
                 .created_at
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
             expiring: AtomicBool::new(false),
+            history: Mutex::new(super::history::History::default()),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

@@ -148,6 +148,30 @@ impl experiments_server::Experiments for ExperimentsService {
         Ok(Response::new(results.into()))
     }
 
+    #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
+    async fn get_test_history(
+        &self,
+        request: Request<pb::GetTestRequest>,
+    ) -> Result<Response<pb::TestHistory>, Status> {
+        let test_id = request.into_inner().test_id;
+        let (arm_ids, points) = self
+            .experiments
+            .history(&test_id)
+            .map_err(status::experiment)?;
+        Ok(Response::new(pb::TestHistory {
+            test_id,
+            arm_ids,
+            points: points
+                .into_iter()
+                .map(|p| pb::HistoryPoint {
+                    time: Some(super::convert::timestamp(p.time)),
+                    results: p.results,
+                    shares: p.shares,
+                })
+                .collect(),
+        }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn estimate_sample_size(
         &self,

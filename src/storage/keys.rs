@@ -29,6 +29,11 @@ pub fn test_allocations(test_id: &str) -> Vec<u8> {
     [b"alloc/", test_id.as_bytes()].concat()
 }
 
+/// The compact time series of a test.
+pub fn test_history(test_id: &str) -> Vec<u8> {
+    [b"series/", test_id.as_bytes()].concat()
+}
+
 /// The marker of a result id already applied to a test.
 pub fn result_id(test_id: &str, result_id: &str) -> Vec<u8> {
     [b"rid/", test_id.as_bytes(), b"/", result_id.as_bytes()].concat()
