@@ -28,6 +28,7 @@ fn grpc(c: &mut Criterion) {
             data_dir: dir.path().to_path_buf(),
             registry: RegistryConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            metrics_listen: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(arbiter::server::run(listener, config, async move {

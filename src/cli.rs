@@ -23,7 +23,7 @@ pub enum CliError {
         source: tonic::transport::Error,
     },
     /// The server answered with an error.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}: {}", crate::metrics::code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
@@ -63,30 +63,6 @@ async fn connect(client: &ClientArgs) -> Result<Channel, CliError> {
         .connect()
         .await
         .map_err(connect_error)
-}
-
-/// The canonical name of a gRPC status code, as grpcurl and the gRPC docs print it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// Pretty JSON of a value built for output.

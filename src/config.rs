@@ -421,6 +421,9 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for in-flight calls and open connections before closing them.
     #[arg(long, env = "ARBITER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off when unset.
+    #[arg(long, env = "ARBITER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration cannot be used.
@@ -458,6 +461,7 @@ pub struct FileConfig {
     max_versions_per_model: Option<u32>,
     allow_self_approval: Option<bool>,
     shutdown_grace_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -529,13 +533,18 @@ impl ServeArgs {
         take!(max_versions_per_model);
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
+        if let Some(addr) = file.metrics_listen {
+            if is_default("metrics_listen") || self.metrics_listen.is_none() {
+                self.metrics_listen = Some(addr);
+            }
+        }
     }
 
     /// The effective settings, one `key = value` line each (for `--check-config`).
     pub fn describe(&self) -> String {
         format!(
             "listen = \"{}\"\ndata-dir = {:?}\nlog-format = \"{}\"\nmax-artifact-bytes = {}\n\
-             max-versions-per-model = {}\nallow-self-approval = {}\nshutdown-grace-secs = {}\n",
+             max-versions-per-model = {}\nallow-self-approval = {}\nshutdown-grace-secs = {}\n{}",
             self.listen,
             self.data_dir.display().to_string(),
             match self.log_format {
@@ -545,7 +554,9 @@ impl ServeArgs {
             self.max_artifact_bytes,
             self.max_versions_per_model,
             self.allow_self_approval,
-            self.shutdown_grace_secs
+            self.shutdown_grace_secs,
+            self.metrics_listen
+                .map_or_else(String::new, |a| format!("metrics-listen = \"{a}\"\n")),
         )
     }
 
@@ -559,6 +570,7 @@ impl ServeArgs {
                 allow_self_approval: self.allow_self_approval,
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

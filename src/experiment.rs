@@ -159,6 +159,7 @@ impl Experiments {
                     if let Err(e) = this.sample_histories() {
                         tracing::warn!(error = %e, "recording test histories failed");
                     }
+                    this.export_metrics();
                 }
             }
         });
@@ -183,6 +184,45 @@ impl Experiments {
         self.inner.storage.apply(batch)?;
         self.inner.storage.flush().await?;
         Ok(())
+    }
+
+    /// Copies the engine's counters into the metrics facade (a no-op without a recorder): per-arm
+    /// allocations and results of at most `MAX_LABELLED_TESTS` active tests, tests by status, and
+    /// the database size.
+    fn export_metrics(&self) {
+        let mut by_status = [0u64; 4];
+        let mut labelled = 0;
+        for entry in self.inner.tests.iter() {
+            let state = entry.value();
+            let status = state.status();
+            by_status[status as usize] += 1;
+            if status.is_ended() || labelled >= crate::metrics::MAX_LABELLED_TESTS {
+                continue;
+            }
+            labelled += 1;
+            let allocations = state.allocation_record().counts;
+            let results: Vec<u64> = state.book.lock().stats.arms.iter().map(|a| a.n).collect();
+            for (i, arm) in state.config.arms.iter().enumerate() {
+                let labels = [
+                    ("test", entry.key().to_string()),
+                    ("arm", arm.arm_id.clone()),
+                ];
+                metrics::counter!("arbiter_allocations_total", &labels).absolute(allocations[i]);
+                metrics::counter!("arbiter_results_total", &labels).absolute(results[i]);
+            }
+        }
+        for status in [
+            TestStatus::Running,
+            TestStatus::Paused,
+            TestStatus::Completed,
+            TestStatus::Cancelled,
+        ] {
+            metrics::gauge!("arbiter_tests", "status" => status.name())
+                .set(by_status[status as usize] as f64);
+        }
+        if let Ok(bytes) = self.inner.storage.size_on_disk() {
+            metrics::gauge!("arbiter_storage_bytes").set(bytes as f64);
+        }
     }
 
     /// Adds a periodic history point to every test that has not ended.

@@ -18,6 +18,7 @@ pub mod config;
 pub mod experiment;
 pub mod grpc;
 pub mod loadgen;
+pub mod metrics;
 pub mod pb;
 pub mod registry;
 pub mod server;

@@ -98,6 +98,7 @@ async fn start_arbiter() -> Result<Local, BenchError> {
         data_dir: data_dir.clone(),
         registry: RegistryConfig::default(),
         shutdown_grace: Duration::from_secs(5),
+        metrics_listen: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub registry: RegistryConfig,
     /// How long shutdown waits for in-flight calls and open connections before closing them.
     pub shutdown_grace: Duration,
+    /// Where to serve Prometheus metrics (`None`: no metrics).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -39,6 +41,9 @@ pub enum ServerError {
     /// Opening the experiment engine failed.
     #[error("experiments: {0}")]
     Experiments(#[from] ExperimentError),
+    /// The metrics exporter could not start.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -53,6 +58,10 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install(addr).map_err(ServerError::Metrics)?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     let storage = Arc::new(Storage::open(&config.data_dir)?);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
@@ -122,7 +131,11 @@ pub async fn run(
             Err(_) => std::future::pending().await,
         }
     };
+    let rpc_metrics = config
+        .metrics_listen
+        .map(|_| crate::metrics::RpcMetricsLayer);
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::option_layer(rpc_metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

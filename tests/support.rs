@@ -33,6 +33,15 @@ impl TestServer {
 
     /// Starts a server with the given registry settings on `data_dir`.
     pub async fn start_with(data_dir: &Path, registry: RegistryConfig) -> Self {
+        Self::start_full(data_dir, registry, None).await
+    }
+
+    /// Starts a server that also serves Prometheus metrics on `metrics`.
+    pub async fn start_full(
+        data_dir: &Path,
+        registry: RegistryConfig,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -42,6 +51,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             registry,
             shutdown_grace: Duration::from_secs(5),
+            metrics_listen: metrics,
         };
         let handle = tokio::spawn(arbiter::server::run(listener, config, async move {
             let _ = rx.await;

@@ -128,6 +128,8 @@ impl allocator_server::Allocator for AllocatorService {
                 let reply = match batch {
                     Err(status) => Err(status),
                     Ok(batch) => {
+                        metrics::histogram!("arbiter_ingest_batch_size")
+                            .record(batch.results.len() as f64);
                         let inputs = batch.results.into_iter().map(ResultInput::from).collect();
                         experiments
                             .record_batch(inputs)

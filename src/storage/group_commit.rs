@@ -33,6 +33,7 @@ impl GroupCommit {
                     waiters.push(next);
                 }
                 let db = db.clone();
+                let started = std::time::Instant::now();
                 let outcome = tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
                     .await
                     .unwrap_or_else(|join| {
@@ -42,6 +43,8 @@ impl GroupCommit {
                     })
                     .map_err(Arc::new);
                 counter.fetch_add(1, Ordering::Relaxed);
+                metrics::histogram!("arbiter_storage_flush_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 for waiter in waiters {
                     // A writer that went away no longer needs its answer.
                     let _ = waiter.send(outcome.clone());
