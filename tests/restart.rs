@@ -410,6 +410,22 @@ async fn restart_keeps_tests_statuses_posteriors_allocations_and_final_results()
         final_before
     );
 
+    // The report history survives too: creation and stop points of "done", plus "now".
+    let history = client
+        .get_test_history(pb::GetTestRequest {
+            test_id: "done".into(),
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.arm_ids, vec!["arm_0", "arm_1"]);
+    assert_eq!(history.points.len(), 3, "{history:?}");
+    assert_eq!(
+        history.points[1].results,
+        vec![0, 1],
+        "the stop point saw the one result"
+    );
+
     // result_id idempotency survives the restart.
     let mut allocator = server.allocator().await;
     let mut again = result("running", "arm_0", 1.0);
