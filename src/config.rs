@@ -104,10 +104,10 @@ pub enum ModelsAction {
         /// The artifact file.
         #[arg(long)]
         file: PathBuf,
-        /// Trading policy stored beside the model (a JSON object).
+        /// Trading policy stored beside the model (a YAML mapping or JSON object).
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Feature specification (a JSON object).
+        /// Feature specification (a YAML mapping or JSON object).
         #[arg(long)]
         features: Option<PathBuf>,
         /// Who registers it (default: $USER).

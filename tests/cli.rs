@@ -227,8 +227,14 @@ async fn models_subcommands() {
     let artifact = work.path().join("model.bin");
     let bytes = artifact_bytes(3 * 1024 * 1024 + 17, 5);
     std::fs::write(&artifact, &bytes).expect("write artifact");
-    let policy = work.path().join("policy.json");
-    std::fs::write(&policy, r#"{"position_size": 0.02, "max_leverage": 3}"#).expect("write policy");
+    let policy = work.path().join("policy.yaml");
+    std::fs::write(&policy, "position_size: 0.02\nmax_leverage: 3\n").expect("write policy");
+    let features = work.path().join("features.json");
+    std::fs::write(
+        &features,
+        r#"{"window": 20, "inputs": ["returns", "volume"]}"#,
+    )
+    .expect("write features");
 
     let a = artifact.to_str().expect("utf-8");
     let p = policy.to_str().expect("utf-8");
@@ -248,7 +254,15 @@ async fn models_subcommands() {
         &server,
         &[
             &register[..],
-            &["--policy", p, "--created-by", "alice", "--json"],
+            &[
+                "--policy",
+                p,
+                "--features",
+                features.to_str().expect("utf-8"),
+                "--created-by",
+                "alice",
+                "--json",
+            ],
         ]
         .concat(),
     )))

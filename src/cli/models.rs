@@ -67,16 +67,19 @@ fn metadata_line(m: &pb::ModelMetadata) -> String {
     )
 }
 
-fn read_json_object(path: &Path) -> Result<prost_types::Struct, CliError> {
+/// Reads a policy or feature file: a YAML mapping or a JSON object (JSON is read as YAML).
+fn read_object(path: &Path) -> Result<prost_types::Struct, CliError> {
     let file_error = |source| CliError::File {
         path: path.display().to_string(),
         source,
     };
     let text = std::fs::read_to_string(path).map_err(file_error)?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::Failed(format!("{}: not valid JSON: {e}", path.display())))?;
-    json_to_struct(&value)
-        .ok_or_else(|| CliError::Failed(format!("{}: must hold a JSON object", path.display())))
+    let value: Value = serde_norway::from_str(&text).map_err(|e| {
+        CliError::Failed(format!("{}: not valid YAML or JSON: {e}", path.display()))
+    })?;
+    json_to_struct(&value).ok_or_else(|| {
+        CliError::Failed(format!("{}: must hold a mapping (object)", path.display()))
+    })
 }
 
 /// The request stream of a registration: the header, then the file in chunks read by a blocking
@@ -168,8 +171,8 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 name: name.clone(),
                 description: description.clone(),
                 framework: framework.clone(),
-                policy_config: policy.as_deref().map(read_json_object).transpose()?,
-                feature_spec: features.as_deref().map(read_json_object).transpose()?,
+                policy_config: policy.as_deref().map(read_object).transpose()?,
+                feature_spec: features.as_deref().map(read_object).transpose()?,
                 ..Default::default()
             };
             let messages = upload(header, file)?;
