@@ -60,8 +60,8 @@ pub(crate) fn assert_close(actual: f64, expected: f64, rel: f64, what: &str) {
 mod tests {
     use super::*;
 
-    /// `scipy.stats.t.interval(1 - alpha, n - 1, loc=mean, scale=std / sqrt(n))`, from the script
-    /// in `welch.rs`'s tests (seed 20261127).
+    /// `scipy.stats.t.interval(1 - alpha, n - 1, loc=mean, scale=std / sqrt(n))`, from
+    /// `tests/data/stats_references.py` (seed 20261127).
     #[test]
     fn student_interval_matches_scipy() {
         let cases: [(u64, f64, f64, f64, f64, f64); 10] = [

@@ -22,7 +22,7 @@ mod tests {
     use super::*;
 
     /// `statsmodels.stats.multitest.multipletests(p, method="holm")[1]` on
-    /// `p = rng.uniform(0, 0.2, k) ** 2` (script in `welch.rs`'s tests).
+    /// `p = rng.uniform(0, 0.2, k) ** 2` (`tests/data/stats_references.py`).
     #[test]
     fn holm_matches_statsmodels() {
         let cases: [(&[f64], &[f64]); 10] = [

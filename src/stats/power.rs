@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     /// `2 * s**2 * (norm.ppf(1 - alpha / 2) + norm.ppf(power))**2 / d**2` with
-    /// `scipy.stats.norm` (script in `welch.rs`'s tests).
+    /// `scipy.stats.norm` (`tests/data/stats_references.py`).
     #[test]
     fn sample_size_matches_scipy() {
         let cases: [(f64, f64, f64, f64, f64); 10] = [

@@ -32,7 +32,7 @@ mod tests {
     use super::*;
 
     /// Λ computed independently by numerical integration of the likelihood ratio over the mixing
-    /// density (scipy 1.17.1):
+    /// density (scipy 1.17.1; the whole script is `tests/data/msprt_reference.py`):
     /// ```python
     /// f = lambda th: norm.pdf(d, th, sqrt(V)) / norm.pdf(d, 0, sqrt(V)) * norm.pdf(th, 0, sqrt(tau2))
     /// quad(f, -40*sqrt(tau2), 40*sqrt(tau2), points=[0, d], limit=500, epsabs=0, epsrel=1e-13)

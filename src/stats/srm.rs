@@ -29,7 +29,7 @@ mod tests {
     use super::super::assert_close;
     use super::*;
 
-    /// `scipy.stats.chisquare(obs, f_exp)` on multinomial draws (script in `welch.rs`'s tests).
+    /// `scipy.stats.chisquare(obs, f_exp)` on multinomial draws (`tests/data/stats_references.py`).
     #[test]
     fn chi_square_matches_scipy() {
         let cases: [(&[u64], &[f64], f64, f64); 10] = [

@@ -96,7 +96,8 @@ mod tests {
     ///     print(n1, a.mean(), a.std(ddof=1), n2, b.mean(), b.std(ddof=1), alpha,
     ///           r.statistic, r.df, r.pvalue, ci.low, ci.high)
     /// ```
-    /// (the same script, continued, produces the tables of the other stats tests).
+    /// The whole script, which also produces the tables of the other stats tests, is
+    /// `tests/data/stats_references.py`.
     #[test]
     fn welch_matches_scipy() {
         // (n1, m1, s1, n2, m2, s2, alpha, t, df, p, low, high)
