@@ -405,13 +405,7 @@ async fn results_report_every_per_arm_figure() {
 
     let mut allocator = server.allocator().await;
     for _ in 0..40 {
-        allocator
-            .allocate(pb::AllocateRequest {
-                test_id: "t".into(),
-                unit_key: String::new(),
-            })
-            .await
-            .expect("allocate");
+        allocate(&mut allocator, "t").await;
     }
     let arm0 = [0.02, -0.01, 0.035, 0.0, -0.004, 0.011];
     let mut records: Vec<pb::ResultRecord> = arm0
@@ -501,14 +495,7 @@ async fn ingestion_attributes_rejects_and_deduplicates_per_record() {
         .await
         .expect("create");
     let mut allocator = server.allocator().await;
-    let decision = allocator
-        .allocate(pb::AllocateRequest {
-            test_id: "t".into(),
-            unit_key: String::new(),
-        })
-        .await
-        .expect("allocate")
-        .into_inner();
+    let decision = allocate(&mut allocator, "t").await;
 
     use pb::result_record::Attribution as A;
     let with = |attribution: Option<A>, value: f64, result_id: &str| pb::ResultRecord {
@@ -755,14 +742,7 @@ async fn results_move_allocations_and_feed_model_performance() {
     // Reflected in allocations right after the acknowledgement.
     let mut to_arm0 = 0;
     for _ in 0..1000 {
-        let a = allocator
-            .allocate(pb::AllocateRequest {
-                test_id: "t".into(),
-                unit_key: String::new(),
-            })
-            .await
-            .expect("allocate")
-            .into_inner();
+        let a = allocate(&mut allocator, "t").await;
         if a.arm_id == "arm_0" {
             to_arm0 += 1;
             assert!(a.propensity > 0.9);

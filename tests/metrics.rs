@@ -38,13 +38,7 @@ async fn metrics_count_rpcs_allocations_results_and_flushes() {
         .expect("create");
     let mut allocator = server.allocator().await;
     for _ in 0..25 {
-        allocator
-            .allocate(pb::AllocateRequest {
-                test_id: "t".into(),
-                unit_key: String::new(),
-            })
-            .await
-            .expect("allocate");
+        allocate(&mut allocator, "t").await;
     }
     let _ = allocator
         .allocate(pb::AllocateRequest {

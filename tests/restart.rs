@@ -288,13 +288,7 @@ async fn restart_keeps_tests_statuses_posteriors_allocations_and_final_results()
             .expect("create");
         let mut allocator = server.allocator().await;
         for _ in 0..300 {
-            allocator
-                .allocate(pb::AllocateRequest {
-                    test_id: "running".into(),
-                    unit_key: String::new(),
-                })
-                .await
-                .expect("allocate");
+            allocate(&mut allocator, "running").await;
         }
         let mut batch = Vec::new();
         for i in 0..200 {
@@ -438,14 +432,7 @@ async fn restart_keeps_tests_statuses_posteriors_allocations_and_final_results()
             .into_inner()
             .duplicate
     );
-    let a = allocator
-        .allocate(pb::AllocateRequest {
-            test_id: "paused".into(),
-            unit_key: String::new(),
-        })
-        .await
-        .expect("allocate")
-        .into_inner();
+    let a = allocate(&mut allocator, "paused").await;
     assert_eq!(
         (a.arm_id.as_str(), a.propensity),
         ("arm_0", 1.0),

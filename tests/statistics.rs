@@ -170,14 +170,7 @@ async fn clearly_separated_returns_stop_early_with_a_winner() {
     .expect("json");
     assert_eq!(json["winner"], "arm_1");
 
-    let a = allocator
-        .allocate(pb::AllocateRequest {
-            test_id: "t".into(),
-            unit_key: String::new(),
-        })
-        .await
-        .expect("allocate")
-        .into_inner();
+    let a = allocate(&mut allocator, "t").await;
     assert_eq!(
         (a.arm_id.as_str(), a.propensity, a.test_status),
         ("arm_1", 1.0, TS::Completed as i32)
@@ -255,13 +248,7 @@ async fn welch_figures_holm_comparisons_probability_best_and_srm() {
         .expect("create");
     let mut allocator = server.allocator().await;
     for _ in 0..600 {
-        allocator
-            .allocate(pb::AllocateRequest {
-                test_id: "t".into(),
-                unit_key: String::new(),
-            })
-            .await
-            .expect("allocate");
+        allocate(&mut allocator, "t").await;
     }
     let arm0 = [0.02, -0.01, 0.035, 0.0, -0.004, 0.011];
     let arm1 = [0.03, 0.012, 0.05, 0.021, 0.008];

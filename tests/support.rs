@@ -344,6 +344,18 @@ pub fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
     }
 }
 
+/// One unary Allocate for `test_id` without a unit key.
+pub async fn allocate(client: &mut AllocatorClient<Channel>, test_id: &str) -> pb::Allocation {
+    client
+        .allocate(pb::AllocateRequest {
+            test_id: test_id.into(),
+            unit_key: String::new(),
+        })
+        .await
+        .expect("allocate")
+        .into_inner()
+}
+
 /// A result attributed by arm id.
 pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
     pb::ResultRecord {
