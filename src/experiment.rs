@@ -20,6 +20,7 @@ mod ingest;
 mod lifecycle;
 pub mod policy;
 pub mod posterior;
+pub mod result_ids;
 mod results;
 mod risk;
 pub mod rng;
@@ -160,6 +161,7 @@ impl Experiments {
                         tracing::warn!(error = %e, "recording test histories failed");
                     }
                     this.export_metrics();
+                    this.evict_idle_result_ids();
                 }
             }
         });
@@ -222,6 +224,16 @@ impl Experiments {
         }
         if let Ok(bytes) = self.inner.storage.size_on_disk() {
             metrics::gauge!("arbiter_storage_bytes").set(bytes as f64);
+        }
+    }
+
+    /// Drops in-memory result-id indexes no batch has used for [`result_ids::IDLE_EVICTION`]; a
+    /// test's index is skipped while a writer holds it.
+    fn evict_idle_result_ids(&self) {
+        for entry in self.inner.tests.iter() {
+            if let Some(mut ids) = entry.value().result_ids.try_lock() {
+                ids.evict_if_idle(result_ids::IDLE_EVICTION);
+            }
         }
     }
 

@@ -43,6 +43,14 @@ pub enum StorageError {
         /// The version this build writes and reads.
         known: u8,
     },
+    /// A stored value is malformed.
+    #[error("record {key} is corrupt: {why}")]
+    Corrupt {
+        /// The key, printed lossily.
+        key: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A record could not be encoded.
     #[error("record could not be encoded: {0}")]
     Encode(serde_json::Error),
@@ -107,11 +115,6 @@ impl Storage {
             Some(bytes) => codec::decode(key, &bytes).map(Some),
             None => Ok(None),
         }
-    }
-
-    /// Whether `key` is present.
-    pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.db.contains_key(key)?)
     }
 
     /// Reads the raw bytes stored under `key`.

@@ -39,3 +39,23 @@ fn audit_event_v1_decodes() {
     );
     assert_eq!(e.details["to"], "PRODUCTION");
 }
+
+#[test]
+fn result_id_run_v1_decodes() {
+    use arbiter::experiment::result_ids::{decode_run, encode_run, fingerprint};
+    let bytes = std::fs::read("tests/data/result_id_run.v1.bin").expect("golden file");
+    let key = [&b"rib/t/"[..], &0u64.to_be_bytes()].concat();
+    let run = decode_run(&key, &bytes).expect("decodes");
+    // Reference fingerprints printed by tests/data/result_id_run.py (Python's hashlib).
+    assert_eq!(
+        run,
+        vec![
+            0x0bafe22156d2698c143b86040446d366,
+            0x3d5e3106cd72ba03fededf6dbb9fc336,
+            0x56095c330119f86a29c93362dfc3187e,
+        ]
+    );
+    assert_eq!(fingerprint("order-1"), run[0]);
+    assert_eq!(fingerprint("fill/2026-11-27T10:00:00Z#42"), run[2]);
+    assert_eq!(encode_run(&run), bytes, "the encoder writes the same bytes");
+}

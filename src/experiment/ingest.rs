@@ -2,13 +2,12 @@
 //! statistics, and write statistics and result-id markers in one atomic batch per test; the
 //! caller acknowledges after [`Experiments::record_batch`] returns, which is after the flush.
 
-use std::collections::HashSet;
-
 use crate::storage::{keys, WriteBatch};
 use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
 
+use super::result_ids::PendingIds;
 use super::state::StatsRecord;
 use super::types::{TestConfig, MAX_ARMS};
 use super::{risk, stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
@@ -126,7 +125,11 @@ impl Experiments {
             let config = state.config.clone();
             let mut stats = book.stats.clone();
             let mut batch = WriteBatch::new();
-            let mut seen = HashSet::new();
+            let mut result_ids = state.result_ids.lock();
+            if indices.iter().any(|&i| !records[i].result_id.is_empty()) {
+                result_ids.load(&self.inner.storage, &test_id)?;
+            }
+            let mut new_ids = PendingIds::default();
             let mut applied = 0usize;
             for i in indices {
                 let r = &records[i];
@@ -134,20 +137,13 @@ impl Experiments {
                     Err(e) => RecordOutcome::Rejected(e),
                     Ok(arm) => {
                         let duplicate = !r.result_id.is_empty()
-                            && (!seen.insert(r.result_id.as_str())
-                                || self
-                                    .inner
-                                    .storage
-                                    .contains(&keys::result_id(&test_id, &r.result_id))?);
+                            && !result_ids.admit(&mut new_ids, &r.result_id);
                         if duplicate {
                             RecordOutcome::Duplicate
                         } else {
                             stats.arms[arm].add(r.return_value);
                             for (name, value) in &r.metrics {
                                 stats.arms[arm].add_metric(name, *value);
-                            }
-                            if !r.result_id.is_empty() {
-                                batch.put_raw(keys::result_id(&test_id, &r.result_id), Vec::new());
                             }
                             applied += 1;
                             RecordOutcome::Accepted
@@ -170,9 +166,18 @@ impl Experiments {
                 stops.push(stop);
             }
             batch.put(keys::test_stats(&test_id), &stats)?;
+            let staged = if new_ids.is_empty() {
+                None
+            } else {
+                Some(result_ids.stage(&self.inner.storage, &test_id, new_ids, &mut batch)?)
+            };
             self.inner
                 .audit
                 .commit(&self.inner.storage, batch, drafts)?;
+            if let Some(staged) = staged {
+                result_ids.commit(staged);
+            }
+            drop(result_ids);
             book.stats = stats;
             drop(book);
             touched.push(state);

@@ -105,6 +105,8 @@ pub struct TestState {
     pub book: Mutex<Book>,
     /// The compact time series for reports.
     pub history: Mutex<super::history::History>,
+    /// The result_ids applied so far (loaded on first use; taken after `book` when both are).
+    pub result_ids: Mutex<super::result_ids::ResultIds>,
 }
 
 /// A decision of [`TestState::decide`].
@@ -151,6 +153,7 @@ impl TestState {
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
             expiring: AtomicBool::new(false),
             history: Mutex::new(super::history::History::default()),
+            result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

@@ -30,6 +30,10 @@ pub fn registry(err: RegistryError) -> Status {
 pub fn storage(err: &StorageError) -> Status {
     match err {
         StorageError::Closed => Status::unavailable("server is shutting down"),
+        StorageError::Corrupt { .. } | StorageError::Decode { .. } => {
+            tracing::error!(error = %err, "stored data is corrupt");
+            Status::data_loss(err.to_string())
+        }
         _ => internal(err),
     }
 }

@@ -34,9 +34,26 @@ pub fn test_history(test_id: &str) -> Vec<u8> {
     [b"series/", test_id.as_bytes()].concat()
 }
 
-/// The marker of a result id already applied to a test.
-pub fn result_id(test_id: &str, result_id: &str) -> Vec<u8> {
-    [b"rid/", test_id.as_bytes(), b"/", result_id.as_bytes()].concat()
+/// The prefix of every result-id run of a test (see `experiment::result_ids`).
+pub fn result_id_runs(test_id: &str) -> Vec<u8> {
+    [b"rib/", test_id.as_bytes(), b"/"].concat()
+}
+
+/// The result-id run `seq` of a test.
+pub fn result_id_run(test_id: &str, seq: u64) -> Vec<u8> {
+    [&result_id_runs(test_id)[..], &seq.to_be_bytes()[..]].concat()
+}
+
+/// The sequence number of a result-id run key.
+pub fn result_id_run_seq(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// The prefix of the older layout's markers, one key per applied result id:
+/// `rid/<test_id>/<result_id>`. Read only to fold them into a run.
+pub fn legacy_result_ids(test_id: &str) -> Vec<u8> {
+    [b"rid/", test_id.as_bytes(), b"/"].concat()
 }
 
 /// The recorded head (last sequence number and hash) of the audit chain.
@@ -78,6 +95,18 @@ mod tests {
         assert!(audit(1) < audit(1 << 40));
         assert_eq!(audit_seq(&audit(77)), Some(77));
         assert_eq!(audit_seq(b"model/x"), None);
+    }
+
+    #[test]
+    fn result_id_runs_sort_numerically_and_stay_within_their_test() {
+        assert!(result_id_run("t", 255) < result_id_run("t", 256));
+        assert_eq!(
+            result_id_run_seq(&result_id_run("t", 1 << 40)),
+            Some(1 << 40)
+        );
+        assert!(result_id_run("t", 0).starts_with(&result_id_runs("t")));
+        assert!(!result_id_run("t.2", 0).starts_with(&result_id_runs("t")));
+        assert_eq!(result_id_run_seq(b"short"), None);
     }
 
     #[test]
