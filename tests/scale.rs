@@ -89,6 +89,36 @@ async fn restart_after_a_million_results() {
         results.total_requests
     );
     assert!(ready < Duration::from_secs(60));
+
+    // The first batch with result ids after the restart reads the test's idempotency index.
+    let mut allocator = server.allocator().await;
+    let resend = |sequence: u64, first: u64| pb::ResultBatch {
+        sequence,
+        results: (first..first + SIZE)
+            .map(|n| {
+                let mut r = result("big", "arm_0", 0.0);
+                r.result_id = format!("r{n}");
+                r
+            })
+            .collect(),
+    };
+    let started = Instant::now();
+    let acks = ingest(&mut allocator, vec![resend(0, 0)])
+        .await
+        .expect("resend");
+    let first_batch = started.elapsed();
+    assert_eq!((acks[0].accepted, acks[0].duplicates), (0, SIZE as u32));
+    let started = Instant::now();
+    let acks = ingest(&mut allocator, vec![resend(1, BATCHES * SIZE)])
+        .await
+        .expect("new batch");
+    let next_batch = started.elapsed();
+    assert_eq!((acks[0].accepted, acks[0].duplicates), (SIZE as u32, 0));
+    println!(
+        "after restart: first batch of {SIZE} resent ids (reads the index of {} ids) acknowledged \
+         in {first_batch:?}, all duplicates; the next batch of new ids in {next_batch:?}",
+        BATCHES * SIZE
+    );
     server.stop().await;
 }
 
