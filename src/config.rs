@@ -368,6 +368,9 @@ pub struct BenchArgs {
     /// Concurrent callers per connection in the closed-loop scenario.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_flight: u32,
+    /// Run only the scenarios whose name contains this text (e.g. `ingest`, `unary`).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -44,6 +44,14 @@ pub enum BenchError {
         /// The status received.
         status: tonic::Status,
     },
+    /// `--only` matched no scenario.
+    #[error("no scenario name contains {text:?}; the scenarios are: {names}")]
+    NoScenario {
+        /// The text given.
+        text: String,
+        /// Every scenario name.
+        names: String,
+    },
     /// Starting a server failed.
     #[error("starting the {what} server: {reason}")]
     Start {
@@ -138,6 +146,24 @@ async fn start_echo() -> Result<Local, BenchError> {
 
 /// Runs every scenario against the target (and the echo baseline when asked) and reports.
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let all = Scenario::all(args.connections as usize, args.in_flight as usize);
+    let scenarios: Vec<Scenario> = match &args.only {
+        None => all,
+        Some(text) => {
+            let names: Vec<String> = all.iter().map(Scenario::name).collect();
+            let chosen: Vec<Scenario> = all
+                .into_iter()
+                .filter(|s| s.name().contains(text.as_str()))
+                .collect();
+            if chosen.is_empty() {
+                return Err(BenchError::NoScenario {
+                    text: text.clone(),
+                    names: names.join(", "),
+                });
+            }
+            chosen
+        }
+    };
     let mut locals = Vec::new();
     let arbiter_url = match &args.target {
         Some(url) => url.clone(),
@@ -158,7 +184,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let duration = Duration::from_millis(args.duration_ms);
     let mut measurements = Vec::new();
-    for scenario in Scenario::all(args.connections as usize, args.in_flight as usize) {
+    for scenario in scenarios {
         for target in &targets {
             eprintln!(
                 "arbiter bench: {} against {} ({} ms)…",

@@ -51,3 +51,38 @@ fn bench_json_report_parses_and_counts_work() {
         "progress lines"
     );
 }
+
+#[test]
+fn only_runs_the_matching_scenarios_and_names_them_when_none_match() {
+    let run = |only: &str| {
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["bench", "--duration-ms", "50", "--json", "--only", only])
+            .output()
+            .expect("run arbiter bench")
+    };
+    let output = run("ingest_batch100_");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let names: Vec<&str> = report["measurements"]
+        .as_array()
+        .expect("measurements")
+        .iter()
+        .map(|m| m["scenario"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["ingest_batch100_streams1", "ingest_batch100_streams4"]
+    );
+
+    let output = run("no-such-scenario");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-such-scenario") && stderr.contains("allocate_unary_sequential"),
+        "{stderr}"
+    );
+}
