@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 
 pub use allocate::Allocated;
 pub use error::ExperimentError;
-pub use ingest::{Attribution, RecordOutcome, ResultInput};
+pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
 pub use lifecycle::TestView;
 pub use results::{ArmResults, ComparisonResults, TestResults};
 pub use state::{AllocationRecord, Decision};

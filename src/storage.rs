@@ -15,6 +15,7 @@ pub mod keys;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub use codec::{decode, Record};
 use group_commit::GroupCommit;
@@ -75,7 +76,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub struct Storage {
     db: sled::Db,
     flusher: GroupCommit,
-    applied_batches: AtomicU64,
+    applied_batches: Arc<AtomicU64>,
     data_dir: PathBuf,
 }
 
@@ -95,11 +96,12 @@ impl Storage {
             .flush_every_ms(Some(1000))
             .cache_capacity(8 << 20)
             .open()?;
-        let flusher = GroupCommit::start(db.clone());
+        let applied_batches = Arc::new(AtomicU64::new(0));
+        let flusher = GroupCommit::start(db.clone(), applied_batches.clone());
         Ok(Self {
             db,
             flusher,
-            applied_batches: AtomicU64::new(0),
+            applied_batches,
             data_dir: data_dir.to_path_buf(),
         })
     }
@@ -164,13 +166,25 @@ impl Storage {
     /// [`Storage::flush`] before acknowledging.
     pub fn apply(&self, batch: WriteBatch) -> Result<()> {
         self.db.apply_batch(batch.inner)?;
-        self.applied_batches.fetch_add(1, Ordering::Relaxed);
+        // After the apply: a flush that reads this count covers the batch (group_commit).
+        self.applied_batches.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes every batch applied before this call durable. Concurrent callers share flushes.
     pub async fn flush(&self) -> Result<()> {
         self.flusher.flush().await
+    }
+
+    /// A mark covering every batch applied so far, for [`Storage::flush_through`].
+    pub fn write_mark(&self) -> u64 {
+        self.applied_batches.load(Ordering::Acquire)
+    }
+
+    /// Makes every batch applied before `mark` was taken durable; free when a flush since then
+    /// already covered them (a pipelining writer's earlier wait usually did).
+    pub async fn flush_through(&self, mark: u64) -> Result<()> {
+        self.flusher.flush_through(mark).await
     }
 
     /// Flushes synchronously (for shutdown and tools outside the request path).
@@ -284,6 +298,31 @@ mod tests {
         assert_eq!(all.len(), 64);
         assert_eq!(all[63].1, Counter { n: 63 });
         assert_eq!(storage.applied_batches(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_flush_after_the_mark_makes_a_later_wait_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let write = |n: u64| {
+            let mut batch = WriteBatch::new();
+            batch.put(format!("k/{n}"), &Counter { n }).expect("encode");
+            storage.apply(batch).expect("apply");
+            storage.write_mark()
+        };
+        let first = write(1);
+        let second = write(2);
+        assert!(second > first);
+        storage.flush_through(first).await.expect("flush");
+        let flushes = storage.flush_count();
+        assert!(flushes >= 1);
+        // The flush for the first mark started after the second batch was applied: it covers it.
+        storage.flush_through(second).await.expect("covered");
+        assert_eq!(storage.flush_count(), flushes);
+        // A batch applied after that flush needs one of its own.
+        let third = write(3);
+        storage.flush_through(third).await.expect("flush");
+        assert_eq!(storage.flush_count(), flushes + 1);
     }
 
     #[tokio::test]

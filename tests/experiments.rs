@@ -615,6 +615,52 @@ async fn ingestion_attributes_rejects_and_deduplicates_per_record() {
 }
 
 #[tokio::test]
+async fn a_stream_of_overlapping_batches_is_acknowledged_in_order_and_counted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut registry = server.registry().await;
+    let models = register_models(&mut registry, 2).await;
+    let mut client = server.experiments().await;
+    let mut request = test_request("t", &models);
+    request.early_stopping = Some(false);
+    client.create_test(request).await.expect("create");
+    let mut allocator = server.allocator().await;
+    // 60 batches sent at once (the server applies ahead of its acknowledgements); each batch
+    // repeats the last 5 ids of the one before, so deduplication must see batches that are
+    // applied but not yet durable.
+    const BATCHES: u64 = 60;
+    let batches: Vec<pb::ResultBatch> = (0..BATCHES)
+        .map(|b| pb::ResultBatch {
+            sequence: 1000 + b,
+            results: ((b * 20).saturating_sub(5)..b * 20 + 20)
+                .map(|n| {
+                    let mut r = result("t", if n % 2 == 0 { "arm_0" } else { "arm_1" }, 0.01);
+                    r.result_id = format!("id-{n}");
+                    r
+                })
+                .collect(),
+        })
+        .collect();
+    let acks = ingest(&mut allocator, batches).await.expect("ingest");
+    let seen: Vec<(u64, u32, u32)> = acks
+        .iter()
+        .map(|a| (a.sequence, a.accepted, a.duplicates))
+        .collect();
+    let expected: Vec<(u64, u32, u32)> = (0..BATCHES)
+        .map(|b| (1000 + b, 20, if b == 0 { 0 } else { 5 }))
+        .collect();
+    assert_eq!(seen, expected);
+    let results = client
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "t".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    assert_eq!(results.total_requests, BATCHES * 20);
+}
+
+#[tokio::test]
 async fn allocate_stream_answers_in_order_and_unit_keys_are_sticky() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;

@@ -1,6 +1,10 @@
 //! Result ingestion: validate each record, skip duplicates by `result_id`, update the arm
-//! statistics, and write statistics and result-id markers in one atomic batch per test; the
-//! caller acknowledges after [`Experiments::record_batch`] returns, which is after the flush.
+//! statistics, and write statistics and result ids in one atomic batch per test
+//! ([`Experiments::apply_results`]); the caller acknowledges after [`Experiments::make_durable`]
+//! has returned, which is after a flush that covers the batch. [`Experiments::record_batch`] does
+//! both.
+
+use std::sync::Arc;
 
 use crate::storage::{keys, WriteBatch};
 use crate::time::UnixNanos;
@@ -8,7 +12,7 @@ use crate::time::UnixNanos;
 use crate::audit::AuditDraft;
 
 use super::result_ids::PendingIds;
-use super::state::StatsRecord;
+use super::state::{StatsRecord, TestState};
 use super::types::{TestConfig, MAX_ARMS};
 use super::{risk, stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
@@ -81,11 +85,70 @@ struct PendingStop {
     kind: &'static str,
 }
 
+/// Results applied (in memory and in sled, visible to readers) but not yet known to be durable.
+/// Nothing may be acknowledged before [`Experiments::make_durable`] has returned it.
+#[must_use = "results are acknowledged only after make_durable"]
+pub struct AppliedResults {
+    outcomes: Vec<Option<RecordOutcome>>,
+    touched: Vec<Arc<TestState>>,
+    stops: Vec<PendingStop>,
+    /// Storage write mark covering the batch (`None`: nothing was written).
+    mark: Option<u64>,
+}
+
 impl Experiments {
-    /// Applies a batch of results, one outcome per record in order. Bad records are rejected
-    /// individually; an `Err` means storage failed and nothing of the batch may be assumed durable.
-    /// After the batch is durable, tests whose stop-loss or sequential test says so are stopped.
+    /// Applies a batch of results and makes it durable: one outcome per record in order. Bad
+    /// records are rejected individually; an `Err` means storage failed and nothing of the batch
+    /// may be assumed durable. After the batch is durable, tests whose stop-loss or sequential
+    /// test says so are stopped.
     pub async fn record_batch(&self, records: Vec<ResultInput>) -> Result<Vec<RecordOutcome>> {
+        let applied = self.apply_results(records).await?;
+        self.make_durable(applied).await
+    }
+
+    /// Waits until `applied` is durable (sharing flushes with every batch applied before it),
+    /// then lets allocations see it and carries out the stops it decided; returns its outcomes.
+    /// A stream may apply its next batch while this waits: acknowledgements stay in order and
+    /// each still follows its own flush.
+    pub async fn make_durable(&self, applied: AppliedResults) -> Result<Vec<RecordOutcome>> {
+        let AppliedResults {
+            outcomes,
+            touched,
+            stops,
+            mark,
+        } = applied;
+        if let Some(mark) = mark {
+            self.inner.storage.flush_through(mark).await?;
+        }
+        for state in touched {
+            state.refresh_soon(INLINE_REFRESH_NS);
+        }
+        for stop in stops {
+            match self
+                .stop(
+                    &stop.test_id,
+                    "system",
+                    &stop.reason,
+                    stop.winner,
+                    stop.kind,
+                )
+                .await
+            {
+                // Someone else ended it meanwhile.
+                Ok(_) | Err(ExperimentError::WrongStatus { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every record gets an outcome"))
+            .collect())
+    }
+
+    /// Validates the records, skips duplicates, and applies one atomic write per test (statistics,
+    /// result-id run, audit events of stop-loss changes). Not durable yet: see
+    /// [`Experiments::make_durable`].
+    pub async fn apply_results(&self, records: Vec<ResultInput>) -> Result<AppliedResults> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
         // Group record indices by test, keeping their order.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -182,32 +245,13 @@ impl Experiments {
             drop(book);
             touched.push(state);
         }
-        if !touched.is_empty() {
-            self.inner.storage.flush().await?;
-        }
-        for state in touched {
-            state.refresh_soon(INLINE_REFRESH_NS);
-        }
-        for stop in stops {
-            match self
-                .stop(
-                    &stop.test_id,
-                    "system",
-                    &stop.reason,
-                    stop.winner,
-                    stop.kind,
-                )
-                .await
-            {
-                // Someone else ended it meanwhile.
-                Ok(_) | Err(ExperimentError::WrongStatus { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("every record gets an outcome"))
-            .collect())
+        let mark = (!touched.is_empty()).then(|| self.inner.storage.write_mark());
+        Ok(AppliedResults {
+            outcomes,
+            touched,
+            stops,
+            mark,
+        })
     }
 
     /// Whether the test must stop after this batch: every arm suspended by the stop-loss, or

@@ -9,8 +9,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::experiment_convert::pb_test_status;
 use super::status;
-use crate::experiment::{Experiments, RecordOutcome, ResultInput};
+use crate::experiment::{AppliedResults, Experiments, RecordOutcome, ResultInput};
 use crate::pb::{self, allocator_server};
+
+/// Batches of one IngestResults stream applied but not yet acknowledged, at most.
+const INGEST_PIPELINE_DEPTH: usize = 8;
 
 /// The Allocator service.
 #[derive(Debug, Clone)]
@@ -121,22 +124,45 @@ impl allocator_server::Allocator for AllocatorService {
         request: Request<Streaming<pb::ResultBatch>>,
     ) -> Result<Response<Self::IngestResultsStream>, Status> {
         let mut inbound = request.into_inner();
+        // Two stages: the reader applies batch k+1 while the acknowledger waits for batch k to be
+        // durable, so one stream is not limited to one batch per flush; acks stay in order and
+        // each is sent only after a flush covering its batch.
+        let (applied_tx, mut applied_rx) =
+            mpsc::channel::<Result<(u64, AppliedResults), Status>>(INGEST_PIPELINE_DEPTH);
         let experiments = self.experiments.clone();
-        let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             while let Some(batch) = inbound.next().await {
-                let reply = match batch {
+                let applied = match batch {
                     Err(status) => Err(status),
                     Ok(batch) => {
                         metrics::histogram!("arbiter_ingest_batch_size")
                             .record(batch.results.len() as f64);
                         let inputs = batch.results.into_iter().map(ResultInput::from).collect();
                         experiments
-                            .record_batch(inputs)
+                            .apply_results(inputs)
                             .await
-                            .map(|outcomes| ack(batch.sequence, outcomes))
+                            .map(|applied| (batch.sequence, applied))
                             .map_err(status::experiment)
                     }
+                };
+                let failed = applied.is_err();
+                // The acknowledger is gone when the client is: stop reading.
+                if applied_tx.send(applied).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(16);
+        let experiments = self.experiments.clone();
+        tokio::spawn(async move {
+            while let Some(applied) = applied_rx.recv().await {
+                let reply = match applied {
+                    Err(status) => Err(status),
+                    Ok((sequence, applied)) => experiments
+                        .make_durable(applied)
+                        .await
+                        .map(|outcomes| ack(sequence, outcomes))
+                        .map_err(status::experiment),
                 };
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {

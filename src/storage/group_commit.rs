@@ -3,7 +3,10 @@
 //! flushes instead of N.
 //!
 //! Correctness: a writer applies its batch *before* it enqueues its request, and the task only
-//! starts a flush after dequeuing that request, so the flush covers the batch.
+//! starts a flush after dequeuing that request, so the flush covers the batch. Writers that
+//! pipeline (apply the next batch while waiting for the previous one) ask with a *mark*, the count
+//! of batches applied when theirs was: a flush that had read a count at least that large before it
+//! started covers them, so they need no flush of their own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,14 +21,19 @@ type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
 pub(super) struct GroupCommit {
     requests: mpsc::UnboundedSender<Waiter>,
     flushes: Arc<AtomicU64>,
+    /// The count of applied batches that the last successful flush is known to cover.
+    durable: Arc<AtomicU64>,
 }
 
 impl GroupCommit {
-    /// Starts the flusher task; it ends when the `GroupCommit` is dropped.
-    pub(super) fn start(db: sled::Db) -> Self {
+    /// Starts the flusher task; it ends when the `GroupCommit` is dropped. `applied` counts the
+    /// batches applied so far; each writer increments it after its batch is applied.
+    pub(super) fn start(db: sled::Db, applied: Arc<AtomicU64>) -> Self {
         let (requests, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let flushes = Arc::new(AtomicU64::new(0));
+        let durable = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
+        let covered = durable.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiters = vec![first];
@@ -33,6 +41,8 @@ impl GroupCommit {
                     waiters.push(next);
                 }
                 let db = db.clone();
+                // Every batch counted here was applied before this flush starts, so it is covered.
+                let covers = applied.load(Ordering::Acquire);
                 let started = std::time::Instant::now();
                 let outcome = tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
                     .await
@@ -43,6 +53,9 @@ impl GroupCommit {
                     })
                     .map_err(Arc::new);
                 counter.fetch_add(1, Ordering::Relaxed);
+                if outcome.is_ok() {
+                    covered.fetch_max(covers, Ordering::AcqRel);
+                }
                 metrics::histogram!("arbiter_storage_flush_seconds")
                     .record(started.elapsed().as_secs_f64());
                 for waiter in waiters {
@@ -51,7 +64,20 @@ impl GroupCommit {
                 }
             }
         });
-        Self { requests, flushes }
+        Self {
+            requests,
+            flushes,
+            durable,
+        }
+    }
+
+    /// Returns once every batch counted in `mark` is durable: at once if a flush that started
+    /// after they were applied has already succeeded, else after the next flush.
+    pub(super) async fn flush_through(&self, mark: u64) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        self.flush().await
     }
 
     pub(super) async fn flush(&self) -> Result<()> {
