@@ -40,30 +40,39 @@ fn statistics(c: &mut Criterion) {
             black_box(stats::always_valid_p_value(black_box(1.0), log_lr))
         })
     });
-    let beta = [
-        Posterior::Beta {
-            alpha: 520.0,
-            beta: 480.0,
-        },
-        Posterior::Beta {
-            alpha: 505.0,
-            beta: 495.0,
-        },
-    ];
-    let nig = |mu| Posterior::NormalInverseGamma {
-        mu,
-        kappa: 1001.0,
-        alpha: 501.0,
-        beta: 0.2,
+    // "small": ~100 results per arm, exact Monte Carlo (4096 draws); "large": ~10k results per
+    // arm, where the normal approximation applies (closed form for two arms, normal draws else).
+    let beta = |scale: f64| {
+        [
+            Posterior::Beta {
+                alpha: 52.0 * scale,
+                beta: 48.0 * scale,
+            },
+            Posterior::Beta {
+                alpha: 50.5 * scale,
+                beta: 49.5 * scale,
+            },
+        ]
     };
-    let nig4 = [nig(0.001), nig(0.0012), nig(0.0008), nig(0.0011)];
+    let nig4 = |scale: f64| {
+        let nig = |mu| Posterior::NormalInverseGamma {
+            mu,
+            kappa: 100.0 * scale + 1.0,
+            alpha: 50.0 * scale + 1.0,
+            beta: 0.02 * scale,
+        };
+        [nig(0.001), nig(0.0012), nig(0.0008), nig(0.0011)]
+    };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-    c.bench_function("probability_best/beta_2_arms_4096_draws", |b| {
-        b.iter(|| black_box(stats::probability_best(black_box(&beta), 4096, &mut rng)))
-    });
-    c.bench_function("probability_best/nig_4_arms_4096_draws", |b| {
-        b.iter(|| black_box(stats::probability_best(black_box(&nig4), 4096, &mut rng)))
-    });
+    for (size, scale) in [("small", 1.0), ("large", 100.0)] {
+        let (beta, nig4) = (beta(scale), nig4(scale));
+        c.bench_function(&format!("probability_best/beta_2_arms_{size}"), |b| {
+            b.iter(|| black_box(stats::probability_best(black_box(&beta), 4096, &mut rng)))
+        });
+        c.bench_function(&format!("probability_best/nig_4_arms_{size}"), |b| {
+            b.iter(|| black_box(stats::probability_best(black_box(&nig4), 4096, &mut rng)))
+        });
+    }
 }
 
 criterion_group!(benches, statistics);

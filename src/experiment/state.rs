@@ -95,6 +95,8 @@ pub struct TestState {
     next_decision: AtomicU64,
     policy: Box<dyn Policy>,
     last_refresh: AtomicI64,
+    /// Held while a table is computed and published.
+    refreshing: Mutex<()>,
     dirty: AtomicBool,
     allocations_dirty: AtomicBool,
     /// When the test expires (ns since epoch).
@@ -146,6 +148,7 @@ impl TestState {
             next_decision: AtomicU64::new(alloc.next_decision),
             policy: policy::for_config(&config),
             last_refresh: AtomicI64::new(0),
+            refreshing: Mutex::new(()),
             dirty: AtomicBool::new(false),
             allocations_dirty: AtomicBool::new(false),
             deadline: record
@@ -193,28 +196,57 @@ impl TestState {
     }
 
     /// Recomputes the allocation table from the book: the policy's vector with limits while
-    /// RUNNING, the control arm while PAUSED, the winner (or control) once ended.
+    /// RUNNING, the control arm while PAUSED, the winner (or control) once ended. Waits for a
+    /// refresh already under way, so the last table published reflects the latest book.
     pub fn refresh(&self) {
-        let book = self.book.lock();
-        let record = &book.record;
+        self.publish(self.refreshing.lock());
+    }
+
+    /// Refreshes now if the last refresh is older than `min_interval_ns` and none is under way,
+    /// else marks the test for the periodic refresher. Never waits.
+    pub fn refresh_soon(&self, min_interval_ns: i64) {
+        let since = crate::time::now() - self.last_refresh.load(Ordering::Relaxed);
+        match self.refreshing.try_lock() {
+            Some(guard) if since >= min_interval_ns => self.publish(guard),
+            _ => self.dirty.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Computes and swaps in a new table. The book is locked only to copy what the policy needs
+    /// (the policy's Monte Carlo may take hundreds of microseconds; writers must not wait for it);
+    /// `_publishing` orders concurrent refreshes.
+    fn publish(&self, _publishing: parking_lot::MutexGuard<'_, ()>) {
+        // Cleared before reading: results applied after this point mark the test dirty again.
+        self.dirty.store(false, Ordering::Relaxed);
+        let (status, winner, arms, suspended) = {
+            let book = self.book.lock();
+            let running = book.record.status == TestStatus::Running;
+            (
+                book.record.status,
+                book.record.winner,
+                running.then(|| book.stats.arms.clone()),
+                book.stats.suspended.clone(),
+            )
+        };
         let k = self.config.arms.len();
-        let table = match record.status {
-            TestStatus::Running => {
-                let raw = rng::with_rng(|r| self.policy.probabilities(&book.stats.arms, r));
+        let table = match (status, arms) {
+            (TestStatus::Running, Some(arms)) => {
+                let raw = rng::with_rng(|r| self.policy.probabilities(&arms, r));
                 let limited = apply_limits(
                     &raw,
                     self.config.min_allocation_per_arm,
                     self.config.max_allocation_per_arm,
-                    &book.stats.suspended,
+                    &suspended,
                 );
                 AllocationTable::new(limited)
             }
-            TestStatus::Paused => AllocationTable::single(k, self.config.control_arm),
-            TestStatus::Completed | TestStatus::Cancelled => {
-                AllocationTable::single(k, record.winner.unwrap_or(self.config.control_arm))
+            (TestStatus::Completed | TestStatus::Cancelled, _) => {
+                AllocationTable::single(k, winner.unwrap_or(self.config.control_arm))
             }
+            // Paused (Running always comes with its statistics).
+            _ => AllocationTable::single(k, self.config.control_arm),
         };
-        self.status.store(record.status.to_u8(), Ordering::Release);
+        self.status.store(status.to_u8(), Ordering::Release);
         let old = self.table.swap(Arc::new(table));
         let mut expected = self.expected.lock();
         let mut retired = self.retired.lock();
@@ -223,18 +255,6 @@ impl TestState {
         drop((expected, retired));
         self.last_refresh
             .store(crate::time::now(), Ordering::Relaxed);
-        self.dirty.store(false, Ordering::Relaxed);
-    }
-
-    /// Refreshes now if the last refresh is older than `min_interval_ns`, else marks the test
-    /// for the periodic refresher.
-    pub fn refresh_soon(&self, min_interval_ns: i64) {
-        let since = crate::time::now() - self.last_refresh.load(Ordering::Relaxed);
-        if since >= min_interval_ns {
-            self.refresh();
-        } else {
-            self.dirty.store(true, Ordering::Relaxed);
-        }
     }
 
     /// Whether results arrived since the last refresh.

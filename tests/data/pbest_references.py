@@ -1,0 +1,31 @@
+"""Reference values for src/stats/pbest.rs: P(arm is best) under exact posteriors, by numerical
+integration with scipy (1.17.1): P(i best) = ∫ f_i(x) ∏_{j≠i} F_j(x) dx.
+
+The Rust code replaces concentrated posteriors (shape ≥ 500) by normals; these values bound that
+approximation's error.
+"""
+import numpy as np
+from scipy import stats, integrate
+
+
+def p_best(dists, i):
+    lo = min(d.ppf(1e-13) for d in dists)
+    hi = max(d.isf(1e-13) for d in dists)
+    f = lambda x: dists[i].pdf(x) * np.prod([d.cdf(x) for j, d in enumerate(dists) if j != i])
+    v, _ = integrate.quad(f, lo, hi, limit=1000, points=[d.mean() for d in dists],
+                          epsabs=1e-14, epsrel=1e-12)
+    return v
+
+
+def nig_mean(mu, kappa, alpha, beta):
+    # Murphy 2007, eq. 110: the mean's marginal is t_{2α}(μ, β/(ακ)).
+    return stats.t(2 * alpha, mu, np.sqrt(beta / (alpha * kappa)))
+
+
+cases = {
+    "beta_2": [stats.beta(1000, 9000), stats.beta(1050, 8950)],
+    "nig_2": [nig_mean(0.011, 2000, 1000, 1.0), nig_mean(0.010, 2000 / 1.69, 1000, 1.0)],
+    "beta_3": [stats.beta(600, 5400), stats.beta(640, 5360), stats.beta(620, 5380)],
+}
+for name, dists in cases.items():
+    print(name, [f"{p_best(dists, i):.10f}" for i in range(len(dists))])
