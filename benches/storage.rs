@@ -1,6 +1,7 @@
 //! Durable result ingestion in process: a batch of 1, 100 or 1000 results (each with a result_id)
 //! applied and flushed, as `IngestResults` does before acknowledging; and recovery time (opening
-//! the whole engine on a data directory holding 100 000 results).
+//! the whole engine on a data directory holding 100 000 results, and the first batch after that,
+//! which reads the test's 100 000 result ids).
 //!
 //! `cargo bench --bench storage`
 
@@ -21,12 +22,15 @@ fn storage(c: &mut Criterion) {
     let engine = runtime.block_on(async {
         let engine = support::engine().await;
         let models = support::models(&engine.registry, 2).await;
-        let config = support::config("t", &models, 2, Strategy::ThompsonSampling);
-        engine
-            .experiments
-            .create(config, "bench")
-            .await
-            .expect("create");
+        // "t" takes the timed batches; "fill" holds exactly the 100k results recovery reads.
+        for test_id in ["t", "fill"] {
+            let config = support::config(test_id, &models, 2, Strategy::ThompsonSampling);
+            engine
+                .experiments
+                .create(config, "bench")
+                .await
+                .expect("create");
+        }
         engine
     });
     let mut next_id = 0u64;
@@ -70,7 +74,7 @@ fn storage(c: &mut Criterion) {
     let dir = runtime.block_on(async {
         for chunk in 0..100 {
             let batch = (0..1000)
-                .map(|i| support::result("t", i % 2, 1e-3, format!("fill-{chunk}-{i}")))
+                .map(|i| support::result("fill", i % 2, 1e-3, format!("fill-{chunk}-{i}")))
                 .collect();
             engine.experiments.record_batch(batch).await.expect("fill");
         }
@@ -86,6 +90,36 @@ fn storage(c: &mut Criterion) {
                 let started = Instant::now();
                 let engine = runtime.block_on(support::open(dir.take().expect("dir")));
                 total += started.elapsed();
+                let support::Engine {
+                    storage,
+                    registry,
+                    experiments,
+                    dir: d,
+                } = engine;
+                drop((experiments, registry, storage));
+                support::wait_unlocked(d.path());
+                dir = Some(d);
+            }
+            total
+        })
+    });
+    // The first batch with result ids after opening reads the test's idempotency index (100k ids
+    // here); a resent id must come back as a duplicate.
+    c.bench_function("recovery/first_batch_reads_100k_result_ids", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let engine = runtime.block_on(support::open(dir.take().expect("dir")));
+                let resent = vec![support::result("fill", 0, 1e-3, "fill-7-7".to_string())];
+                let started = Instant::now();
+                let outcomes = runtime
+                    .block_on(engine.experiments.record_batch(resent))
+                    .expect("durable");
+                total += started.elapsed();
+                assert!(matches!(
+                    outcomes[0],
+                    arbiter::experiment::RecordOutcome::Duplicate
+                ));
                 let support::Engine {
                     storage,
                     registry,
