@@ -111,11 +111,6 @@ impl Experiments {
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
             let state = TestState::new(record, stats, allocations);
-            if let Some(history) =
-                storage.get::<history::History>(&keys::test_history(id.as_str()))?
-            {
-                *state.history.lock() = history;
-            }
             tests.insert(id, Arc::new(state));
         }
         let experiments = Self {
@@ -239,14 +234,15 @@ impl Experiments {
 
     /// Adds a periodic history point to every test that has not ended.
     fn sample_histories(&self) -> Result<()> {
-        let live: Vec<String> = self
+        let now = crate::time::now();
+        let due: Vec<String> = self
             .inner
             .tests
             .iter()
-            .filter(|e| !e.value().status().is_ended())
+            .filter(|e| !e.value().status().is_ended() && Self::history_due(e.value(), now))
             .map(|e| e.key().to_string())
             .collect();
-        for test_id in live {
+        for test_id in due {
             self.record_history(&test_id, true)?;
         }
         Ok(())

@@ -105,8 +105,8 @@ pub struct TestState {
     pub expiring: AtomicBool,
     /// Record and statistics.
     pub book: Mutex<Book>,
-    /// The compact time series for reports.
-    pub history: Mutex<super::history::History>,
+    /// What memory keeps of the report series (the points are in sled).
+    pub series: Mutex<super::history::SeriesState>,
     /// The result_ids applied so far (loaded on first use; taken after `book` when both are).
     pub result_ids: Mutex<super::result_ids::ResultIds>,
 }
@@ -155,7 +155,7 @@ impl TestState {
                 .created_at
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
             expiring: AtomicBool::new(false),
-            history: Mutex::new(super::history::History::default()),
+            series: Mutex::new(super::history::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),

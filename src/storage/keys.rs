@@ -29,9 +29,23 @@ pub fn test_allocations(test_id: &str) -> Vec<u8> {
     [b"alloc/", test_id.as_bytes()].concat()
 }
 
-/// The compact time series of a test.
+/// The time series of a test as older versions stored it (one record).
 pub fn test_history(test_id: &str) -> Vec<u8> {
     [b"series/", test_id.as_bytes()].concat()
+}
+
+/// The prefix of every time-series point of a test.
+pub fn test_history_points(test_id: &str) -> Vec<u8> {
+    [b"series/", test_id.as_bytes(), b"/"].concat()
+}
+
+/// The time-series point of a test taken at `time` (ns since the epoch, non-negative).
+pub fn test_history_point(test_id: &str, time: i64) -> Vec<u8> {
+    [
+        &test_history_points(test_id)[..],
+        &(time.max(0) as u64).to_be_bytes()[..],
+    ]
+    .concat()
 }
 
 /// The prefix of every result-id run of a test (see `experiment::result_ids`).
