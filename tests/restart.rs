@@ -473,3 +473,67 @@ async fn a_missing_final_results_file_is_rewritten_at_start() {
     assert_eq!(json["stop_reason"], "done");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
+    use arbiter::experiment::history::{History, HistoryPoint};
+    use arbiter::storage::{Storage, WriteBatch};
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let server = TestServer::start(dir.path()).await;
+        let mut registry = server.registry().await;
+        let models = register_models(&mut registry, 2).await;
+        let mut experiments = server.experiments().await;
+        experiments
+            .create_test(test_request("old", &models))
+            .await
+            .expect("create");
+        drop((registry, experiments));
+        server.stop().await;
+    }
+    // What an older version wrote: the series as one record, one key per applied result id.
+    {
+        let storage = Storage::open(dir.path()).expect("open");
+        let mut batch = WriteBatch::new();
+        let old_point = HistoryPoint {
+            time: 1_000,
+            results: vec![3, 4],
+            shares: vec![0.25, 0.75],
+        };
+        batch
+            .put(
+                b"series/old",
+                &History {
+                    points: vec![old_point],
+                },
+            )
+            .expect("encode");
+        batch.put_raw(b"rid/old/applied-before".to_vec(), Vec::new());
+        storage.apply(batch).expect("apply");
+        storage.flush().await.expect("flush");
+    }
+    let server = TestServer::start(dir.path()).await;
+    let mut experiments = server.experiments().await;
+    let history = experiments
+        .get_test_history(pb::GetTestRequest {
+            test_id: "old".into(),
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.points[0].results, vec![3, 4], "{history:?}");
+    assert!(history.points.len() >= 3, "old point, creation, now");
+    let mut allocator = server.allocator().await;
+    let mut resent = result("old", "arm_0", 0.1);
+    resent.result_id = "applied-before".into();
+    let ack = allocator
+        .record_result(resent)
+        .await
+        .expect("record")
+        .into_inner();
+    assert!(
+        ack.duplicate,
+        "an id of the one-key-per-id layout is still a duplicate"
+    );
+    server.stop().await;
+}
