@@ -508,7 +508,7 @@ async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
                 },
             )
             .expect("encode");
-        batch.put_raw(b"rid/old/applied-before".to_vec(), Vec::new());
+        batch.put_raw(b"rid/old/applied-before", Vec::new());
         storage.apply(batch).expect("apply");
         storage.flush().await.expect("flush");
     }
