@@ -196,11 +196,46 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss(child.id());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = rss(child.id());
+    let mib = |kb: u64| kb as f64 / 1024.0;
     println!(
-        "RSS with 8 models: {:.1} MiB; with 10 000 tests × 8 arms: {:.1} MiB",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0
+        "RSS with 8 models: {:.1} MiB; 2 s after creating 10 000 tests × 8 arms: {:.1} MiB; \
+         30 s later: {:.1} MiB",
+        mib(before),
+        mib(after),
+        mib(later)
     );
+    // The same state read back by a fresh process (what a restarted server holds).
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut experiments = loop {
+        match pb::experiments_client::ExperimentsClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "RSS of a restarted server holding the 10 000 tests: {:.1} MiB",
+        mib(rss(child.id()))
+    );
+    // 10 000 tests make a ~5 MB answer: above tonic's default 4 MiB limit.
+    let listed = experiments
+        .max_decoding_message_size(64 << 20)
+        .list_tests(pb::ListTestsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.tests.len(), 10_000);
     let _ = child.kill();
     let _ = child.wait();
 }
