@@ -85,6 +85,8 @@ struct Inner {
     audit: Arc<AuditLog>,
     registry: Registry,
     tests: DashMap<TestId, Arc<TestState>>,
+    /// Tests marked dirty since the refresher's last pass (it visits only these, not every test).
+    dirty_tests: Mutex<Vec<Arc<TestState>>>,
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
     results_dir: PathBuf,
@@ -111,6 +113,7 @@ impl Experiments {
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
             let state = TestState::new(record, stats, allocations);
+            *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
             tests.insert(id, Arc::new(state));
         }
         let experiments = Self {
@@ -119,6 +122,7 @@ impl Experiments {
                 audit,
                 registry,
                 tests,
+                dirty_tests: Mutex::new(Vec::new()),
                 create_lock: Mutex::new(()),
                 results_dir,
             }),
@@ -139,9 +143,11 @@ impl Experiments {
                 let Some(inner) = weak.upgrade() else { return };
                 let this = Experiments { inner };
                 COARSE_NOW.store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
-                for entry in this.inner.tests.iter() {
-                    if entry.value().is_dirty() {
-                        entry.value().refresh();
+                let dirty = std::mem::take(&mut *this.inner.dirty_tests.lock());
+                for state in dirty {
+                    // Refreshed inline meanwhile, or queued twice: nothing to do.
+                    if state.is_dirty() {
+                        state.refresh();
                     }
                 }
                 if tokio::time::Instant::now() >= persist_at {

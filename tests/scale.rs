@@ -223,10 +223,40 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
+    // Connecting can succeed before the server has loaded its state; an answer cannot.
+    let started = std::time::Instant::now();
+    experiments
+        .get_test(pb::GetTestRequest {
+            test_id: "t9999".into(),
+        })
+        .await
+        .expect("serving");
+    println!(
+        "restart: serving {:.2} s after connecting",
+        started.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "RSS of a restarted server holding the 10 000 tests: {:.1} MiB",
         mib(rss(child.id()))
+    );
+    // CPU of the idle server (background refresher, persister, sampler over 10 000 tests).
+    let cpu_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit(") ")
+            .next()
+            .expect("fields")
+            .split(' ')
+            .collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    };
+    let ticks = cpu_ticks(child.id());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    println!(
+        "idle CPU of that server: {:.1}% of one core over 10 s",
+        (cpu_ticks(child.id()) - ticks) as f64 // 100 ticks per second (USER_HZ)
+            / 10.0
     );
     // 10 000 tests make a ~5 MB answer: above tonic's default 4 MiB limit.
     let listed = experiments

@@ -62,6 +62,21 @@ pub struct SeriesState {
     appended: usize,
 }
 
+impl SeriesState {
+    /// The series of a test loaded at start: nothing changed while the server was down, so the
+    /// next periodic point is written only once the test's values differ from `current` (and the
+    /// newest stored point is then repeated just before it, as after any pause). Without this, a
+    /// restart would write a point for every test at once.
+    pub fn resumed(current: &HistoryPoint) -> Self {
+        Self {
+            last_time: Some(current.time),
+            last_values: Some(values_hash(current)),
+            held: true,
+            appended: 0,
+        }
+    }
+}
+
 /// A hash of a point's counts and shares (exact: shares by their bits).
 fn values_hash(point: &HistoryPoint) -> u64 {
     use std::hash::{Hash, Hasher};

@@ -121,7 +121,9 @@ impl Experiments {
             self.inner.storage.flush_through(mark).await?;
         }
         for state in touched {
-            state.refresh_soon(INLINE_REFRESH_NS);
+            if state.refresh_soon(INLINE_REFRESH_NS) {
+                self.inner.dirty_tests.lock().push(state);
+            }
         }
         for stop in stops {
             match self

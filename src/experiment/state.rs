@@ -203,12 +203,17 @@ impl TestState {
     }
 
     /// Refreshes now if the last refresh is older than `min_interval_ns` and none is under way,
-    /// else marks the test for the periodic refresher. Never waits.
-    pub fn refresh_soon(&self, min_interval_ns: i64) {
+    /// else marks the test dirty for the periodic refresher. Never waits. Returns whether the
+    /// test became dirty by this call (the caller then queues it for the refresher).
+    #[must_use = "a test that became dirty must be queued for the refresher"]
+    pub fn refresh_soon(&self, min_interval_ns: i64) -> bool {
         let since = crate::time::now() - self.last_refresh.load(Ordering::Relaxed);
         match self.refreshing.try_lock() {
-            Some(guard) if since >= min_interval_ns => self.publish(guard),
-            _ => self.dirty.store(true, Ordering::Relaxed),
+            Some(guard) if since >= min_interval_ns => {
+                self.publish(guard);
+                false
+            }
+            _ => !self.dirty.swap(true, Ordering::AcqRel),
         }
     }
 

@@ -131,6 +131,10 @@ fn phi(x: f64) -> f64 {
 
 /// P(arm i has the largest mean) for each posterior; sums to 1.
 pub fn probability_best(posteriors: &[Posterior], draws: usize, rng: &mut impl Rng) -> Vec<f64> {
+    // Identical posteriors (every new test) are equally likely best, by symmetry: no draws.
+    if posteriors.windows(2).all(|w| w[0] == w[1]) {
+        return vec![1.0 / posteriors.len().max(1) as f64; posteriors.len()];
+    }
     let normals: Option<Vec<(f64, f64)>> = posteriors.iter().map(normal_form).collect();
     let mut p = match normals {
         Some(n) if n.len() == 2 => {
