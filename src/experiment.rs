@@ -208,7 +208,7 @@ impl Experiments {
             for (i, arm) in state.config.arms.iter().enumerate() {
                 let labels = [
                     ("test", entry.key().to_string()),
-                    ("arm", arm.arm_id.clone()),
+                    ("arm", arm.arm_id.to_string()),
                 ];
                 metrics::counter!("arbiter_allocations_total", &labels).absolute(allocations[i]);
                 metrics::counter!("arbiter_results_total", &labels).absolute(results[i]);

@@ -93,7 +93,7 @@ pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strat
             .iter()
             .enumerate()
             .map(|(i, m)| ArmConfig {
-                arm_id: format!("arm_{i}"),
+                arm_id: ARM_IDS[i].into(),
                 model: m.clone(),
                 weight: 1.0 / arms as f64,
             })

@@ -209,7 +209,12 @@ impl Experiments {
             points.push(entry?.1);
         }
         points.push(sample(&state));
-        let arms = state.config.arms.iter().map(|a| a.arm_id.clone()).collect();
+        let arms = state
+            .config
+            .arms
+            .iter()
+            .map(|a| a.arm_id.to_string())
+            .collect();
         Ok((arms, points))
     }
 }

@@ -125,7 +125,7 @@ pub struct TestResults {
 }
 
 fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults {
-    let name = |i: usize| config.arms[i].arm_id.clone();
+    let name = |i: usize| config.arms[i].arm_id.to_string();
     let e = &c.evidence;
     ComparisonResults {
         control_arm: name(e.control),
@@ -145,7 +145,7 @@ fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults 
 
 fn arm_results(config: &TestConfig, i: usize, a: &ArmStats) -> ArmResults {
     ArmResults {
-        arm_id: config.arms[i].arm_id.clone(),
+        arm_id: config.arms[i].arm_id.to_string(),
         model_registry_id: config.arms[i].model.to_string(),
         total_requests: a.n,
         allocations: 0,
@@ -221,7 +221,7 @@ impl Experiments {
                 .iter()
                 .map(|c| comparison_results(config, c))
                 .collect(),
-            winner: winner.map(|w| config.arms[w].arm_id.clone()),
+            winner: winner.map(|w| config.arms[w].arm_id.to_string()),
             stop_reason: record.stop_reason.clone(),
             stopped_at: record.stopped_at,
             srm_p_value,

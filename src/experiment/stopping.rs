@@ -170,7 +170,7 @@ pub fn decide(config: &TestConfig, arms: &[ArmStats], evidence: &[Evidence]) -> 
 
 /// The stop reason naming the evidence.
 pub fn reason(config: &TestConfig, evidence: &[Evidence], winner: usize) -> String {
-    let name = |i: usize| config.arms[i].arm_id.as_str();
+    let name = |i: usize| &*config.arms[i].arm_id;
     let evidence = evidence
         .iter()
         .filter(|c| c.significant && (c.treatment == winner || winner == config.control_arm))

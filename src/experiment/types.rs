@@ -140,12 +140,27 @@ impl fmt::Display for TestStatus {
 /// One arm: a model version and its configured weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmConfig {
-    /// `arm_<index>`.
-    pub arm_id: String,
+    /// `arm_<index>`: one of [`ARM_IDS`], shared by every test (no string per arm in memory).
+    #[serde(deserialize_with = "static_arm_id")]
+    pub arm_id: std::borrow::Cow<'static, str>,
     /// The model version it serves.
     pub model: RegistryId,
     /// FIXED weight (normalised), else the equal initial share.
     pub weight: f64,
+}
+
+/// Reads a stored arm id as the matching entry of [`ARM_IDS`].
+fn static_arm_id<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::borrow::Cow<'static, str>, D::Error> {
+    let id = String::deserialize(d)?;
+    ARM_IDS
+        .iter()
+        .find(|&&a| a == id)
+        .map(|&a| std::borrow::Cow::Borrowed(a))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("{id:?} is not an arm id (arm_0 … arm_31)"))
+        })
 }
 
 /// A validated test configuration with every default filled in.
@@ -215,4 +230,26 @@ pub struct TestRecord {
 
 impl Record for TestRecord {
     const FORMAT_VERSION: u8 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::types::RegistryId;
+
+    #[test]
+    fn stored_arm_ids_are_read_as_the_shared_ones_and_others_are_refused() {
+        let arm = ArmConfig {
+            arm_id: ARM_IDS[3].into(),
+            model: RegistryId::parse("registry_id", "m:1.0.0").expect("valid"),
+            weight: 0.25,
+        };
+        let mut json = serde_json::to_value(&arm).expect("encode");
+        let back: ArmConfig = serde_json::from_value(json.clone()).expect("decode");
+        assert_eq!(back, arm);
+        assert!(matches!(back.arm_id, std::borrow::Cow::Borrowed("arm_3")));
+        json["arm_id"] = "arm_32".into();
+        let err = serde_json::from_value::<ArmConfig>(json).expect_err("not an arm id");
+        assert!(err.to_string().contains("arm_32"), "{err}");
+    }
 }

@@ -172,7 +172,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             .zip(weights)
             .enumerate()
             .map(|(i, (model, weight))| ArmConfig {
-                arm_id: format!("arm_{i}"),
+                arm_id: ARM_IDS[i].into(),
                 model,
                 weight,
             })
@@ -276,19 +276,19 @@ impl From<TestView> for pb::Test {
             stop_loss_threshold: c.stop_loss_threshold,
             min_allocation_per_arm: c.min_allocation_per_arm,
             max_allocation_per_arm: c.max_allocation_per_arm,
-            control_arm: c.arms[c.control_arm].arm_id.clone(),
+            control_arm: c.arms[c.control_arm].arm_id.to_string(),
             status: pb_test_status(r.status) as i32,
             created_at: Some(timestamp(r.created_at)),
             model_registry_ids: c.arms.iter().map(|a| a.model.to_string()).collect(),
             winner: r
                 .winner
-                .map(|w| c.arms[w].arm_id.clone())
+                .map(|w| c.arms[w].arm_id.to_string())
                 .unwrap_or_default(),
             arms: c
                 .arms
                 .into_iter()
                 .map(|a| pb::Arm {
-                    arm_id: a.arm_id,
+                    arm_id: a.arm_id.to_string(),
                     model_registry_id: a.model.to_string(),
                     weight: a.weight,
                 })
