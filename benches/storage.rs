@@ -71,18 +71,15 @@ fn storage(c: &mut Criterion) {
     group.finish();
 
     // Fill a directory with 100k results, then measure opening it.
-    let dir = runtime.block_on(async {
+    runtime.block_on(async {
         for chunk in 0..100 {
             let batch = (0..1000)
                 .map(|i| support::result("fill", i % 2, 1e-3, format!("fill-{chunk}-{i}")))
                 .collect();
             engine.experiments.record_batch(batch).await.expect("fill");
         }
-        engine.dir
     });
-    drop((engine.experiments, engine.registry, engine.storage));
-    support::wait_unlocked(dir.path());
-    let mut dir = Some(dir);
+    let mut dir = Some(support::close(engine));
     c.bench_function("recovery/open_engine_100k_results", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -90,15 +87,7 @@ fn storage(c: &mut Criterion) {
                 let started = Instant::now();
                 let engine = runtime.block_on(support::open(dir.take().expect("dir")));
                 total += started.elapsed();
-                let support::Engine {
-                    storage,
-                    registry,
-                    experiments,
-                    dir: d,
-                } = engine;
-                drop((experiments, registry, storage));
-                support::wait_unlocked(d.path());
-                dir = Some(d);
+                dir = Some(support::close(engine));
             }
             total
         })
@@ -120,15 +109,7 @@ fn storage(c: &mut Criterion) {
                     outcomes[0],
                     arbiter::experiment::RecordOutcome::Duplicate
                 ));
-                let support::Engine {
-                    storage,
-                    registry,
-                    experiments,
-                    dir: d,
-                } = engine;
-                drop((experiments, registry, storage));
-                support::wait_unlocked(d.path());
-                dir = Some(d);
+                dir = Some(support::close(engine));
             }
             total
         })

@@ -432,13 +432,7 @@ async fn results_report_every_per_arm_figure() {
         (7, 0, 0)
     );
 
-    let results = client
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: "t".into(),
-        })
-        .await
-        .expect("results")
-        .into_inner();
+    let results = test_results(&server, "t").await;
     assert_eq!((results.total_requests, results.total_allocations), (7, 40));
     assert_eq!(results.status, TS::Running as i32);
     let a = &results.arms[0];
@@ -590,13 +584,7 @@ async fn ingestion_attributes_rejects_and_deduplicates_per_record() {
         "return_value",
     );
 
-    let results = client
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: "t".into(),
-        })
-        .await
-        .expect("results")
-        .into_inner();
+    let results = test_results(&server, "t").await;
     let arm = |i: usize| {
         (
             results.arms[i].total_requests,
@@ -650,13 +638,7 @@ async fn a_stream_of_overlapping_batches_is_acknowledged_in_order_and_counted_on
         .map(|b| (1000 + b, 20, if b == 0 { 0 } else { 5 }))
         .collect();
     assert_eq!(seen, expected);
-    let results = client
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: "t".into(),
-        })
-        .await
-        .expect("results")
-        .into_inner();
+    let results = test_results(&server, "t").await;
     assert_eq!(results.total_requests, BATCHES * 20);
 }
 

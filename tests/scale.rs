@@ -140,23 +140,28 @@ fn walk_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// `arbiter serve` on `port` and `data_dir`, as a child process.
+fn spawn_server(port: u16, data_dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run in release with --ignored --nocapture"]
 async fn memory_with_ten_thousand_tests_of_eight_arms() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_server(port, dir.path());
     let url = format!("http://127.0.0.1:{port}");
     let mut registry = loop {
         match pb::registry_client::RegistryClient::connect(url.clone()).await {
@@ -209,14 +214,7 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
     // The same state read back by a fresh process (what a restarted server holds).
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_server(port, dir.path());
     let mut experiments = loop {
         match pb::experiments_client::ExperimentsClient::connect(url.clone()).await {
             Ok(c) => break c,

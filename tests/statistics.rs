@@ -9,18 +9,6 @@ use arbiter::pb::{self, TestStatus as TS};
 use support::*;
 use tonic::Code;
 
-async fn results(server: &TestServer, test_id: &str) -> pb::TestResults {
-    server
-        .experiments()
-        .await
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: test_id.into(),
-        })
-        .await
-        .expect("results")
-        .into_inner()
-}
-
 fn batch(sequence: u64, records: Vec<pb::ResultRecord>) -> pb::ResultBatch {
     pb::ResultBatch {
         sequence,
@@ -51,7 +39,7 @@ async fn a_losing_arm_is_suspended_to_the_floor_and_reinstated_when_it_recovers(
         .await
         .expect("ingest");
 
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert_eq!(
         r.status,
         TS::Running as i32,
@@ -78,7 +66,7 @@ async fn a_losing_arm_is_suspended_to_the_floor_and_reinstated_when_it_recovers(
     ingest(&mut allocator, vec![batch(2, records)])
         .await
         .expect("ingest");
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert!(!r.arms[0].suspended);
     assert!(r.arms[0].allocation_weight > 0.05);
     let events = audit_events(&server, "t", 0).await;
@@ -105,7 +93,7 @@ async fn every_arm_below_the_stop_loss_stops_the_test() {
     ingest(&mut server.allocator().await, vec![batch(1, records)])
         .await
         .expect("ingest");
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert_eq!(r.status, TS::Completed as i32);
     assert!(r.stop_reason.contains("stop-loss"), "{}", r.stop_reason);
     assert!(r.winner.is_empty());
@@ -141,12 +129,12 @@ async fn clearly_separated_returns_stop_early_with_a_winner() {
     ingest(&mut allocator, vec![batch(1, records(0, 40))])
         .await
         .expect("ingest");
-    assert_eq!(results(&server, "t").await.status, TS::Running as i32);
+    assert_eq!(test_results(&server, "t").await.status, TS::Running as i32);
     ingest(&mut allocator, vec![batch(2, records(40, 60))])
         .await
         .expect("ingest");
 
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert_eq!(r.status, TS::Completed as i32, "{}", r.stop_reason);
     assert_eq!(r.winner, "arm_1");
     assert!(
@@ -203,7 +191,7 @@ async fn a_two_arm_result_always_carries_winner_p_value_and_significant() {
         .create_test(request)
         .await
         .expect("create");
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     let sig = r.significance_test.expect("present before any result");
     assert!(sig.winner.is_empty() && !sig.significant && sig.p_value == 1.0);
 
@@ -214,7 +202,7 @@ async fn a_two_arm_result_always_carries_winner_p_value_and_significant() {
     ingest(&mut server.allocator().await, vec![batch(1, records)])
         .await
         .expect("ingest");
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert_eq!(
         r.status,
         TS::Running as i32,
@@ -263,7 +251,7 @@ async fn welch_figures_holm_comparisons_probability_best_and_srm() {
         .await
         .expect("ingest");
 
-    let r = results(&server, "t").await;
+    let r = test_results(&server, "t").await;
     assert!(
         r.significance_test.is_none(),
         "three arms: comparisons only"
@@ -427,7 +415,7 @@ async fn a_manual_stop_declares_a_winner_only_when_the_evidence_is_significant()
             .await
             .expect("ingest");
         assert_eq!(
-            results(&server, id).await.status,
+            test_results(&server, id).await.status,
             TS::Running as i32,
             "early stopping is off"
         );

@@ -366,6 +366,19 @@ pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
     }
 }
 
+/// GetTestResults of `test_id`.
+pub async fn test_results(server: &TestServer, test_id: &str) -> pb::TestResults {
+    server
+        .experiments()
+        .await
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: test_id.into(),
+        })
+        .await
+        .expect("results")
+        .into_inner()
+}
+
 /// Sends batches over one IngestResults stream and returns the acks in order.
 pub async fn ingest(
     client: &mut AllocatorClient<Channel>,

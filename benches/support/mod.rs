@@ -42,6 +42,19 @@ pub async fn open(dir: tempfile::TempDir) -> Engine {
     }
 }
 
+/// Drops the engine and waits until its database is released; returns its directory.
+pub fn close(engine: Engine) -> tempfile::TempDir {
+    let Engine {
+        storage,
+        registry,
+        experiments,
+        dir,
+    } = engine;
+    drop((experiments, registry, storage));
+    wait_unlocked(dir.path());
+    dir
+}
+
 /// Waits until the database under `dir` is released by every background task of a dropped engine.
 pub fn wait_unlocked(dir: &std::path::Path) {
     for _ in 0..400 {
