@@ -24,6 +24,7 @@ pub mod result_ids;
 mod results;
 mod risk;
 pub mod rng;
+mod shared_id;
 #[cfg(test)]
 mod simulation_tests;
 mod state;
@@ -270,7 +271,7 @@ impl ModelUsage for Experiments {
         self.inner.tests.iter().find_map(|entry| {
             let state = entry.value();
             let active = matches!(state.status(), TestStatus::Running | TestStatus::Paused);
-            (active && state.config.arms.iter().any(|a| &a.model == id))
+            (active && state.config.arms.iter().any(|a| a.model.id() == id))
                 .then(|| entry.key().to_string())
         })
     }
@@ -281,7 +282,7 @@ impl ModelUsage for Experiments {
         for entry in self.inner.tests.iter() {
             let state = entry.value();
             let arms: Vec<usize> = (0..state.config.arms.len())
-                .filter(|&i| &state.config.arms[i].model.model_id == model_id)
+                .filter(|&i| &state.config.arms[i].model.id().model_id == model_id)
                 .collect();
             if arms.is_empty() {
                 continue;

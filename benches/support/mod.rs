@@ -107,7 +107,7 @@ pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strat
             .enumerate()
             .map(|(i, m)| ArmConfig {
                 arm_id: ARM_IDS[i].into(),
-                model: m.clone(),
+                model: SharedRegistryId::new(m.clone()),
                 weight: 1.0 / arms as f64,
             })
             .collect(),

@@ -36,7 +36,7 @@ impl Experiments {
         }
         Ok(Allocated {
             arm_id: ARM_IDS[decision.arm].to_string(),
-            model_registry_id: String::from(&*state.model_ids[decision.arm]),
+            model_registry_id: state.config.arms[decision.arm].model.as_str().to_owned(),
             decision,
         })
     }

@@ -319,7 +319,7 @@ impl Experiments {
             Some(Attribution::Model(model)) => config
                 .arms
                 .iter()
-                .position(|a| a.model.to_string() == *model)
+                .position(|a| a.model.as_str() == model)
                 .ok_or_else(|| {
                     ExperimentError::invalid(
                         "model_registry_id",

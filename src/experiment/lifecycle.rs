@@ -64,7 +64,7 @@ impl Experiments {
     /// Every arm's model exists and is not DEPRECATED or ARCHIVED.
     fn check_models(&self, config: &TestConfig) -> Result<()> {
         for arm in &config.arms {
-            match self.inner.registry.metadata(&arm.model) {
+            match self.inner.registry.metadata(arm.model.id()) {
                 Ok(view) => {
                     let status = view.metadata.status;
                     if matches!(status, ModelStatus::Deprecated | ModelStatus::Archived) {

@@ -23,7 +23,9 @@ const SD: f64 = 0.01;
 fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
     let arm = |i: usize| ArmConfig {
         arm_id: crate::experiment::types::ARM_IDS[i].into(),
-        model: RegistryId::parse("registry_id", &format!("m{i}:1.0.0")).expect("valid"),
+        model: SharedRegistryId::new(
+            RegistryId::parse("registry_id", &format!("m{i}:1.0.0")).expect("valid"),
+        ),
         weight: 0.5,
     };
     TestConfig {

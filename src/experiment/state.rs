@@ -70,20 +70,6 @@ impl Record for AllocationRecord {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// The shared copy of a registry id string: 10k tests over the same eight model versions hold
-/// eight strings, not 80k. Never shrinks; bounded by the model versions ever used in tests.
-fn interned(id: String) -> Arc<str> {
-    static INTERNED: std::sync::OnceLock<Mutex<std::collections::HashSet<Arc<str>>>> =
-        std::sync::OnceLock::new();
-    let mut set = INTERNED.get_or_init(Default::default).lock();
-    if let Some(shared) = set.get(id.as_str()) {
-        return shared.clone();
-    }
-    let shared: Arc<str> = id.into();
-    set.insert(shared.clone());
-    shared
-}
-
 /// What writers change under the test's lock.
 #[derive(Debug)]
 pub struct Book {
@@ -98,8 +84,6 @@ pub struct Book {
 pub struct TestState {
     /// The configuration (never changes).
     pub config: Arc<TestConfig>,
-    /// Registry ids of the arms, ready to hand out; one shared copy per model version.
-    pub model_ids: Vec<Arc<str>>,
     status: AtomicU8,
     table: ArcSwap<AllocationTable>,
     /// Tables replaced while some thread may still draw from them; folded into `expected`.
@@ -153,11 +137,6 @@ impl TestState {
             next_decision: 0,
         });
         let state = Self {
-            model_ids: config
-                .arms
-                .iter()
-                .map(|a| interned(a.model.to_string()))
-                .collect(),
             status: AtomicU8::new(record.status.to_u8()),
             table: ArcSwap::from_pointee(AllocationTable::single(k, config.control_arm)),
             retired: Mutex::new(Vec::new()),
@@ -327,6 +306,11 @@ fn fold_unreferenced(expected: &mut [f64], retired: &mut Vec<Arc<AllocationTable
             true
         }
     });
+    if retired.is_empty() {
+        // Usually every retired table is folded at once; 10k idle tests need not keep the
+        // vector's buffer.
+        *retired = Vec::new();
+    }
 }
 
 fn fold(expected: &mut [f64], table: &AllocationTable) {

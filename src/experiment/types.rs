@@ -5,10 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::types::{identifier_problem, RegistryId};
+use crate::registry::types::identifier_problem;
 use crate::storage::Record;
 use crate::time::UnixNanos;
 
+pub use super::shared_id::SharedRegistryId;
 use super::ExperimentError;
 
 /// Most arms a test may have; decision ids reserve 6 bits for the arm index.
@@ -143,8 +144,8 @@ pub struct ArmConfig {
     /// `arm_<index>`: one of [`ARM_IDS`], shared by every test (no string per arm in memory).
     #[serde(deserialize_with = "static_arm_id")]
     pub arm_id: std::borrow::Cow<'static, str>,
-    /// The model version it serves.
-    pub model: RegistryId,
+    /// The model version it serves, shared with every other arm serving it.
+    pub model: SharedRegistryId,
     /// FIXED weight (normalised), else the equal initial share.
     pub weight: f64,
 }
@@ -241,7 +242,9 @@ mod tests {
     fn stored_arm_ids_are_read_as_the_shared_ones_and_others_are_refused() {
         let arm = ArmConfig {
             arm_id: ARM_IDS[3].into(),
-            model: RegistryId::parse("registry_id", "m:1.0.0").expect("valid"),
+            model: SharedRegistryId::new(
+                RegistryId::parse("registry_id", "m:1.0.0").expect("valid"),
+            ),
             weight: 0.25,
         };
         let mut json = serde_json::to_value(&arm).expect("encode");

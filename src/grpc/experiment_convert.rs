@@ -173,7 +173,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             .enumerate()
             .map(|(i, (model, weight))| ArmConfig {
                 arm_id: ARM_IDS[i].into(),
-                model,
+                model: SharedRegistryId::new(model),
                 weight,
             })
             .collect();
