@@ -2,13 +2,12 @@
 //!
 //! 10k tests over the same eight model versions would otherwise hold 80k parsed registry ids
 //! (64 bytes each plus a heap string) and another 80k strings ready for `Allocate` answers; with
-//! sharing they hold 80k pointers. The interned set never shrinks: it is bounded by the model
-//! versions ever named by a test, which the registry bounds anyway.
+//! sharing they hold 80k pointers. The interning table keeps weak references, so ids that no test
+//! holds any more (a creation that failed, a deleted test's config) are dropped.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -25,21 +24,37 @@ struct Entry {
     text: Box<str>,
 }
 
+/// Every shared id alive (by text), with the set's size at which dead entries are next purged.
+#[derive(Default)]
+struct Interned {
+    by_text: HashMap<Box<str>, Weak<Entry>>,
+    purge_at: usize,
+}
+
+static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
+
 impl SharedRegistryId {
     /// The shared copy of `id`.
     pub fn new(id: RegistryId) -> Self {
-        static INTERNED: OnceLock<Mutex<HashSet<SharedRegistryId>>> = OnceLock::new();
         let text = id.to_string();
-        let mut set = INTERNED.get_or_init(Default::default).lock();
-        if let Some(shared) = set.get(text.as_str()) {
-            return shared.clone();
+        let mut interned = INTERNED.get_or_init(Default::default).lock();
+        if let Some(shared) = interned.by_text.get(text.as_str()).and_then(Weak::upgrade) {
+            return Self(shared);
         }
-        let shared = Self(Arc::new(Entry {
+        // Ids parsed from requests that then fail (unknown model) die at once; purging once the
+        // set has doubled since the last purge keeps it within twice the live ids, amortised O(1).
+        if interned.by_text.len() >= interned.purge_at {
+            interned.by_text.retain(|_, entry| entry.strong_count() > 0);
+            interned.purge_at = (2 * interned.by_text.len()).max(64);
+        }
+        let shared = Arc::new(Entry {
             id,
-            text: text.into_boxed_str(),
-        }));
-        set.insert(shared.clone());
-        shared
+            text: text.clone().into_boxed_str(),
+        });
+        interned
+            .by_text
+            .insert(text.into_boxed_str(), Arc::downgrade(&shared));
+        Self(shared)
     }
 
     /// The parsed id.
@@ -53,8 +68,7 @@ impl SharedRegistryId {
     }
 }
 
-// Equality, hashing and `Borrow<str>` all go through the text, so they agree (the text is the
-// canonical form of the id) and the interned set can be queried with a `&str`.
+// The text is the canonical form of the id.
 impl PartialEq for SharedRegistryId {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
@@ -62,18 +76,6 @@ impl PartialEq for SharedRegistryId {
 }
 
 impl Eq for SharedRegistryId {}
-
-impl Hash for SharedRegistryId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<str> for SharedRegistryId {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
 
 impl fmt::Debug for SharedRegistryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,5 +126,26 @@ mod tests {
         assert!(Arc::ptr_eq(&back.0, &a.0));
         let err = serde_json::from_str::<SharedRegistryId>("\"no-version\"").expect_err("invalid");
         assert!(err.to_string().contains("no-version"), "{err}");
+    }
+
+    #[test]
+    fn ids_nobody_holds_are_dropped() {
+        let kept = SharedRegistryId::new(id("shared_id_kept:1.0.0"));
+        let weak = Arc::downgrade(&kept.0);
+        // Many ids that die at once (requests naming unknown models) force purges.
+        for i in 0..1000 {
+            drop(SharedRegistryId::new(id(&format!(
+                "shared_id_gone:{i}.0.0"
+            ))));
+        }
+        let again = SharedRegistryId::new(id("shared_id_kept:1.0.0"));
+        assert!(Arc::ptr_eq(&kept.0, &again.0));
+        drop((kept, again));
+        assert!(
+            weak.upgrade().is_none(),
+            "the interning table holds no strong reference"
+        );
+        let len = INTERNED.get().expect("used").lock().by_text.len();
+        assert!(len < 1000, "dead ids were purged: {len} entries left");
     }
 }

@@ -167,16 +167,16 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
                 format!("{min} exceeds max_allocation_per_arm {max}"),
             ));
         }
-        let arms: Vec<ArmConfig> = models
-            .into_iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(i, (model, weight))| ArmConfig {
+        // Not collected from `models.into_iter()`: that would reuse its larger buffer in place,
+        // and the arms live as long as the test.
+        let mut arms: Vec<ArmConfig> = Vec::with_capacity(k);
+        for (i, (model, weight)) in models.into_iter().zip(weights).enumerate() {
+            arms.push(ArmConfig {
                 arm_id: ARM_IDS[i].into(),
                 model: SharedRegistryId::new(model),
                 weight,
-            })
-            .collect();
+            });
+        }
         let control_arm = match r.control_arm.as_deref() {
             None | Some("") => 0,
             Some(name) => arms.iter().position(|a| a.arm_id == name).ok_or_else(|| {
