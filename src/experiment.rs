@@ -104,6 +104,7 @@ impl Experiments {
             source,
         })?;
         let tests = DashMap::new();
+        let mut dirty_tests = Vec::new();
         for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
             let (_, record) = entry?;
             let id = record.config.test_id.clone();
@@ -113,9 +114,13 @@ impl Experiments {
                 .unwrap_or_else(|| StatsRecord::new(k));
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
-            let state = TestState::new(record, stats, allocations);
+            let state = TestState::restored(record, stats, allocations);
             *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
-            tests.insert(id, Arc::new(state));
+            let state = Arc::new(state);
+            if state.is_dirty() {
+                dirty_tests.push(state.clone());
+            }
+            tests.insert(id, state);
         }
         let experiments = Self {
             inner: Arc::new(Inner {
@@ -123,17 +128,41 @@ impl Experiments {
                 audit,
                 registry,
                 tests,
-                dirty_tests: Mutex::new(Vec::new()),
+                dirty_tests: Mutex::new(dirty_tests),
                 create_lock: Mutex::new(()),
                 results_dir,
             }),
         };
         experiments.write_missing_final_results()?;
-        experiments.start_background_tasks();
+        experiments.start_background_tasks()?;
         Ok(experiments)
     }
 
-    fn start_background_tasks(&self) {
+    fn start_background_tasks(&self) -> Result<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        // Tables are recomputed on a thread of their own: a pass over many dirty Thompson tests
+        // takes milliseconds per test and must not stall a runtime worker serving requests.
+        std::thread::Builder::new()
+            .name("arbiter-refresh".into())
+            .spawn(move || loop {
+                std::thread::sleep(REFRESH_INTERVAL);
+                // The engine is held only to take the queue, so dropping it is never delayed
+                // by a long pass.
+                let dirty = match weak.upgrade() {
+                    Some(inner) => std::mem::take(&mut *inner.dirty_tests.lock()),
+                    None => return,
+                };
+                for state in dirty {
+                    // Refreshed inline meanwhile, or queued twice: nothing to do.
+                    if state.is_dirty() {
+                        state.refresh();
+                    }
+                }
+            })
+            .map_err(|source| ExperimentError::Io {
+                context: "starting the table refresher thread".into(),
+                source,
+            })?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
@@ -144,13 +173,6 @@ impl Experiments {
                 let Some(inner) = weak.upgrade() else { return };
                 let this = Experiments { inner };
                 COARSE_NOW.store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
-                let dirty = std::mem::take(&mut *this.inner.dirty_tests.lock());
-                for state in dirty {
-                    // Refreshed inline meanwhile, or queued twice: nothing to do.
-                    if state.is_dirty() {
-                        state.refresh();
-                    }
-                }
                 if tokio::time::Instant::now() >= persist_at {
                     persist_at += ALLOCATION_PERSIST_INTERVAL;
                     if let Err(e) = this.persist_allocations(false).await {
@@ -167,6 +189,7 @@ impl Experiments {
                 }
             }
         });
+        Ok(())
     }
 
     /// Writes allocation counters of every test that allocated since the last call (or of every

@@ -211,6 +211,54 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
         mib(after),
         mib(later)
     );
+    // Traffic: two results per arm for every test, with result ids (each test then also holds
+    // its idempotency index, for five minutes after its last batch, and a report series).
+    let mut streams = Vec::new();
+    for worker in 0..8 {
+        let url = url.clone();
+        streams.push(tokio::spawn(async move {
+            let mut allocator = pb::allocator_client::AllocatorClient::connect(url)
+                .await
+                .expect("connect");
+            let tests: Vec<usize> = (worker..10_000).step_by(8).collect();
+            let batches: Vec<pb::ResultBatch> = tests
+                .chunks(6)
+                .enumerate()
+                .map(|(sequence, chunk)| pb::ResultBatch {
+                    sequence: sequence as u64,
+                    results: chunk
+                        .iter()
+                        .flat_map(|&t| {
+                            (0..16).map(move |j| {
+                                let mut r = result(
+                                    &format!("t{t}"),
+                                    &format!("arm_{}", j % 8),
+                                    ((t + j) % 7) as f64 / 1e3 - 0.002,
+                                );
+                                r.result_id = format!("t{t}-{j}");
+                                r
+                            })
+                        })
+                        .collect(),
+                })
+                .collect();
+            let acks = ingest(&mut allocator, batches).await.expect("ingest");
+            acks.iter().map(|a| u64::from(a.accepted)).sum::<u64>()
+        }));
+    }
+    let mut accepted = 0;
+    for s in streams {
+        accepted += s.await.expect("stream");
+    }
+    assert_eq!(accepted, 160_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_results = rss(child.id());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    println!(
+        "after 16 results per test (with result ids): {:.1} MiB; 30 s later: {:.1} MiB",
+        mib(with_results),
+        mib(rss(child.id()))
+    );
     // The same state read back by a fresh process (what a restarted server holds).
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();

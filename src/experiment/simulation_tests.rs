@@ -20,7 +20,8 @@ const BATCH: u64 = 50;
 const MAX_PER_ARM: u64 = 5000;
 const SD: f64 = 0.01;
 
-fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
+/// A two-arm FIXED Gaussian test without allocation limits.
+pub(super) fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
     let arm = |i: usize| ArmConfig {
         arm_id: crate::experiment::types::ARM_IDS[i].into(),
         model: SharedRegistryId::new(

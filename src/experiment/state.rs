@@ -64,6 +64,10 @@ pub struct AllocationRecord {
     pub expected: Vec<f64>,
     /// Next decision sequence number.
     pub next_decision: u64,
+    /// The allocation table when written: what a restarted server serves until its refresher
+    /// has recomputed the policy (empty in records written before this field existed).
+    #[serde(default)]
+    pub probabilities: Vec<f64>,
 }
 
 impl Record for AllocationRecord {
@@ -123,8 +127,56 @@ pub struct Decision {
 }
 
 impl TestState {
-    /// Builds the state of a stored test.
+    /// Builds the state of a test, its table computed now.
     pub fn new(
+        record: TestRecord,
+        stats: StatsRecord,
+        allocations: Option<AllocationRecord>,
+    ) -> Self {
+        let state = Self::unrefreshed(record, stats, allocations);
+        state.refresh();
+        state
+    }
+
+    /// Builds the state of a test read at start-up without running its policy: a RUNNING test
+    /// serves the table stored with its allocation counters (or the limits applied to an even
+    /// split when none is stored) and is marked dirty, so the caller queues it for the refresher.
+    /// Thompson sampling's Monte Carlo takes milliseconds per test; 10k tests must not delay
+    /// serving by that much.
+    pub fn restored(
+        record: TestRecord,
+        stats: StatsRecord,
+        allocations: Option<AllocationRecord>,
+    ) -> Self {
+        let stored = allocations
+            .as_ref()
+            .map(|a| a.probabilities.clone())
+            .unwrap_or_default();
+        let state = Self::unrefreshed(record, stats, allocations);
+        if state.status() != TestStatus::Running {
+            state.refresh(); // a single arm: nothing to compute
+            return state;
+        }
+        let k = state.config.arms.len();
+        let probabilities = if is_distribution(&stored, k) {
+            stored
+        } else {
+            let suspended = state.book.lock().stats.suspended.clone();
+            apply_limits(
+                &vec![1.0 / k as f64; k],
+                state.config.min_allocation_per_arm,
+                state.config.max_allocation_per_arm,
+                &suspended,
+            )
+        };
+        state
+            .table
+            .store(Arc::new(AllocationTable::new(probabilities)));
+        state.dirty.store(true, Ordering::Relaxed);
+        state
+    }
+
+    fn unrefreshed(
         record: TestRecord,
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
@@ -135,8 +187,9 @@ impl TestState {
             counts: vec![0; k],
             expected: vec![0.0; k],
             next_decision: 0,
+            probabilities: Vec::new(),
         });
-        let state = Self {
+        Self {
             status: AtomicU8::new(record.status.to_u8()),
             table: ArcSwap::from_pointee(AllocationTable::single(k, config.control_arm)),
             retired: Mutex::new(Vec::new()),
@@ -159,9 +212,7 @@ impl TestState {
                 record,
             }),
             config,
-        };
-        state.refresh();
-        state
+        }
     }
 
     /// The current status.
@@ -287,6 +338,7 @@ impl TestState {
                 .collect(),
             expected: total,
             next_decision: self.next_decision.load(Ordering::Relaxed),
+            probabilities: self.current_probabilities(),
         }
     }
 
@@ -294,6 +346,13 @@ impl TestState {
     pub fn take_allocations_dirty(&self) -> bool {
         self.allocations_dirty.swap(false, Ordering::Relaxed)
     }
+}
+
+/// Whether `p` is a probability vector over `k` arms (a stored table worth serving again).
+fn is_distribution(p: &[f64], k: usize) -> bool {
+    p.len() == k
+        && p.iter().all(|x| x.is_finite() && *x >= 0.0)
+        && (p.iter().sum::<f64>() - 1.0).abs() < 1e-9
 }
 
 /// Folds the retired tables no thread can still draw from into `expected` and forgets them.
@@ -317,5 +376,85 @@ fn fold(expected: &mut [f64], table: &AllocationTable) {
     let n = table.decisions() as f64;
     for (e, p) in expected.iter_mut().zip(&table.probabilities) {
         *e += n * p;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::types::RewardModel;
+
+    /// A RUNNING two-arm Bernoulli Thompson test where arm 1 wins 50 of 60 and arm 0 10 of 60.
+    fn lopsided() -> (TestRecord, StatsRecord) {
+        let mut config = crate::experiment::simulation_tests::config(100, 0.05);
+        config.strategy = Strategy::ThompsonSampling;
+        config.reward_model = RewardModel::Bernoulli;
+        config.min_allocation_per_arm = 0.05;
+        config.max_allocation_per_arm = 0.95;
+        let record = TestRecord {
+            config: Arc::new(config),
+            status: TestStatus::Running,
+            created_at: crate::time::now(),
+            winner: None,
+            stop_reason: String::new(),
+            stopped_at: None,
+        };
+        let mut stats = StatsRecord::new(2);
+        for i in 0..60 {
+            stats.arms[0].add(if i < 10 { 1.0 } else { -1.0 });
+            stats.arms[1].add(if i < 50 { 1.0 } else { -1.0 });
+        }
+        (record, stats)
+    }
+
+    #[test]
+    fn a_restored_test_serves_its_stored_table_until_the_refresher_recomputes_it() {
+        let (record, stats) = lopsided();
+        let stored = AllocationRecord {
+            counts: vec![3, 7],
+            expected: vec![3.0, 7.0],
+            next_decision: 10,
+            probabilities: vec![0.3, 0.7],
+        };
+        let state = TestState::restored(record, stats, Some(stored));
+        assert_eq!(state.current_probabilities(), vec![0.3, 0.7]);
+        assert!(state.is_dirty(), "queued for the refresher");
+        state.refresh();
+        assert!(!state.is_dirty());
+        let p = state.current_probabilities();
+        assert!(p[1] > 0.9, "the policy's table once refreshed: {p:?}");
+        assert_eq!(state.allocation_record().probabilities, p);
+    }
+
+    #[test]
+    fn a_restored_test_without_a_usable_stored_table_starts_from_an_even_split() {
+        for stored in [
+            None,
+            Some(Vec::new()),          // written before the field existed
+            Some(vec![0.5, 0.4]),      // does not sum to 1
+            Some(vec![1.0]),           // wrong arm count
+            Some(vec![f64::NAN, 1.0]), // not a number
+        ] {
+            let (record, stats) = lopsided();
+            let allocations = stored.clone().map(|probabilities| AllocationRecord {
+                counts: vec![0, 0],
+                expected: vec![0.0, 0.0],
+                next_decision: 0,
+                probabilities,
+            });
+            let state = TestState::restored(record, stats, allocations);
+            assert_eq!(state.current_probabilities(), vec![0.5, 0.5], "{stored:?}");
+            assert!(state.is_dirty(), "{stored:?}");
+        }
+    }
+
+    #[test]
+    fn a_restored_ended_test_serves_its_winner_at_once() {
+        let (mut record, stats) = lopsided();
+        record.status = TestStatus::Completed;
+        record.winner = Some(1);
+        let state = TestState::restored(record, stats, None);
+        assert_eq!(state.current_probabilities(), vec![0.0, 1.0]);
+        assert!(!state.is_dirty());
     }
 }
