@@ -2,7 +2,8 @@
 integration with scipy (1.17.1): P(i best) = ∫ f_i(x) ∏_{j≠i} F_j(x) dx.
 
 The Rust code replaces concentrated posteriors (shape ≥ 500) by normals; these values bound that
-approximation's error.
+approximation's error. The small-shape cases check the Monte Carlo samplers (gamma ratio for
+shapes ≥ 1, rand_distr's Beta below 1).
 """
 import numpy as np
 from scipy import stats, integrate
@@ -26,6 +27,8 @@ cases = {
     "beta_2": [stats.beta(1000, 9000), stats.beta(1050, 8950)],
     "nig_2": [nig_mean(0.011, 2000, 1000, 1.0), nig_mean(0.010, 2000 / 1.69, 1000, 1.0)],
     "beta_3": [stats.beta(600, 5400), stats.beta(640, 5360), stats.beta(620, 5380)],
+    "beta_small_4": [stats.beta(11, 51), stats.beta(15, 47), stats.beta(9, 53), stats.beta(13, 49)],
+    "beta_below_1": [stats.beta(0.7, 1.5), stats.beta(1.2, 3)],
 }
 for name, dists in cases.items():
     print(name, [f"{p_best(dists, i):.10f}" for i in range(len(dists))])
