@@ -64,6 +64,16 @@ fn statistics(c: &mut Criterion) {
         [nig(0.001), nig(0.0012), nig(0.0008), nig(0.0011)]
     };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    // Eight Bernoulli arms with two results each: a new Thompson test's refresh (Monte Carlo).
+    let beta8: Vec<Posterior> = (0..8)
+        .map(|i| Posterior::Beta {
+            alpha: 1.0 + (i % 3) as f64,
+            beta: 3.0 - (i % 3) as f64,
+        })
+        .collect();
+    c.bench_function("probability_best/beta_8_arms_tiny", |b| {
+        b.iter(|| black_box(stats::probability_best(black_box(&beta8), 4096, &mut rng)))
+    });
     for (size, scale) in [("small", 1.0), ("large", 100.0)] {
         let (beta, nig4) = (beta(scale), nig4(scale));
         c.bench_function(&format!("probability_best/beta_2_arms_{size}"), |b| {
