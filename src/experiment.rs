@@ -62,7 +62,8 @@ pub type Result<T, E = ExperimentError> = std::result::Result<T, E>;
 pub const ALLOCATION_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often tests with new results get their tables recomputed (when not done inline).
 const REFRESH_INTERVAL: Duration = Duration::from_millis(5);
-/// Inline table refreshes of one test happen at most this often; the rest wait for the ticker.
+/// Inline table refreshes of one test happen at most this often; the rest wait for the refresher
+/// thread.
 const INLINE_REFRESH_NS: i64 = 2_000_000;
 
 /// The wall clock as of the background ticker's last tick (every [`REFRESH_INTERVAL`]): lets the

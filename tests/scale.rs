@@ -26,38 +26,30 @@ async fn restart_after_a_million_results() {
     experiments.create_test(request).await.expect("create");
 
     let started = Instant::now();
-    let mut streams = Vec::new();
-    for stream in 0..2u64 {
-        let mut allocator = server.allocator().await;
-        streams.push(tokio::spawn(async move {
-            let batches: Vec<pb::ResultBatch> = (0..BATCHES / 2)
-                .map(|b| {
-                    let sequence = stream * BATCHES / 2 + b;
-                    pb::ResultBatch {
-                        sequence,
-                        results: (0..SIZE)
-                            .map(|i| {
-                                let n = sequence * SIZE + i;
-                                let mut r = result(
-                                    "big",
-                                    if n % 2 == 0 { "arm_0" } else { "arm_1" },
-                                    (n % 97) as f64 / 1e4,
-                                );
-                                r.result_id = format!("r{n}");
-                                r
-                            })
-                            .collect(),
-                    }
-                })
-                .collect();
-            let acks = ingest(&mut allocator, batches).await.expect("ingest");
-            acks.iter().map(|a| u64::from(a.accepted)).sum::<u64>()
-        }));
-    }
-    let mut accepted = 0;
-    for s in streams {
-        accepted += s.await.expect("stream");
-    }
+    let accepted = ingest_on_streams(&server.url(), 2, |stream| {
+        let stream = stream as u64;
+        (0..BATCHES / 2)
+            .map(|b| {
+                let sequence = stream * BATCHES / 2 + b;
+                pb::ResultBatch {
+                    sequence,
+                    results: (0..SIZE)
+                        .map(|i| {
+                            let n = sequence * SIZE + i;
+                            let mut r = result(
+                                "big",
+                                if n % 2 == 0 { "arm_0" } else { "arm_1" },
+                                (n % 97) as f64 / 1e4,
+                            );
+                            r.result_id = format!("r{n}");
+                            r
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    })
+    .await;
     let ingest_secs = started.elapsed().as_secs_f64();
     assert_eq!(accepted, BATCHES * SIZE);
     println!(
@@ -140,6 +132,32 @@ fn walk_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `streams` IngestResults streams at once, each on a connection of its own, sending the
+/// batches `batches(stream)` builds (inside the stream's task, so building runs in parallel and
+/// within the caller's timing as well); returns the results accepted.
+async fn ingest_on_streams<F>(url: &str, streams: usize, batches: F) -> u64
+where
+    F: Fn(usize) -> Vec<pb::ResultBatch> + Clone + Send + 'static,
+{
+    let mut tasks = Vec::new();
+    for stream in 0..streams {
+        let (url, build) = (url.to_string(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let batches = build(stream);
+            let mut allocator = pb::allocator_client::AllocatorClient::connect(url)
+                .await
+                .expect("connect");
+            let acks = ingest(&mut allocator, batches).await.expect("ingest");
+            acks.iter().map(|a| u64::from(a.accepted)).sum::<u64>()
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.expect("stream");
+    }
+    accepted
+}
+
 /// `arbiter serve` on `port` and `data_dir`, as a child process.
 fn spawn_server(port: u16, data_dir: &std::path::Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
@@ -214,43 +232,31 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
     // Traffic: two results per arm for every test, with result ids (each test then also holds
     // its idempotency index, for five minutes after its last batch, and a report series).
     let started = Instant::now();
-    let mut streams = Vec::new();
-    for worker in 0..8 {
-        let url = url.clone();
-        streams.push(tokio::spawn(async move {
-            let mut allocator = pb::allocator_client::AllocatorClient::connect(url)
-                .await
-                .expect("connect");
-            let tests: Vec<usize> = (worker..10_000).step_by(8).collect();
-            let batches: Vec<pb::ResultBatch> = tests
-                .chunks(6)
-                .enumerate()
-                .map(|(sequence, chunk)| pb::ResultBatch {
-                    sequence: sequence as u64,
-                    results: chunk
-                        .iter()
-                        .flat_map(|&t| {
-                            (0..16).map(move |j| {
-                                let mut r = result(
-                                    &format!("t{t}"),
-                                    &format!("arm_{}", j % 8),
-                                    ((t + j) % 7) as f64 / 1e3 - 0.002,
-                                );
-                                r.result_id = format!("t{t}-{j}");
-                                r
-                            })
+    let accepted = ingest_on_streams(&url, 8, |worker| {
+        let tests: Vec<usize> = (worker..10_000).step_by(8).collect();
+        tests
+            .chunks(6)
+            .enumerate()
+            .map(|(sequence, chunk)| pb::ResultBatch {
+                sequence: sequence as u64,
+                results: chunk
+                    .iter()
+                    .flat_map(|&t| {
+                        (0..16).map(move |j| {
+                            let mut r = result(
+                                &format!("t{t}"),
+                                &format!("arm_{}", j % 8),
+                                ((t + j) % 7) as f64 / 1e3 - 0.002,
+                            );
+                            r.result_id = format!("t{t}-{j}");
+                            r
                         })
-                        .collect(),
-                })
-                .collect();
-            let acks = ingest(&mut allocator, batches).await.expect("ingest");
-            acks.iter().map(|a| u64::from(a.accepted)).sum::<u64>()
-        }));
-    }
-    let mut accepted = 0;
-    for s in streams {
-        accepted += s.await.expect("stream");
-    }
+                    })
+                    .collect(),
+            })
+            .collect()
+    })
+    .await;
     assert_eq!(accepted, 160_000);
     println!(
         "160 000 results over 10 000 tests (8 streams, batches of 96): {:.0} durable results/s",
