@@ -17,8 +17,9 @@ use super::{Experiments, Result};
 
 const NANOS_PER_DAY: f64 = 86_400e9;
 
-/// Monte Carlo draws behind the reported P(best): standard error ≤ 0.5/√draws (0.55 points for
-/// 8192). The generator is seeded with a constant, so the same data give the same figures.
+/// Monte Carlo draws behind the reported P(best) when it cannot be integrated
+/// (`stats::probability_best`): standard error ≤ 0.5/√draws (0.55 points for 8192). The generator
+/// is seeded with a constant, so the same data give the same figures.
 fn probability_best_draws(arms: usize) -> usize {
     if arms <= 8 {
         8192
