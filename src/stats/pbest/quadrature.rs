@@ -120,10 +120,11 @@ impl Density {
         }
     }
 
-    /// The density and its slope at `x`.
-    fn density_and_slope(&self, x: f64) -> (f64, f64) {
+    /// The density and its slope at `point`.
+    fn density_and_slope(&self, point: &Point) -> (f64, f64) {
+        let x = point.x;
         match *self {
-            Self::Beta { a, b, ln_norm } => beta_density_and_slope(a, b, ln_norm, x),
+            Self::Beta { a, b, ln_norm } => beta_density_and_slope(a, b, ln_norm, point),
             Self::StudentT {
                 mu,
                 scale,
@@ -141,7 +142,8 @@ impl Density {
 
 /// Beta(a, b) density `x^(a−1)·(1−x)^(b−1)/B(a, b)` and its slope
 /// `f(x)·((a−1)/x − (b−1)/(1−x))`; at 0 and 1 their limits (each shape is 1 or ≥ 2).
-fn beta_density_and_slope(a: f64, b: f64, ln_norm: f64, x: f64) -> (f64, f64) {
+fn beta_density_and_slope(a: f64, b: f64, ln_norm: f64, point: &Point) -> (f64, f64) {
+    let x = point.x;
     let norm = || ln_norm.exp();
     if x <= 0.0 {
         // f(0) = 1/B when a = 1, else 0; f'(0) = −(b−1)/B (a = 1), 1/B (a = 2), 0 (a > 2).
@@ -158,8 +160,30 @@ fn beta_density_and_slope(a: f64, b: f64, ln_norm: f64, x: f64) -> (f64, f64) {
             _ => (0.0, 0.0),
         };
     }
-    let f = ((a - 1.0) * x.ln() + (b - 1.0) * (-x).ln_1p() + ln_norm).exp();
+    let f = ((a - 1.0) * point.ln_x + (b - 1.0) * point.ln_one_minus_x + ln_norm).exp();
     (f, f * ((a - 1.0) / x - (b - 1.0) / (1.0 - x)))
+}
+
+/// A grid point, with the logarithms every Beta density there needs (computed once per point).
+struct Point {
+    x: f64,
+    ln_x: f64,
+    ln_one_minus_x: f64,
+}
+
+impl Point {
+    fn new(x: f64, with_logs: bool) -> Self {
+        let (ln_x, ln_one_minus_x) = if with_logs {
+            (x.ln(), (-x).ln_1p())
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        Self {
+            x,
+            ln_x,
+            ln_one_minus_x,
+        }
+    }
 }
 
 /// One arm's running state along the grid.
@@ -209,10 +233,14 @@ pub(super) fn probability_best(posteriors: &[Posterior]) -> Option<Vec<f64>> {
     let intervals = (wanted as usize).max(MIN_INTERVALS).next_multiple_of(2);
     let h = (upper - lower) / intervals as f64;
 
+    let with_logs = taking_part
+        .iter()
+        .any(|&j| matches!(densities[j], Density::Beta { .. }));
+    let first = Point::new(lower, with_logs);
     let mut running: Vec<Running> = taking_part
         .iter()
         .map(|&arm| {
-            let (density, slope) = densities[arm].density_and_slope(lower);
+            let (density, slope) = densities[arm].density_and_slope(&first);
             Running {
                 arm,
                 density,
@@ -232,8 +260,9 @@ pub(super) fn probability_best(posteriors: &[Posterior]) -> Option<Vec<f64>> {
             } else {
                 lower + g as f64 * h
             };
+            let point = Point::new(x, with_logs);
             for r in &mut running {
-                let (density, slope) = densities[r.arm].density_and_slope(x);
+                let (density, slope) = densities[r.arm].density_and_slope(&point);
                 r.cdf += 0.5 * h * (r.density + density) - h * h / 12.0 * (slope - r.slope);
                 (r.density, r.slope) = (density, slope);
             }
@@ -414,8 +443,8 @@ mod tests {
         ] {
             let ln_norm = -ln_beta(a, b);
             for (end, inside) in [(0.0, 1e-9), (1.0, 1.0 - 1e-9)] {
-                let (f, slope) = beta_density_and_slope(a, b, ln_norm, end);
-                let (f_in, slope_in) = beta_density_and_slope(a, b, ln_norm, inside);
+                let at = |x| beta_density_and_slope(a, b, ln_norm, &Point::new(x, true));
+                let ((f, slope), (f_in, slope_in)) = (at(end), at(inside));
                 assert!(
                     (f - f_in).abs() < 1e-6,
                     "density of Beta({a}, {b}) at {end}"
