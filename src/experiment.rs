@@ -46,8 +46,8 @@ pub use error::ExperimentError;
 pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
 pub use lifecycle::TestView;
 pub use results::{ArmResults, ComparisonResults, TestResults};
-pub use state::{AllocationRecord, Decision};
-use state::{StatsRecord, TestState};
+use state::TestState;
+pub use state::{AllocationRecord, Decision, StatsRecord};
 use types::*;
 
 use crate::audit::AuditLog;

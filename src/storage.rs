@@ -9,6 +9,7 @@
 //!
 //! This module knows nothing of models, tests or gRPC.
 
+mod bytes;
 mod codec;
 mod group_commit;
 pub mod keys;
@@ -17,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use codec::{decode, Record};
+pub use bytes::{ByteReader, ByteWriter};
+pub use codec::{decode, BodyError, Record};
 use group_commit::GroupCommit;
 
 /// Errors of the storage layer.

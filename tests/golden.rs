@@ -1,5 +1,6 @@
-//! Stored record formats must keep decoding: these files were written in format version 1 and
-//! are never regenerated. A change that breaks them needs a new format version and a migration.
+//! Stored record formats must keep decoding: these files were written once, by older builds or by
+//! the scripts next to them, and are never regenerated. A change that breaks them needs a new
+//! format version and a migration.
 
 use arbiter::audit::AuditEvent;
 use arbiter::registry::types::{ApprovalStatus, ModelMetadata, ModelStatus, ModelType};
@@ -58,4 +59,25 @@ fn result_id_run_v1_decodes() {
     assert_eq!(fingerprint("order-1"), run[0]);
     assert_eq!(fingerprint("fill/2026-11-27T10:00:00Z#42"), run[2]);
     assert_eq!(encode_run(&run), bytes, "the encoder writes the same bytes");
+}
+
+#[test]
+fn stats_record_v1_json_and_v2_binary_decode_to_the_same_record() {
+    use arbiter::experiment::posterior::codec;
+    use arbiter::experiment::StatsRecord;
+    // Both written by tests/data/stats_record.py, independently of the Rust encoder.
+    let v1 = std::fs::read("tests/data/stats_record.v1.bin").expect("golden file");
+    let v2 = std::fs::read("tests/data/stats_record.v2.bin").expect("golden file");
+    let key = b"stats/t";
+    let old: StatsRecord = decode(key, &v1).expect("v1 decodes");
+    let new: StatsRecord = decode(key, &v2).expect("v2 decodes");
+    assert_eq!(format!("{old:?}"), format!("{new:?}"));
+    assert_eq!((new.arms[0].n, new.arms[0].wins), (2, 1));
+    assert_eq!(new.arms[0].total(), 0.008);
+    assert_eq!(new.arms[1].metrics["slippage_bps"].count, 3);
+    assert_eq!(new.suspended, vec![false, true]);
+    assert_eq!((new.sequential[0].tau2, new.sequential[0].p), (0.3, 0.04));
+    let mut body = vec![2];
+    codec::encode(&new, &mut body);
+    assert_eq!(body, v2, "the encoder writes the same bytes");
 }

@@ -6,6 +6,8 @@
 //! summation. Two summaries combine with Chan, Golub & LeVeque (1979), "Updating formulae and a
 //! pairwise algorithm for computing sample variances".
 
+pub mod codec;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,7 @@ use super::rng;
 use super::stopping::SequentialState;
 use super::table::{apply_limits, AllocationTable};
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
-use crate::storage::Record;
+use crate::storage::{BodyError, Record};
 
 /// The durable statistical state of a test: sufficient statistics, stop-loss suspensions and the
 /// sequential tests. Written atomically with the results that changed it.
@@ -51,8 +51,22 @@ impl StatsRecord {
     }
 }
 
+/// Version 1: JSON. Version 2: the binary body of [`super::posterior::codec`].
 impl Record for StatsRecord {
-    const FORMAT_VERSION: u8 = 1;
+    const FORMAT_VERSION: u8 = 2;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> crate::storage::Result<()> {
+        super::posterior::codec::encode(self, out);
+        Ok(())
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, BodyError> {
+        match version {
+            1 => serde_json::from_slice(body).map_err(BodyError::Json),
+            2 => super::posterior::codec::decode(body).map_err(BodyError::Malformed),
+            _ => Err(BodyError::UnknownVersion),
+        }
+    }
 }
 
 /// Allocation counters, persisted periodically (a crash loses at most one interval of them).

@@ -1,8 +1,10 @@
-//! Versioned record encoding: one format-version byte followed by the record as JSON.
+//! Versioned record encoding: one format-version byte followed by the record's body, JSON unless
+//! the record overrides [`Record::encode_body`] and [`Record::decode_body`].
 //!
 //! JSON keeps records readable in a hex dump and lets later versions add fields with
 //! `#[serde(default)]` without a migration; the version byte is there for changes that cannot be
-//! expressed that way. Hot-path records that need a compact encoding get their own codec.
+//! expressed that way. Records rewritten on every result batch have compact binary bodies
+//! (built from [`super::bytes`]) and keep decoding their older JSON versions.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,34 +15,55 @@ use super::{Result, StorageError};
 pub trait Record: Serialize + DeserializeOwned {
     /// The format version written by this build; older versions must keep decoding.
     const FORMAT_VERSION: u8;
+
+    /// Appends the body of the current format version to `out`; JSON unless overridden.
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {
+        serde_json::to_writer(out, self).map_err(StorageError::Encode)
+    }
+
+    /// Decodes a body written with format `version`. The default reads the JSON of
+    /// [`Self::FORMAT_VERSION`]; records that changed format read each older version too.
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, BodyError> {
+        if version != Self::FORMAT_VERSION {
+            return Err(BodyError::UnknownVersion);
+        }
+        serde_json::from_slice(body).map_err(BodyError::Json)
+    }
+}
+
+/// Why a body could not be decoded; [`decode`] adds the key.
+#[derive(Debug)]
+pub enum BodyError {
+    /// A JSON body did not parse.
+    Json(serde_json::Error),
+    /// A binary body is malformed: what was wrong.
+    Malformed(String),
+    /// This build does not know the version.
+    UnknownVersion,
 }
 
 pub(super) fn encode<T: Record>(record: &T) -> Result<Vec<u8>> {
     let mut bytes = vec![T::FORMAT_VERSION];
-    serde_json::to_writer(&mut bytes, record).map_err(StorageError::Encode)?;
+    record.encode_body(&mut bytes)?;
     Ok(bytes)
 }
 
 /// Decodes a record read from `key`, checking its format version.
 pub fn decode<T: Record>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    let key_text = || String::from_utf8_lossy(key).into_owned();
-    match bytes.split_first() {
-        Some((&version, body)) if version == T::FORMAT_VERSION => serde_json::from_slice(body)
-            .map_err(|source| StorageError::Decode {
-                key: key_text(),
-                source,
-            }),
-        Some((&found, _)) => Err(StorageError::UnknownFormat {
-            key: key_text(),
+    let key = || String::from_utf8_lossy(key).into_owned();
+    let (found, result) = match bytes.split_first() {
+        Some((&version, body)) => (version, T::decode_body(version, body)),
+        None => (0, Err(BodyError::UnknownVersion)),
+    };
+    result.map_err(|e| match e {
+        BodyError::Json(source) => StorageError::Decode { key: key(), source },
+        BodyError::Malformed(why) => StorageError::Corrupt { key: key(), why },
+        BodyError::UnknownVersion => StorageError::UnknownFormat {
+            key: key(),
             found,
             known: T::FORMAT_VERSION,
-        }),
-        None => Err(StorageError::UnknownFormat {
-            key: key_text(),
-            found: 0,
-            known: T::FORMAT_VERSION,
-        }),
-    }
+        },
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,188 @@
+//! The binary body (format version 2) of a test's statistics record, rewritten on every result
+//! batch that touches the test. Version 1 was JSON: 1445 bytes for eight arms with a few results,
+//! against 531 here, and sled keeps recently written values in memory and rewrites them on every
+//! change.
+//!
+//! Layout, in order ([`crate::storage::ByteWriter`]: varints, little-endian f64 bits, byte strings):
+//! - arm count; per arm: `n`, `mean`, `m2`, `sum`, `sum_compensation`, `wins`, `min`, `max`, metric
+//!   count, and per metric (ascending names): name, `count`, `mean`;
+//! - suspended flags: count, one byte each (0 or 1);
+//! - sequential tests: count; per test: `tau2`, `p`.
+
+use std::collections::BTreeMap;
+
+use super::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
+use crate::experiment::state::StatsRecord;
+use crate::experiment::stopping::SequentialState;
+use crate::storage::{ByteReader, ByteWriter};
+
+/// Smallest encoded arm: varints of one byte and six floats.
+const MIN_ARM_BYTES: usize = 3 + 6 * 8;
+
+/// Appends the version 2 body of `record` to `out`.
+pub fn encode(record: &StatsRecord, out: &mut Vec<u8>) {
+    let mut w = ByteWriter(out);
+    w.len(record.arms.len());
+    for arm in &record.arms {
+        w.varint(arm.n);
+        [arm.mean, arm.m2, arm.sum, arm.sum_compensation]
+            .into_iter()
+            .for_each(|x| w.f64(x));
+        w.varint(arm.wins);
+        w.f64(arm.min);
+        w.f64(arm.max);
+        w.len(arm.metrics.len());
+        for (name, metric) in &arm.metrics {
+            w.bytes(name.as_bytes());
+            w.varint(metric.count);
+            w.f64(metric.mean);
+        }
+    }
+    w.len(record.suspended.len());
+    record.suspended.iter().for_each(|&s| w.0.push(u8::from(s)));
+    w.len(record.sequential.len());
+    for s in &record.sequential {
+        w.f64(s.tau2);
+        w.f64(s.p);
+    }
+}
+
+/// Reads a version 2 body; the error says which field is malformed.
+pub fn decode(body: &[u8]) -> Result<StatsRecord, String> {
+    let mut r = ByteReader::new(body);
+    let arm_count = r.len("arm count", MIN_ARM_BYTES)?;
+    let mut arms = Vec::with_capacity(arm_count);
+    for _ in 0..arm_count {
+        arms.push(read_arm(&mut r)?);
+    }
+    let suspended_count = r.len("suspended count", 1)?;
+    let suspended = r
+        .take(suspended_count, "suspended flags")?
+        .iter()
+        .map(|&b| match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(format!("suspended flag {b} is neither 0 nor 1")),
+        })
+        .collect::<Result<Vec<bool>, String>>()?;
+    let sequential_count = r.len("sequential test count", 16)?;
+    let mut sequential = Vec::with_capacity(sequential_count);
+    for _ in 0..sequential_count {
+        sequential.push(SequentialState {
+            tau2: r.f64("tau2")?,
+            p: r.f64("p")?,
+        });
+    }
+    r.finish()?;
+    Ok(StatsRecord {
+        arms,
+        suspended,
+        sequential,
+    })
+}
+
+fn read_arm(r: &mut ByteReader<'_>) -> Result<ArmStats, String> {
+    let n = r.varint("n")?;
+    let mean = r.f64("mean")?;
+    let m2 = r.f64("m2")?;
+    let sum = r.f64("sum")?;
+    let sum_compensation = r.f64("sum_compensation")?;
+    let wins = r.varint("wins")?;
+    if wins > n {
+        return Err(format!("{wins} wins of {n} results"));
+    }
+    let min = r.f64("min")?;
+    let max = r.f64("max")?;
+    let metric_count = r.len("metric count", 10)?;
+    if metric_count > MAX_METRICS_PER_ARM {
+        return Err(format!(
+            "{metric_count} metrics exceed the limit of {MAX_METRICS_PER_ARM}"
+        ));
+    }
+    let mut metrics = BTreeMap::new();
+    for _ in 0..metric_count {
+        let name = std::str::from_utf8(r.bytes("metric name")?)
+            .map_err(|e| format!("metric name is not UTF-8: {e}"))?
+            .to_owned();
+        let metric = MetricStats {
+            count: r.varint("metric count")?,
+            mean: r.f64("metric mean")?,
+        };
+        metrics.insert(name, metric);
+    }
+    Ok(ArmStats {
+        n,
+        mean,
+        m2,
+        sum,
+        sum_compensation,
+        wins,
+        min,
+        max,
+        metrics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatsRecord {
+        let mut record = StatsRecord::new(3);
+        for (i, x) in [0.012, -0.004, 0.1 + 0.2, -0.0, 5e-324].iter().enumerate() {
+            record.arms[i % 3].add(*x);
+        }
+        record.arms[1].add_metric("slippage_bps", 1.25);
+        record.arms[1].add_metric("fill_rate", 0.97);
+        record.suspended[2] = true;
+        record.sequential[0] = SequentialState { tau2: 0.3, p: 0.04 };
+        record
+    }
+
+    #[test]
+    fn round_trips_bit_for_bit_in_under_two_fifths_of_the_json() {
+        let record = sample();
+        let mut body = Vec::new();
+        encode(&record, &mut body);
+        let back = decode(&body).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{record:?}"));
+        for (a, b) in record.arms.iter().zip(&back.arms) {
+            assert_eq!(a.mean.to_bits(), b.mean.to_bits());
+            assert_eq!(a.min.to_bits(), b.min.to_bits());
+        }
+        // Eight arms with a few results each: full-precision floats, as in a live test.
+        let mut eight = StatsRecord::new(8);
+        for (i, arm) in eight.arms.iter_mut().enumerate() {
+            [0.0123, -0.0071, 0.0049]
+                .iter()
+                .for_each(|x| arm.add(x * i as f64));
+        }
+        let mut binary = Vec::new();
+        encode(&eight, &mut binary);
+        let json = serde_json::to_vec(&eight).expect("json");
+        // 531 bytes against 1445 when written.
+        assert!(
+            binary.len() * 5 < json.len() * 2,
+            "{} vs {}",
+            binary.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_bad_flag_is_an_error() {
+        let mut body = Vec::new();
+        encode(&sample(), &mut body);
+        for len in 0..body.len() {
+            assert!(decode(&body[..len]).is_err(), "truncated to {len}");
+        }
+        let mut extra = body.clone();
+        extra.push(0);
+        assert!(decode(&extra).unwrap_err().contains("left over"));
+        // The flag of the third arm (flags come before the sequential tests' 1 + 2 × 16 bytes).
+        let flag = body.len() - 1 - 2 * 16 - 1;
+        assert_eq!(body[flag], 1);
+        body[flag] = 7;
+        assert!(decode(&body).unwrap_err().contains("neither 0 nor 1"));
+    }
+}

@@ -1,0 +1,50 @@
+"""Writes the golden statistics records of tests/golden.rs, independently of the Rust encoder.
+
+stats_record.v1.bin: format version 1, JSON (serde's field names).
+stats_record.v2.bin: format version 2, binary (src/experiment/posterior/codec.rs): LEB128 varints,
+little-endian f64, length-prefixed strings.
+Both hold the same record: two arms, one metric, arm 1 suspended, one sequential test.
+"""
+import json
+import struct
+
+arms = [
+    {"n": 2, "mean": 0.004, "m2": 0.000128, "sum": 0.008, "sum_compensation": 0.0, "wins": 1,
+     "min": -0.004, "max": 0.012, "metrics": {}},
+    {"n": 3, "mean": -0.5, "m2": 2.0, "sum": -1.5, "sum_compensation": 1e-17, "wins": 0,
+     "min": -1.5, "max": 0.0, "metrics": {"slippage_bps": {"count": 3, "mean": 1.25}}},
+]
+record = {"arms": arms, "suspended": [False, True], "sequential": [{"tau2": 0.3, "p": 0.04}]}
+
+with open("stats_record.v1.bin", "wb") as f:
+    f.write(b"\x01" + json.dumps(record, separators=(",", ":")).encode())
+
+
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def f64(x):
+    return struct.pack("<d", x)
+
+
+body = bytearray(varint(len(arms)))
+for a in arms:
+    body += varint(a["n"])
+    for k in ("mean", "m2", "sum", "sum_compensation"):
+        body += f64(a[k])
+    body += varint(a["wins"]) + f64(a["min"]) + f64(a["max"]) + varint(len(a["metrics"]))
+    for name in sorted(a["metrics"]):
+        m = a["metrics"][name]
+        body += varint(len(name)) + name.encode() + varint(m["count"]) + f64(m["mean"])
+body += varint(len(record["suspended"])) + bytes(int(s) for s in record["suspended"])
+body += varint(len(record["sequential"]))
+for s in record["sequential"]:
+    body += f64(s["tau2"]) + f64(s["p"])
+with open("stats_record.v2.bin", "wb") as f:
+    f.write(b"\x02" + bytes(body))
