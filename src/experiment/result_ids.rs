@@ -13,10 +13,11 @@
 //!   one run of a higher tier, so a test holds at most 7 runs in each of the 3 tiers below
 //!   [`FULL_RUN`] ids plus full runs, and each id is rewritten at most 3 times (never, when it
 //!   arrived in a batch of 512 or more).
-//! - **In memory.** A hash set of the fingerprints, read from the runs on the first batch with
-//!   result_ids after start (so start-up reads nothing of it and its time does not grow with the
-//!   results recorded), and dropped again after [`IDLE_EVICTION`] without such a batch. Memory: 16
-//!   bytes per id plus the hash table's slack (≤ 40 bytes per id in all) while loaded.
+//! - **In memory.** The fingerprints ([`seen::SeenIds`]: a sorted vector up to 1024 ids, then a
+//!   hash set), read from the runs on the first batch with result_ids after start (so start-up
+//!   reads nothing of it and its time does not grow with the results recorded), and dropped again
+//!   after [`IDLE_EVICTION`] without such a batch. Memory while loaded: 16 bytes per id, plus the
+//!   hash table's slack (≤ 40 bytes per id in all) past 1024 ids.
 //! - **Older data directories** kept one `rid/<test_id>/<result_id>` key per id; loading folds
 //!   them into a run and removes them in one batch.
 
@@ -27,6 +28,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::storage::{keys, Storage, StorageError, WriteBatch};
+use seen::SeenIds;
+
+mod seen;
 
 /// Runs of one tier merged into one run of the next.
 pub const FANOUT: usize = 8;
@@ -124,7 +128,7 @@ struct Run {
 /// The loaded index.
 #[derive(Debug)]
 struct Loaded {
-    seen: FingerprintSet,
+    seen: SeenIds,
     /// Stored runs in sequence order.
     runs: Vec<Run>,
     next_seq: u64,
@@ -169,7 +173,7 @@ impl ResultIds {
             loaded.last_used = Instant::now();
             return Ok(());
         }
-        let mut seen = FingerprintSet::default();
+        let mut seen = SeenIds::default();
         let mut runs = Vec::new();
         for entry in storage.scan_raw(&keys::result_id_runs(test_id)) {
             let (key, value) = entry?;
