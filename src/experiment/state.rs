@@ -155,8 +155,8 @@ impl TestState {
     /// Builds the state of a test read at start-up without running its policy: a RUNNING test
     /// serves the table stored with its allocation counters (or the limits applied to an even
     /// split when none is stored) and is marked dirty, so the caller queues it for the refresher.
-    /// Thompson sampling's Monte Carlo takes milliseconds per test; 10k tests must not delay
-    /// serving by that much.
+    /// A policy may take milliseconds per test (Thompson sampling's Monte Carlo fallback); 10k
+    /// tests must not delay serving by that much.
     pub fn restored(
         record: TestRecord,
         stats: StatsRecord,
@@ -280,7 +280,7 @@ impl TestState {
     }
 
     /// Computes and swaps in a new table. The book is locked only to copy what the policy needs
-    /// (the policy's Monte Carlo may take hundreds of microseconds; writers must not wait for it);
+    /// (a policy may take hundreds of microseconds; writers must not wait for it);
     /// `_publishing` orders concurrent refreshes.
     fn publish(&self, _publishing: parking_lot::MutexGuard<'_, ()>) {
         // Cleared before reading: results applied after this point mark the test dirty again.
