@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 pub use allocate::Allocated;
 pub use error::ExperimentError;
 pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
-pub use lifecycle::TestView;
+pub use lifecycle::{ListCursor, TestView};
 pub use results::{ArmResults, ComparisonResults, TestResults};
 use state::TestState;
 pub use state::{AllocationRecord, Decision, StatsRecord};

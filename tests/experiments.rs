@@ -304,6 +304,7 @@ async fn pause_resume_stop_and_what_allocate_returns_in_each_status() {
     let completed = client
         .list_tests(pb::ListTestsRequest {
             status: Some(TS::Completed as i32),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -383,7 +384,10 @@ async fn unknown_tests_are_not_found_everywhere() {
     );
     assert_status(
         client
-            .list_tests(pb::ListTestsRequest { status: Some(17) })
+            .list_tests(pb::ListTestsRequest {
+                status: Some(17),
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
         "status",
@@ -817,5 +821,80 @@ async fn results_move_allocations_and_feed_model_performance() {
         })
         .await
         .expect("deletable once the test ended");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_tests_pages_through_every_test_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut registry = server.registry().await;
+    let models = register_models(&mut registry, 2).await;
+    let mut client = server.experiments().await;
+    for i in 0..5 {
+        client
+            .create_test(test_request(&format!("t{i}"), &models))
+            .await
+            .expect("create");
+    }
+    client
+        .stop_test(pb::StopTestRequest {
+            test_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop");
+    let ids = |tests: &[pb::Test]| tests.iter().map(|t| t.test_id.clone()).collect::<Vec<_>>();
+    let everything = client
+        .list_tests(pb::ListTestsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(everything.tests.len(), 5);
+    assert!(everything.next_page_token.is_empty());
+
+    for (status, want) in [
+        (None, ids(&everything.tests)),
+        (Some(TS::Running), {
+            let mut running = ids(&everything.tests);
+            running.retain(|id| id != "t1");
+            running
+        }),
+    ] {
+        let mut pages = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_tests(pb::ListTestsRequest {
+                    status: status.map(|s| s as i32),
+                    page_size: 2,
+                    page_token,
+                })
+                .await
+                .expect("page")
+                .into_inner();
+            assert!(page.tests.len() <= 2);
+            pages.push(ids(&page.tests));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(pages.concat(), want, "pages of {status:?}: {pages:?}");
+        assert_eq!(pages.len(), want.len().div_ceil(2));
+    }
+
+    for bad in ["nonsense", "12:", ":t1", "x:t1"] {
+        assert_status(
+            client
+                .list_tests(pb::ListTestsRequest {
+                    page_token: bad.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "page_token",
+        );
+    }
     server.stop().await;
 }

@@ -187,11 +187,24 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             Ok(super::json(&test_json(&test)))
         }
         TestsAction::List => {
-            let tests = client
-                .list_tests(pb::ListTestsRequest { status: None })
-                .await?
-                .into_inner()
-                .tests;
+            // Pages keep each answer far below gRPC's default 4 MiB message limit.
+            let mut tests = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_tests(pb::ListTestsRequest {
+                        status: None,
+                        page_size: 500,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                tests.extend(page.tests);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             if as_json {
                 return Ok(super::json(&Value::Array(
                     tests.iter().map(test_json).collect(),

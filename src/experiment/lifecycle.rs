@@ -7,12 +7,49 @@ use crate::audit::AuditDraft;
 use crate::registry::types::ModelStatus;
 use crate::registry::RegistryError;
 use crate::storage::{keys, WriteBatch};
-use crate::time;
+use crate::time::{self, UnixNanos};
 
 use super::state::{AllocationRecord, StatsRecord, TestState};
 use super::stopping;
 use super::types::*;
 use super::{ExperimentError, Experiments, Result, TestResults};
+
+/// Where a page of [`Experiments::list_page`] ended: its last test's creation time and id. Clients
+/// see it as an opaque token, `<created_at>:<test_id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Creation time of the last test of the page.
+    pub created_at: UnixNanos,
+    /// Its id.
+    pub test_id: String,
+}
+
+impl ListCursor {
+    /// The token handed to clients.
+    pub fn to_token(&self) -> String {
+        format!("{}:{}", self.created_at, self.test_id)
+    }
+
+    /// Reads a token from `field`; `None` for the empty token (the first page).
+    pub fn parse(field: &'static str, token: &str) -> Result<Option<Self>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let parsed = token.split_once(':').and_then(|(time, id)| {
+            Some(Self {
+                created_at: time.parse().ok()?,
+                test_id: id.to_owned(),
+            })
+        });
+        match parsed {
+            Some(cursor) if !cursor.test_id.is_empty() => Ok(Some(cursor)),
+            _ => Err(ExperimentError::invalid(
+                field,
+                format!("{token:?} is not a page token returned by ListTests"),
+            )),
+        }
+    }
+}
 
 /// A test as shown to clients: its record and current arm weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,22 +156,45 @@ impl Experiments {
 
     /// Every test (optionally only those in `status`), newest first.
     pub fn list(&self, status: Option<TestStatus>) -> Vec<TestView> {
+        self.list_page(status, None, usize::MAX).0
+    }
+
+    /// One page of [`Self::list`]: at most `limit` tests after `after`, and where the next page
+    /// starts (`None` on the last page). The order (newest first, then by id) is total, so pages
+    /// neither repeat nor skip a test; tests created meanwhile sort before the pages already read.
+    pub fn list_page(
+        &self,
+        status: Option<TestStatus>,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> (Vec<TestView>, Option<ListCursor>) {
+        let key = |r: &TestRecord| {
+            (
+                std::cmp::Reverse(r.created_at),
+                r.config.test_id.to_string(),
+            )
+        };
+        let after = after.map(|c| (std::cmp::Reverse(c.created_at), c.test_id.clone()));
         let mut records: Vec<TestRecord> = self
             .inner
             .tests
             .iter()
             .map(|e| e.value().book.lock().record.clone())
             .filter(|r| status.is_none_or(|s| s == r.status))
+            .filter(|r| after.as_ref().is_none_or(|a| key(r) > *a))
             .collect();
-        records.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.config.test_id.cmp(&b.config.test_id))
+        records.sort_by_cached_key(key);
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next = records.last().filter(|_| more).map(|r| ListCursor {
+            created_at: r.created_at,
+            test_id: r.config.test_id.to_string(),
         });
-        records
+        let views = records
             .into_iter()
             .map(|record| TestView { record })
-            .collect()
+            .collect();
+        (views, next)
     }
 
     /// Pauses a RUNNING test: all traffic goes to the control arm.

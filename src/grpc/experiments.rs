@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::experiment_convert::test_status;
 use super::status;
 use crate::experiment::types::TestConfig;
-use crate::experiment::Experiments;
+use crate::experiment::{Experiments, ListCursor};
 use crate::pb::{self, experiments_server};
 
 /// The Experiments service.
@@ -70,23 +70,27 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::ListTestsRequest>,
     ) -> Result<Response<pb::ListTestsResponse>, Status> {
+        let request = request.into_inner();
         let filter = request
-            .into_inner()
             .status
             .map(|s| test_status("status", s))
             .transpose()
             .map_err(status::experiment)?;
+        let after =
+            ListCursor::parse("page_token", &request.page_token).map_err(status::experiment)?;
+        let limit = match request.page_size {
+            0 => usize::MAX,
+            n => n as usize,
+        };
         self.experiments
             .expire_due_tests()
             .await
             .map_err(status::experiment)?;
-        let tests = self
-            .experiments
-            .list(filter)
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        Ok(Response::new(pb::ListTestsResponse { tests }))
+        let (tests, next) = self.experiments.list_page(filter, after.as_ref(), limit);
+        Ok(Response::new(pb::ListTestsResponse {
+            tests: tests.into_iter().map(Into::into).collect(),
+            next_page_token: next.map(|c| c.to_token()).unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
