@@ -80,4 +80,16 @@ fn stats_record_v1_json_and_v2_binary_decode_to_the_same_record() {
     let mut body = vec![2];
     codec::encode(&new, &mut body);
     assert_eq!(body, v2, "the encoder writes the same bytes");
+
+    // Errors name the key and what is wrong.
+    let truncated = decode::<StatsRecord>(key, &v2[..v2.len() - 3]).unwrap_err();
+    assert!(
+        matches!(truncated, arbiter::storage::StorageError::Corrupt { .. }),
+        "{truncated:?}"
+    );
+    assert!(truncated.to_string().contains("stats/t"), "{truncated}");
+    let mut future = v2.clone();
+    future[0] = 3;
+    let unknown = decode::<StatsRecord>(key, &future).unwrap_err().to_string();
+    assert!(unknown.contains("format version 3"), "{unknown}");
 }

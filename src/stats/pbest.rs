@@ -159,10 +159,10 @@ pub fn probability_best(posteriors: &[Posterior], draws: usize, rng: &mut impl R
     if posteriors.windows(2).all(|w| w[0] == w[1]) {
         return vec![1.0 / posteriors.len().max(1) as f64; posteriors.len()];
     }
-    if let Some(p) = quadrature::probability_best(posteriors) {
-        return p;
-    }
-    let mut p = drawn_or_approximated(posteriors, draws, rng);
+    // Identical posteriors get exactly equal shares: quadrature's products are taken in
+    // different orders for different arms, and draws are noisy.
+    let mut p = quadrature::probability_best(posteriors)
+        .unwrap_or_else(|| drawn_or_approximated(posteriors, draws, rng));
     symmetrize(posteriors, &mut p);
     p
 }
@@ -394,6 +394,33 @@ mod tests {
             (exact[0] - normal[0]).abs() < 0.02,
             "{exact:?} vs {normal:?}"
         );
+    }
+
+    #[test]
+    fn identical_arms_among_others_get_exactly_equal_shares_in_any_order() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
+        let (a, b, c) = (
+            Posterior::Beta {
+                alpha: 4.0,
+                beta: 3.0,
+            },
+            Posterior::Beta {
+                alpha: 2.0,
+                beta: 5.0,
+            },
+            Posterior::Beta {
+                alpha: 6.0,
+                beta: 2.0,
+            },
+        );
+        let p = probability_best(&[a, b, a, c], 1, &mut rng);
+        assert_eq!(p[0], p[2], "{p:?}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // Reordering the arms reorders the answer (up to rounding).
+        let q = probability_best(&[c, a, b, a], 1, &mut rng);
+        for (x, y) in [(p[0], q[1]), (p[1], q[2]), (p[3], q[0])] {
+            assert!((x - y).abs() < 1e-12, "{p:?} vs {q:?}");
+        }
     }
 
     #[test]

@@ -104,6 +104,13 @@ fn read_arm(r: &mut ByteReader<'_>) -> Result<ArmStats, String> {
         let name = std::str::from_utf8(r.bytes("metric name")?)
             .map_err(|e| format!("metric name is not UTF-8: {e}"))?
             .to_owned();
+        // The encoder writes names in ascending order; anything else is corruption.
+        if metrics
+            .last_key_value()
+            .is_some_and(|(last, _): (&String, _)| *last >= name)
+        {
+            return Err(format!("metric name {name:?} is out of order or repeated"));
+        }
         let metric = MetricStats {
             count: r.varint("metric count")?,
             mean: r.f64("metric mean")?,
@@ -167,6 +174,49 @@ mod tests {
             binary.len(),
             json.len()
         );
+    }
+
+    #[test]
+    fn metrics_must_be_few_ascending_and_unique() {
+        let with_metrics = |names: &[String]| {
+            let mut record = StatsRecord::new(2);
+            // Set directly: `add_metric` itself never exceeds the limit.
+            record.arms[0].metrics = names
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        MetricStats {
+                            count: 1,
+                            mean: 1.0,
+                        },
+                    )
+                })
+                .collect();
+            let mut body = Vec::new();
+            encode(&record, &mut body);
+            body
+        };
+        let body = with_metrics(&["a".into(), "c".into()]);
+        assert!(decode(&body).is_ok());
+        // Names are the only `a`/`c` bytes after their one-byte length prefix (1).
+        let second = body
+            .windows(2)
+            .position(|w| w == [1, b'c'])
+            .expect("name c")
+            + 1;
+        let mut repeated = body.clone();
+        repeated[second] = b'a';
+        let err = decode(&repeated).unwrap_err();
+        assert!(err.contains("out of order or repeated"), "{err}");
+        let mut descending = body.clone();
+        descending[second] = b'0';
+        assert!(decode(&descending).is_err());
+        let names: Vec<String> = (0..=MAX_METRICS_PER_ARM)
+            .map(|i| format!("m{i:02}"))
+            .collect();
+        let err = decode(&with_metrics(&names)).unwrap_err();
+        assert!(err.contains("exceed the limit"), "{err}");
     }
 
     #[test]
