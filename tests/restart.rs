@@ -537,3 +537,42 @@ async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn allocation_counts_of_more_tests_than_one_persist_chunk_survive_a_restart() {
+    // The persister writes allocation records in chunks of 256 (src/experiment.rs).
+    const TESTS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let server = TestServer::start(dir.path()).await;
+        let mut registry = server.registry().await;
+        let models = register_models(&mut registry, 2).await;
+        let mut client = server.experiments().await;
+        let mut allocator = server.allocator().await;
+        for i in 0..TESTS {
+            let id = format!("t{i}");
+            client
+                .create_test(test_request(&id, &models))
+                .await
+                .expect("create");
+            for _ in 0..=i % 3 {
+                allocate(&mut allocator, &id).await;
+            }
+        }
+        drop((client, allocator, registry));
+        server.stop().await;
+    }
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.experiments().await;
+    for i in 0..TESTS {
+        let results = client
+            .get_test_results(pb::GetTestResultsRequest {
+                test_id: format!("t{i}"),
+            })
+            .await
+            .expect("results")
+            .into_inner();
+        assert_eq!(results.total_allocations, (i % 3 + 1) as u64, "t{i}");
+    }
+    server.stop().await;
+}

@@ -229,6 +229,34 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
         mib(after),
         mib(later)
     );
+    // One allocation per test: the next persist writes 10k allocation records (and the tests
+    // now hold allocation state).
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut allocator = pb::allocator_client::AllocatorClient::connect(url)
+                .await
+                .expect("connect");
+            for i in (worker..10_000).step_by(8) {
+                allocator
+                    .allocate(pb::AllocateRequest {
+                        test_id: format!("t{i}"),
+                        unit_key: String::new(),
+                    })
+                    .await
+                    .expect("allocate");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "3 s after one allocation per test: {:.1} MiB",
+        mib(rss(child.id()))
+    );
     // Traffic: two results per arm for every test, with result ids (each test then also holds
     // its idempotency index, for five minutes after its last batch, and a report series).
     let started = Instant::now();
