@@ -196,13 +196,16 @@ impl ResultIds {
         for entry in storage.scan_raw(&legacy_prefix) {
             let (key, _) = entry?;
             let fp = fingerprint(&String::from_utf8_lossy(&key[legacy_prefix.len()..]));
-            if seen.insert(fp) {
+            if !seen.contains(&fp) {
                 folded.push(fp);
             }
             legacy.remove(&key);
         }
         if !legacy.is_empty() {
             folded.sort_unstable();
+            folded.dedup();
+            // One merge for all of them (inserting one at a time would copy a sorted set each time).
+            seen.extend(folded.iter().copied());
             if !folded.is_empty() {
                 legacy.put_raw(keys::result_id_run(test_id, next_seq), encode_run(&folded));
                 runs.push(Run {

@@ -72,15 +72,6 @@ impl SeenIds {
             }
         }
     }
-
-    /// Adds `fp`; returns whether it was new.
-    pub fn insert(&mut self, fp: u128) -> bool {
-        if self.contains(&fp) {
-            return false;
-        }
-        self.extend([fp]);
-        true
-    }
 }
 
 #[cfg(test)]
@@ -123,7 +114,5 @@ mod tests {
                 assert_eq!(v.capacity(), v.len());
             }
         }
-        assert!(!seen.insert(0));
-        assert!(seen.insert(u128::MAX));
     }
 }
