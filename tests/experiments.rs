@@ -861,25 +861,12 @@ async fn list_tests_pages_through_every_test_once_in_order() {
             running
         }),
     ] {
-        let mut pages = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_tests(pb::ListTestsRequest {
-                    status: status.map(|s| s as i32),
-                    page_size: 2,
-                    page_token,
-                })
-                .await
-                .expect("page")
-                .into_inner();
-            assert!(page.tests.len() <= 2);
-            pages.push(ids(&page.tests));
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+        let pages: Vec<Vec<String>> = list_test_pages(&mut client, status, 2)
+            .await
+            .iter()
+            .map(|page| ids(page))
+            .collect();
+        assert!(pages.iter().all(|page| page.len() <= 2));
         assert_eq!(pages.concat(), want, "pages of {status:?}: {pages:?}");
         assert_eq!(pages.len(), want.len().div_ceil(2));
     }

@@ -349,24 +349,12 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
         ticks = now;
     }
     // 10 000 tests in one answer are ~5 MB, above tonic's default 4 MiB limit: pages of 1000.
-    let mut listed = std::collections::HashSet::new();
-    let mut page_token = String::new();
-    loop {
-        let page = experiments
-            .list_tests(pb::ListTestsRequest {
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        listed.extend(page.tests.into_iter().map(|t| t.test_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let listed: std::collections::HashSet<String> = list_test_pages(&mut experiments, None, 1000)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|t| t.test_id)
+        .collect();
     assert_eq!(listed.len(), 10_000);
     let _ = child.kill();
     let _ = child.wait();

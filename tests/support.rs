@@ -356,6 +356,32 @@ pub async fn allocate(client: &mut AllocatorClient<Channel>, test_id: &str) -> p
         .into_inner()
 }
 
+/// Every page of ListTests (optionally only `status`), following the page tokens.
+pub async fn list_test_pages(
+    client: &mut ExperimentsClient<Channel>,
+    status: Option<pb::TestStatus>,
+    page_size: u32,
+) -> Vec<Vec<pb::Test>> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tests(pb::ListTestsRequest {
+                status: status.map(|s| s as i32),
+                page_size,
+                page_token,
+            })
+            .await
+            .expect("list page")
+            .into_inner();
+        pages.push(page.tests);
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// A result attributed by arm id.
 pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
     pb::ResultRecord {

@@ -154,14 +154,10 @@ impl Experiments {
         Ok(TestView { record })
     }
 
-    /// Every test (optionally only those in `status`), newest first.
-    pub fn list(&self, status: Option<TestStatus>) -> Vec<TestView> {
-        self.list_page(status, None, usize::MAX).0
-    }
-
-    /// One page of [`Self::list`]: at most `limit` tests after `after`, and where the next page
-    /// starts (`None` on the last page). The order (newest first, then by id) is total, so pages
-    /// neither repeat nor skip a test; tests created meanwhile sort before the pages already read.
+    /// Tests (optionally only those in `status`), newest first: at most `limit` after `after`,
+    /// and where the next page starts (`None` on the last page). The order (newest first, then
+    /// by id) is total, so pages neither repeat nor skip a test; tests created meanwhile sort
+    /// before the pages already read.
     pub fn list_page(
         &self,
         status: Option<TestStatus>,

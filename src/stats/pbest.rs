@@ -125,12 +125,22 @@ impl Sampler {
 /// Shape parameters (Beta: min(α, β); NIG: α) from which a posterior counts as normal.
 pub const NORMAL_APPROXIMATION_MIN_SHAPE: f64 = 500.0;
 
+/// Mean and standard deviation of Beta(α, β).
+fn beta_mean_sd(alpha: f64, beta: f64) -> (f64, f64) {
+    let n = alpha + beta;
+    (alpha / n, (alpha * beta / (n * n * (n + 1.0))).sqrt())
+}
+
+/// Scale of the t_{2α}(μ, β/(ακ)) marginal of a Normal-Inverse-Gamma mean (Murphy 2007, eq. 110).
+fn nig_mean_scale(kappa: f64, alpha: f64, beta: f64) -> f64 {
+    (beta / (alpha * kappa)).sqrt()
+}
+
 /// The normal (mean, standard deviation) standing in for a concentrated posterior.
 fn normal_form(posterior: &Posterior) -> Option<(f64, f64)> {
     match *posterior {
         Posterior::Beta { alpha, beta } if alpha.min(beta) >= NORMAL_APPROXIMATION_MIN_SHAPE => {
-            let n = alpha + beta;
-            Some((alpha / n, (alpha * beta / (n * n * (n + 1.0))).sqrt()))
+            Some(beta_mean_sd(alpha, beta))
         }
         Posterior::NormalInverseGamma {
             mu,
@@ -142,7 +152,7 @@ fn normal_form(posterior: &Posterior) -> Option<(f64, f64)> {
             && beta > 0.0
             && mu.is_finite() =>
         {
-            Some((mu, (beta / (alpha * kappa)).sqrt()))
+            Some((mu, nig_mean_scale(kappa, alpha, beta)))
         }
         _ => None,
     }

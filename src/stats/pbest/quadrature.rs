@@ -29,7 +29,7 @@
 use statrs::function::beta::ln_beta;
 use statrs::function::gamma::ln_gamma;
 
-use super::Posterior;
+use super::{beta_mean_sd, nig_mean_scale, Posterior};
 
 /// Half-width of each arm's range, in standard deviations. Beta(1, b), the most skewed posterior
 /// here, has `e^{−13} ≈ 2·10⁻⁶` of its mass above `mean + 12·sd`.
@@ -86,7 +86,7 @@ impl Density {
                 beta,
             } => {
                 let nu = 2.0 * alpha;
-                let scale = (beta / (alpha * kappa)).sqrt();
+                let scale = nig_mean_scale(kappa, alpha, beta);
                 let usable = nu >= MIN_T_DEGREES
                     && nu.is_finite()
                     && scale > 0.0
@@ -115,8 +115,8 @@ impl Density {
     fn moments_and_support(&self) -> (f64, f64, f64, f64) {
         match *self {
             Self::Beta { a, b, .. } => {
-                let n = a + b;
-                (a / n, (a * b / (n * n * (n + 1.0))).sqrt(), 0.0, 1.0)
+                let (mean, sd) = beta_mean_sd(a, b);
+                (mean, sd, 0.0, 1.0)
             }
             Self::StudentT { mu, scale, nu, .. } => (
                 mu,
