@@ -7,11 +7,16 @@
 //! acknowledge a client only after that flush. Concurrent flushes are coalesced: writers that ask
 //! while a flush is running share the next one.
 //!
+//! Result batches, too frequent and too small for sled, go to the [`journal`] instead: an
+//! append-only log of opaque entries with its own group commit, which the owner snapshots into
+//! sled and trims.
+//!
 //! This module knows nothing of models, tests or gRPC.
 
 mod bytes;
 mod codec;
 mod group_commit;
+pub mod journal;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use std::sync::Arc;
 pub use bytes::{ByteReader, ByteWriter};
 pub use codec::{decode, BodyError, Record};
 use group_commit::GroupCommit;
+pub use journal::{Entry as JournalEntry, Journal};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +86,14 @@ pub struct Storage {
     flusher: GroupCommit,
     applied_batches: Arc<AtomicU64>,
     data_dir: PathBuf,
+    journal: Arc<Journal>,
+    /// The journal's entries as found at open, until the owner takes them to replay.
+    journal_tail: parking_lot::Mutex<Option<Vec<JournalEntry>>>,
 }
 
 impl Storage {
-    /// Opens (or creates) the database under `<data_dir>/db`.
+    /// Opens (or creates) the database under `<data_dir>/db` and the journal under
+    /// `<data_dir>/journal`.
     ///
     /// Must be called within a tokio runtime: it starts the group-commit task.
     pub fn open(data_dir: &Path) -> Result<Self> {
@@ -100,12 +110,27 @@ impl Storage {
             .open()?;
         let applied_batches = Arc::new(AtomicU64::new(0));
         let flusher = GroupCommit::start(db.clone(), applied_batches.clone());
+        let (journal, tail) = Journal::open(&data_dir.join("journal"))?;
+        let journal = Arc::new(journal);
+        journal.start()?;
         Ok(Self {
             db,
             flusher,
             applied_batches,
             data_dir: data_dir.to_path_buf(),
+            journal,
+            journal_tail: parking_lot::Mutex::new(Some(tail)),
         })
+    }
+
+    /// The result journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The journal's entries as found at open (empty after the first call).
+    pub fn take_journal_tail(&self) -> Vec<JournalEntry> {
+        self.journal_tail.lock().take().unwrap_or_default()
     }
 
     /// The data directory this storage lives in.
@@ -189,10 +214,11 @@ impl Storage {
         self.flusher.flush_through(mark).await
     }
 
-    /// Flushes synchronously (for shutdown and tools outside the request path).
+    /// Flushes the database and syncs the journal synchronously (for shutdown and tools outside
+    /// the request path).
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush()?;
-        Ok(())
+        self.journal.sync_blocking()
     }
 
     /// How many flushes of the database have run through group commit.
