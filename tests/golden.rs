@@ -62,16 +62,31 @@ fn result_id_run_v1_decodes() {
 }
 
 #[test]
-fn stats_record_v1_json_and_v2_binary_decode_to_the_same_record() {
+fn stats_record_v1_json_v2_and_v3_binary_decode_to_the_same_record() {
     use arbiter::experiment::posterior::codec;
     use arbiter::experiment::StatsRecord;
-    // Both written by tests/data/stats_record.py, independently of the Rust encoder.
+    use arbiter::storage::Record;
+    // All written by tests/data/stats_record.py, independently of the Rust encoder.
     let v1 = std::fs::read("tests/data/stats_record.v1.bin").expect("golden file");
     let v2 = std::fs::read("tests/data/stats_record.v2.bin").expect("golden file");
+    let v3 = std::fs::read("tests/data/stats_record.v3.bin").expect("golden file");
     let key = b"stats/t";
     let old: StatsRecord = decode(key, &v1).expect("v1 decodes");
     let new: StatsRecord = decode(key, &v2).expect("v2 decodes");
     assert_eq!(format!("{old:?}"), format!("{new:?}"));
+    assert_eq!((old.journal_position, new.journal_position), (0, 0));
+    let positioned: StatsRecord = decode(key, &v3).expect("v3 decodes");
+    assert_eq!(positioned.journal_position, 300);
+    assert_eq!(
+        StatsRecord {
+            journal_position: 0,
+            ..positioned.clone()
+        },
+        new
+    );
+    let mut body = vec![StatsRecord::FORMAT_VERSION];
+    positioned.encode_body(&mut body).expect("encode");
+    assert_eq!(body, v3, "the encoder writes the same bytes");
     assert_eq!((new.arms[0].n, new.arms[0].wins), (2, 1));
     assert_eq!(new.arms[0].total(), 0.008);
     assert_eq!(new.arms[1].metrics["slippage_bps"].count, 3);
@@ -89,7 +104,7 @@ fn stats_record_v1_json_and_v2_binary_decode_to_the_same_record() {
     );
     assert!(truncated.to_string().contains("stats/t"), "{truncated}");
     let mut future = v2.clone();
-    future[0] = 3;
+    future[0] = 4;
     let unknown = decode::<StatsRecord>(key, &future).unwrap_err().to_string();
-    assert!(unknown.contains("format version 3"), "{unknown}");
+    assert!(unknown.contains("format version 4"), "{unknown}");
 }

@@ -18,7 +18,8 @@ use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
 use crate::storage::{BodyError, Record};
 
 /// The durable statistical state of a test: sufficient statistics, stop-loss suspensions and the
-/// sequential tests. Written atomically with the results that changed it.
+/// sequential tests. Results reach it through the journal; sled holds snapshots of it, each
+/// stamped with the last journal entry it includes ([`StatsRecord::journal_position`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsRecord {
     /// One entry per arm.
@@ -29,6 +30,10 @@ pub struct StatsRecord {
     /// One sequential test per non-control arm.
     #[serde(default)]
     pub sequential: Vec<SequentialState>,
+    /// The position of the last journal entry applied (0: none). Start-up replays only entries
+    /// after it.
+    #[serde(default)]
+    pub journal_position: u64,
 }
 
 impl StatsRecord {
@@ -38,6 +43,7 @@ impl StatsRecord {
             arms: vec![ArmStats::default(); arms],
             suspended: vec![false; arms],
             sequential: vec![SequentialState::default(); arms.saturating_sub(1)],
+            journal_position: 0,
         }
     }
 
@@ -51,12 +57,13 @@ impl StatsRecord {
     }
 }
 
-/// Version 1: JSON. Version 2: the binary body of [`super::posterior::codec`].
+/// Version 1: JSON. Version 2: the binary body of [`super::posterior::codec`]. Version 3: the
+/// journal position as a varint, then the version 2 body. Older versions read as position 0.
 impl Record for StatsRecord {
-    const FORMAT_VERSION: u8 = 2;
+    const FORMAT_VERSION: u8 = 3;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> crate::storage::Result<()> {
-        super::posterior::codec::encode(self, out);
+        super::posterior::codec::encode_positioned(self, out);
         Ok(())
     }
 
@@ -64,6 +71,7 @@ impl Record for StatsRecord {
         match version {
             1 => serde_json::from_slice(body).map_err(BodyError::Json),
             2 => super::posterior::codec::decode(body).map_err(BodyError::Malformed),
+            3 => super::posterior::codec::decode_positioned(body).map_err(BodyError::Malformed),
             _ => Err(BodyError::UnknownVersion),
         }
     }

@@ -105,7 +105,7 @@ impl<'a> ByteReader<'a> {
     }
 
     /// Succeeds only if every byte was read.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(&self) -> Result<(), String> {
         if self.rest.is_empty() {
             Ok(())
         } else {

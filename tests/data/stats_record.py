@@ -3,7 +3,9 @@
 stats_record.v1.bin: format version 1, JSON (serde's field names).
 stats_record.v2.bin: format version 2, binary (src/experiment/posterior/codec.rs): LEB128 varints,
 little-endian f64, length-prefixed strings.
-Both hold the same record: two arms, one metric, arm 1 suspended, one sequential test.
+stats_record.v3.bin: format version 3: the journal position (varint, here 300) and then the
+version 2 body.
+All three hold the same record: two arms, one metric, arm 1 suspended, one sequential test.
 """
 import json
 import struct
@@ -48,3 +50,5 @@ for s in record["sequential"]:
     body += f64(s["tau2"]) + f64(s["p"])
 with open("stats_record.v2.bin", "wb") as f:
     f.write(b"\x02" + bytes(body))
+with open("stats_record.v3.bin", "wb") as f:
+    f.write(b"\x03" + varint(300) + bytes(body))

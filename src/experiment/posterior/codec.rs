@@ -8,6 +8,8 @@
 //!   count, and per metric (ascending names): name, `count`, `mean`;
 //! - suspended flags: count, one byte each (0 or 1);
 //! - sequential tests: count; per test: `tau2`, `p`.
+//!
+//! Version 3 ([`encode_positioned`]) puts the journal position (a varint) before that body.
 
 use std::collections::BTreeMap;
 
@@ -47,13 +49,31 @@ pub fn encode(record: &StatsRecord, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the version 3 body: the journal position, then the version 2 body.
+pub fn encode_positioned(record: &StatsRecord, out: &mut Vec<u8>) {
+    ByteWriter(out).varint(record.journal_position);
+    encode(record, out);
+}
+
+/// Reads a version 3 body.
+pub fn decode_positioned(body: &[u8]) -> Result<StatsRecord, String> {
+    let mut r = ByteReader::new(body);
+    let position = r.varint("journal position")?;
+    let mut record = read(&mut r)?;
+    record.journal_position = position;
+    Ok(record)
+}
+
 /// Reads a version 2 body; the error says which field is malformed.
 pub fn decode(body: &[u8]) -> Result<StatsRecord, String> {
-    let mut r = ByteReader::new(body);
+    read(&mut ByteReader::new(body))
+}
+
+fn read(r: &mut ByteReader<'_>) -> Result<StatsRecord, String> {
     let arm_count = r.len("arm count", MIN_ARM_BYTES)?;
     let mut arms = Vec::with_capacity(arm_count);
     for _ in 0..arm_count {
-        arms.push(read_arm(&mut r)?);
+        arms.push(read_arm(r)?);
     }
     let suspended_count = r.len("suspended count", 1)?;
     let suspended = r
@@ -78,6 +98,7 @@ pub fn decode(body: &[u8]) -> Result<StatsRecord, String> {
         arms,
         suspended,
         sequential,
+        journal_position: 0,
     })
 }
 
