@@ -4,9 +4,11 @@
 //! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
 //! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
-//! Results go to sled with the updated statistics in one atomic batch and are acknowledged after
-//! a (shared) flush; the statistics record doubles as the snapshot, so start-up reads one record
-//! per test and never replays results. Allocation counters are persisted every
+//! Results go to the storage journal, one entry per test and batch, and are acknowledged after a
+//! (shared) sync; every second the statistics of tests with new results are stored in sled,
+//! stamped with the journal position they include, and the journal is trimmed ([`snapshot`]).
+//! Start-up reads one statistics record per test and replays at most about a second of journal.
+//! Allocation counters are persisted every
 //! [`ALLOCATION_PERSIST_INTERVAL`] and at shutdown: a crash can lose at most that interval of
 //! allocation counts, never a result.
 //!
@@ -17,6 +19,7 @@ mod allocate;
 mod error;
 pub mod history;
 mod ingest;
+mod journal_entry;
 mod lifecycle;
 pub mod policy;
 pub mod posterior;
@@ -27,6 +30,7 @@ pub mod rng;
 mod shared_id;
 #[cfg(test)]
 mod simulation_tests;
+mod snapshot;
 mod state;
 pub mod stopping;
 #[cfg(test)]
@@ -46,6 +50,7 @@ pub use error::ExperimentError;
 pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
 pub use lifecycle::{ListCursor, TestView};
 pub use results::{ArmResults, ComparisonResults, TestResults};
+pub use snapshot::SNAPSHOT_INTERVAL;
 use state::TestState;
 pub use state::{AllocationRecord, Decision, StatsRecord};
 use types::*;
@@ -91,6 +96,8 @@ struct Inner {
     tests: DashMap<TestId, Arc<TestState>>,
     /// Tests marked dirty since the refresher's last pass (it visits only these, not every test).
     dirty_tests: Mutex<Vec<Arc<TestState>>>,
+    /// Tests with journaled results that no sled snapshot holds yet (see `snapshot`).
+    unsaved_tests: Mutex<Vec<Arc<TestState>>>,
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
     results_dir: PathBuf,
@@ -98,16 +105,16 @@ struct Inner {
 
 impl Experiments {
     /// Loads every test from storage (one record per test for configuration, statistics and
-    /// allocations; no replay), writes missing final results files, and starts the background
-    /// refresher and allocation persister. Must run inside a tokio runtime.
+    /// allocations), replays the journal entries their statistics do not include yet, writes
+    /// missing final results files, and starts the background refresher, snapshot writer and
+    /// allocation persister. Must run inside a tokio runtime.
     pub fn open(storage: Arc<Storage>, audit: Arc<AuditLog>, registry: Registry) -> Result<Self> {
         let results_dir = storage.data_dir().join("ab_tests").join("results");
         std::fs::create_dir_all(&results_dir).map_err(|source| ExperimentError::Io {
             context: format!("creating {}", results_dir.display()),
             source,
         })?;
-        let tests = DashMap::new();
-        let mut dirty_tests = Vec::new();
+        let mut loaded = Vec::new();
         for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
             let (_, record) = entry?;
             let id = record.config.test_id.clone();
@@ -117,27 +124,39 @@ impl Experiments {
                 .unwrap_or_else(|| StatsRecord::new(k));
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
-            let state = TestState::restored(record, stats, allocations);
-            *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
-            let state = Arc::new(state);
-            if state.is_dirty() {
-                dirty_tests.push(state.clone());
-            }
-            tests.insert(id, state);
+            loaded.push((
+                id,
+                Arc::new(TestState::restored(record, stats, allocations)),
+            ));
         }
         let experiments = Self {
             inner: Arc::new(Inner {
-                storage,
+                storage: storage.clone(),
                 audit,
                 registry,
-                tests,
-                dirty_tests: Mutex::new(dirty_tests),
+                tests: DashMap::new(),
+                dirty_tests: Mutex::new(Vec::new()),
+                unsaved_tests: Mutex::new(Vec::new()),
                 create_lock: Mutex::new(()),
                 results_dir,
             }),
         };
+        let replayed = experiments.replay_journal(&loaded, storage.take_journal_tail())?;
+        if replayed > 0 {
+            tracing::info!(entries = replayed, "replayed result journal");
+        }
+        let mut dirty = experiments.inner.dirty_tests.lock();
+        for (id, state) in loaded {
+            *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
+            if state.is_dirty() {
+                dirty.push(state.clone());
+            }
+            experiments.inner.tests.insert(id, state);
+        }
+        drop(dirty);
         experiments.write_missing_final_results()?;
         experiments.start_background_tasks()?;
+        experiments.start_snapshot_thread()?;
         Ok(experiments)
     }
 

@@ -151,6 +151,15 @@ pub async fn run(
         }
     }
 
+    // A last snapshot round stores every journaled result in sled, so the next start replays
+    // nothing.
+    let snapshotting = experiments.clone();
+    tokio::task::spawn_blocking(move || snapshotting.snapshot())
+        .await
+        .map_err(|e| StorageError::Io {
+            context: "final statistics snapshot".into(),
+            source: std::io::Error::other(e),
+        })??;
     experiments.persist_allocations(true).await?;
     drop((experiments, usage));
     let flushing = storage.clone();

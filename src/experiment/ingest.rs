@@ -1,20 +1,23 @@
 //! Result ingestion: validate each record, skip duplicates by `result_id`, update the arm
-//! statistics, and write statistics and result ids in one atomic batch per test
-//! ([`Experiments::apply_results`]); the caller acknowledges after [`Experiments::make_durable`]
-//! has returned, which is after a flush that covers the batch. [`Experiments::record_batch`] does
-//! both.
+//! statistics, and write one journal entry per test and batch (its accepted results and new
+//! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in sled
+//! ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to sled directly,
+//! with its audit events, in one atomic batch. The caller acknowledges after
+//! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
+//! [`Experiments::record_batch`] does both.
 
 use std::sync::Arc;
 
-use crate::storage::{keys, WriteBatch};
+use crate::storage::WriteBatch;
 use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
 
+use super::journal_entry;
 use super::result_ids::PendingIds;
 use super::state::{StatsRecord, TestState};
 use super::types::{TestConfig, MAX_ARMS};
-use super::{risk, stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
+use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
 /// The audit event of a stop-loss suspension or reinstatement.
 fn suspension_event(
@@ -92,8 +95,10 @@ pub struct AppliedResults {
     outcomes: Vec<Option<RecordOutcome>>,
     touched: Vec<Arc<TestState>>,
     stops: Vec<PendingStop>,
-    /// Storage write mark covering the batch (`None`: nothing was written).
-    mark: Option<u64>,
+    /// Storage write mark covering what went to sled (`None`: nothing did).
+    sled_mark: Option<u64>,
+    /// The last journal entry written (`None`: none was).
+    journal_position: Option<u64>,
 }
 
 impl Experiments {
@@ -115,9 +120,13 @@ impl Experiments {
             outcomes,
             touched,
             stops,
-            mark,
+            sled_mark,
+            journal_position,
         } = applied;
-        if let Some(mark) = mark {
+        if let Some(position) = journal_position {
+            self.inner.storage.journal().sync_through(position).await?;
+        }
+        if let Some(mark) = sled_mark {
             self.inner.storage.flush_through(mark).await?;
         }
         // Refreshed before the acknowledgement (SPEC §2.3: reflected in allocations within 10 ms
@@ -150,9 +159,9 @@ impl Experiments {
             .collect())
     }
 
-    /// Validates the records, skips duplicates, and applies one atomic write per test (statistics,
-    /// result-id run, audit events of stop-loss changes). Not durable yet: see
-    /// [`Experiments::make_durable`].
+    /// Validates the records, skips duplicates, and writes one journal entry per test (or, when a
+    /// stop-loss suspension changes, one atomic sled batch of statistics, result ids and audit
+    /// events). Not durable yet: see [`Experiments::make_durable`].
     pub async fn apply_results(&self, records: Vec<ResultInput>) -> Result<AppliedResults> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
         // Group record indices by test, keeping their order.
@@ -165,6 +174,8 @@ impl Experiments {
         }
         let mut touched = Vec::new();
         let mut stops = Vec::new();
+        let mut journal_through = 0u64;
+        let mut wrote_sled = false;
         for (test_id, indices) in groups {
             // An expired test completes before it could take more results.
             self.expire_if_due(&test_id).await?;
@@ -192,13 +203,12 @@ impl Experiments {
             }
             let config = state.config.clone();
             let mut stats = book.stats.clone();
-            let mut batch = WriteBatch::new();
             let mut result_ids = state.result_ids.lock();
             if indices.iter().any(|&i| !records[i].result_id.is_empty()) {
                 result_ids.load(&self.inner.storage, &test_id)?;
             }
             let mut new_ids = PendingIds::default();
-            let mut applied = 0usize;
+            let mut accepted = Vec::with_capacity(indices.len());
             for i in indices {
                 let r = &records[i];
                 let outcome = match self.check(&config, &stats.arms, r) {
@@ -213,49 +223,68 @@ impl Experiments {
                             for (name, value) in &r.metrics {
                                 stats.arms[arm].add_metric(name, *value);
                             }
-                            applied += 1;
+                            accepted.push((arm, i));
                             RecordOutcome::Accepted
                         }
                     }
                 };
                 outcomes[i] = Some(outcome);
             }
-            if applied == 0 {
+            if accepted.is_empty() {
                 continue;
             }
-            let drafts = risk::update_suspensions(&config, &mut stats)
-                .into_iter()
-                .map(|(arm, suspended)| suspension_event(&config, &stats, arm, suspended))
-                .collect();
-            if stopping::monitoring(&config, &stats.arms) {
-                stopping::look(&config, &stats.arms, &mut stats.sequential);
-            }
+            let suspensions = journal_entry::settle(&config, &mut stats);
             if let Some(stop) = self.stop_decision(&config, &stats) {
                 stops.push(stop);
             }
-            batch.put(keys::test_stats(&test_id), &stats)?;
-            let staged = if new_ids.is_empty() {
-                None
+            if suspensions.is_empty() {
+                // The common case: one journal entry, snapshotted into sled later.
+                let mut payload = Vec::with_capacity(64 + 24 * accepted.len());
+                journal_entry::encode(
+                    &test_id,
+                    accepted.iter().map(|&(arm, i)| {
+                        let r = &records[i];
+                        (arm, r.return_value, r.metrics.as_slice())
+                    }),
+                    new_ids.fingerprints(),
+                    &mut payload,
+                );
+                // Queued before the append: a snapshot that rotates the journal after this entry
+                // then finds the test in its queue (see `snapshot`).
+                self.mark_unsaved(&state);
+                let position = self.inner.storage.journal().append(&payload)?;
+                stats.journal_position = position;
+                journal_through = journal_through.max(position);
+                result_ids.commit_journaled(new_ids);
             } else {
-                Some(result_ids.stage(&self.inner.storage, &test_id, new_ids, &mut batch)?)
-            };
-            self.inner
-                .audit
-                .commit(&self.inner.storage, batch, drafts)?;
-            if let Some(staged) = staged {
-                result_ids.commit(staged);
+                // A stop-loss suspension changed: statistics, every unsaved result id and the
+                // audit events go to sled in one atomic batch, as the audit chain requires.
+                let drafts = suspensions
+                    .into_iter()
+                    .map(|(arm, suspended)| suspension_event(&config, &stats, arm, suspended))
+                    .collect();
+                let mut batch = WriteBatch::new();
+                let staged =
+                    self.stage_stats(&test_id, &stats, &mut result_ids, new_ids, &mut batch)?;
+                self.inner
+                    .audit
+                    .commit(&self.inner.storage, batch, drafts)?;
+                if let Some(staged) = staged {
+                    result_ids.commit(staged);
+                }
+                wrote_sled = true;
             }
             drop(result_ids);
             book.stats = stats;
             drop(book);
             touched.push(state);
         }
-        let mark = (!touched.is_empty()).then(|| self.inner.storage.write_mark());
         Ok(AppliedResults {
             outcomes,
             touched,
             stops,
-            mark,
+            sled_mark: wrote_sled.then(|| self.inner.storage.write_mark()),
+            journal_position: (journal_through > 0).then_some(journal_through),
         })
     }
 

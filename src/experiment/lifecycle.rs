@@ -9,6 +9,7 @@ use crate::registry::RegistryError;
 use crate::storage::{keys, WriteBatch};
 use crate::time::{self, UnixNanos};
 
+use super::result_ids::PendingIds;
 use super::state::{AllocationRecord, StatsRecord, TestState};
 use super::stopping;
 use super::types::*;
@@ -397,8 +398,14 @@ impl Experiments {
             let evidence = stopping::evidence(config, &stats.arms, &stats.sequential);
             let winner = stopping::decide(config, &stats.arms, &evidence);
             let mut batch = WriteBatch::new();
-            batch.put(keys::test_stats(test_id), &stats)?;
+            let mut ids = state.result_ids.lock();
+            let staged =
+                self.stage_stats(test_id, &stats, &mut ids, PendingIds::default(), &mut batch)?;
             self.inner.storage.apply(batch)?;
+            if let Some(staged) = staged {
+                ids.commit(staged);
+            }
+            drop(ids);
             book.stats = stats;
             let days = config.max_duration_days;
             let reason = match winner {
@@ -453,5 +460,10 @@ impl Experiments {
     /// The stored allocation record of a test (for tests and tools).
     pub fn allocation_counts(&self, test_id: &str) -> Result<AllocationRecord> {
         Ok(self.state(test_id)?.allocation_record())
+    }
+
+    /// A copy of a test's statistics as held in memory (for tests and tools).
+    pub fn stats_record(&self, test_id: &str) -> Result<StatsRecord> {
+        Ok(self.state(test_id)?.book.lock().stats.clone())
     }
 }

@@ -140,6 +140,9 @@ struct Loaded {
 #[derive(Debug, Default)]
 pub struct ResultIds {
     loaded: Option<Box<Loaded>>,
+    /// Ids that are durable in the journal but not yet in a stored run: part of the index, and
+    /// written as a run with the next statistics snapshot ([`ResultIds::stage_unsaved`]).
+    unsaved: Vec<u128>,
 }
 
 /// The new ids of one batch, checked against the index but not yet part of it.
@@ -154,6 +157,11 @@ impl PendingIds {
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
+
+    /// The admitted fingerprints, in admission order.
+    pub fn fingerprints(&self) -> &[u128] {
+        &self.order
+    }
 }
 
 /// What [`ResultIds::stage`] put into a write batch, to be taken over once it is applied.
@@ -163,6 +171,8 @@ pub struct StagedRun {
     /// Sequence numbers of the runs merged into this one.
     merged: Vec<u64>,
     run: Run,
+    /// How many of the unsaved ids it holds (they leave `unsaved` on commit).
+    saves_unsaved: usize,
 }
 
 impl ResultIds {
@@ -188,6 +198,7 @@ impl ResultIds {
             });
             seen.extend(fingerprints);
         }
+        seen.extend(self.unsaved.iter().copied());
         let mut next_seq = runs.last().map_or(0, |r| r.seq + 1);
         // Older layout: one key per id. Fold into one run, atomically.
         let legacy_prefix = keys::legacy_result_ids(test_id);
@@ -292,7 +303,62 @@ impl ResultIds {
             ids: pending,
             merged,
             run,
+            saves_unsaved: 0,
         })
+    }
+
+    /// Takes a batch's new ids into the index once their journal entry is written: they count as
+    /// seen at once and are stored as a run with the next snapshot. The index must be loaded when
+    /// `pending` holds any id.
+    pub fn commit_journaled(&mut self, pending: PendingIds) {
+        if pending.is_empty() {
+            return;
+        }
+        let loaded = self
+            .loaded
+            .as_mut()
+            .expect("index loaded before committing");
+        loaded.seen.extend(pending.order.iter().copied());
+        self.unsaved.extend(pending.order);
+    }
+
+    /// Adds ids read back from the journal at start-up (the index need not be loaded).
+    pub fn add_replayed(&mut self, fingerprints: &[u128]) {
+        if let Some(loaded) = &mut self.loaded {
+            loaded.seen.extend(fingerprints.iter().copied());
+        }
+        self.unsaved.extend_from_slice(fingerprints);
+    }
+
+    /// Stages the unsaved ids, and `extra` (a batch's new ids), as one run in `batch`, loading the
+    /// index if needed; `None` when there is nothing to store. Commit with [`ResultIds::commit`]
+    /// once the batch is applied, without releasing the lock in between.
+    pub fn stage_unsaved(
+        &mut self,
+        storage: &Storage,
+        test_id: &str,
+        extra: PendingIds,
+        batch: &mut WriteBatch,
+    ) -> Result<Option<StagedRun>, StorageError> {
+        if self.unsaved.is_empty() && extra.is_empty() {
+            return Ok(None);
+        }
+        self.load(storage, test_id)?;
+        let saves_unsaved = self.unsaved.len();
+        let mut all = PendingIds {
+            fresh: extra.fresh,
+            order: Vec::with_capacity(saves_unsaved + extra.order.len()),
+        };
+        all.order.extend_from_slice(&self.unsaved);
+        all.order.extend(extra.order);
+        let mut staged = self.stage(storage, test_id, all, batch)?;
+        staged.saves_unsaved = saves_unsaved;
+        Ok(Some(staged))
+    }
+
+    /// Ids durable in the journal only.
+    pub fn unsaved_len(&self) -> usize {
+        self.unsaved.len()
     }
 
     /// Takes a staged run over once its write batch has been applied.
@@ -305,14 +371,20 @@ impl ResultIds {
         loaded.runs.push(staged.run);
         loaded.next_seq = staged.run.seq + 1;
         loaded.seen.extend(staged.ids.order);
+        self.unsaved.drain(..staged.saves_unsaved);
+        if self.unsaved.is_empty() {
+            self.unsaved = Vec::new();
+        }
     }
 
-    /// Drops the in-memory index if it has been idle for `idle` (it is read again when needed).
+    /// Drops the in-memory index if it has been idle for `idle` and holds no unsaved id (it is
+    /// read again when needed).
     pub fn evict_if_idle(&mut self, idle: Duration) -> bool {
-        let evict = self
-            .loaded
-            .as_ref()
-            .is_some_and(|l| l.last_used.elapsed() >= idle);
+        let evict = self.unsaved.is_empty()
+            && self
+                .loaded
+                .as_ref()
+                .is_some_and(|l| l.last_used.elapsed() >= idle);
         if evict {
             self.loaded = None;
         }

@@ -133,6 +133,9 @@ pub struct TestState {
     pub series: Mutex<super::history::SeriesState>,
     /// The result_ids applied so far (loaded on first use; taken after `book` when both are).
     pub result_ids: Mutex<super::result_ids::ResultIds>,
+    /// Set when journaled results are not yet in a sled snapshot, and the test is queued for the
+    /// snapshot writer.
+    pub unsaved: AtomicBool,
 }
 
 /// A decision of [`TestState::decide`].
@@ -229,6 +232,7 @@ impl TestState {
             expiring: AtomicBool::new(false),
             series: Mutex::new(super::history::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
+            unsaved: AtomicBool::new(false),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

@@ -1,0 +1,189 @@
+//! The journal entry of one result batch of one test: the accepted results in the order they were
+//! applied, and the fingerprints of their new result_ids. Start-up replays an entry onto the
+//! test's statistics snapshot when the snapshot predates it ([`replay`]), through the same
+//! [`settle`] that ingestion ran, so the statistics come out bit for bit the same.
+//!
+//! Layout ([`ByteWriter`]): format byte [`FORMAT_VERSION`]; test id; result count; per result: arm
+//! index, return (f64), metric count, per metric: name, value; fingerprint count; fingerprints,
+//! 16 bytes each, big-endian.
+
+use crate::storage::{ByteReader, ByteWriter};
+
+use super::state::StatsRecord;
+use super::types::{TestConfig, MAX_ARMS};
+use super::{risk, stopping};
+
+/// Format byte of an entry.
+const FORMAT_VERSION: u8 = 1;
+
+/// One accepted result, as journaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournaledResult {
+    /// Arm index.
+    pub arm: usize,
+    /// Realised return.
+    pub value: f64,
+    /// Additional metrics.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// A decoded entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultEntry {
+    /// The test.
+    pub test_id: String,
+    /// Accepted results, in the order they were applied.
+    pub results: Vec<JournaledResult>,
+    /// Fingerprints of the batch's new result_ids.
+    pub fingerprints: Vec<u128>,
+}
+
+/// Encodes an entry from borrowed parts (the ingestion path builds no [`ResultEntry`]).
+pub fn encode<'a>(
+    test_id: &str,
+    results: impl ExactSizeIterator<Item = (usize, f64, &'a [(String, f64)])>,
+    fingerprints: &[u128],
+    out: &mut Vec<u8>,
+) {
+    out.push(FORMAT_VERSION);
+    let mut w = ByteWriter(out);
+    w.bytes(test_id.as_bytes());
+    w.len(results.len());
+    for (arm, value, metrics) in results {
+        w.varint(arm as u64);
+        w.f64(value);
+        w.len(metrics.len());
+        for (name, x) in metrics {
+            w.bytes(name.as_bytes());
+            w.f64(*x);
+        }
+    }
+    w.len(fingerprints.len());
+    for fp in fingerprints {
+        w.0.extend_from_slice(&fp.to_be_bytes());
+    }
+}
+
+/// Decodes an entry; the error names what is malformed.
+pub fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
+    let (&version, body) = bytes.split_first().ok_or("empty journal entry")?;
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "journal entry format {version}; this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let mut r = ByteReader::new(body);
+    let test_id = std::str::from_utf8(r.bytes("test id")?)
+        .map_err(|e| format!("test id is not UTF-8: {e}"))?
+        .to_owned();
+    // A result takes at least 10 bytes: arm, value, metric count.
+    let count = r.len("result count", 10)?;
+    let mut results = Vec::with_capacity(count);
+    for _ in 0..count {
+        let arm = r.varint("arm")?;
+        if arm >= MAX_ARMS as u64 {
+            return Err(format!("arm {arm} is beyond the limit of {MAX_ARMS}"));
+        }
+        let value = r.f64("return")?;
+        let metric_count = r.len("metric count", 9)?;
+        let mut metrics = Vec::with_capacity(metric_count);
+        for _ in 0..metric_count {
+            let name = std::str::from_utf8(r.bytes("metric name")?)
+                .map_err(|e| format!("metric name is not UTF-8: {e}"))?
+                .to_owned();
+            metrics.push((name, r.f64("metric value")?));
+        }
+        results.push(JournaledResult {
+            arm: arm as usize,
+            value,
+            metrics,
+        });
+    }
+    let fp_count = r.len("fingerprint count", 16)?;
+    let fingerprints = (0..fp_count)
+        .map(|_| {
+            r.take(16, "fingerprint")
+                .map(|b| u128::from_be_bytes(b.try_into().expect("16 bytes")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    r.finish()?;
+    Ok(ResultEntry {
+        test_id,
+        results,
+        fingerprints,
+    })
+}
+
+/// What a batch of results does after they are added: stop-loss suspensions (returned as
+/// `(arm, suspended)` changes) and one look of the sequential tests. Ingestion and replay both
+/// run it, so a replayed batch ends in the same state.
+pub fn settle(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)> {
+    let changes = risk::update_suspensions(config, stats);
+    if stopping::monitoring(config, &stats.arms) {
+        stopping::look(config, &stats.arms, &mut stats.sequential);
+    }
+    changes
+}
+
+/// Applies a journaled batch to `stats` as ingestion did. Ingestion journals only batches whose
+/// settling changed no suspension (the others go to sled with their audit events), so a replay
+/// that does change one means the entry does not belong to this state: an error.
+pub fn replay(
+    config: &TestConfig,
+    stats: &mut StatsRecord,
+    entry: &ResultEntry,
+    position: u64,
+) -> Result<(), String> {
+    let mut next = stats.clone();
+    for r in &entry.results {
+        let arm = next
+            .arms
+            .get_mut(r.arm)
+            .ok_or_else(|| format!("arm {} of a test with {} arms", r.arm, config.arms.len()))?;
+        arm.add(r.value);
+        for (name, value) in &r.metrics {
+            arm.add_metric(name, *value);
+        }
+    }
+    if !settle(config, &mut next).is_empty() {
+        return Err(
+            "replaying it changes a stop-loss suspension, which ingestion never journals".into(),
+        );
+    }
+    next.journal_position = position;
+    *stats = next;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_every_truncation() {
+        let metrics = vec![
+            ("slippage_bps".to_string(), 1.5),
+            ("fill".to_string(), -0.0),
+        ];
+        let results = [(0usize, 0.012, &[][..]), (3, -5e-324, &metrics[..])];
+        let fps = [1u128, u128::MAX];
+        let mut bytes = Vec::new();
+        encode("t-1", results.iter().copied(), &fps, &mut bytes);
+        let entry = decode(&bytes).expect("decodes");
+        assert_eq!(entry.test_id, "t-1");
+        assert_eq!(entry.results.len(), 2);
+        assert_eq!(entry.results[1].arm, 3);
+        assert_eq!(entry.results[1].value.to_bits(), (-5e-324f64).to_bits());
+        assert_eq!(entry.results[1].metrics, metrics);
+        assert_eq!(entry.fingerprints, fps);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode(&extra).unwrap_err().contains("left over"));
+        let mut future = bytes;
+        future[0] = 2;
+        assert!(decode(&future).unwrap_err().contains("format 2"));
+    }
+}

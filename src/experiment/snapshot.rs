@@ -1,0 +1,160 @@
+//! Statistics snapshots and journal replay. Results reach a test's statistics through the journal
+//! (`ingest`); every [`SNAPSHOT_INTERVAL`] a writer thread stores the statistics of each test with
+//! journaled results in sled, together with its unsaved result ids and stamped with the journal
+//! position they include, then removes the journal segments those snapshots cover. Start-up
+//! replays only the entries after each test's snapshot ([`Experiments::replay_journal`]), so its
+//! time is bounded by one interval of results, not by all results ever recorded.
+//!
+//! Why no journaled result is lost: ingestion queues a test ([`Experiments::mark_unsaved`]) and
+//! then appends its entry, both under the test's book lock. A round first rotates the journal at
+//! position `cut`; every entry below `cut` was appended before that, so its test was queued before
+//! the round takes the queue. The round then stores each queued test's statistics under its lock,
+//! which include every entry of the test appended so far, and removes the segments below `cut`
+//! only after sled has flushed those stores.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::storage::{keys, JournalEntry, StorageError, WriteBatch};
+
+use super::journal_entry;
+use super::result_ids::{PendingIds, ResultIds, StagedRun};
+use super::state::{StatsRecord, TestState};
+use super::types::TestId;
+use super::{ExperimentError, Experiments, Inner, Result};
+
+/// How often journaled statistics are stored in sled and the journal trimmed.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Experiments {
+    /// Queues `state` for the next snapshot round unless it is queued already.
+    pub(super) fn mark_unsaved(&self, state: &Arc<TestState>) {
+        if !state.unsaved.swap(true, Ordering::AcqRel) {
+            self.inner.unsaved_tests.lock().push(state.clone());
+        }
+    }
+
+    /// Puts `stats` into `batch` with every unsaved result id of the test (and `extra`), so that
+    /// a crash after the batch keeps the ids of every journal entry the statistics include.
+    /// Commit the returned run once the batch is applied, before releasing `ids`.
+    pub(super) fn stage_stats(
+        &self,
+        test_id: &str,
+        stats: &StatsRecord,
+        ids: &mut ResultIds,
+        extra: PendingIds,
+        batch: &mut WriteBatch,
+    ) -> Result<Option<StagedRun>> {
+        batch.put(keys::test_stats(test_id), stats)?;
+        Ok(ids.stage_unsaved(&self.inner.storage, test_id, extra, batch)?)
+    }
+
+    /// One snapshot round: stores every queued test and trims the journal. Returns how many tests
+    /// it stored. Blocks on I/O (a sled flush): call it off the runtime's workers.
+    pub fn snapshot(&self) -> Result<usize> {
+        let storage = &self.inner.storage;
+        let cut = storage.journal().rotate()?;
+        let queued = std::mem::take(&mut *self.inner.unsaved_tests.lock());
+        let stored = queued
+            .iter()
+            .try_for_each(|state| self.store_snapshot(state))
+            .and_then(|()| Ok(storage.flush_blocking()?));
+        if let Err(e) = stored {
+            // The journal still holds everything; the next round tries again.
+            queued.iter().for_each(|state| self.mark_unsaved(state));
+            return Err(e);
+        }
+        storage.journal().remove_before(cut)?;
+        Ok(queued.len())
+    }
+
+    fn store_snapshot(&self, state: &Arc<TestState>) -> Result<()> {
+        // Cleared before the book is read: results journaled after this queue the test again.
+        state.unsaved.store(false, Ordering::Release);
+        let book = state.book.lock();
+        let mut ids = state.result_ids.lock();
+        let mut batch = WriteBatch::new();
+        let test_id = state.config.test_id.as_str();
+        let staged = self.stage_stats(
+            test_id,
+            &book.stats,
+            &mut ids,
+            PendingIds::default(),
+            &mut batch,
+        )?;
+        self.inner.storage.apply(batch)?;
+        if let Some(staged) = staged {
+            ids.commit(staged);
+        }
+        Ok(())
+    }
+
+    /// Starts the snapshot thread; it ends with the engine.
+    pub(super) fn start_snapshot_thread(&self) -> Result<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("arbiter-snapshot".into())
+            .spawn(move || loop {
+                std::thread::sleep(SNAPSHOT_INTERVAL);
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = (Experiments { inner }).snapshot() {
+                    tracing::warn!(error = %e, "storing statistics snapshots failed; will retry");
+                }
+            })
+            .map_err(|source| ExperimentError::Io {
+                context: "starting the snapshot thread".into(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Applies the journal's entries that each test's stored snapshot does not include, in
+    /// journal order, and queues those tests for the first snapshot round. Returns the number of
+    /// entries applied. Runs at start-up, before anything is served.
+    pub(super) fn replay_journal(
+        &self,
+        tests: &[(TestId, Arc<TestState>)],
+        entries: Vec<JournalEntry>,
+    ) -> Result<usize> {
+        let by_id: std::collections::HashMap<&str, &Arc<TestState>> =
+            tests.iter().map(|(id, s)| (id.as_str(), s)).collect();
+        let highest_stamp = tests
+            .iter()
+            .map(|(_, s)| s.book.lock().stats.journal_position)
+            .max()
+            .unwrap_or(0);
+        // A snapshot may have reached sled while a crash cut off the journal entries it includes:
+        // new positions must stay above every stamp, or their entries would be skipped.
+        self.inner.storage.journal().reserve_through(highest_stamp);
+        let mut applied = 0;
+        for entry in entries {
+            let corrupt = |why: String| {
+                ExperimentError::from(StorageError::Corrupt {
+                    key: format!("journal entry {}", entry.position),
+                    why,
+                })
+            };
+            let decoded = journal_entry::decode(&entry.payload).map_err(corrupt)?;
+            let Some(state) = by_id.get(decoded.test_id.as_str()) else {
+                tracing::warn!(
+                    position = entry.position,
+                    test_id = %decoded.test_id,
+                    "journal entry of an unknown test skipped"
+                );
+                continue;
+            };
+            let mut book = state.book.lock();
+            if entry.position <= book.stats.journal_position {
+                continue;
+            }
+            journal_entry::replay(&state.config, &mut book.stats, &decoded, entry.position)
+                .map_err(corrupt)?;
+            drop(book);
+            state.result_ids.lock().add_replayed(&decoded.fingerprints);
+            self.mark_unsaved(state);
+            applied += 1;
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,124 @@
+//! The result journal seen from the engine: results acknowledged but not yet in a sled snapshot
+//! come back after a crash bit for bit, with their result ids, and snapshots trim the journal.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use arbiter::experiment::types::{RewardModel, Strategy};
+use arbiter::experiment::{RecordOutcome, ResultInput, StatsRecord};
+use arbiter::storage::Journal;
+
+/// Batch `b` of test `test_id`: 40 results over `arms` arms with ids `<test_id>-<b>-<i>`, arm 1
+/// losing, two metrics on every third result.
+fn batch(test_id: &str, b: u32, arms: usize) -> Vec<ResultInput> {
+    (0..40u32)
+        .map(|i| {
+            let arm = (i as usize) % arms;
+            let value = if arm == 1 {
+                -0.01 - f64::from(i) * 1e-4
+            } else {
+                0.003 * f64::from((b * 7 + i) % 11) - 0.01
+            };
+            let mut r = support::result(test_id, arm, value, format!("{test_id}-{b}-{i}"));
+            if i % 3 == 0 {
+                r.metrics = vec![
+                    ("slippage_bps".into(), 0.5 + f64::from(i)),
+                    ("fill".into(), 0.9),
+                ];
+            }
+            r
+        })
+        .collect()
+}
+
+async fn record(engine: &support::Engine, batch: Vec<ResultInput>) -> (usize, usize) {
+    let outcomes = engine
+        .experiments
+        .record_batch(batch)
+        .await
+        .expect("durable");
+    let accepted = outcomes
+        .iter()
+        .filter(|o| matches!(o, RecordOutcome::Accepted))
+        .count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, RecordOutcome::Duplicate))
+        .count();
+    (accepted, duplicates)
+}
+
+/// Entries the journal under `dir` holds (opened on its own, as start-up does).
+fn journal_entries(dir: &std::path::Path) -> usize {
+    Journal::open(&dir.join("journal"))
+        .expect("journal")
+        .1
+        .len()
+}
+
+fn stats(engine: &support::Engine, ids: &[&str]) -> Vec<StatsRecord> {
+    ids.iter()
+        .map(|id| engine.experiments.stats_record(id).expect("test"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_results_come_back_after_a_crash_bit_for_bit_and_snapshots_trim_the_journal() {
+    let engine = support::engine().await;
+    let models = support::models(&engine.registry, 3).await;
+    let mut thompson = support::config("thompson", &models, 3, Strategy::ThompsonSampling);
+    thompson.reward_model = RewardModel::Gaussian;
+    // The stop-loss suspends the losing arm 1 after 20 results: that batch goes to sled with its
+    // audit event, the batches around it to the journal.
+    let mut guarded = support::config("guarded", &models, 3, Strategy::Fixed);
+    guarded.stop_loss_threshold = 0.0;
+    for config in [thompson, guarded] {
+        engine
+            .experiments
+            .create(config, "test")
+            .await
+            .expect("create");
+    }
+    let ids = ["thompson", "guarded"];
+    for b in 0..30 {
+        for id in ids {
+            assert_eq!(record(&engine, batch(id, b, 3)).await, (40, 0));
+        }
+    }
+    let before = stats(&engine, &ids);
+    assert!(before[1].suspended[1], "the stop-loss suspended arm 1");
+    assert!(before.iter().all(|s| s.journal_position > 0));
+
+    // A crash: the engine goes away without a final snapshot.
+    let dir = support::close(engine);
+    assert!(
+        journal_entries(dir.path()) > 0,
+        "results waiting in the journal"
+    );
+    let engine = support::open(dir).await;
+    assert_eq!(stats(&engine, &ids), before, "replayed bit for bit");
+    // Every id, journaled or stored, is still known.
+    for b in [0, 17, 29] {
+        assert_eq!(record(&engine, batch("thompson", b, 3)).await, (0, 40));
+        assert_eq!(record(&engine, batch("guarded", b, 3)).await, (0, 40));
+    }
+    assert_eq!(stats(&engine, &ids), before, "duplicates change nothing");
+
+    // A snapshot round stores both tests and leaves an empty journal.
+    assert_eq!(engine.experiments.snapshot().expect("snapshot"), 2);
+    let dir = support::close(engine);
+    assert_eq!(journal_entries(dir.path()), 0);
+    let engine = support::open(dir).await;
+    assert_eq!(stats(&engine, &ids), before, "read back from the snapshots");
+    assert_eq!(record(&engine, batch("thompson", 3, 3)).await, (0, 40));
+
+    // New results after the snapshot: only they are replayed.
+    assert_eq!(record(&engine, batch("thompson", 30, 3)).await, (40, 0));
+    let after = stats(&engine, &ids);
+    let dir = support::close(engine);
+    assert_eq!(journal_entries(dir.path()), 1);
+    let engine = support::open(dir).await;
+    assert_eq!(stats(&engine, &ids), after);
+    assert_eq!(record(&engine, batch("thompson", 30, 3)).await, (0, 40));
+    support::close(engine);
+}
