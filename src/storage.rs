@@ -106,7 +106,9 @@ impl Storage {
             // Durability comes from explicit flushes before every acknowledgement; sled's own
             // periodic flush only bounds what an unacknowledged write may lose.
             .flush_every_ms(Some(1000))
-            .cache_capacity(8 << 20)
+            // Reads are rare (start-up, first use of a test's result ids, listings); 4 MiB rather
+            // than 8 kept 10k tests with results ~4 MiB smaller (BENCHMARKS.md).
+            .cache_capacity(4 << 20)
             .open()?;
         let applied_batches = Arc::new(AtomicU64::new(0));
         let flusher = GroupCommit::start(db.clone(), applied_batches.clone());
