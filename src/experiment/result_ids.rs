@@ -6,17 +6,20 @@
 //! - **Fingerprints.** An id is stored as the first 128 bits of its SHA-256 (FIPS 180-4). Two
 //!   distinct ids collide with probability 2⁻¹²⁸; with `n` ids in one test the chance of any
 //!   collision is about n²/2¹²⁹ (birthday bound), 1.5·10⁻¹⁵ at 10¹² ids.
-//! - **Durable form.** Each batch's new fingerprints are one *run*, a sled value under
-//!   `rib/<test_id>/<seq>` ([`keys::result_id_run`]), written in the same atomic batch as the
-//!   statistics they changed, so a crash keeps both or neither. Runs are merged size-tiered inside
-//!   that same batch (a run's tier is ⌊log₈ len⌋): when [`FANOUT`] runs share a tier they become
-//!   one run of a higher tier, so a test holds at most 7 runs in each of the 3 tiers below
-//!   [`FULL_RUN`] ids plus full runs, and each id is rewritten at most 3 times (never, when it
-//!   arrived in a batch of 512 or more).
+//! - **Durable form.** A batch's new fingerprints first go into its journal entry, with the
+//!   results they belong to; until a statistics snapshot stores them they are *unsaved* (held in
+//!   memory, replayed from the journal after a crash). A snapshot writes them as a *run*, a sled
+//!   value under `rib/<test_id>/<seq>` ([`keys::result_id_run`]), in the same atomic batch as the
+//!   statistics that include them, so a crash keeps both or neither. Runs hold at most [`MAX_RUN`]
+//!   ids and are merged size-tiered inside that same batch (a run's tier is ⌊log₈ len⌋): when
+//!   [`FANOUT`] runs share a tier they become one run of a higher tier, so a test holds at most 7
+//!   runs in each of the 3 tiers below [`FULL_RUN`] ids plus full runs, and each id is rewritten
+//!   at most 3 times (never, when 512 or more are stored at once).
 //! - **In memory.** The fingerprints ([`seen::SeenIds`]: a sorted vector up to 1024 ids, then a
 //!   hash set), read from the runs on the first batch with result_ids after start (so start-up
 //!   reads nothing of it and its time does not grow with the results recorded), and dropped again
-//!   after [`IDLE_EVICTION`] without such a batch. Memory while loaded: 16 bytes per id, plus the
+//!   after [`IDLE_EVICTION`] without such a batch (never while it holds unsaved ids; those are
+//!   also kept, 16 bytes each, until the next snapshot). Memory while loaded: 16 bytes per id, plus the
 //!   hash table's slack (≤ 40 bytes per id in all) past 1024 ids.
 //! - **Older data directories** kept one `rid/<test_id>/<result_id>` key per id; loading folds
 //!   them into a run and removes them in one batch.
@@ -39,6 +42,8 @@ pub const FANOUT: usize = 8;
 /// (larger merges cost more in sled's write path than they save in keys; measured in
 /// BENCHMARKS.md).
 pub const FULL_RUN: usize = 8usize.pow(3);
+/// Most ids in one run: 64 KiB. A snapshot stores a busy test's unsaved ids in runs of this size.
+pub const MAX_RUN: usize = 4096;
 /// A loaded index unused this long is dropped (and read again when needed).
 pub const IDLE_EVICTION: Duration = Duration::from_secs(300);
 /// Format byte of a run value.
@@ -170,7 +175,8 @@ pub struct StagedRun {
     ids: PendingIds,
     /// Sequence numbers of the runs merged into this one.
     merged: Vec<u64>,
-    run: Run,
+    /// The runs written, in sequence order: full runs of [`MAX_RUN`] ids, then the rest.
+    runs: Vec<Run>,
     /// How many of the unsaved ids it holds (they leave `unsaved` on commit).
     saves_unsaved: usize,
 }
@@ -257,6 +263,23 @@ impl ResultIds {
         pending: PendingIds,
         batch: &mut WriteBatch,
     ) -> Result<StagedRun, StorageError> {
+        let next_seq = self
+            .loaded
+            .as_ref()
+            .expect("index loaded before staging")
+            .next_seq;
+        self.stage_at(storage, test_id, pending, batch, next_seq)
+    }
+
+    /// [`ResultIds::stage`] with the new run at sequence number `seq`.
+    fn stage_at(
+        &self,
+        storage: &Storage,
+        test_id: &str,
+        pending: PendingIds,
+        batch: &mut WriteBatch,
+        seq: u64,
+    ) -> Result<StagedRun, StorageError> {
         let loaded = self.loaded.as_ref().expect("index loaded before staging");
         let mut fingerprints = pending.order.clone();
         let mut merged = Vec::new();
@@ -292,7 +315,7 @@ impl ResultIds {
         }
         fingerprints.sort_unstable();
         let run = Run {
-            seq: loaded.next_seq,
+            seq,
             len: fingerprints.len(),
         };
         batch.put_raw(
@@ -302,7 +325,7 @@ impl ResultIds {
         Ok(StagedRun {
             ids: pending,
             merged,
-            run,
+            runs: vec![run],
             saves_unsaved: 0,
         })
     }
@@ -345,13 +368,45 @@ impl ResultIds {
         }
         self.load(storage, test_id)?;
         let saves_unsaved = self.unsaved.len();
-        let mut all = PendingIds {
-            fresh: extra.fresh,
-            order: Vec::with_capacity(saves_unsaved + extra.order.len()),
+        let mut order = Vec::with_capacity(saves_unsaved + extra.order.len());
+        order.extend_from_slice(&self.unsaved);
+        order.extend_from_slice(&extra.order);
+        // A second of ids of a busy test can be a million: stored as runs of at most MAX_RUN ids,
+        // which are full and never merged again, and the rest as an ordinary run.
+        let loaded = self.loaded.as_ref().expect("loaded above");
+        let mut seq = loaded.next_seq;
+        let mut full = Vec::new();
+        let whole = order.len() / MAX_RUN * MAX_RUN;
+        for chunk in order[..whole].chunks(MAX_RUN) {
+            let mut sorted = chunk.to_vec();
+            sorted.sort_unstable();
+            batch.put_raw(keys::result_id_run(test_id, seq), encode_run(&sorted));
+            full.push(Run {
+                seq,
+                len: sorted.len(),
+            });
+            seq += 1;
+        }
+        let rest = PendingIds {
+            fresh: FingerprintSet::default(),
+            order: order[whole..].to_vec(),
         };
-        all.order.extend_from_slice(&self.unsaved);
-        all.order.extend(extra.order);
-        let mut staged = self.stage(storage, test_id, all, batch)?;
+        let mut staged = if rest.is_empty() {
+            StagedRun {
+                ids: rest,
+                merged: Vec::new(),
+                runs: Vec::new(),
+                saves_unsaved: 0,
+            }
+        } else {
+            self.stage_at(storage, test_id, rest, batch, seq)?
+        };
+        full.append(&mut staged.runs);
+        staged.runs = full;
+        staged.ids = PendingIds {
+            fresh: extra.fresh,
+            order,
+        };
         staged.saves_unsaved = saves_unsaved;
         Ok(Some(staged))
     }
@@ -368,8 +423,8 @@ impl ResultIds {
             .as_mut()
             .expect("index loaded before committing");
         loaded.runs.retain(|r| !staged.merged.contains(&r.seq));
-        loaded.runs.push(staged.run);
-        loaded.next_seq = staged.run.seq + 1;
+        loaded.runs.extend_from_slice(&staged.runs);
+        loaded.next_seq = staged.runs.last().map_or(loaded.next_seq, |r| r.seq + 1);
         loaded.seen.extend(staged.ids.order);
         self.unsaved.drain(..staged.saves_unsaved);
         if self.unsaved.is_empty() {
@@ -555,6 +610,47 @@ mod tests {
         assert!(index.evict_if_idle(Duration::ZERO));
         assert_eq!(index.loaded_len(), 0);
         assert_eq!(ingest(&mut index, &storage, &["a".to_string()]), [false]);
+    }
+
+    #[tokio::test]
+    async fn unsaved_ids_are_stored_in_runs_of_at_most_max_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let mut index = ResultIds::default();
+        // As replayed from the journal at start-up: not loaded yet.
+        let replayed: Vec<u128> = (0..2 * MAX_RUN as u64 + 100)
+            .map(|i| fingerprint(&format!("r{i}")))
+            .collect();
+        index.add_replayed(&replayed);
+        assert_eq!(index.unsaved_len(), replayed.len());
+        index.load(&storage, "t").expect("load");
+        let mut extra = PendingIds::default();
+        assert!(!index.admit(&mut extra, "r7"), "replayed ids count as seen");
+        assert!(index.admit(&mut extra, "new"));
+        let mut batch = WriteBatch::new();
+        let staged = index
+            .stage_unsaved(&storage, "t", extra, &mut batch)
+            .expect("stage")
+            .expect("something to store");
+        storage.apply(batch).expect("apply");
+        index.commit(staged);
+        assert_eq!(index.unsaved_len(), 0);
+        assert_eq!(index.run_lengths(), [MAX_RUN, MAX_RUN, 101]);
+        assert_eq!(stored_ids(&storage).len(), replayed.len() + 1);
+        let mut reloaded = ResultIds::default();
+        assert_eq!(
+            ingest(
+                &mut reloaded,
+                &storage,
+                &["r0".into(), "new".into(), "r8291".into()]
+            ),
+            [false, false, false]
+        );
+        // Nothing unsaved: nothing to stage.
+        assert!(index
+            .stage_unsaved(&storage, "t", PendingIds::default(), &mut WriteBatch::new())
+            .expect("stage")
+            .is_none());
     }
 
     #[test]
