@@ -1,7 +1,8 @@
 //! Durable result ingestion in process: a batch of 1, 100 or 1000 results (each with a result_id)
-//! applied and flushed, as `IngestResults` does before acknowledging; and recovery time (opening
-//! the whole engine on a data directory holding 100 000 results, and the first batch after that,
-//! which reads the test's 100 000 result ids).
+//! applied and made durable, as `IngestResults` does before acknowledging; and recovery time
+//! (opening the whole engine on a data directory holding 100 000 results, after a crash with all
+//! of them still in the journal and after a shutdown with all of them in snapshots; and the first
+//! batch after that, which reads the test's 100 000 result ids).
 //!
 //! `cargo bench --bench storage`
 
@@ -79,6 +80,24 @@ fn storage(c: &mut Criterion) {
             engine.experiments.record_batch(batch).await.expect("fill");
         }
     });
+    // As a crash leaves it: the 100k results are in the journal, no snapshot holds them, and
+    // opening replays them. (Each timed open closes again well before its first snapshot round.)
+    let mut dir = Some(support::close(engine));
+    c.bench_function("recovery/open_engine_replaying_100k_results", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let engine = runtime.block_on(support::open(dir.take().expect("dir")));
+                total += started.elapsed();
+                dir = Some(support::close(engine));
+            }
+            total
+        })
+    });
+    // As a shutdown leaves it: everything in snapshots, nothing to replay.
+    let engine = runtime.block_on(support::open(dir.take().expect("dir")));
+    engine.experiments.snapshot().expect("snapshot");
     let mut dir = Some(support::close(engine));
     c.bench_function("recovery/open_engine_100k_results", |b| {
         b.iter_custom(|iters| {
