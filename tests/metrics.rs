@@ -95,6 +95,7 @@ async fn metrics_count_rpcs_allocations_results_and_flushes() {
     assert_eq!(value(r#"arbiter_tests{status="RUNNING"}"#), 1.0);
     assert!(value("arbiter_storage_bytes") > 0.0);
     assert!(value("arbiter_storage_flush_seconds_count") >= 1.0);
+    assert!(value("arbiter_journal_sync_seconds_count") >= 1.0);
     assert_eq!(value("arbiter_ingest_batch_size_count"), 1.0);
     server.stop().await;
 }

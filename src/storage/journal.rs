@@ -385,10 +385,14 @@ impl Journal {
             self.syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             files.current_has_entries = true;
-            files
+            let started = std::time::Instant::now();
+            let written = files
                 .current
                 .write_all(&buf)
-                .and_then(|()| files.current.sync_data())
+                .and_then(|()| files.current.sync_data());
+            metrics::histogram!("arbiter_journal_sync_seconds")
+                .record(started.elapsed().as_secs_f64());
+            written
         };
         drop(files);
         self.publish(through, outcome.map_err(|e| e.to_string()));
