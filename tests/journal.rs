@@ -122,3 +122,94 @@ async fn journaled_results_come_back_after_a_crash_bit_for_bit_and_snapshots_tri
     assert_eq!(record(&engine, batch("thompson", 30, 3)).await, (0, 40));
     support::close(engine);
 }
+
+/// `n` results of `value` on arm 1 of `test_id`, with ids `<tag>-<i>`.
+fn losing(test_id: &str, tag: &str, n: usize, value: f64) -> Vec<ResultInput> {
+    (0..n)
+        .map(|i| support::result(test_id, 1, value, format!("{tag}-{i}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_batch_replayed_without_a_lost_sled_batch_stores_its_own_suspension() {
+    use arbiter::audit::AuditEvent;
+    use arbiter::storage::{keys, Storage, WriteBatch};
+    let engine = support::engine().await;
+    let models = support::models(&engine.registry, 3).await;
+    let mut guarded = support::config("guarded", &models, 3, Strategy::Fixed);
+    guarded.stop_loss_threshold = 0.0;
+    engine
+        .experiments
+        .create(guarded, "test")
+        .await
+        .expect("create");
+    // S: arm 1 reaches 20 results below the threshold and is suspended: a sled batch.
+    assert_eq!(
+        record(&engine, losing("guarded", "s", 20, -0.02)).await,
+        (20, 0)
+    );
+    // E: more losses on the suspended arm change no suspension: a journal entry.
+    assert_eq!(
+        record(&engine, losing("guarded", "e", 20, -0.03)).await,
+        (20, 0)
+    );
+    assert!(
+        engine
+            .experiments
+            .stats_record("guarded")
+            .expect("test")
+            .suspended[1]
+    );
+    let dir = support::close(engine);
+
+    // The crash state where S never reached the disk (it was not acknowledged yet) but E did:
+    // the stored snapshot predates S.
+    let suspensions = |storage: &Storage| {
+        storage
+            .scan::<AuditEvent>(keys::AUDIT_PREFIX)
+            .map(|e| e.expect("audit event").1)
+            .filter(|e| e.action == "test.arm_suspended")
+            .count()
+    };
+    {
+        let storage = Storage::open(dir.path()).expect("storage");
+        assert_eq!(suspensions(&storage), 1);
+        // S's statistics and result ids were one atomic batch: both are lost.
+        let mut batch = WriteBatch::new();
+        batch
+            .put(keys::test_stats("guarded"), &StatsRecord::new(3))
+            .expect("encode");
+        for entry in storage.scan_raw(&keys::result_id_runs("guarded")) {
+            batch.remove(entry.expect("run").0);
+        }
+        assert_eq!(batch.len(), 2, "S's one run besides the statistics");
+        storage.apply(batch).expect("apply");
+        storage.flush_blocking().expect("flush");
+    }
+    support::wait_unlocked(dir.path());
+
+    // Replaying E alone suspends arm 1 again; start-up stores that with its audit event.
+    let engine = support::open(dir).await;
+    let stats = engine.experiments.stats_record("guarded").expect("test");
+    assert_eq!((stats.arms[1].n, stats.suspended[1]), (20, true));
+    let stored: StatsRecord = engine
+        .storage
+        .get(&keys::test_stats("guarded"))
+        .expect("read")
+        .expect("stored");
+    assert_eq!(
+        stored, stats,
+        "stored at start-up, before any snapshot round"
+    );
+    assert_eq!(suspensions(&engine.storage), 2);
+    // E's ids were kept; S's were lost with it.
+    assert_eq!(
+        record(&engine, losing("guarded", "e", 20, -0.03)).await,
+        (0, 20)
+    );
+    assert_eq!(
+        record(&engine, losing("guarded", "s", 1, -0.02)).await,
+        (1, 0)
+    );
+    support::close(engine);
+}

@@ -20,7 +20,7 @@ use super::types::{TestConfig, MAX_ARMS};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
 /// The audit event of a stop-loss suspension or reinstatement.
-fn suspension_event(
+pub(super) fn suspension_event(
     config: &TestConfig,
     stats: &StatsRecord,
     arm: usize,

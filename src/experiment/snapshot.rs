@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::storage::{keys, JournalEntry, StorageError, WriteBatch};
 
+use super::ingest::suspension_event;
 use super::journal_entry;
 use super::result_ids::{PendingIds, ResultIds, StagedRun};
 use super::state::{StatsRecord, TestState};
@@ -154,10 +155,35 @@ impl Experiments {
             if entry.position <= book.stats.journal_position {
                 continue;
             }
-            journal_entry::replay(&state.config, &mut book.stats, &decoded, entry.position)
-                .map_err(corrupt)?;
-            drop(book);
-            state.result_ids.lock().add_replayed(&decoded.fingerprints);
+            let changes =
+                journal_entry::replay(&state.config, &mut book.stats, &decoded, entry.position)
+                    .map_err(corrupt)?;
+            let mut ids = state.result_ids.lock();
+            ids.add_replayed(&decoded.fingerprints);
+            if !changes.is_empty() {
+                // A suspension ingestion did not see: an unacknowledged batch that went to sled
+                // before this entry was lost. Stored now with its audit events, as ingestion would.
+                let drafts = changes
+                    .into_iter()
+                    .map(|(arm, s)| suspension_event(&state.config, &book.stats, arm, s))
+                    .collect();
+                let mut batch = WriteBatch::new();
+                let test_id = state.config.test_id.as_str();
+                let staged = self.stage_stats(
+                    test_id,
+                    &book.stats,
+                    &mut ids,
+                    PendingIds::default(),
+                    &mut batch,
+                )?;
+                self.inner
+                    .audit
+                    .commit(&self.inner.storage, batch, drafts)?;
+                if let Some(staged) = staged {
+                    ids.commit(staged);
+                }
+            }
+            drop((ids, book));
             self.mark_unsaved(state);
             applied += 1;
         }
