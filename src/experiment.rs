@@ -98,6 +98,8 @@ struct Inner {
     dirty_tests: Mutex<Vec<Arc<TestState>>>,
     /// Tests with journaled results that no sled snapshot holds yet (see `snapshot`).
     unsaved_tests: Mutex<Vec<Arc<TestState>>>,
+    /// Held for a whole snapshot round: rounds must not overlap (see `snapshot`).
+    snapshot_round: Mutex<()>,
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
     results_dir: PathBuf,
@@ -137,6 +139,7 @@ impl Experiments {
                 tests: DashMap::new(),
                 dirty_tests: Mutex::new(Vec::new()),
                 unsaved_tests: Mutex::new(Vec::new()),
+                snapshot_round: Mutex::new(()),
                 create_lock: Mutex::new(()),
                 results_dir,
             }),

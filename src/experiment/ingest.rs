@@ -6,6 +6,7 @@
 //! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
 //! [`Experiments::record_batch`] does both.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::storage::WriteBatch;
@@ -95,7 +96,8 @@ pub struct AppliedResults {
     outcomes: Vec<Option<RecordOutcome>>,
     touched: Vec<Arc<TestState>>,
     stops: Vec<PendingStop>,
-    /// Storage write mark covering what went to sled (`None`: nothing did).
+    /// Storage write mark sled must be durable through: what this batch wrote there, and what
+    /// its journaled entries build on (`None`: nothing).
     sled_mark: Option<u64>,
     /// The last journal entry written (`None`: none was).
     journal_position: Option<u64>,
@@ -175,7 +177,7 @@ impl Experiments {
         let mut touched = Vec::new();
         let mut stops = Vec::new();
         let mut journal_through = 0u64;
-        let mut wrote_sled = false;
+        let mut sled_through = 0u64;
         for (test_id, indices) in groups {
             // An expired test completes before it could take more results.
             self.expire_if_due(&test_id).await?;
@@ -272,18 +274,31 @@ impl Experiments {
                 if let Some(staged) = staged {
                     result_ids.commit(staged);
                 }
-                wrote_sled = true;
+                // Later journaled batches of this test build on this one.
+                state
+                    .sled_barrier
+                    .store(self.inner.storage.write_mark(), Ordering::Release);
             }
+            sled_through = sled_through.max(state.sled_barrier.load(Ordering::Acquire));
             drop(result_ids);
             book.stats = stats;
             drop(book);
             touched.push(state);
         }
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Some(RecordOutcome::Duplicate)))
+        {
+            // The first copy of a duplicate may still be on its way to the disk: a duplicate is
+            // acknowledged as recorded only once everything applied before it is durable.
+            journal_through = self.inner.storage.journal().next_position() - 1;
+            sled_through = self.inner.storage.write_mark();
+        }
         Ok(AppliedResults {
             outcomes,
             touched,
             stops,
-            sled_mark: wrote_sled.then(|| self.inner.storage.write_mark()),
+            sled_mark: (sled_through > 0).then_some(sled_through),
             journal_position: (journal_through > 0).then_some(journal_through),
         })
     }

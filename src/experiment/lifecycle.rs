@@ -1,6 +1,7 @@
 //! Test lifecycle: create, read, pause, resume, stop, and the final results file.
 
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::audit::AuditDraft;
@@ -86,13 +87,15 @@ impl Experiments {
             let state = Arc::new(TestState::new(record.clone(), StatsRecord::new(k), None));
             self.inner.registry.while_unchanged(|| {
                 self.check_models(&record.config)?;
+                self.commit_creation(&record, actor)?;
+                // Visible to results only once its record is applied, and results are
+                // acknowledged only once that record is durable too.
+                state
+                    .sled_barrier
+                    .store(self.inner.storage.write_mark(), Ordering::Release);
                 self.inner.tests.insert(id.clone(), state);
                 Ok::<_, ExperimentError>(())
             })?;
-            if let Err(e) = self.commit_creation(&record, actor) {
-                self.inner.tests.remove(&id);
-                return Err(e);
-            }
         }
         self.record_history(id.as_str(), false)?;
         self.inner.storage.flush().await?;
@@ -305,6 +308,10 @@ impl Experiments {
         state.refresh();
         self.record_history(test_id, false)?;
         self.inner.storage.flush().await?;
+        // The final results include every batch applied so far; the file is written once, so
+        // those batches must be durable first.
+        let journal = self.inner.storage.journal();
+        journal.sync_through(journal.next_position() - 1).await?;
         let results = self.results(test_id)?;
         self.write_final_results(&results)?;
         // Allocation counts at the stop belong to the final state too.

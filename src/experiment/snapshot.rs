@@ -10,7 +10,13 @@
 //! position `cut`; every entry below `cut` was appended before that, so its test was queued before
 //! the round takes the queue. The round then stores each queued test's statistics under its lock,
 //! which include every entry of the test appended so far, and removes the segments below `cut`
-//! only after sled has flushed those stores.
+//! only after sled has flushed those stores. Rounds never overlap, and a failed round queues all
+//! its tests again.
+//!
+//! A journaled batch may depend on a sled batch not yet durable: the test's creation, or an
+//! earlier result batch that changed a suspension. Each test keeps the write mark of the last
+//! such batch ([`TestState::sled_barrier`]), and a result batch is acknowledged only once sled is
+//! durable through it, so an acknowledged entry is never replayed without what it built on.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -54,6 +60,10 @@ impl Experiments {
     /// One snapshot round: stores every queued test and trims the journal. Returns how many tests
     /// it stored. Blocks on I/O (a sled flush): call it off the runtime's workers.
     pub fn snapshot(&self) -> Result<usize> {
+        // A round that overlapped another could remove segments holding entries of tests the
+        // other has taken from the queue but not stored yet (the shutdown's last round and the
+        // thread's, say).
+        let _round = self.inner.snapshot_round.lock();
         let storage = &self.inner.storage;
         let cut = storage.journal().rotate()?;
         let queued = std::mem::take(&mut *self.inner.unsaved_tests.lock());
@@ -68,8 +78,13 @@ impl Experiments {
             .try_for_each(|state| self.store_snapshot(state))
             .and_then(|()| Ok(storage.flush_blocking()?));
         if let Err(e) = stored {
-            // The journal still holds everything; the next round tries again.
-            queued.iter().for_each(|state| self.mark_unsaved(state));
+            // The journal still holds everything; the next round tries again. Queued directly:
+            // tests the failed round did not reach still have their flag set, so `mark_unsaved`
+            // would skip them (and so would every later batch).
+            for state in &queued {
+                state.unsaved.store(true, Ordering::Release);
+            }
+            self.inner.unsaved_tests.lock().extend(queued);
             return Err(e);
         }
         storage.journal().remove_before(cut)?;
@@ -182,6 +197,9 @@ impl Experiments {
                 if let Some(staged) = staged {
                     ids.commit(staged);
                 }
+                state
+                    .sled_barrier
+                    .store(self.inner.storage.write_mark(), Ordering::Release);
             }
             drop((ids, book));
             self.mark_unsaved(state);

@@ -136,6 +136,10 @@ pub struct TestState {
     /// Set when journaled results are not yet in a sled snapshot, and the test is queued for the
     /// snapshot writer.
     pub unsaved: AtomicBool,
+    /// The storage write mark of the last sled batch the test's journaled results build on (its
+    /// creation, a result batch that changed a suspension): results are acknowledged only once
+    /// sled is durable through it. Set and read under the book lock.
+    pub sled_barrier: AtomicU64,
 }
 
 /// A decision of [`TestState::decide`].
@@ -233,6 +237,7 @@ impl TestState {
             series: Mutex::new(super::history::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             unsaved: AtomicBool::new(false),
+            sled_barrier: AtomicU64::new(0),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

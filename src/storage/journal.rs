@@ -29,6 +29,8 @@ use super::{Result, StorageError};
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"ARBJNL01";
+/// Why a file holds nothing: shorter than [`MAGIC`], or all zeros.
+const NO_HEADER: &str = "no complete header";
 /// Bytes before each payload: length, checksum, position.
 const ENTRY_HEADER: usize = 16;
 /// Largest payload accepted (a result batch is far smaller).
@@ -125,8 +127,9 @@ fn read_segment(path: &Path) -> Result<(Vec<Entry>, u64, Option<String>)> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_error(format!("reading {}", path.display())))?;
-    if bytes.len() < MAGIC.len() {
-        return Ok((Vec::new(), 0, Some("no complete header".into())));
+    // Shorter than a header, or all zeros (a file whose creation a power loss cut short): empty.
+    if bytes.len() < MAGIC.len() || bytes.iter().all(|&b| b == 0) {
+        return Ok((Vec::new(), 0, Some(NO_HEADER.into())));
     }
     if &bytes[..MAGIC.len()] != MAGIC {
         return Err(StorageError::Corrupt {
@@ -176,17 +179,24 @@ fn checksum(position: u64, payload: &[u8]) -> u32 {
 
 fn create_segment(dir: &Path, first: u64) -> Result<File> {
     let path = segment_path(dir, first);
-    let mut file = OpenOptions::new()
+    let created = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)
-        .map_err(io_error(format!("creating {}", path.display())))?;
-    file.write_all(MAGIC)
-        .and_then(|()| file.sync_data())
-        .map_err(io_error(format!("writing {}", path.display())))?;
-    sync_dir(dir)?;
-    Ok(file)
+        .and_then(|mut file| {
+            file.write_all(MAGIC)?;
+            file.sync_data()?;
+            Ok(file)
+        })
+        .map_err(io_error(format!("creating {}", path.display())))
+        .and_then(|file| sync_dir(dir).map(|()| file));
+    if created.is_err() {
+        // Appends continue in the previous segment, which must stay the newest one on disk.
+        let _ = std::fs::remove_file(&path);
+        let _ = sync_dir(dir);
+    }
+    created
 }
 
 impl Journal {
@@ -194,8 +204,28 @@ impl Journal {
     /// newest, and starts the sync thread. Returns the journal and every entry it holds, in
     /// position order, for the owner to replay.
     pub fn open(dir: &Path) -> Result<(Self, Vec<Entry>)> {
-        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(io_error(format!("creating {}", dir.display())))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut segments = list_segments(dir)?;
+        // Newest files without a complete header are rotations that never completed (a crash in
+        // `create_segment`, or a failure whose clean-up failed too): appends went on in the
+        // segment before, which is the newest, where a torn tail may be.
+        let highest_first = segments.last().copied().unwrap_or(1);
+        while segments.len() > 1 {
+            let path = segment_path(dir, *segments.last().expect("non-empty"));
+            if read_segment(&path)?.2.as_deref() != Some(NO_HEADER) {
+                break;
+            }
+            std::fs::remove_file(&path)
+                .map_err(io_error(format!("removing empty {}", path.display())))?;
+            segments.pop();
+            sync_dir(dir)?;
+        }
         let mut entries: Vec<Entry> = Vec::new();
         let mut current = None;
         for (i, &first) in segments.iter().enumerate() {
@@ -246,7 +276,7 @@ impl Journal {
             }
         }
         let last_position = entries.last().map_or(0, |e| e.position);
-        let next = (last_position + 1).max(segments.last().copied().unwrap_or(1));
+        let next = (last_position + 1).max(highest_first);
         let current = match current {
             Some(file) => file,
             None => {
@@ -591,6 +621,39 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let err = Journal::open(dir.path()).expect_err("damage before the newest segment");
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_rotation_that_never_completed_leaves_the_segment_before_it_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(dir.path()).expect("open");
+        journal.append(b"kept").expect("append");
+        journal.append(b"torn").expect("append");
+        journal.sync_blocking().expect("sync");
+        let next = journal.next_position();
+        drop(journal);
+        // A crash inside `create_segment` (no complete header), then a torn tail in the segment
+        // appends went on in.
+        std::fs::write(segment_path(dir.path(), next), [0u8; 5]).expect("write");
+        let path = segment_path(dir.path(), 1);
+        let len = std::fs::metadata(&path).expect("stat").len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len - 1))
+            .expect("truncate");
+        let (journal, replayed) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(payloads(&replayed), [&b"kept"[..]]);
+        assert_eq!(journal.segment_count(), 1);
+        assert!(!segment_path(dir.path(), next).exists());
+        assert!(journal.append(b"after").expect("append") >= next);
+        // A newest segment of zeros alone is empty too.
+        drop(journal);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(segment_path(dir.path(), 7), [0u8; 40]).expect("write");
+        let (journal, replayed) = Journal::open(dir.path()).expect("open zeros");
+        assert!(replayed.is_empty());
+        assert_eq!(journal.append(b"x").expect("append"), 7);
     }
 
     #[test]
