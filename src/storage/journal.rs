@@ -17,8 +17,8 @@
 //! crash cut short (never acknowledged: its sync had not returned); it is cut off at open. Damage
 //! anywhere else is reported and the journal does not open.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -26,13 +26,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{Result, StorageError};
+pub use segment::MAGIC;
+use segment::{checksum, create_segment, io_error, segment_path, sync_dir, Recovered};
 
-/// First bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"ARBJNL01";
-/// Why a file holds nothing: shorter than [`MAGIC`], or all zeros.
-const NO_HEADER: &str = "no complete header";
-/// Bytes before each payload: length, checksum, position.
-const ENTRY_HEADER: usize = 16;
+mod segment;
+
 /// Largest payload accepted (a result batch is far smaller).
 pub const MAX_ENTRY: usize = 64 << 20;
 
@@ -86,205 +84,18 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
-    move |source| StorageError::Io { context, source }
-}
-
-fn segment_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:020}.journal"))
-}
-
-/// Makes a directory entry (a created or removed file) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(format!("syncing directory {}", dir.display())))
-}
-
-/// The segments in `dir`, oldest first.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut firsts = Vec::new();
-    let listing = std::fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
-    for entry in listing {
-        let entry = entry.map_err(io_error(format!("listing {}", dir.display())))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".journal") {
-            let first = stem.parse::<u64>().map_err(|_| StorageError::Corrupt {
-                key: entry.path().display().to_string(),
-                why: "journal file name is not a position".into(),
-            })?;
-            firsts.push(first);
-        }
-    }
-    firsts.sort_unstable();
-    Ok(firsts)
-}
-
-/// The valid entries of one segment file, and the byte length they end at.
-fn read_segment(path: &Path) -> Result<(Vec<Entry>, u64, Option<String>)> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(format!("reading {}", path.display())))?;
-    // Shorter than a header, or all zeros (a file whose creation a power loss cut short): empty.
-    if bytes.len() < MAGIC.len() || bytes.iter().all(|&b| b == 0) {
-        return Ok((Vec::new(), 0, Some(NO_HEADER.into())));
-    }
-    if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(StorageError::Corrupt {
-            key: path.display().to_string(),
-            why: "not a journal segment (bad magic)".into(),
-        });
-    }
-    let mut entries = Vec::new();
-    let mut at = MAGIC.len();
-    let damage = loop {
-        if at == bytes.len() {
-            break None;
-        }
-        let Some(header) = bytes.get(at..at + ENTRY_HEADER) else {
-            break Some(format!("entry header cut short at byte {at}"));
-        };
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let position = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let Some(payload) = bytes.get(at + ENTRY_HEADER..at + ENTRY_HEADER + len) else {
-            break Some(format!("entry at byte {at} cut short"));
-        };
-        if checksum(position, payload) != crc {
-            break Some(format!("entry at byte {at} fails its checksum"));
-        }
-        if entries
-            .last()
-            .is_some_and(|e: &Entry| e.position >= position)
-        {
-            break Some(format!("entry at byte {at} repeats an earlier position"));
-        }
-        entries.push(Entry {
-            position,
-            payload: payload.to_vec(),
-        });
-        at += ENTRY_HEADER + len;
-    };
-    Ok((entries, at as u64, damage))
-}
-
-fn checksum(position: u64, payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&position.to_le_bytes());
-    hasher.update(payload);
-    hasher.finalize()
-}
-
-fn create_segment(dir: &Path, first: u64) -> Result<File> {
-    let path = segment_path(dir, first);
-    let created = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .and_then(|mut file| {
-            file.write_all(MAGIC)?;
-            file.sync_data()?;
-            Ok(file)
-        })
-        .map_err(io_error(format!("creating {}", path.display())))
-        .and_then(|file| sync_dir(dir).map(|()| file));
-    if created.is_err() {
-        // Appends continue in the previous segment, which must stay the newest one on disk.
-        let _ = std::fs::remove_file(&path);
-        let _ = sync_dir(dir);
-    }
-    created
-}
-
 impl Journal {
     /// Opens (or creates) the journal in `dir`: checks every segment, cuts a torn tail off the
     /// newest, and starts the sync thread. Returns the journal and every entry it holds, in
     /// position order, for the owner to replay.
     pub fn open(dir: &Path) -> Result<(Self, Vec<Entry>)> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(io_error(format!("creating {}", dir.display())))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
-        let mut segments = list_segments(dir)?;
-        // Newest files without a complete header are rotations that never completed (a crash in
-        // `create_segment`, or a failure whose clean-up failed too): appends went on in the
-        // segment before, which is the newest, where a torn tail may be.
-        let highest_first = segments.last().copied().unwrap_or(1);
-        while segments.len() > 1 {
-            let path = segment_path(dir, *segments.last().expect("non-empty"));
-            if read_segment(&path)?.2.as_deref() != Some(NO_HEADER) {
-                break;
-            }
-            std::fs::remove_file(&path)
-                .map_err(io_error(format!("removing empty {}", path.display())))?;
-            segments.pop();
-            sync_dir(dir)?;
-        }
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut current = None;
-        for (i, &first) in segments.iter().enumerate() {
-            let path = segment_path(dir, first);
-            let newest = i + 1 == segments.len();
-            let (read, valid_len, damage) = read_segment(&path)?;
-            if read.first().is_some_and(|e| e.position < first)
-                || read
-                    .first()
-                    .zip(entries.last())
-                    .is_some_and(|(a, b)| a.position <= b.position)
-            {
-                return Err(StorageError::Corrupt {
-                    key: path.display().to_string(),
-                    why: "journal positions out of order across segments".into(),
-                });
-            }
-            if let Some(why) = damage {
-                if !newest {
-                    return Err(StorageError::Corrupt {
-                        key: path.display().to_string(),
-                        why: format!("{why}, in a segment that was complete before the next began"),
-                    });
-                }
-                tracing::warn!(file = %path.display(), %why, "cutting off a torn journal tail");
-            }
-            entries.extend(read);
-            if newest {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_error(format!("opening {}", path.display())))?;
-                if valid_len < MAGIC.len() as u64 {
-                    file.set_len(0)
-                        .and_then(|()| file.write_all(MAGIC))
-                        .map_err(io_error(format!(
-                            "rewriting the header of {}",
-                            path.display()
-                        )))?;
-                } else {
-                    file.set_len(valid_len)
-                        .map_err(io_error(format!("truncating {}", path.display())))?;
-                }
-                file.seek(SeekFrom::End(0))
-                    .and_then(|_| file.sync_data())
-                    .map_err(io_error(format!("opening {}", path.display())))?;
-                current = Some(file);
-            }
-        }
-        let last_position = entries.last().map_or(0, |e| e.position);
-        let next = (last_position + 1).max(highest_first);
-        let current = match current {
-            Some(file) => file,
-            None => {
-                segments.push(next);
-                create_segment(dir, next)?
-            }
-        };
-        let current_has_entries = segments.last().is_some_and(|&f| last_position >= f);
+        let Recovered {
+            segments,
+            entries,
+            current,
+            next,
+            current_has_entries,
+        } = segment::recover(dir)?;
         let (durable, _) = watch::channel(Durable {
             through: next - 1,
             failed: None,
@@ -516,6 +327,7 @@ fn failed(why: &str) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::sync::Arc;
 
     fn payloads(entries: &[Entry]) -> Vec<&[u8]> {
