@@ -15,7 +15,7 @@ use crate::time::UnixNanos;
 use crate::audit::AuditDraft;
 
 use super::journal_entry;
-use super::result_ids::PendingIds;
+use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::{TestConfig, MAX_ARMS};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
@@ -79,6 +79,13 @@ pub enum RecordOutcome {
     Duplicate,
     /// Rejected; nothing changed.
     Rejected(ExperimentError),
+}
+
+/// What one test accepted from a batch: `(arm, record index)` pairs, and the new result ids.
+struct Written<'a> {
+    accepted: &'a [(usize, usize)],
+    records: &'a [ResultInput],
+    new_ids: PendingIds,
 }
 
 /// A stop decided while applying results, carried out once they are durable.
@@ -239,45 +246,15 @@ impl Experiments {
             if let Some(stop) = self.stop_decision(&config, &stats) {
                 stops.push(stop);
             }
-            if suspensions.is_empty() {
-                // The common case: one journal entry, snapshotted into sled later.
-                let mut payload = Vec::with_capacity(64 + 24 * accepted.len());
-                journal_entry::encode(
-                    &test_id,
-                    accepted.iter().map(|&(arm, i)| {
-                        let r = &records[i];
-                        (arm, r.return_value, r.metrics.as_slice())
-                    }),
-                    new_ids.fingerprints(),
-                    &mut payload,
-                );
-                // Queued before the append: a snapshot that rotates the journal after this entry
-                // then finds the test in its queue (see `snapshot`).
-                self.mark_unsaved(&state);
-                let position = self.inner.storage.journal().append(&payload)?;
-                stats.journal_position = position;
+            let written = Written {
+                accepted: &accepted,
+                records: &records,
+                new_ids,
+            };
+            if let Some(position) =
+                self.write_group(&state, &mut stats, suspensions, written, &mut result_ids)?
+            {
                 journal_through = journal_through.max(position);
-                result_ids.commit_journaled(new_ids);
-            } else {
-                // A stop-loss suspension changed: statistics, every unsaved result id and the
-                // audit events go to sled in one atomic batch, as the audit chain requires.
-                let drafts = suspensions
-                    .into_iter()
-                    .map(|(arm, suspended)| suspension_event(&config, &stats, arm, suspended))
-                    .collect();
-                let mut batch = WriteBatch::new();
-                let staged =
-                    self.stage_stats(&test_id, &stats, &mut result_ids, new_ids, &mut batch)?;
-                self.inner
-                    .audit
-                    .commit(&self.inner.storage, batch, drafts)?;
-                if let Some(staged) = staged {
-                    result_ids.commit(staged);
-                }
-                // Later journaled batches of this test build on this one.
-                state
-                    .sled_barrier
-                    .store(self.inner.storage.write_mark(), Ordering::Release);
             }
             sled_through = sled_through.max(state.sled_barrier.load(Ordering::Acquire));
             drop(result_ids);
@@ -301,6 +278,58 @@ impl Experiments {
             sled_mark: (sled_through > 0).then_some(sled_through),
             journal_position: (journal_through > 0).then_some(journal_through),
         })
+    }
+
+    /// Writes one test's share of a batch: one journal entry (the common case; returns its
+    /// position), or, when a stop-loss suspension changed, statistics, every unsaved result id
+    /// and the audit events in one atomic sled batch, as the audit chain requires. Called with
+    /// the test's book and result ids locked; `stats` is the test's new state.
+    fn write_group(
+        &self,
+        state: &Arc<TestState>,
+        stats: &mut StatsRecord,
+        suspensions: Vec<(usize, bool)>,
+        written: Written<'_>,
+        result_ids: &mut ResultIds,
+    ) -> Result<Option<u64>> {
+        let config = &state.config;
+        let test_id = config.test_id.as_str();
+        if suspensions.is_empty() {
+            let mut payload = Vec::with_capacity(64 + 24 * written.accepted.len());
+            journal_entry::encode(
+                test_id,
+                written.accepted.iter().map(|&(arm, i)| {
+                    let r = &written.records[i];
+                    (arm, r.return_value, r.metrics.as_slice())
+                }),
+                written.new_ids.fingerprints(),
+                &mut payload,
+            );
+            // Queued before the append: a snapshot that rotates the journal after this entry
+            // then finds the test in its queue (see `snapshot`).
+            self.mark_unsaved(state);
+            let position = self.inner.storage.journal().append(&payload)?;
+            stats.journal_position = position;
+            result_ids.commit_journaled(written.new_ids);
+            return Ok(Some(position));
+        }
+        let drafts = suspensions
+            .into_iter()
+            .map(|(arm, suspended)| suspension_event(config, stats, arm, suspended))
+            .collect();
+        let mut batch = WriteBatch::new();
+        let staged = self.stage_stats(test_id, stats, result_ids, written.new_ids, &mut batch)?;
+        self.inner
+            .audit
+            .commit(&self.inner.storage, batch, drafts)?;
+        if let Some(staged) = staged {
+            result_ids.commit(staged);
+        }
+        // Later journaled batches of this test build on this one.
+        state
+            .sled_barrier
+            .store(self.inner.storage.write_mark(), Ordering::Release);
+        Ok(None)
     }
 
     /// Whether the test must stop after this batch: every arm suspended by the stop-loss, or
