@@ -84,32 +84,14 @@ fn storage(c: &mut Criterion) {
     // opening replays them. (Each timed open closes again well before its first snapshot round.)
     let mut dir = Some(support::close(engine));
     c.bench_function("recovery/open_engine_replaying_100k_results", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let engine = runtime.block_on(support::open(dir.take().expect("dir")));
-                total += started.elapsed();
-                dir = Some(support::close(engine));
-            }
-            total
-        })
+        time_opens(b, &runtime, &mut dir)
     });
     // As a shutdown leaves it: everything in snapshots, nothing to replay.
     let engine = runtime.block_on(support::open(dir.take().expect("dir")));
     engine.experiments.snapshot().expect("snapshot");
     let mut dir = Some(support::close(engine));
     c.bench_function("recovery/open_engine_100k_results", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let engine = runtime.block_on(support::open(dir.take().expect("dir")));
-                total += started.elapsed();
-                dir = Some(support::close(engine));
-            }
-            total
-        })
+        time_opens(b, &runtime, &mut dir)
     });
     // The first batch with result ids after opening reads the test's idempotency index (100k ids
     // here); a resent id must come back as a duplicate.
@@ -133,6 +115,24 @@ fn storage(c: &mut Criterion) {
             total
         })
     });
+}
+
+/// Times opening the whole engine on `dir` (closing it again after each open, untimed).
+fn time_opens(
+    b: &mut criterion::Bencher<'_>,
+    runtime: &tokio::runtime::Runtime,
+    dir: &mut Option<tempfile::TempDir>,
+) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let started = Instant::now();
+            let engine = runtime.block_on(support::open(dir.take().expect("dir")));
+            total += started.elapsed();
+            *dir = Some(support::close(engine));
+        }
+        total
+    })
 }
 
 criterion_group! {

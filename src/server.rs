@@ -151,24 +151,21 @@ pub async fn run(
         }
     }
 
-    // A last snapshot round stores every journaled result in sled, so the next start replays
-    // nothing.
-    let snapshotting = experiments.clone();
-    tokio::task::spawn_blocking(move || snapshotting.snapshot())
-        .await
-        .map_err(|e| StorageError::Io {
-            context: "final statistics snapshot".into(),
-            source: std::io::Error::other(e),
-        })??;
     experiments.persist_allocations(true).await?;
-    drop((experiments, usage));
-    let flushing = storage.clone();
-    tokio::task::spawn_blocking(move || flushing.flush_blocking())
-        .await
-        .map_err(|e| StorageError::Io {
-            context: "final flush".into(),
-            source: std::io::Error::other(e),
-        })??;
+    drop(usage);
+    // A last snapshot round stores every journaled result in sled, so the next start replays
+    // nothing; then everything is flushed.
+    tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+        experiments.snapshot()?;
+        drop(experiments);
+        storage.flush_blocking()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| StorageError::Io {
+        context: "final snapshot and flush".into(),
+        source: std::io::Error::other(e),
+    })??;
     tracing::info!("storage flushed; bye");
     Ok(())
 }

@@ -9,7 +9,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::storage::WriteBatch;
 use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
@@ -313,22 +312,7 @@ impl Experiments {
             result_ids.commit_journaled(written.new_ids);
             return Ok(Some(position));
         }
-        let drafts = suspensions
-            .into_iter()
-            .map(|(arm, suspended)| suspension_event(config, stats, arm, suspended))
-            .collect();
-        let mut batch = WriteBatch::new();
-        let staged = self.stage_stats(test_id, stats, result_ids, written.new_ids, &mut batch)?;
-        self.inner
-            .audit
-            .commit(&self.inner.storage, batch, drafts)?;
-        if let Some(staged) = staged {
-            result_ids.commit(staged);
-        }
-        // Later journaled batches of this test build on this one.
-        state
-            .sled_barrier
-            .store(self.inner.storage.write_mark(), Ordering::Release);
+        self.store_stats(state, stats, result_ids, written.new_ids, suspensions)?;
         Ok(None)
     }
 

@@ -404,14 +404,8 @@ impl Experiments {
             stopping::look(config, &stats.arms, &mut stats.sequential);
             let evidence = stopping::evidence(config, &stats.arms, &stats.sequential);
             let winner = stopping::decide(config, &stats.arms, &evidence);
-            let mut batch = WriteBatch::new();
             let mut ids = state.result_ids.lock();
-            let staged =
-                self.stage_stats(test_id, &stats, &mut ids, PendingIds::default(), &mut batch)?;
-            self.inner.storage.apply(batch)?;
-            if let Some(staged) = staged {
-                ids.commit(staged);
-            }
+            self.store_stats(&state, &stats, &mut ids, PendingIds::default(), Vec::new())?;
             drop(ids);
             book.stats = stats;
             let days = config.max_duration_days;

@@ -26,7 +26,7 @@ use crate::storage::{keys, JournalEntry, StorageError, WriteBatch};
 
 use super::ingest::suspension_event;
 use super::journal_entry;
-use super::result_ids::{PendingIds, ResultIds, StagedRun};
+use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::TestId;
 use super::{ExperimentError, Experiments, Inner, Result};
@@ -45,19 +45,40 @@ impl Experiments {
         }
     }
 
-    /// Puts `stats` into `batch` with every unsaved result id of the test (and `extra`), so that
-    /// a crash after the batch keeps the ids of every journal entry the statistics include.
-    /// Commit the returned run once the batch is applied, before releasing `ids`.
-    pub(super) fn stage_stats(
+    /// Writes `stats` to sled in one atomic batch with every unsaved result id of the test (and
+    /// `extra`), so a crash keeps the ids of every journal entry the statistics include, and
+    /// with the audit events of `suspensions` (stop-loss changes the statistics made). A batch
+    /// with suspensions becomes the test's [`TestState::sled_barrier`]: later journaled results
+    /// build on it. Called with the test's book and `ids` locked.
+    pub(super) fn store_stats(
         &self,
-        test_id: &str,
+        state: &TestState,
         stats: &StatsRecord,
         ids: &mut ResultIds,
         extra: PendingIds,
-        batch: &mut WriteBatch,
-    ) -> Result<Option<StagedRun>> {
+        suspensions: Vec<(usize, bool)>,
+    ) -> Result<()> {
+        let test_id = state.config.test_id.as_str();
+        let storage = &self.inner.storage;
+        let mut batch = WriteBatch::new();
         batch.put(keys::test_stats(test_id), stats)?;
-        Ok(ids.stage_unsaved(&self.inner.storage, test_id, extra, batch)?)
+        let staged = ids.stage_unsaved(storage, test_id, extra, &mut batch)?;
+        if suspensions.is_empty() {
+            storage.apply(batch)?;
+        } else {
+            let drafts = suspensions
+                .into_iter()
+                .map(|(arm, s)| suspension_event(&state.config, stats, arm, s))
+                .collect();
+            self.inner.audit.commit(storage, batch, drafts)?;
+            state
+                .sled_barrier
+                .store(storage.write_mark(), Ordering::Release);
+        }
+        if let Some(staged) = staged {
+            ids.commit(staged);
+        }
+        Ok(())
     }
 
     /// One snapshot round: stores every queued test and trims the journal. Returns how many tests
@@ -101,20 +122,13 @@ impl Experiments {
         state.unsaved.store(false, Ordering::Release);
         let book = state.book.lock();
         let mut ids = state.result_ids.lock();
-        let mut batch = WriteBatch::new();
-        let test_id = state.config.test_id.as_str();
-        let staged = self.stage_stats(
-            test_id,
+        self.store_stats(
+            state,
             &book.stats,
             &mut ids,
             PendingIds::default(),
-            &mut batch,
-        )?;
-        self.inner.storage.apply(batch)?;
-        if let Some(staged) = staged {
-            ids.commit(staged);
-        }
-        Ok(())
+            Vec::new(),
+        )
     }
 
     /// Starts the snapshot thread; it ends with the engine.
@@ -183,28 +197,7 @@ impl Experiments {
             if !changes.is_empty() {
                 // A suspension ingestion did not see: an unacknowledged batch that went to sled
                 // before this entry was lost. Stored now with its audit events, as ingestion would.
-                let drafts = changes
-                    .into_iter()
-                    .map(|(arm, s)| suspension_event(&state.config, &book.stats, arm, s))
-                    .collect();
-                let mut batch = WriteBatch::new();
-                let test_id = state.config.test_id.as_str();
-                let staged = self.stage_stats(
-                    test_id,
-                    &book.stats,
-                    &mut ids,
-                    PendingIds::default(),
-                    &mut batch,
-                )?;
-                self.inner
-                    .audit
-                    .commit(&self.inner.storage, batch, drafts)?;
-                if let Some(staged) = staged {
-                    ids.commit(staged);
-                }
-                state
-                    .sled_barrier
-                    .store(self.inner.storage.write_mark(), Ordering::Release);
+                self.store_stats(state, &book.stats, &mut ids, PendingIds::default(), changes)?;
             }
             drop((ids, book));
             self.mark_unsaved(state);

@@ -216,27 +216,31 @@ impl Journal {
     /// Writes the buffered entries to the current segment and syncs it.
     fn write_pending(&self) {
         let mut files = self.files.lock();
-        let (buf, through) = {
-            let mut pending = self.pending.lock();
-            (std::mem::take(&mut pending.buf), pending.next - 1)
-        };
-        let outcome = if buf.is_empty() {
-            Ok(())
-        } else {
-            self.syncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            files.current_has_entries = true;
-            let started = std::time::Instant::now();
-            let written = files
-                .current
-                .write_all(&buf)
-                .and_then(|()| files.current.sync_data());
-            metrics::histogram!("arbiter_journal_sync_seconds")
-                .record(started.elapsed().as_secs_f64());
-            written
-        };
+        let (outcome, next) = self.write_buffered(&mut files);
         drop(files);
-        self.publish(through, outcome.map_err(|e| e.to_string()));
+        self.publish(next - 1, outcome.map_err(|e| e.to_string()));
+    }
+
+    /// Takes the buffered entries and writes and syncs them to the current segment. Returns the
+    /// outcome and the next position when the buffer was taken: every entry below it is covered.
+    fn write_buffered(&self, files: &mut Files) -> (std::io::Result<()>, u64) {
+        let (buf, next) = {
+            let mut pending = self.pending.lock();
+            (std::mem::take(&mut pending.buf), pending.next)
+        };
+        if buf.is_empty() {
+            return (Ok(()), next);
+        }
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        files.current_has_entries = true;
+        let started = std::time::Instant::now();
+        let written = files
+            .current
+            .write_all(&buf)
+            .and_then(|()| files.current.sync_data());
+        metrics::histogram!("arbiter_journal_sync_seconds").record(started.elapsed().as_secs_f64());
+        (written, next)
     }
 
     fn publish(&self, through: u64, outcome: std::result::Result<(), String>) {
@@ -257,22 +261,10 @@ impl Journal {
     /// segments [`Journal::remove_before`] may remove once snapshots cover them. Blocks on I/O.
     pub fn rotate(&self) -> Result<u64> {
         let mut files = self.files.lock();
-        let (buf, cut) = {
-            let mut pending = self.pending.lock();
-            if let Some(why) = &pending.failed {
-                return Err(failed(why));
-            }
-            (std::mem::take(&mut pending.buf), pending.next)
-        };
-        let written = if buf.is_empty() {
-            Ok(())
-        } else {
-            files.current_has_entries = true;
-            files
-                .current
-                .write_all(&buf)
-                .and_then(|()| files.current.sync_data())
-        };
+        if let Some(why) = &self.pending.lock().failed {
+            return Err(failed(why));
+        }
+        let (written, cut) = self.write_buffered(&mut files);
         if let Err(e) = written {
             drop(files);
             let why = e.to_string();
