@@ -8,7 +8,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use arbiter::pb::{self, allocator_client::AllocatorClient};
-use arbiter::registry::RegistryConfig;
 use arbiter::server::ServerConfig;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -25,10 +24,8 @@ fn grpc(c: &mut Criterion) {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let config = ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            registry: RegistryConfig::default(),
             shutdown_grace: Duration::from_secs(5),
-            metrics_listen: None,
+            ..ServerConfig::new(dir.path().to_path_buf())
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(arbiter::server::run(listener, config, async move {

@@ -6,10 +6,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use clap::builder::TypedValueParser;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::experiment::limits::{self, IngestLimits};
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
 
@@ -427,6 +429,32 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off when unset.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Largest accepted |return| and |metric value| of a result; larger ones are rejected with
+    /// INVALID_ARGUMENT (their squares would overflow the statistics).
+    #[arg(long, env = "ARBITER_MAX_RESULT_MAGNITUDE", default_value_t = limits::DEFAULT_MAX_ABS_VALUE,
+          value_parser = parse_magnitude)]
+    pub max_result_magnitude: f64,
+    /// Most records in one IngestResults batch; a larger batch ends the stream with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_BATCH_RECORDS", default_value_t = limits::DEFAULT_MAX_BATCH_RECORDS,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_batch_records: usize,
+    /// Most distinct tests one IngestResults batch may name; more end the stream with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_BATCH_TESTS", default_value_t = limits::DEFAULT_MAX_BATCH_TESTS,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_batch_tests: usize,
+}
+
+/// A magnitude limit: a positive finite number at most 1e150, so that its square and sums of
+/// squares stay finite.
+fn parse_magnitude(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if value.is_finite() && value > 0.0 && value <= 1e150 {
+        Ok(value)
+    } else {
+        Err(format!("{text} must be a positive number at most 1e150"))
+    }
 }
 
 /// Why the configuration cannot be used.
@@ -465,6 +493,9 @@ pub struct FileConfig {
     allow_self_approval: Option<bool>,
     shutdown_grace_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    max_result_magnitude: Option<f64>,
+    max_batch_records: Option<usize>,
+    max_batch_tests: Option<usize>,
 }
 
 impl FileConfig {
@@ -478,11 +509,21 @@ impl FileConfig {
             path: path.to_path_buf(),
             reason: e.to_string().trim().to_string(),
         })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
         if file.max_versions_per_model == Some(0) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                reason: "max-versions-per-model must be at least 1".into(),
-            });
+            return Err(invalid("max-versions-per-model must be at least 1".into()));
+        }
+        if let Some(m) = file.max_result_magnitude {
+            parse_magnitude(&m.to_string())
+                .map_err(|e| invalid(format!("max-result-magnitude: {e}")))?;
+        }
+        if file.max_batch_records == Some(0) || file.max_batch_tests == Some(0) {
+            return Err(invalid(
+                "max-batch-records and max-batch-tests must be at least 1".into(),
+            ));
         }
         Ok(file)
     }
@@ -536,6 +577,9 @@ impl ServeArgs {
         take!(max_versions_per_model);
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
+        take!(max_result_magnitude);
+        take!(max_batch_records);
+        take!(max_batch_tests);
         if let Some(addr) = file.metrics_listen {
             if is_default("metrics_listen") || self.metrics_listen.is_none() {
                 self.metrics_listen = Some(addr);
@@ -545,22 +589,26 @@ impl ServeArgs {
 
     /// The effective settings, one `key = value` line each (for `--check-config`).
     pub fn describe(&self) -> String {
-        format!(
-            "listen = \"{}\"\ndata-dir = {:?}\nlog-format = \"{}\"\nmax-artifact-bytes = {}\n\
-             max-versions-per-model = {}\nallow-self-approval = {}\nshutdown-grace-secs = {}\n{}",
-            self.listen,
-            self.data_dir.display().to_string(),
-            match self.log_format {
-                LogFormat::Plain => "plain",
-                LogFormat::Json => "json",
-            },
-            self.max_artifact_bytes,
-            self.max_versions_per_model,
-            self.allow_self_approval,
-            self.shutdown_grace_secs,
-            self.metrics_listen
-                .map_or_else(String::new, |a| format!("metrics-listen = \"{a}\"\n")),
-        )
+        let log_format = match self.log_format {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        };
+        let mut lines = vec![
+            format!("listen = \"{}\"", self.listen),
+            format!("data-dir = {:?}", self.data_dir.display().to_string()),
+            format!("log-format = \"{log_format}\""),
+            format!("max-artifact-bytes = {}", self.max_artifact_bytes),
+            format!("max-versions-per-model = {}", self.max_versions_per_model),
+            format!("allow-self-approval = {}", self.allow_self_approval),
+            format!("shutdown-grace-secs = {}", self.shutdown_grace_secs),
+            format!("max-result-magnitude = {:e}", self.max_result_magnitude),
+            format!("max-batch-records = {}", self.max_batch_records),
+            format!("max-batch-tests = {}", self.max_batch_tests),
+        ];
+        if let Some(addr) = self.metrics_listen {
+            lines.push(format!("metrics-listen = \"{addr}\""));
+        }
+        lines.iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The server configuration these flags describe.
@@ -574,6 +622,11 @@ impl ServeArgs {
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             metrics_listen: self.metrics_listen,
+            ingest: IngestLimits {
+                max_abs_value: self.max_result_magnitude,
+                max_batch_records: self.max_batch_records,
+                max_batch_tests: self.max_batch_tests,
+            },
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod history;
 mod ingest;
 mod journal_entry;
 mod lifecycle;
+pub mod limits;
 pub mod policy;
 pub mod posterior;
 pub mod result_ids;
@@ -49,6 +50,7 @@ pub use allocate::Allocated;
 pub use error::ExperimentError;
 pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
 pub use lifecycle::{ListCursor, TestView};
+pub use limits::IngestLimits;
 pub use results::{ArmResults, ComparisonResults, TestResults};
 pub use snapshot::SNAPSHOT_INTERVAL;
 use state::TestState;
@@ -103,6 +105,7 @@ struct Inner {
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
     results_dir: PathBuf,
+    limits: IngestLimits,
 }
 
 impl Experiments {
@@ -110,7 +113,12 @@ impl Experiments {
     /// allocations), replays the journal entries their statistics do not include yet, writes
     /// missing final results files, and starts the background refresher, snapshot writer and
     /// allocation persister. Must run inside a tokio runtime.
-    pub fn open(storage: Arc<Storage>, audit: Arc<AuditLog>, registry: Registry) -> Result<Self> {
+    pub fn open(
+        storage: Arc<Storage>,
+        audit: Arc<AuditLog>,
+        registry: Registry,
+        limits: IngestLimits,
+    ) -> Result<Self> {
         let results_dir = storage.data_dir().join("ab_tests").join("results");
         std::fs::create_dir_all(&results_dir).map_err(|source| ExperimentError::Io {
             context: format!("creating {}", results_dir.display()),
@@ -142,6 +150,7 @@ impl Experiments {
                 snapshot_round: Mutex::new(()),
                 create_lock: Mutex::new(()),
                 results_dir,
+                limits,
             }),
         };
         let replayed = experiments.replay_journal(&loaded, storage.take_journal_tail())?;
@@ -157,7 +166,7 @@ impl Experiments {
             experiments.inner.tests.insert(id, state);
         }
         drop(dirty);
-        experiments.write_missing_final_results()?;
+        experiments.write_missing_final_results();
         experiments.start_background_tasks()?;
         experiments.start_snapshot_thread()?;
         Ok(experiments)

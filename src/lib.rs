@@ -25,4 +25,5 @@ pub mod server;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;
+pub mod text;
 pub mod time;

@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 
 use crate::config::BenchArgs;
 use crate::pb;
-use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
 pub use report::{Measurement, Report};
 use scenarios::{Scenario, System, Target};
@@ -103,10 +102,8 @@ async fn start_arbiter() -> Result<Local, BenchError> {
         addr.port()
     ));
     let config = ServerConfig {
-        data_dir: data_dir.clone(),
-        registry: RegistryConfig::default(),
         shutdown_grace: Duration::from_secs(5),
-        metrics_listen: None,
+        ..ServerConfig::new(data_dir.clone())
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::audit::AuditLog;
-use crate::experiment::{ExperimentError, Experiments};
+use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
 use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
@@ -27,6 +27,21 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus metrics (`None`: no metrics).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What result ingestion accepts.
+    pub ingest: IngestLimits,
+}
+
+impl ServerConfig {
+    /// The defaults on `data_dir`: what `arbiter serve --data-dir <dir>` runs with.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            registry: RegistryConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            metrics_listen: None,
+            ingest: IngestLimits::default(),
+        }
+    }
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -66,7 +81,12 @@ pub async fn run(
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
 
-    let experiments = Experiments::open(storage.clone(), audit.clone(), registry.clone())?;
+    let experiments = Experiments::open(
+        storage.clone(),
+        audit.clone(),
+        registry.clone(),
+        config.ingest,
+    )?;
     let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
     registry.set_usage(&usage);
 

@@ -8,6 +8,8 @@ mod pbest;
 mod power;
 mod sequential;
 mod srm;
+#[cfg(test)]
+mod totality_tests;
 mod welch;
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
@@ -32,9 +34,10 @@ pub struct Summary {
 
 /// Two-sided Student t confidence interval of a mean at level `1 − alpha`:
 /// `mean ± t_{1−alpha/2, n−1} · s/√n` (e.g. NIST/SEMATECH e-Handbook §7.2.2.1).
-/// `None` below two observations, where the interval is undefined.
+/// `None` below two observations, where the interval is undefined, and for inputs that are not
+/// finite numbers (no figure is better than a wrong one).
 pub fn mean_confidence_interval(s: Summary, alpha: f64) -> Option<(f64, f64)> {
-    if s.n < 2 || !(alpha > 0.0 && alpha < 1.0) {
+    if s.n < 2 || !(alpha > 0.0 && alpha < 1.0) || !all_finite(&[s.mean, s.std]) {
         return None;
     }
     let df = (s.n - 1) as f64;
@@ -42,7 +45,18 @@ pub fn mean_confidence_interval(s: Summary, alpha: f64) -> Option<(f64, f64)> {
         .ok()?
         .inverse_cdf(1.0 - alpha / 2.0);
     let half = t * s.std / (s.n as f64).sqrt();
-    Some((s.mean - half, s.mean + half))
+    finite_pair(s.mean - half, s.mean + half)
+}
+
+/// Whether every value is a finite number. Every function of this module checks its inputs with
+/// it before they reach statrs, whose special functions panic on NaN.
+pub(crate) fn all_finite(values: &[f64]) -> bool {
+    values.iter().all(|v| v.is_finite())
+}
+
+/// `Some((low, high))` when both ends are finite.
+pub(crate) fn finite_pair(low: f64, high: f64) -> Option<(f64, f64)> {
+    all_finite(&[low, high]).then_some((low, high))
 }
 
 /// Asserts `actual` is within `rel` relative error of `expected` (absolute below 1e-300).

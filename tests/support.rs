@@ -42,23 +42,37 @@ impl TestServer {
         registry: RegistryConfig,
         metrics: Option<std::net::SocketAddr>,
     ) -> Self {
+        Self::start_config(ServerConfig {
+            registry,
+            metrics_listen: metrics,
+            ..Self::config(data_dir)
+        })
+        .await
+    }
+
+    /// The configuration of [`TestServer::start`] on `data_dir`, to adjust and pass to
+    /// [`TestServer::start_config`].
+    pub fn config(data_dir: &Path) -> ServerConfig {
+        ServerConfig {
+            shutdown_grace: Duration::from_secs(5),
+            ..ServerConfig::new(data_dir)
+        }
+    }
+
+    /// Starts a server with `config`.
+    pub async fn start_config(config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let config = ServerConfig {
-            data_dir: data_dir.to_path_buf(),
-            registry,
-            shutdown_grace: Duration::from_secs(5),
-            metrics_listen: metrics,
-        };
+        let data_dir = config.data_dir.clone();
         let handle = tokio::spawn(arbiter::server::run(listener, config, async move {
             let _ = rx.await;
         }));
         let mut server = Self {
             addr,
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             shutdown: Some(tx),
             handle: Some(handle),
         };

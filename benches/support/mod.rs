@@ -33,7 +33,8 @@ pub async fn open(dir: tempfile::TempDir) -> Engine {
     let registry = Registry::open(storage.clone(), audit.clone(), RegistryConfig::default())
         .expect("registry");
     let experiments =
-        Experiments::open(storage.clone(), audit, registry.clone()).expect("experiments");
+        Experiments::open(storage.clone(), audit, registry.clone(), Default::default())
+            .expect("experiments");
     Engine {
         storage,
         registry,

@@ -16,19 +16,19 @@ pub enum ExperimentError {
         reason: String,
     },
     /// No such test.
-    #[error("test {test_id:?} not found")]
+    #[error("test {} not found", crate::text::shown(.test_id))]
     NotFound {
         /// The test id asked for.
         test_id: String,
     },
     /// Test ids are unique.
-    #[error("test {test_id:?} already exists")]
+    #[error("test {} already exists", crate::text::shown(.test_id))]
     AlreadyExists {
         /// The duplicate.
         test_id: String,
     },
     /// A model version named by the request does not exist.
-    #[error("model {registry_id:?} in {field} not found")]
+    #[error("model {} in {field} not found", crate::text::shown(.registry_id))]
     ModelNotFound {
         /// The field naming it.
         field: &'static str,
@@ -36,7 +36,7 @@ pub enum ExperimentError {
         registry_id: String,
     },
     /// A model version cannot take part in a test in its current status.
-    #[error("model {registry_id:?} is {status} and cannot be an arm")]
+    #[error("model {} is {status} and cannot be an arm", crate::text::shown(.registry_id))]
     ModelUnavailable {
         /// The version.
         registry_id: String,
@@ -44,7 +44,7 @@ pub enum ExperimentError {
         status: String,
     },
     /// The test is not in a status that allows the action.
-    #[error("test {test_id:?} is {status}; cannot {action}")]
+    #[error("test {} is {status}; cannot {action}", crate::text::shown(.test_id))]
     WrongStatus {
         /// The test.
         test_id: String,
@@ -52,6 +52,14 @@ pub enum ExperimentError {
         status: TestStatus,
         /// What was attempted.
         action: &'static str,
+    },
+    /// A request exceeds a documented limit (batch size, tests per batch).
+    #[error("{what} exceeds the limit of {limit}")]
+    LimitExceeded {
+        /// What was too large, with its size.
+        what: String,
+        /// The limit.
+        limit: String,
     },
     /// Reading registry metadata failed.
     #[error(transparent)]

@@ -6,6 +6,7 @@
 //! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
 //! [`Experiments::record_batch`] does both.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,10 +15,12 @@ use crate::time::UnixNanos;
 use crate::audit::AuditDraft;
 
 use super::journal_entry;
+use super::posterior::MAX_METRICS_PER_ARM;
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::{TestConfig, MAX_ARMS};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
+use crate::text::shown;
 
 /// The audit event of a stop-loss suspension or reinstatement.
 pub(super) fn suspension_event(
@@ -40,6 +43,8 @@ pub(super) fn suspension_event(
 
 /// Longest accepted `result_id`.
 pub const MAX_RESULT_ID_LEN: usize = 256;
+/// Longest accepted metric name.
+pub const MAX_METRIC_NAME_LEN: usize = 64;
 
 /// How a result names its arm.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +98,30 @@ struct PendingStop {
     winner: Option<usize>,
     reason: String,
     kind: &'static str,
+}
+
+/// A batch's records grouped by test, in order of first appearance.
+struct Grouped {
+    records: Vec<ResultInput>,
+    groups: Vec<(String, Vec<usize>)>,
+    /// Tests past their deadline that must expire before the batch is applied.
+    due: Vec<String>,
+}
+
+/// What the blocking part of [`Experiments::apply_results`] got to.
+enum Step {
+    Applied(AppliedResults),
+    Expire(Grouped),
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExperimentError::Io {
+            context: "ingestion worker".into(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// Results applied (in memory and in sled, visible to readers) but not yet known to be durable.
@@ -170,23 +199,92 @@ impl Experiments {
     /// Validates the records, skips duplicates, and writes one journal entry per test (or, when a
     /// stop-loss suspension changes, one atomic sled batch of statistics, result ids and audit
     /// events). Not durable yet: see [`Experiments::make_durable`].
+    ///
+    /// The work (grouping, validation, statistics, loading result ids, encoding) runs on the
+    /// blocking pool: a batch of 100k records must not hold a runtime worker that answers
+    /// `Allocate`. A batch over the limits is refused whole before anything is applied.
     pub async fn apply_results(&self, records: Vec<ResultInput>) -> Result<AppliedResults> {
-        let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
-        // Group record indices by test, keeping their order.
+        let limits = self.inner.limits;
+        if records.len() > limits.max_batch_records {
+            return Err(ExperimentError::LimitExceeded {
+                what: format!("a batch of {} records", records.len()),
+                limit: format!("{} records per batch", limits.max_batch_records),
+            });
+        }
+        let this = self.clone();
+        let grouped = match blocking(move || this.group_and_apply(records)).await? {
+            Step::Applied(applied) => return Ok(applied),
+            Step::Expire(grouped) => grouped,
+        };
+        // An expired test completes before it could take more results (rare: only the first
+        // batch after a deadline gets here).
+        for test_id in &grouped.due {
+            self.expire_if_due(test_id).await?;
+        }
+        let this = self.clone();
+        blocking(move || this.apply_groups(grouped)).await
+    }
+
+    /// Groups the records by test; applies them at once unless some test is due to expire.
+    fn group_and_apply(&self, records: Vec<ResultInput>) -> Result<Step> {
+        let grouped = self.group(records)?;
+        if grouped.due.is_empty() {
+            self.apply_groups(grouped).map(Step::Applied)
+        } else {
+            Ok(Step::Expire(grouped))
+        }
+    }
+
+    /// Groups record indices by test in order of first appearance (linear: one hash lookup per
+    /// record), enforcing the limit on distinct tests, and lists the tests past their deadline.
+    fn group(&self, records: Vec<ResultInput>) -> Result<Grouped> {
+        let limit = self.inner.limits.max_batch_tests;
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            match groups.iter_mut().find(|(t, _)| *t == r.test_id) {
-                Some((_, idx)) => idx.push(i),
-                None => groups.push((r.test_id.clone(), vec![i])),
+        {
+            let mut index: HashMap<&str, usize> = HashMap::new();
+            for (i, r) in records.iter().enumerate() {
+                let next = groups.len();
+                let g = *index.entry(r.test_id.as_str()).or_insert(next);
+                if g == next {
+                    if next == limit {
+                        return Err(ExperimentError::LimitExceeded {
+                            what: format!("a batch naming more than {limit} tests"),
+                            limit: format!("{limit} distinct tests per batch"),
+                        });
+                    }
+                    groups.push((r.test_id.clone(), Vec::new()));
+                }
+                groups[g].1.push(i);
             }
         }
+        let now = crate::time::now();
+        let due = groups
+            .iter()
+            .filter(|(test_id, _)| {
+                self.state(test_id)
+                    .is_ok_and(|s| !s.status().is_ended() && now >= s.deadline)
+            })
+            .map(|(test_id, _)| test_id.clone())
+            .collect();
+        Ok(Grouped {
+            records,
+            groups,
+            due,
+        })
+    }
+
+    /// Applies grouped records (see [`Experiments::apply_results`]). Blocks on storage reads
+    /// (result ids) and journal appends.
+    fn apply_groups(&self, grouped: Grouped) -> Result<AppliedResults> {
+        let Grouped {
+            records, groups, ..
+        } = grouped;
+        let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
         let mut touched = Vec::new();
         let mut stops = Vec::new();
         let mut journal_through = 0u64;
         let mut sled_through = 0u64;
         for (test_id, indices) in groups {
-            // An expired test completes before it could take more results.
-            self.expire_if_due(&test_id).await?;
             let state = match self.state(&test_id) {
                 Ok(s) => s,
                 Err(_) => {
@@ -351,10 +449,20 @@ impl Experiments {
         arms: &[super::posterior::ArmStats],
         r: &ResultInput,
     ) -> Result<usize> {
+        let bound = self.inner.limits.max_abs_value;
         if !r.return_value.is_finite() {
             return Err(ExperimentError::invalid(
                 "return_value",
                 format!("{} is not finite", r.return_value),
+            ));
+        }
+        if r.return_value.abs() > bound {
+            return Err(ExperimentError::invalid(
+                "return_value",
+                format!(
+                    "{:e} exceeds the limit of {bound:e} in magnitude",
+                    r.return_value
+                ),
             ));
         }
         if r.result_id.len() > MAX_RESULT_ID_LEN {
@@ -373,7 +481,11 @@ impl Experiments {
             Some(Attribution::Arm(arm_id)) => config.arm_index(arm_id).ok_or_else(|| {
                 ExperimentError::invalid(
                     "arm_id",
-                    format!("test {:?} has no arm {arm_id:?}", config.test_id.as_str()),
+                    format!(
+                        "test {} has no arm {}",
+                        shown(config.test_id.as_str()),
+                        shown(arm_id)
+                    ),
                 )
             })?,
             Some(Attribution::Model(model)) => config
@@ -384,8 +496,9 @@ impl Experiments {
                     ExperimentError::invalid(
                         "model_registry_id",
                         format!(
-                            "{model:?} is not an arm of test {:?}",
-                            config.test_id.as_str()
+                            "{} is not an arm of test {}",
+                            shown(model),
+                            shown(config.test_id.as_str())
                         ),
                     )
                 })?,
@@ -394,34 +507,56 @@ impl Experiments {
                 if arm >= config.arms.len() {
                     return Err(ExperimentError::invalid(
                         "decision_id",
-                        format!("{id} was not issued by test {:?}", config.test_id.as_str()),
+                        format!(
+                            "{id} was not issued by test {}",
+                            shown(config.test_id.as_str())
+                        ),
                     ));
                 }
                 arm
             }
         };
+        let mut new_names = 0usize;
         for (name, value) in &r.metrics {
             if !value.is_finite() {
                 return Err(ExperimentError::invalid(
                     "additional_metrics",
-                    format!("{name:?} is {value}, not finite"),
+                    format!("{} is {value}, not finite", shown(name)),
                 ));
             }
-            if name.is_empty() || name.len() > 64 {
-                return Err(ExperimentError::invalid(
-                    "additional_metrics",
-                    format!("metric name {name:?} must be 1 to 64 bytes"),
-                ));
-            }
-            if !arms[arm].accepts_metric(name) {
+            if value.abs() > bound {
                 return Err(ExperimentError::invalid(
                     "additional_metrics",
                     format!(
-                        "arm already has {} metrics; {name:?} would exceed the limit",
-                        arms[arm].metrics.len()
+                        "{} is {value:e}, beyond the limit of {bound:e} in magnitude",
+                        shown(name)
                     ),
                 ));
             }
+            if name.is_empty() || name.len() > MAX_METRIC_NAME_LEN {
+                return Err(ExperimentError::invalid(
+                    "additional_metrics",
+                    format!(
+                        "metric name {} must be 1 to {MAX_METRIC_NAME_LEN} bytes",
+                        shown(name)
+                    ),
+                ));
+            }
+            if !arms[arm].metrics.contains_key(name) {
+                new_names += 1;
+            }
+        }
+        let known = arms[arm].metrics.len();
+        if known + new_names > MAX_METRICS_PER_ARM {
+            // Never keep some of a record's metrics and drop the others.
+            return Err(ExperimentError::invalid(
+                "additional_metrics",
+                format!(
+                    "an arm keeps at most {MAX_METRICS_PER_ARM} metric names; {} has {known} \
+                     and this record adds {new_names}",
+                    config.arms[arm].arm_id
+                ),
+            ));
         }
         Ok(arm)
     }

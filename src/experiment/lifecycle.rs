@@ -1,5 +1,6 @@
 //! Test lifecycle: create, read, pause, resume, stop, and the final results file.
 
+use crate::text::shown;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl ListCursor {
             Some(cursor) if !cursor.test_id.is_empty() => Ok(Some(cursor)),
             _ => Err(ExperimentError::invalid(
                 field,
-                format!("{token:?} is not a page token returned by ListTests"),
+                format!("{} is not a page token returned by ListTests", shown(token)),
             )),
         }
     }
@@ -348,8 +349,10 @@ impl Experiments {
         Ok(())
     }
 
-    /// After a crash between ending a test and writing its file, the file is written at start.
-    pub(super) fn write_missing_final_results(&self) -> Result<()> {
+    /// After a crash between ending a test and writing its file, the file is written at start. A
+    /// file that cannot be written is logged with its cause and skipped: stored state never
+    /// keeps the server from starting, and the next start tries again.
+    pub(super) fn write_missing_final_results(&self) {
         let ended: Vec<String> = self
             .inner
             .tests
@@ -358,12 +361,20 @@ impl Experiments {
             .map(|e| e.key().to_string())
             .collect();
         for test_id in ended {
-            if !self.final_results_path(&test_id).exists() {
-                let results = self.results(&test_id)?;
-                self.write_final_results(&results)?;
+            if self.final_results_path(&test_id).exists() {
+                continue;
+            }
+            let written = self
+                .results(&test_id)
+                .and_then(|results| self.write_final_results(&results));
+            if let Err(e) = written {
+                tracing::error!(
+                    test_id,
+                    error = %e,
+                    "cannot write the final results file of an ended test; serving without it"
+                );
             }
         }
-        Ok(())
     }
 
     /// Ends a test on request (StopTest). The winner is declared only if the evidence is already

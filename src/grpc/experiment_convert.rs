@@ -7,6 +7,7 @@ use crate::experiment::{
 };
 use crate::pb;
 use crate::registry::types::RegistryId;
+use crate::text::shown;
 
 use super::convert::timestamp;
 
@@ -105,7 +106,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             if models.contains(&id) {
                 return Err(ExperimentError::invalid(
                     "model_registry_ids",
-                    format!("{raw:?} is listed twice"),
+                    format!("{} is listed twice", shown(raw)),
                 ));
             }
             models.push(id);
@@ -182,7 +183,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             Some(name) => arms.iter().position(|a| a.arm_id == name).ok_or_else(|| {
                 ExperimentError::invalid(
                     "control_arm",
-                    format!("{name:?} is not one of arm_0 … arm_{}", k - 1),
+                    format!("{} is not one of arm_0 … arm_{}", shown(name), k - 1),
                 )
             })?,
         };

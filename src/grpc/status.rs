@@ -56,6 +56,7 @@ pub fn experiment(err: crate::experiment::ExperimentError) -> Status {
         E::NotFound { .. } | E::ModelNotFound { .. } => Code::NotFound,
         E::AlreadyExists { .. } => Code::AlreadyExists,
         E::ModelUnavailable { .. } | E::WrongStatus { .. } => Code::FailedPrecondition,
+        E::LimitExceeded { .. } => Code::ResourceExhausted,
         E::Storage(inner) => return storage(inner),
         E::Io { .. } => return internal(&err),
         // Mapped by the registry's own rules below.

@@ -15,25 +15,25 @@ pub enum RegistryError {
         reason: String,
     },
     /// No such model version.
-    #[error("model {registry_id:?} not found")]
+    #[error("model {} not found", crate::text::shown(.registry_id))]
     NotFound {
         /// The registry id asked for.
         registry_id: String,
     },
     /// No version of the model exists.
-    #[error("model {model_id:?} has no versions")]
+    #[error("model {} has no versions", crate::text::shown(.model_id))]
     ModelNotFound {
         /// The model id asked for.
         model_id: String,
     },
     /// Versions are immutable.
-    #[error("model {registry_id:?} already exists; versions are immutable")]
+    #[error("model {} already exists; versions are immutable", crate::text::shown(.registry_id))]
     AlreadyExists {
         /// The duplicate.
         registry_id: String,
     },
     /// The lifecycle table forbids the move.
-    #[error("model {registry_id:?} cannot move from {from} to {to}")]
+    #[error("model {} cannot move from {from} to {to}", crate::text::shown(.registry_id))]
     InvalidTransition {
         /// The version.
         registry_id: String,
@@ -43,7 +43,7 @@ pub enum RegistryError {
         to: ModelStatus,
     },
     /// Four-eyes rule: the creator cannot approve their own model.
-    #[error("model {registry_id:?} was created by {approver:?}, who cannot also approve it for PRODUCTION")]
+    #[error("model {} was created by {}, who cannot also approve it for PRODUCTION", crate::text::shown(.registry_id), crate::text::shown(.approver))]
     SelfApproval {
         /// The version.
         registry_id: String,
@@ -51,7 +51,7 @@ pub enum RegistryError {
         approver: String,
     },
     /// A compare-and-set promotion lost.
-    #[error("model {registry_id:?} is {actual}, not the expected {expected}")]
+    #[error("model {} is {actual}, not the expected {expected}", crate::text::shown(.registry_id))]
     StatusChanged {
         /// The version.
         registry_id: String,
@@ -61,13 +61,13 @@ pub enum RegistryError {
         actual: ModelStatus,
     },
     /// Deleting PRODUCTION requires `force`.
-    #[error("model {registry_id:?} is PRODUCTION; deleting it requires force")]
+    #[error("model {} is PRODUCTION; deleting it requires force", crate::text::shown(.registry_id))]
     ProductionDelete {
         /// The version.
         registry_id: String,
     },
     /// The version is an arm of a running or paused test.
-    #[error("model {registry_id:?} is an arm of active test {test_id:?}")]
+    #[error("model {} is an arm of active test {}", crate::text::shown(.registry_id), crate::text::shown(.test_id))]
     InUse {
         /// The version.
         registry_id: String,
@@ -85,7 +85,7 @@ pub enum RegistryError {
         actual: String,
     },
     /// The artifact file of a registered version is gone.
-    #[error("artifact of model {registry_id:?} is missing")]
+    #[error("artifact of model {} is missing", crate::text::shown(.registry_id))]
     ArtifactMissing {
         /// The version.
         registry_id: String,

@@ -1,6 +1,7 @@
 //! Registry value types: identifiers (validated newtypes), model type and status, and the stored
 //! metadata record of one model version.
 
+use crate::text::shown;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +17,10 @@ use crate::time::UnixNanos;
 pub fn identifier_problem(value: &str) -> Option<String> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if value.is_empty() || value.len() > 128 || !value.chars().all(valid_char) {
-        return Some(format!("{value:?} must match [A-Za-z0-9._-]{{1,128}}"));
+        return Some(format!(
+            "{} must match [A-Za-z0-9._-]{{1,128}}",
+            shown(value)
+        ));
     }
     None
 }
@@ -69,7 +73,10 @@ impl fmt::Display for ModelId {
 /// Parses a semantic version, naming `field` on failure.
 pub fn parse_version(field: &'static str, value: &str) -> Result<semver::Version, RegistryError> {
     semver::Version::parse(value).map_err(|e| {
-        RegistryError::invalid(field, format!("{value:?} is not a semantic version: {e}"))
+        RegistryError::invalid(
+            field,
+            format!("{} is not a semantic version: {e}", shown(value)),
+        )
     })
 }
 
@@ -89,7 +96,7 @@ impl RegistryId {
         let Some((model, version)) = value.split_once(':') else {
             return Err(RegistryError::invalid(
                 field,
-                format!("{value:?} is not of the form <model_id>:<version>"),
+                format!("{} is not of the form <model_id>:<version>", shown(value)),
             ));
         };
         Ok(Self {
@@ -128,7 +135,10 @@ impl Sha256Digest {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, RegistryError> {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(value, &mut bytes).map_err(|_| {
-            RegistryError::invalid(field, format!("{value:?} is not 64 hexadecimal digits"))
+            RegistryError::invalid(
+                field,
+                format!("{} is not 64 hexadecimal digits", shown(value)),
+            )
         })?;
         Ok(Self(bytes))
     }

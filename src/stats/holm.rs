@@ -2,8 +2,12 @@
 //! procedure"): with p-values sorted ascending, `p̃₍ᵢ₎ = max_{j≤i} min(1, (m − j + 1)·p₍ⱼ₎)`.
 //! Controls the family-wise error rate under any dependence between the tests.
 
-/// Holm-adjusted p-values, in the order given.
+/// Holm-adjusted p-values, in the order given. A p-value that is not a number counts as 1.
 pub fn holm_adjust(p: &[f64]) -> Vec<f64> {
+    let p: Vec<f64> = p
+        .iter()
+        .map(|&x| if x.is_nan() { 1.0 } else { x.clamp(0.0, 1.0) })
+        .collect();
     let m = p.len();
     let mut order: Vec<usize> = (0..m).collect();
     order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));

@@ -172,9 +172,20 @@ pub fn probability_best(posteriors: &[Posterior], draws: usize, rng: &mut impl R
     // Identical posteriors get exactly equal shares: quadrature's products are taken in
     // different orders for different arms, and draws are noisy.
     let mut p = quadrature::probability_best(posteriors)
+        .filter(|p| is_distribution(p))
         .unwrap_or_else(|| drawn_or_approximated(posteriors, draws, rng));
+    if !is_distribution(&p) {
+        // Parameters that are not numbers (statistics of overflowing returns) defeat the normal
+        // approximation; the draws treat such an arm as never best and always give fractions.
+        p = exact_draws(posteriors, draws, rng);
+    }
     symmetrize(posteriors, &mut p);
     p
+}
+
+/// Whether `p` holds finite non-negative shares summing to 1 (up to rounding).
+fn is_distribution(p: &[f64]) -> bool {
+    p.iter().all(|x| x.is_finite() && *x >= 0.0) && (p.iter().sum::<f64>() - 1.0).abs() < 1e-6
 }
 
 /// Methods 2 and 3 of the module documentation, for what quadrature declines.

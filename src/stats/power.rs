@@ -69,7 +69,9 @@ pub fn sample_size_per_arm(
         n < 1e15,
         "is too small relative to std",
     )?;
-    Ok(n.ceil() as u64)
+    // A spread tiny against the effect needs fewer than one result in theory; a comparison needs
+    // at least one per arm (and `n` may have underflowed to 0).
+    Ok((n.ceil() as u64).max(1))
 }
 
 #[cfg(test)]

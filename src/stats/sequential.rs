@@ -15,15 +15,28 @@
 //! false-positive rate (asymptotically, with plug-in variances).
 
 /// `ln Λ` for the observed `difference` with sampling variance `variance` and mixing variance
-/// `tau2` (both > 0).
+/// `tau2` (both > 0). Inputs outside that domain, or not finite, carry no evidence: `ln Λ = 0`.
 pub fn mixture_log_likelihood_ratio(difference: f64, variance: f64, tau2: f64) -> f64 {
+    if !super::all_finite(&[difference, variance, tau2]) || variance <= 0.0 || tau2 <= 0.0 {
+        return 0.0;
+    }
     let total = variance + tau2;
-    0.5 * (variance / total).ln() + tau2 * difference * difference / (2.0 * variance * total)
+    let log_lr =
+        0.5 * (variance / total).ln() + tau2 * difference * difference / (2.0 * variance * total);
+    if log_lr.is_nan() {
+        0.0
+    } else {
+        log_lr
+    }
 }
 
-/// The always-valid p-value after one more look: `min(previous, 1/Λ)`, within [0, 1].
+/// The always-valid p-value after one more look: `min(previous, 1/Λ)`, within [0, 1]. A previous
+/// value that is not a number counts as 1 (no evidence yet).
 pub fn always_valid_p_value(previous: f64, log_likelihood_ratio: f64) -> f64 {
-    previous.min((-log_likelihood_ratio).exp()).clamp(0.0, 1.0)
+    let previous = if previous.is_nan() { 1.0 } else { previous };
+    let inverse = (-log_likelihood_ratio).exp();
+    let inverse = if inverse.is_nan() { 1.0 } else { inverse };
+    previous.min(inverse).clamp(0.0, 1.0)
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 /// The statistic and p-value, or `None` when fewer than two categories have positive expected
-/// counts. A category expected never but observed is an infinite mismatch (p = 0).
+/// counts or any count is not a finite number. A category expected never but observed is an
+/// infinite mismatch (p = 0).
 pub fn chi_square_goodness_of_fit(observed: &[f64], expected: &[f64]) -> Option<(f64, f64)> {
+    if !super::all_finite(observed) || !super::all_finite(expected) {
+        return None;
+    }
     let mut statistic = 0.0;
     let mut categories = 0usize;
     for (&o, &e) in observed.iter().zip(expected) {
@@ -18,6 +22,12 @@ pub fn chi_square_goodness_of_fit(observed: &[f64], expected: &[f64]) -> Option<
         }
     }
     if categories < 2 {
+        return None;
+    }
+    if statistic == f64::INFINITY {
+        return Some((statistic, 0.0));
+    }
+    if !statistic.is_finite() {
         return None;
     }
     let p = ChiSquared::new((categories - 1) as f64).ok()?.sf(statistic);

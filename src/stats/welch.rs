@@ -6,7 +6,7 @@
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use super::Summary;
+use super::{all_finite, finite_pair, Summary};
 
 /// Relative size below which a standard error counts as zero: such data carry no evidence about
 /// noise, so no test is reported (and nothing can stop on a rounding artefact).
@@ -35,10 +35,11 @@ pub fn degenerate(se: f64, m1: f64, m2: f64) -> bool {
     !se.is_finite() || se <= floor
 }
 
-/// Welch's test of `treatment` against `control`. `None` when either has fewer than two results or
-/// the standard error is (near) zero.
+/// Welch's test of `treatment` against `control`. `None` when either has fewer than two results,
+/// the standard error is (near) zero, or any input or figure is not a finite number.
 pub fn welch_t_test(control: Summary, treatment: Summary, alpha: f64) -> Option<Welch> {
-    if control.n < 2 || treatment.n < 2 {
+    let inputs = [control.mean, control.std, treatment.mean, treatment.std];
+    if control.n < 2 || treatment.n < 2 || !all_finite(&inputs) || !(alpha > 0.0 && alpha < 1.0) {
         return None;
     }
     let (n1, n2) = (control.n as f64, treatment.n as f64);
@@ -50,15 +51,21 @@ pub fn welch_t_test(control: Summary, treatment: Summary, alpha: f64) -> Option<
     let difference = treatment.mean - control.mean;
     let t = difference / se;
     let df = (v1 + v2).powi(2) / (v1.powi(2) / (n1 - 1.0) + v2.powi(2) / (n2 - 1.0));
+    // Squares of huge spreads overflow: the figures then are not numbers, and statrs must never
+    // see them.
+    if !all_finite(&[difference, t, df]) || df <= 0.0 {
+        return None;
+    }
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
     let p = (2.0 * dist.sf(t.abs())).min(1.0);
     let q = dist.inverse_cdf(1.0 - alpha / 2.0);
-    Some(Welch {
+    let ci = finite_pair(difference - q * se, difference + q * se)?;
+    p.is_finite().then_some(Welch {
         t,
         df,
         p,
         difference,
-        ci: (difference - q * se, difference + q * se),
+        ci,
         se,
     })
 }
@@ -66,7 +73,8 @@ pub fn welch_t_test(control: Summary, treatment: Summary, alpha: f64) -> Option<
 /// Cohen's d with the pooled standard deviation (Cohen 1988, eq. 2.5.2):
 /// `(x̄₂ − x̄₁) / √(((n₁−1)s₁² + (n₂−1)s₂²)/(n₁+n₂−2))`. `None` when undefined.
 pub fn cohens_d(control: Summary, treatment: Summary) -> Option<f64> {
-    if control.n < 2 || treatment.n < 2 {
+    let inputs = [control.mean, control.std, treatment.mean, treatment.std];
+    if control.n < 2 || treatment.n < 2 || !all_finite(&inputs) {
         return None;
     }
     let (n1, n2) = (control.n as f64, treatment.n as f64);
@@ -76,7 +84,8 @@ pub fn cohens_d(control: Summary, treatment: Summary) -> Option<f64> {
     if degenerate(pooled, control.mean, treatment.mean) {
         return None;
     }
-    Some((treatment.mean - control.mean) / pooled)
+    let d = (treatment.mean - control.mean) / pooled;
+    d.is_finite().then_some(d)
 }
 
 #[cfg(test)]
