@@ -49,6 +49,8 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .compile_fds(fds)
         .context("generating code")?;
     Ok(())

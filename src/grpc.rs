@@ -4,6 +4,7 @@
 
 mod admin;
 mod allocator;
+pub mod codec;
 pub(crate) mod convert;
 mod experiment_convert;
 mod experiments;

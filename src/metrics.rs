@@ -1,8 +1,10 @@
 //! Prometheus metrics on `--metrics-listen` (off by default), through the `metrics` facade:
 //!
 //! - `arbiter_rpc_requests_total{method, code}` and `arbiter_rpc_duration_seconds{method}`: every
-//!   gRPC call, timed to its response headers. `code` is the status sent in the headers (calls that
-//!   fail before any message); a stream that fails later counts as `OK` here.
+//!   gRPC call, timed to its response headers. `method` is the full path of a method the server
+//!   serves (`/arbiter.v1.Allocator/Allocate`), or `unknown` for any other path, so made-up
+//!   paths cannot grow the label set. `code` is the status sent in the headers (calls that fail
+//!   before any message); a stream that fails later counts as `OK` here.
 //! - `arbiter_allocations_total{test, arm}`, `arbiter_results_total{test, arm}`: per arm of the
 //!   RUNNING and PAUSED tests (at most [`MAX_LABELLED_TESTS`], so label cardinality stays bounded),
 //!   copied from the engine's own counters once a second, so the allocation hot path pays nothing.
@@ -12,11 +14,14 @@
 //!
 //! Without a recorder installed every macro is a no-op.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use prost::Message;
 
 /// Tests whose arms get their own labels.
 pub const MAX_LABELLED_TESTS: usize = 200;
@@ -34,15 +39,54 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// A tower layer that counts and times every gRPC call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+/// The label of every path that is not a served method.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The full paths (`/package.Service/Method`) of every method in the encoded file descriptor
+/// sets: the label values [`RpcMetricsLayer`] may use.
+pub fn method_paths(descriptor_sets: &[&[u8]]) -> Result<HashSet<String>, prost::DecodeError> {
+    let mut paths = HashSet::new();
+    for encoded in descriptor_sets {
+        for file in prost_types::FileDescriptorSet::decode(*encoded)?.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    let service = match package {
+                        "" => service.name().to_string(),
+                        p => format!("{p}.{}", service.name()),
+                    };
+                    paths.insert(format!("/{service}/{}", method.name()));
+                }
+            }
+        }
+    }
+    Ok(paths)
+}
+
+/// A tower layer that counts and times every gRPC call, labelled by method when the method is
+/// one of `known` and as [`UNKNOWN_METHOD`] otherwise.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    known: Arc<HashSet<String>>,
+}
+
+impl RpcMetricsLayer {
+    /// Labels the methods in `known` (see [`method_paths`]).
+    pub fn new(known: HashSet<String>) -> Self {
+        Self {
+            known: Arc::new(known),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics {
+            inner,
+            known: self.known.clone(),
+        }
     }
 }
 
@@ -50,6 +94,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    known: Arc<HashSet<String>>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -68,7 +113,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_string();
+        let path = request.uri().path();
+        let method = if self.known.contains(path) {
+            path.to_string()
+        } else {
+            UNKNOWN_METHOD.to_string()
+        };
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -112,5 +162,29 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         C::Unavailable => "UNAVAILABLE",
         C::DataLoss => "DATA_LOSS",
         C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_method_is_known() {
+        let known = method_paths(&[
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .expect("descriptor sets decode");
+        for path in [
+            "/arbiter.v1.Allocator/Allocate",
+            "/arbiter.v1.Allocator/IngestResults",
+            "/arbiter.v1.Registry/RegisterModel",
+            "/arbiter.v1.Admin/VerifyAuditChain",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(known.contains(path), "{path} missing from {known:?}");
+        }
+        assert!(!known.contains("/arbiter.v1.Allocator/Nope"));
     }
 }

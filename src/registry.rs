@@ -113,8 +113,12 @@ impl Registry {
 
     fn sweep_orphans(&self) -> Result<()> {
         for (model, stem, path) in self.inner.artifacts.files()? {
-            let owned = match RegistryId::parse("registry_id", &format!("{model}:{stem}")) {
-                Ok(id) => self.load(&id)?.is_some() && self.inner.artifacts.path(&id) == path,
+            // Lenient parse: ids stored by older builds may start with a dot.
+            let owned = match RegistryId::try_from(format!("{model}:{stem}")) {
+                Ok(id) => {
+                    self.load(&id)?.is_some()
+                        && self.inner.artifacts.path(&id).is_ok_and(|p| p == path)
+                }
                 Err(_) => false,
             };
             if !owned {

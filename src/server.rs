@@ -151,9 +151,18 @@ pub async fn run(
             Err(_) => std::future::pending().await,
         }
     };
-    let rpc_metrics = config
-        .metrics_listen
-        .map(|_| crate::metrics::RpcMetricsLayer);
+    let rpc_metrics = match config.metrics_listen {
+        Some(_) => Some(crate::metrics::RpcMetricsLayer::new(
+            crate::metrics::method_paths(&[
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ])
+            .map_err(|e| ServerError::Metrics(format!("reading the served methods: {e}")))?,
+        )),
+        None => None,
+    };
     let serve = tonic::transport::Server::builder()
         .layer(tower::util::option_layer(rpc_metrics))
         .add_service(health_service)

@@ -18,6 +18,7 @@ mod codec;
 mod group_commit;
 pub mod journal;
 pub mod keys;
+pub mod paths;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -58,6 +58,19 @@ async fn metrics_count_rpcs_allocations_results_and_flushes() {
     )
     .await
     .expect("ingest");
+    // Calls to methods the server does not serve all share one label value.
+    let mut raw = tonic::client::Grpc::new(server.channel().await);
+    for i in 0..50 {
+        raw.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::try_from(format!("/made.up.Service{i}/Method{i}"))
+            .expect("path");
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let status = raw
+            .unary(tonic::Request::new(()), path, codec)
+            .await
+            .expect_err("not served");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
     // The engine copies its counters once a second.
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
@@ -97,5 +110,10 @@ async fn metrics_count_rpcs_allocations_results_and_flushes() {
     assert!(value("arbiter_storage_flush_seconds_count") >= 1.0);
     assert!(value("arbiter_journal_sync_seconds_count") >= 1.0);
     assert_eq!(value("arbiter_ingest_batch_size_count"), 1.0);
+    assert_eq!(
+        value(r#"arbiter_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"}"#),
+        50.0
+    );
+    assert!(!text.contains("made.up"), "made-up paths are not labels");
     server.stop().await;
 }

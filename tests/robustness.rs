@@ -229,3 +229,202 @@ async fn batches_beyond_their_limits_are_refused_whole_with_resource_exhausted()
     assert_eq!(test_results(&server, "t").await.total_requests, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn dot_ids_are_rejected_and_no_file_lands_outside_artifacts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut registry = server.registry().await;
+    for id in [".", "..", ".hidden"] {
+        let err = register(&mut registry, header(id, "1.0.0", "alice"), b"weights")
+            .await
+            .expect_err(id);
+        assert_eq!(err.code(), Code::InvalidArgument, "{id}: {err:?}");
+        assert!(err.message().contains("model_id"), "{id}: {err:?}");
+    }
+    let models = register_models(&mut registry, 2).await;
+    for id in [".", "..", ".t"] {
+        let err = server
+            .experiments()
+            .await
+            .create_test(test_request(id, &models))
+            .await
+            .expect_err(id);
+        assert_eq!(err.code(), Code::InvalidArgument, "{id}: {err:?}");
+    }
+    let mut top: Vec<String> = dir_entries(dir.path())
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".bin"))
+        .collect();
+    top.sort();
+    assert!(top.is_empty(), "artifacts outside artifacts/: {top:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_values_are_cut_in_messages_and_long_versions_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let huge = "x".repeat(100_000);
+    let err = server
+        .experiments()
+        .await
+        .get_test(pb::GetTestRequest {
+            test_id: huge.clone(),
+        })
+        .await
+        .expect_err("unknown");
+    // The real error arrives (not RESOURCE_EXHAUSTED for oversized metadata), with the id cut.
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().len() < 200, "{} bytes", err.message().len());
+    assert!(
+        err.message().contains("(100000 bytes)"),
+        "{}",
+        err.message()
+    );
+
+    let mut registry = server.registry().await;
+    let version = format!("1.0.0-{}", "a".repeat(300));
+    let err = register(&mut registry, header("m", &version, "alice"), b"w")
+        .await
+        .expect_err("too long");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("at most 128"), "{err:?}");
+    server.stop().await;
+}
+
+/// Sends raw bytes as the request message of a unary method.
+#[derive(Debug, Default, Clone)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut raw = tonic::client::Grpc::new(server.channel().await);
+    let cases: [(&str, &str, Vec<u8>); 2] = [
+        // test_id (field 1, a string) holding invalid UTF-8.
+        (
+            "invalid UTF-8",
+            "/arbiter.v1.Experiments/GetTest",
+            vec![0x0a, 0x02, 0xff, 0xfe],
+        ),
+        // Field 1 with a varint of eleven continuation bytes.
+        (
+            "bad varint",
+            "/arbiter.v1.Allocator/Allocate",
+            vec![
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+        ),
+    ];
+    for (what, path, bytes) in cases {
+        raw.ready().await.expect("ready");
+        let err = raw
+            .unary(
+                tonic::Request::new(bytes),
+                http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains("could not be decoded"),
+            "{what}: {err:?}"
+        );
+    }
+
+    // A policy nested beyond prost's recursion limit, in a client stream.
+    let mut policy = prost_types::Struct::default();
+    for _ in 0..150 {
+        let value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(policy)),
+        };
+        policy = prost_types::Struct {
+            fields: [("x".to_string(), value)].into(),
+        };
+    }
+    let mut deep = header("deep", "1.0.0", "alice");
+    deep.policy_config = Some(policy);
+    let err = register(&mut server.registry().await, deep, b"w")
+        .await
+        .expect_err("too deep");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_tests_pages_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = register_models(&mut server.registry().await, 2).await;
+    let mut client = server.experiments().await;
+    for i in 0..101 {
+        client
+            .create_test(test_request(&format!("t{i:03}"), &models))
+            .await
+            .expect("create");
+    }
+    let first = client
+        .list_tests(pb::ListTestsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(first.tests.len(), 100, "page_size 0 is the default page");
+    assert!(!first.next_page_token.is_empty());
+    let huge = client
+        .list_tests(pb::ListTestsRequest {
+            page_size: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        huge.tests.len(),
+        101,
+        "reduced to the maximum, which holds them all"
+    );
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
+use crate::text::shown;
 
 use super::journal_entry;
 use super::posterior::MAX_METRICS_PER_ARM;
@@ -20,7 +21,6 @@ use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::{TestConfig, MAX_ARMS};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
-use crate::text::shown;
 
 /// The audit event of a stop-loss suspension or reinstatement.
 pub(super) fn suspension_event(

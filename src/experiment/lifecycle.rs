@@ -1,6 +1,5 @@
 //! Test lifecycle: create, read, pause, resume, stop, and the final results file.
 
-use crate::text::shown;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +7,8 @@ use std::sync::Arc;
 use crate::audit::AuditDraft;
 use crate::registry::types::ModelStatus;
 use crate::registry::RegistryError;
-use crate::storage::{keys, WriteBatch};
+use crate::storage::{keys, paths, WriteBatch};
+use crate::text::shown;
 use crate::time::{self, UnixNanos};
 
 use super::result_ids::PendingIds;
@@ -323,13 +323,17 @@ impl Experiments {
         Ok(results)
     }
 
-    fn final_results_path(&self, test_id: &str) -> std::path::PathBuf {
-        self.inner.results_dir.join(format!("{test_id}_final.json"))
+    fn final_results_path(&self, test_id: &str) -> Result<std::path::PathBuf> {
+        let name = format!("{}_final.json", paths::file_name(test_id));
+        paths::child(&self.inner.results_dir, &name).map_err(|source| ExperimentError::Io {
+            context: "locating the final results file".into(),
+            source,
+        })
     }
 
     /// Writes `<results_dir>/<test_id>_final.json` atomically (temporary file, fsync, rename).
     fn write_final_results(&self, results: &TestResults) -> Result<()> {
-        let path = self.final_results_path(&results.test_id);
+        let path = self.final_results_path(&results.test_id)?;
         let tmp = path.with_extension("json.tmp");
         let io = |context: &str| {
             let context = format!("{context} {}", path.display());
@@ -361,7 +365,7 @@ impl Experiments {
             .map(|e| e.key().to_string())
             .collect();
         for test_id in ended {
-            if self.final_results_path(&test_id).exists() {
+            if self.final_results_path(&test_id).is_ok_and(|p| p.exists()) {
                 continue;
             }
             let written = self

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::types::identifier_problem;
+use crate::registry::types::{identifier_problem, stored_identifier_problem};
 use crate::storage::Record;
 use crate::time::UnixNanos;
 
@@ -51,10 +51,15 @@ impl std::borrow::Borrow<str> for TestId {
     }
 }
 
+/// Decodes stored ids, which older builds let start with a dot; requests go through
+/// [`TestId::parse`].
 impl TryFrom<String> for TestId {
     type Error = ExperimentError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        match stored_identifier_problem(&value) {
+            Some(reason) => Err(ExperimentError::invalid("test_id", reason)),
+            None => Ok(Self(value)),
+        }
     }
 }
 

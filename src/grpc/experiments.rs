@@ -26,6 +26,11 @@ impl ExperimentsService {
     }
 }
 
+/// Tests in a ListTests page when the request sets no size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most tests in one ListTests page; larger sizes are reduced to it.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
 fn actor(requested_by: &str) -> &str {
     if requested_by.is_empty() {
         "anonymous"
@@ -78,9 +83,10 @@ impl experiments_server::Experiments for ExperimentsService {
             .map_err(status::experiment)?;
         let after =
             ListCursor::parse("page_token", &request.page_token).map_err(status::experiment)?;
+        // A page of 10k tests of 8 arms would be ~5 MB, beyond a default client's 4 MB.
         let limit = match request.page_size {
-            0 => usize::MAX,
-            n => n as usize,
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
         };
         self.experiments
             .expire_due_tests()

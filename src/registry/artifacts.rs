@@ -1,4 +1,5 @@
-//! Artifact files: `<data-dir>/artifacts/<model_id>/<version>.bin`.
+//! Artifact files: `<data-dir>/artifacts/<model_id>/<version>.bin`, each name escaped by
+//! [`paths::file_name`] and checked by [`paths::child`] to stay inside `artifacts/`.
 //!
 //! Uploads stream into `<data-dir>/tmp/` while being hashed, are fsynced, and are renamed into
 //! place (then the directory is fsynced) only when the registration commits. An [`Upload`] or
@@ -15,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::types::{RegistryId, Sha256Digest};
 use super::RegistryError;
+use crate::storage::paths;
 
 /// Where artifacts live.
 #[derive(Debug)]
@@ -43,10 +45,10 @@ impl ArtifactStore {
     }
 
     /// The file of a registered version.
-    pub fn path(&self, id: &RegistryId) -> PathBuf {
-        self.root
-            .join(id.model_id.as_str())
-            .join(format!("{}.bin", id.version))
+    pub fn path(&self, id: &RegistryId) -> Result<PathBuf, RegistryError> {
+        let dir = paths::child(&self.root, &paths::file_name(id.model_id.as_str()));
+        dir.and_then(|dir| paths::child(&dir, &format!("{}.bin", id.version)))
+            .map_err(RegistryError::io(format!("locating the artifact of {id}")))
     }
 
     /// Starts an upload limited to `limit` bytes.
@@ -67,7 +69,7 @@ impl ArtifactStore {
 
     /// Moves a finished upload to the version's final path, durably. Blocking.
     pub fn install(&self, upload: FinishedUpload, id: &RegistryId) -> Result<(), RegistryError> {
-        let target = self.path(id);
+        let target = self.path(id)?;
         let dir = target
             .parent()
             .expect("artifact paths have a model directory");
@@ -85,21 +87,21 @@ impl ArtifactStore {
 
     /// Removes the file of a version (missing files are fine). Blocking.
     pub fn remove(&self, id: &RegistryId) -> Result<(), RegistryError> {
-        match std::fs::remove_file(self.path(id)) {
+        match std::fs::remove_file(self.path(id)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RegistryError::io(format!("removing artifact of {id}"))(e)),
         }
     }
 
-    /// Every artifact file as (model directory name, file stem, path), for the start-up sweep.
+    /// Every artifact file as (model id, file stem, path), for the start-up sweep.
     pub fn files(&self) -> Result<Vec<(String, String, PathBuf)>, RegistryError> {
         let mut out = Vec::new();
         let models =
             std::fs::read_dir(&self.root).map_err(RegistryError::io("listing artifacts"))?;
         for model in models {
             let model = model.map_err(RegistryError::io("listing artifacts"))?;
-            let model_name = model.file_name().to_string_lossy().into_owned();
+            let model_name = paths::id_of_file_name(&model.file_name().to_string_lossy());
             if !model.path().is_dir() {
                 out.push((model_name, String::new(), model.path()));
                 continue;
@@ -148,7 +150,7 @@ impl ArtifactStore {
     }
 
     fn open_existing(&self, id: &RegistryId) -> Result<File, RegistryError> {
-        File::open(self.path(id)).map_err(|e| match e.kind() {
+        File::open(self.path(id)?).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => RegistryError::ArtifactMissing {
                 registry_id: id.to_string(),
             },

@@ -1,7 +1,6 @@
 //! Registry value types: identifiers (validated newtypes), model type and status, and the stored
 //! metadata record of one model version.
 
-use crate::text::shown;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -10,11 +9,26 @@ use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
 use crate::storage::Record;
+use crate::text::shown;
 use crate::time::UnixNanos;
 
-/// What is wrong with `value` as an identifier (model ids and test ids share the grammar
-/// `[A-Za-z0-9._-]{1,128}`), or `None` when it is valid.
+/// What is wrong with `value` as a new identifier, or `None` when it is valid. Model ids and test
+/// ids share the grammar `[A-Za-z0-9._-]{1,128}`, not starting with a dot: `.` and `..` would
+/// name directories, and file names starting with a dot are hidden.
 pub fn identifier_problem(value: &str) -> Option<String> {
+    if let Some(problem) = stored_identifier_problem(value) {
+        return Some(problem);
+    }
+    if value.starts_with('.') {
+        return Some(format!("{} must not start with a dot", shown(value)));
+    }
+    None
+}
+
+/// What is wrong with `value` as an identifier read from storage. Older builds accepted ids
+/// starting with a dot; records holding them must still decode, or the data directory would
+/// not start.
+pub fn stored_identifier_problem(value: &str) -> Option<String> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if value.is_empty() || value.len() > 128 || !value.chars().all(valid_char) {
         return Some(format!(
@@ -51,10 +65,14 @@ impl ModelId {
     }
 }
 
+/// Decodes stored ids (see [`stored_identifier_problem`]); requests go through [`ModelId::parse`].
 impl TryFrom<String> for ModelId {
     type Error = RegistryError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse("model_id", &value)
+        match stored_identifier_problem(&value) {
+            Some(reason) => Err(RegistryError::invalid("model_id", reason)),
+            None => Ok(Self(value)),
+        }
     }
 }
 
@@ -70,8 +88,30 @@ impl fmt::Display for ModelId {
     }
 }
 
-/// Parses a semantic version, naming `field` on failure.
+/// Longest accepted version text: a version names a file (`<version>.bin`), and file names are
+/// limited to 255 bytes.
+pub const MAX_VERSION_LEN: usize = 128;
+
+/// Parses a semantic version of at most [`MAX_VERSION_LEN`] bytes, naming `field` on failure.
 pub fn parse_version(field: &'static str, value: &str) -> Result<semver::Version, RegistryError> {
+    if value.len() > MAX_VERSION_LEN {
+        return Err(RegistryError::invalid(
+            field,
+            format!(
+                "{} is {} bytes; a version has at most {MAX_VERSION_LEN}",
+                shown(value),
+                value.len()
+            ),
+        ));
+    }
+    parse_stored_version(field, value)
+}
+
+/// Parses a semantic version of any length (stored records).
+fn parse_stored_version(
+    field: &'static str,
+    value: &str,
+) -> Result<semver::Version, RegistryError> {
     semver::Version::parse(value).map_err(|e| {
         RegistryError::invalid(
             field,
@@ -106,10 +146,20 @@ impl RegistryId {
     }
 }
 
+/// Decodes stored ids leniently, like [`ModelId`]'s `TryFrom`.
 impl TryFrom<String> for RegistryId {
     type Error = RegistryError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse("registry_id", &value)
+        let Some((model, version)) = value.split_once(':') else {
+            return Err(RegistryError::invalid(
+                "registry_id",
+                format!("{} is not of the form <model_id>:<version>", shown(&value)),
+            ));
+        };
+        Ok(Self {
+            model_id: ModelId::try_from(model.to_string())?,
+            version: parse_stored_version("registry_id", version)?,
+        })
     }
 }
 
@@ -393,10 +443,38 @@ mod tests {
         for ok in ["a", "signal_v1", "A.b-C_9", &"x".repeat(128)] {
             assert!(validate_identifier("model_id", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "a:b", "a/b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "a/b",
+            "é",
+            &"x".repeat(129),
+            ".",
+            "..",
+            ".hidden",
+        ] {
             let err = validate_identifier("model_id", bad).expect_err(bad);
             assert!(err.to_string().contains("model_id"), "{err}");
         }
+        // Ids an older build stored still decode, so their data directory starts.
+        let stored: ModelId = serde_json::from_str("\".hidden\"").expect("lenient");
+        assert_eq!(stored.as_str(), ".hidden");
+        let stored: RegistryId = serde_json::from_str("\"..:1.0.0\"").expect("lenient");
+        assert_eq!(stored.model_id.as_str(), "..");
+        assert!(ModelId::parse("model_id", ".hidden").is_err());
+    }
+
+    #[test]
+    fn versions_are_bounded_in_length() {
+        let long = format!("1.0.0-{}", "a".repeat(300));
+        let err = parse_version("version", &long).expect_err("too long");
+        assert!(err.to_string().contains("at most 128"), "{err}");
+        assert!(
+            err.to_string().len() < 200,
+            "the value is not echoed whole: {err}"
+        );
+        assert!(parse_version("version", &format!("1.0.0-{}", "a".repeat(100))).is_ok());
     }
 
     #[test]
