@@ -16,6 +16,7 @@
 //! of gRPC.
 
 mod allocate;
+pub mod decision_id;
 mod error;
 pub mod history;
 mod ingest;
@@ -106,6 +107,8 @@ struct Inner {
     create_lock: Mutex<()>,
     results_dir: PathBuf,
     limits: IngestLimits,
+    /// Keys every test's decision ids.
+    secret: decision_id::ServerSecret,
 }
 
 impl Experiments {
@@ -124,6 +127,7 @@ impl Experiments {
             context: format!("creating {}", results_dir.display()),
             source,
         })?;
+        let secret = Self::decision_secret(&storage)?;
         let mut loaded = Vec::new();
         for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
             let (_, record) = entry?;
@@ -134,9 +138,10 @@ impl Experiments {
                 .unwrap_or_else(|| StatsRecord::new(k));
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
+            let key = decision_id::DecisionKey::derive(&secret, id.as_str());
             loaded.push((
                 id,
-                Arc::new(TestState::restored(record, stats, allocations)),
+                Arc::new(TestState::restored(record, stats, allocations, key)),
             ));
         }
         let experiments = Self {
@@ -151,6 +156,7 @@ impl Experiments {
                 create_lock: Mutex::new(()),
                 results_dir,
                 limits,
+                secret,
             }),
         };
         let replayed = experiments.replay_journal(&loaded, storage.take_journal_tail())?;
@@ -170,6 +176,34 @@ impl Experiments {
         experiments.start_background_tasks()?;
         experiments.start_snapshot_thread()?;
         Ok(experiments)
+    }
+
+    /// The data directory's decision-id secret, created (and made durable) on first use.
+    fn decision_secret(storage: &Storage) -> Result<decision_id::ServerSecret> {
+        match storage.get_raw(keys::DECISION_SECRET)? {
+            Some(bytes) => {
+                let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    crate::storage::StorageError::Corrupt {
+                        key: String::from_utf8_lossy(keys::DECISION_SECRET).into_owned(),
+                        why: format!("{} bytes, not 32", bytes.len()),
+                    }
+                })?;
+                Ok(decision_id::ServerSecret(bytes))
+            }
+            None => {
+                let secret = decision_id::ServerSecret::generate();
+                let mut batch = WriteBatch::new();
+                batch.put_raw(keys::DECISION_SECRET, secret.0.to_vec());
+                storage.apply(batch)?;
+                storage.flush_blocking()?;
+                Ok(secret)
+            }
+        }
+    }
+
+    /// The decision-id key of `test_id`.
+    fn decision_key(&self, test_id: &str) -> decision_id::DecisionKey {
+        decision_id::DecisionKey::derive(&self.inner.secret, test_id)
     }
 
     fn start_background_tasks(&self) -> Result<()> {

@@ -8,8 +8,8 @@ use arbiter::pb;
 use support::*;
 use tonic::Code;
 
-/// A running two-arm test `t` (FIXED, no early stop) on `server`.
-async fn two_arm_test(server: &TestServer, test_id: &str) {
+/// A running two-arm test (FIXED, no early stop) on `server`, over two new models; returns them.
+async fn two_arm_test(server: &TestServer, test_id: &str) -> Vec<String> {
     let mut registry = server.registry().await;
     let models = register_models(&mut registry, 2).await;
     server
@@ -22,6 +22,7 @@ async fn two_arm_test(server: &TestServer, test_id: &str) {
         })
         .await
         .expect("create");
+    models
 }
 
 /// One batch over one IngestResults stream.
@@ -425,6 +426,147 @@ async fn list_tests_pages_by_default() {
         huge.tests.len(),
         101,
         "reduced to the maximum, which holds them all"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_decision_ids_issued_for_the_test_attribute_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = two_arm_test(&server, "t").await;
+    server
+        .experiments()
+        .await
+        .create_test(test_request("other", &models))
+        .await
+        .expect("create");
+    let mut allocator = server.allocator().await;
+    let ours = allocate(&mut allocator, "t").await;
+    let theirs = allocate(&mut allocator, "other").await;
+    let by_decision = |decision_id: u64| pb::ResultRecord {
+        test_id: "t".into(),
+        attribution: Some(pb::result_record::Attribution::DecisionId(decision_id)),
+        return_value: 0.01,
+        ..Default::default()
+    };
+    let ack = ingest_one(
+        &server,
+        vec![
+            by_decision(ours.decision_id),
+            by_decision(theirs.decision_id),
+            by_decision((1 << 40) | 1),
+            by_decision(ours.decision_id ^ (1 << 30)),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+    let rejected: Vec<u32> = ack.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, vec![1, 2, 3]);
+    assert!(ack
+        .rejected
+        .iter()
+        .all(|r| r.code == Code::InvalidArgument as i32 && r.message.contains("not issued")));
+    let arm = &test_results(&server, "t").await.arms;
+    let credited: Vec<u64> = arm.iter().map(|a| a.total_requests).collect();
+    let expected_arm: usize = ours.arm_id.trim_start_matches("arm_").parse().expect("arm");
+    assert_eq!(credited[expected_arm], 1, "{credited:?}");
+    server.stop().await;
+
+    // Ids stay valid across a restart.
+    let server = TestServer::start(dir.path()).await;
+    let ack = ingest_one(&server, vec![by_decision(ours.decision_id)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn weights_and_sample_sizes_that_cannot_be_computed_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = register_models(&mut server.registry().await, 2).await;
+    let mut client = server.experiments().await;
+    let err = client
+        .create_test(pb::CreateTestRequest {
+            allocation_strategy: pb::AllocationStrategy::Fixed as i32,
+            weights: vec![1e308, 1e308],
+            ..test_request("t", &models)
+        })
+        .await
+        .expect_err("cannot be normalised");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("weights"), "{err:?}");
+    let estimate = client
+        .estimate_sample_size(pb::EstimateSampleSizeRequest {
+            std: 1e-300,
+            minimum_effect_size: 0.01,
+            ..Default::default()
+        })
+        .await
+        .expect("estimate")
+        .into_inner();
+    assert_eq!((estimate.per_arm, estimate.total), (1, 2));
+    server.stop().await;
+}
+
+/// Allocations racing a stop: the final counts hold exactly the decisions answered RUNNING, and
+/// an ended test's counts never move again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_racing_a_stop_are_counted_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    two_arm_test(&server, "t").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let mut client = server.allocator().await;
+        let stop = stop.clone();
+        callers.push(tokio::spawn(async move {
+            let (mut running, mut ended) = (0u64, 0u64);
+            // Keep allocating until the stop has been answered and a few ended answers came.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || ended < 20 {
+                let a = allocate(&mut client, "t").await;
+                if a.test_status == pb::TestStatus::Running as i32 {
+                    running += 1;
+                } else {
+                    ended += 1;
+                }
+            }
+            running
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopped = server
+        .experiments()
+        .await
+        .stop_test(pb::StopTestRequest {
+            test_id: "t".into(),
+            reason: "race".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut running = 0;
+    for caller in callers {
+        running += caller.await.expect("caller");
+    }
+    assert!(running > 0);
+    assert_eq!(stopped.total_allocations, running, "the stop's answer");
+    let file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("ab_tests/results/t_final.json")).expect("final file"),
+    )
+    .expect("json");
+    assert_eq!(file["total_allocations"], running, "the final file");
+    let mut client = server.allocator().await;
+    for _ in 0..200 {
+        allocate(&mut client, "t").await;
+    }
+    let results = test_results(&server, "t").await;
+    assert_eq!(
+        results.total_allocations, running,
+        "unchanged after the end"
     );
     server.stop().await;
 }

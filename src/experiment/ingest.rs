@@ -19,7 +19,7 @@ use super::journal_entry;
 use super::posterior::MAX_METRICS_PER_ARM;
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
-use super::types::{TestConfig, MAX_ARMS};
+use super::types::TestConfig;
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
 /// The audit event of a stop-loss suspension or reinstatement.
@@ -317,7 +317,7 @@ impl Experiments {
             let mut accepted = Vec::with_capacity(indices.len());
             for i in indices {
                 let r = &records[i];
-                let outcome = match self.check(&config, &stats.arms, r) {
+                let outcome = match self.check(&state, &stats.arms, r) {
                     Err(e) => RecordOutcome::Rejected(e),
                     Ok(arm) => {
                         let duplicate = !r.result_id.is_empty()
@@ -445,10 +445,11 @@ impl Experiments {
     /// Validates one record against its test and returns its arm index.
     fn check(
         &self,
-        config: &TestConfig,
+        state: &TestState,
         arms: &[super::posterior::ArmStats],
         r: &ResultInput,
     ) -> Result<usize> {
+        let config = &state.config;
         let bound = self.inner.limits.max_abs_value;
         if !r.return_value.is_finite() {
             return Err(ExperimentError::invalid(
@@ -502,19 +503,18 @@ impl Experiments {
                         ),
                     )
                 })?,
-            Some(Attribution::Decision(id)) => {
-                let arm = (id & (MAX_ARMS as u64 * 2 - 1)) as usize;
-                if arm >= config.arms.len() {
+            Some(Attribution::Decision(id)) => match state.check_decision(*id) {
+                Some(decision) => decision.arm,
+                None => {
                     return Err(ExperimentError::invalid(
                         "decision_id",
                         format!(
                             "{id} was not issued by test {}",
                             shown(config.test_id.as_str())
                         ),
-                    ));
+                    ))
                 }
-                arm
-            }
+            },
         };
         let mut new_names = 0usize;
         for (name, value) in &r.metrics {

@@ -17,6 +17,10 @@ use super::stopping;
 use super::types::*;
 use super::{ExperimentError, Experiments, Result, TestResults};
 
+/// How long a stop waits for decisions still drawing from the test's RUNNING table (a thread
+/// holds a table for well under a microsecond, unless the scheduler preempts it right then).
+const ALLOCATION_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a page of [`Experiments::list_page`] ended: its last test's creation time and id. Clients
 /// see it as an opaque token, `<created_at>:<test_id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +89,12 @@ impl Experiments {
                 });
             }
             let k = record.config.arms.len();
-            let state = Arc::new(TestState::new(record.clone(), StatsRecord::new(k), None));
+            let state = Arc::new(TestState::new(
+                record.clone(),
+                StatsRecord::new(k),
+                None,
+                self.decision_key(id.as_str()),
+            ));
             self.inner.registry.while_unchanged(|| {
                 self.check_models(&record.config)?;
                 self.commit_creation(&record, actor)?;
@@ -307,6 +316,19 @@ impl Experiments {
             book.record = record;
         }
         state.refresh();
+        // The ended table is published; decisions drawn from the RUNNING one may still be
+        // counting. The final results hold exactly the decisions answered RUNNING.
+        let deadline = tokio::time::Instant::now() + ALLOCATION_SETTLE_TIMEOUT;
+        while !state.allocations_settled() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    test_id,
+                    "allocations still drawing from the running table after the stop"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
         self.record_history(test_id, false)?;
         self.inner.storage.flush().await?;
         // The final results include every batch applied so far; the file is written once, so

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::decision_id::{DecisionKey, DecodedDecision};
 use super::policy::{self, Policy};
 use super::posterior::ArmStats;
 use super::rng;
@@ -112,11 +113,14 @@ pub struct TestState {
     pub config: Arc<TestConfig>,
     status: AtomicU8,
     table: ArcSwap<AllocationTable>,
-    /// Tables replaced while some thread may still draw from them; folded into `expected`.
+    /// Tables replaced while some thread may still draw from them; folded into `tallies` once
+    /// none does.
     retired: Mutex<Vec<Arc<AllocationTable>>>,
-    expected: Mutex<Vec<f64>>,
-    allocations: Vec<AtomicU64>,
+    /// Allocations and expected allocations of every table folded so far.
+    tallies: Mutex<Tallies>,
     next_decision: AtomicU64,
+    /// Mints and checks the test's decision ids.
+    decision_key: DecisionKey,
     policy: Box<dyn Policy>,
     last_refresh: AtomicI64,
     /// Held while a table is computed and published.
@@ -142,6 +146,31 @@ pub struct TestState {
     pub sled_barrier: AtomicU64,
 }
 
+/// Allocation counts per arm and their expected counts (SRM), of the tables folded so far.
+#[derive(Debug)]
+struct Tallies {
+    counts: Vec<u64>,
+    expected: Vec<f64>,
+}
+
+impl Tallies {
+    /// Adds what was drawn from `table`.
+    fn fold(&mut self, table: &AllocationTable) {
+        let n = table.decisions() as f64;
+        for (e, p) in self.expected.iter_mut().zip(&table.probabilities) {
+            *e += n * p;
+        }
+        for (c, drawn) in self.counts.iter_mut().zip(table.counts()) {
+            *c += drawn;
+        }
+    }
+}
+
+/// How far a restored test's decision sequence moves ahead: further than a second of decisions
+/// at any rate measured (1.2M/s), so ids handed out after the last persisted count, before a
+/// crash, are never handed out again.
+const RESTORED_SEQUENCE_GAP: u64 = 1 << 22;
+
 /// A decision of [`TestState::decide`].
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
@@ -149,9 +178,10 @@ pub struct Decision {
     pub arm: usize,
     /// Probability the arm had.
     pub propensity: f64,
-    /// `(sequence << 6) | arm`.
+    /// The id handed to the client ([`super::decision_id`]).
     pub decision_id: u64,
-    /// Test status at the decision.
+    /// Test status of the table the decision was drawn from; only RUNNING decisions are
+    /// allocations of the test.
     pub status: TestStatus,
 }
 
@@ -161,8 +191,9 @@ impl TestState {
         record: TestRecord,
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
+        decision_key: DecisionKey,
     ) -> Self {
-        let state = Self::unrefreshed(record, stats, allocations);
+        let state = Self::unrefreshed(record, stats, allocations, decision_key);
         state.refresh();
         state
     }
@@ -176,12 +207,16 @@ impl TestState {
         record: TestRecord,
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
+        decision_key: DecisionKey,
     ) -> Self {
         let stored = allocations
             .as_ref()
             .map(|a| a.probabilities.clone())
             .unwrap_or_default();
-        let state = Self::unrefreshed(record, stats, allocations);
+        let state = Self::unrefreshed(record, stats, allocations, decision_key);
+        state
+            .next_decision
+            .fetch_add(RESTORED_SEQUENCE_GAP, Ordering::Relaxed);
         if state.status() != TestStatus::Running {
             state.refresh(); // a single arm: nothing to compute
             return state;
@@ -198,9 +233,10 @@ impl TestState {
                 &suspended,
             )
         };
-        state
-            .table
-            .store(Arc::new(AllocationTable::new(probabilities)));
+        state.table.store(Arc::new(AllocationTable::new(
+            probabilities,
+            TestStatus::Running,
+        )));
         state.dirty.store(true, Ordering::Relaxed);
         state
     }
@@ -209,6 +245,7 @@ impl TestState {
         record: TestRecord,
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
+        decision_key: DecisionKey,
     ) -> Self {
         let config = record.config.clone();
         let k = config.arms.len();
@@ -220,11 +257,18 @@ impl TestState {
         });
         Self {
             status: AtomicU8::new(record.status.to_u8()),
-            table: ArcSwap::from_pointee(AllocationTable::single(k, config.control_arm)),
+            table: ArcSwap::from_pointee(AllocationTable::single(
+                k,
+                config.control_arm,
+                record.status,
+            )),
             retired: Mutex::new(Vec::new()),
-            expected: Mutex::new(alloc.expected),
-            allocations: alloc.counts.into_iter().map(AtomicU64::new).collect(),
+            tallies: Mutex::new(Tallies {
+                counts: alloc.counts,
+                expected: alloc.expected,
+            }),
             next_decision: AtomicU64::new(alloc.next_decision),
+            decision_key,
             policy: policy::for_config(&config),
             last_refresh: AtomicI64::new(0),
             refreshing: Mutex::new(()),
@@ -252,10 +296,11 @@ impl TestState {
     }
 
     /// Allocates one decision. `unit_key` pins FIXED tests to an arm; otherwise the thread's
-    /// generator draws. Lock-free: one atomic load of the table and three counter increments.
+    /// generator draws. Lock-free: one atomic load of the table and two counter increments.
+    /// The decision's status is the status of the table it was drawn from, and only a RUNNING
+    /// table counts it as an allocation, so the counts match the RUNNING answers exactly.
     #[inline]
     pub fn decide(&self, unit_key: &str) -> Decision {
-        let status = self.status();
         let table = self.table.load();
         let u = if !unit_key.is_empty() && self.config.strategy == Strategy::Fixed {
             rng::unit_key_position(self.config.test_id.as_str(), unit_key)
@@ -263,15 +308,24 @@ impl TestState {
             rng::uniform()
         };
         let arm = table.pick(u);
-        self.allocations[arm].fetch_add(1, Ordering::Relaxed);
-        self.allocations_dirty.store(true, Ordering::Relaxed);
+        let running = table.status == TestStatus::Running;
+        if running {
+            self.allocations_dirty.store(true, Ordering::Relaxed);
+        }
         let sequence = self.next_decision.fetch_add(1, Ordering::Relaxed);
         Decision {
             arm,
             propensity: table.probabilities[arm],
-            decision_id: (sequence << 6) | arm as u64,
-            status,
+            decision_id: self.decision_key.mint(sequence, arm, running),
+            status: table.status,
         }
+    }
+
+    /// What `decision_id` says, if this test issued it.
+    pub fn check_decision(&self, decision_id: u64) -> Option<DecodedDecision> {
+        self.decision_key
+            .check(decision_id)
+            .filter(|d| d.arm < self.config.arms.len())
     }
 
     /// Recomputes the allocation table from the book: the policy's vector with limits while
@@ -322,21 +376,21 @@ impl TestState {
                     self.config.max_allocation_per_arm,
                     &suspended,
                 );
-                AllocationTable::new(limited)
+                AllocationTable::new(limited, status)
             }
             (TestStatus::Completed | TestStatus::Cancelled, _) => {
-                AllocationTable::single(k, winner.unwrap_or(self.config.control_arm))
+                AllocationTable::single(k, winner.unwrap_or(self.config.control_arm), status)
             }
             // Paused (Running always comes with its statistics).
-            _ => AllocationTable::single(k, self.config.control_arm),
+            _ => AllocationTable::single(k, self.config.control_arm, status),
         };
         self.status.store(status.to_u8(), Ordering::Release);
         let old = self.table.swap(Arc::new(table));
-        let mut expected = self.expected.lock();
+        let mut tallies = self.tallies.lock();
         let mut retired = self.retired.lock();
         retired.push(old);
-        fold_unreferenced(&mut expected, &mut retired);
-        drop((expected, retired));
+        fold_unreferenced(&mut tallies, &mut retired);
+        drop((tallies, retired));
         self.last_refresh
             .store(crate::time::now(), Ordering::Relaxed);
     }
@@ -353,24 +407,33 @@ impl TestState {
 
     /// Allocation counters and expected counts, folding retired tables nobody holds any more.
     pub fn allocation_record(&self) -> AllocationRecord {
-        let mut expected = self.expected.lock();
+        let mut tallies = self.tallies.lock();
         let mut retired = self.retired.lock();
-        fold_unreferenced(&mut expected, &mut retired);
-        let mut total = expected.clone();
+        fold_unreferenced(&mut tallies, &mut retired);
+        let mut total = Tallies {
+            counts: tallies.counts.clone(),
+            expected: tallies.expected.clone(),
+        };
         for table in retired.iter() {
-            fold(&mut total, table);
+            total.fold(table);
         }
-        fold(&mut total, &self.table.load());
+        total.fold(&self.table.load());
         AllocationRecord {
-            counts: self
-                .allocations
-                .iter()
-                .map(|a| a.load(Ordering::Relaxed))
-                .collect(),
-            expected: total,
+            counts: total.counts,
+            expected: total.expected,
             next_decision: self.next_decision.load(Ordering::Relaxed),
             probabilities: self.current_probabilities(),
         }
+    }
+
+    /// Whether no thread can still draw from a replaced RUNNING table: once a stop has published
+    /// the ended table, the allocation counts are final when this holds. A drawing thread holds
+    /// a table for well under a microsecond unless it is descheduled.
+    pub fn allocations_settled(&self) -> bool {
+        let mut tallies = self.tallies.lock();
+        let mut retired = self.retired.lock();
+        fold_unreferenced(&mut tallies, &mut retired);
+        retired.iter().all(|t| t.status != TestStatus::Running)
     }
 
     /// Whether allocations happened since the last call (and clears the flag).
@@ -386,11 +449,13 @@ fn is_distribution(p: &[f64], k: usize) -> bool {
         && (p.iter().sum::<f64>() - 1.0).abs() < 1e-9
 }
 
-/// Folds the retired tables no thread can still draw from into `expected` and forgets them.
-fn fold_unreferenced(expected: &mut [f64], retired: &mut Vec<Arc<AllocationTable>>) {
+/// Folds the retired tables no thread can still draw from into `tallies` and forgets them.
+/// Every thread that held a table when it was replaced holds a strong reference to it
+/// (`ArcSwap` pays its debts on swap), so a count of one means only `retired` holds it.
+fn fold_unreferenced(tallies: &mut Tallies, retired: &mut Vec<Arc<AllocationTable>>) {
     retired.retain(|table| {
         if Arc::strong_count(table) == 1 {
-            fold(expected, table);
+            tallies.fold(table);
             false
         } else {
             true
@@ -403,17 +468,14 @@ fn fold_unreferenced(expected: &mut [f64], retired: &mut Vec<Arc<AllocationTable
     }
 }
 
-fn fold(expected: &mut [f64], table: &AllocationTable) {
-    let n = table.decisions() as f64;
-    for (e, p) in expected.iter_mut().zip(&table.probabilities) {
-        *e += n * p;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::experiment::types::RewardModel;
+
+    fn test_key() -> DecisionKey {
+        DecisionKey::derive(&crate::experiment::decision_id::ServerSecret([1; 32]), "t")
+    }
 
     /// A RUNNING two-arm Bernoulli Thompson test where arm 1 wins 50 of 60 and arm 0 10 of 60.
     fn lopsided() -> (TestRecord, StatsRecord) {
@@ -447,7 +509,7 @@ mod tests {
             next_decision: 10,
             probabilities: vec![0.3, 0.7],
         };
-        let state = TestState::restored(record, stats, Some(stored));
+        let state = TestState::restored(record, stats, Some(stored), test_key());
         assert_eq!(state.current_probabilities(), vec![0.3, 0.7]);
         assert!(state.is_dirty(), "queued for the refresher");
         state.refresh();
@@ -473,7 +535,7 @@ mod tests {
                 next_decision: 0,
                 probabilities,
             });
-            let state = TestState::restored(record, stats, allocations);
+            let state = TestState::restored(record, stats, allocations, test_key());
             assert_eq!(state.current_probabilities(), vec![0.5, 0.5], "{stored:?}");
             assert!(state.is_dirty(), "{stored:?}");
         }
@@ -484,7 +546,7 @@ mod tests {
         let (mut record, stats) = lopsided();
         record.status = TestStatus::Completed;
         record.winner = Some(1);
-        let state = TestState::restored(record, stats, None);
+        let state = TestState::restored(record, stats, None, test_key());
         assert_eq!(state.current_probabilities(), vec![0.0, 1.0]);
         assert!(!state.is_dirty());
     }

@@ -8,12 +8,15 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::policy::{EpsilonGreedy, Fixed, Policy, Thompson, Ucb};
 use super::posterior::ArmStats;
 use super::table::{apply_limits, AllocationTable};
-use super::types::RewardModel;
+use super::types::{RewardModel, TestStatus};
 
 /// Table of `policy` over `arms` with no floor and no cap.
 fn table(policy: &dyn Policy, arms: &[ArmStats], rng: &mut Xoshiro256PlusPlus) -> AllocationTable {
     let p = policy.probabilities(arms, rng);
-    AllocationTable::new(apply_limits(&p, 0.0, 1.0, &vec![false; arms.len()]))
+    AllocationTable::new(
+        apply_limits(&p, 0.0, 1.0, &vec![false; arms.len()]),
+        TestStatus::Running,
+    )
 }
 
 fn shares(table: &AllocationTable, draws: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f64> {
@@ -151,7 +154,10 @@ fn floors_and_caps_hold_for_every_strategy_with_a_lopsided_posterior() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
     for (name, policy) in policies {
         let raw = policy.probabilities(&arms, &mut rng);
-        let table = AllocationTable::new(apply_limits(&raw, min, max, &[false; 3]));
+        let table = AllocationTable::new(
+            apply_limits(&raw, min, max, &[false; 3]),
+            TestStatus::Running,
+        );
         let s = shares(&table, 50_000, &mut rng);
         // Each share's sd is below √(0.25/50000) = 0.0022: 1 point is 4.5 sd (false failure 7e-6
         // per bound).

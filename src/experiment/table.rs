@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::types::TestStatus;
+
 /// Applies allocation limits to a probability vector, for every strategy alike:
 /// an additive floor `p ← min + (1 − K·min)·p` (keeps the order of arms and the sum), then
 /// a cap: mass above `max` is moved to the arms below the cap in proportion to their headroom,
@@ -58,19 +60,27 @@ pub fn apply_limits(p: &[f64], min: f64, max: f64, suspended: &[bool]) -> Vec<f6
     out
 }
 
-/// An immutable alias table plus the count of decisions drawn from it.
+/// An immutable alias table, the test status it serves under, and the decisions drawn from it.
+///
+/// Only decisions drawn from a RUNNING table are allocations of the test: they are counted here,
+/// per arm, and folded into the test's tallies once no thread can draw from the table any more.
+/// A decision answered with another status (paused, ended) is counted nowhere, so an ended
+/// test's allocation counts never change again.
 #[derive(Debug)]
 pub struct AllocationTable {
     /// The probability of each arm.
     pub probabilities: Vec<f64>,
+    /// The test's status while this table serves.
+    pub status: TestStatus,
     accept: Vec<f64>,
     alias: Vec<u8>,
-    decisions: AtomicU64,
+    /// Allocations per arm drawn from this table (RUNNING tables only).
+    counts: Vec<AtomicU64>,
 }
 
 impl AllocationTable {
-    /// Builds the alias table of `probabilities` (which must sum to 1).
-    pub fn new(probabilities: Vec<f64>) -> Self {
+    /// Builds the alias table of `probabilities` (which must sum to 1) for a test in `status`.
+    pub fn new(probabilities: Vec<f64>, status: TestStatus) -> Self {
         let k = probabilities.len();
         let mut accept: Vec<f64> = probabilities.iter().map(|p| p * k as f64).collect();
         let mut alias: Vec<u8> = (0..k as u8).collect();
@@ -88,39 +98,50 @@ impl AllocationTable {
         for i in small.into_iter().chain(large) {
             accept[i] = 1.0;
         }
+        let counting = if status == TestStatus::Running { k } else { 0 };
         Self {
             probabilities,
+            status,
             accept,
             alias,
-            decisions: AtomicU64::new(0),
+            counts: (0..counting).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// A table that always picks `arm`.
-    pub fn single(arms: usize, arm: usize) -> Self {
+    pub fn single(arms: usize, arm: usize, status: TestStatus) -> Self {
         let mut p = vec![0.0; arms];
         p[arm] = 1.0;
-        Self::new(p)
+        Self::new(p, status)
     }
 
-    /// The arm selected by `u` uniform in [0, 1), and counts the decision.
+    /// The arm selected by `u` uniform in [0, 1); counts it as an allocation when the table is
+    /// RUNNING.
     #[inline]
     pub fn pick(&self, u: f64) -> usize {
-        self.decisions.fetch_add(1, Ordering::Relaxed);
         let k = self.accept.len();
         let scaled = u * k as f64;
         let i = (scaled as usize).min(k - 1);
         let coin = scaled - i as f64;
-        if coin < self.accept[i] {
+        let arm = if coin < self.accept[i] {
             i
         } else {
             self.alias[i] as usize
+        };
+        if let Some(count) = self.counts.get(arm) {
+            count.fetch_add(1, Ordering::Relaxed);
         }
+        arm
     }
 
-    /// Decisions drawn from this table so far.
+    /// Allocations drawn from this table so far, per arm (empty unless RUNNING).
+    pub fn counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Allocations drawn from this table so far.
     pub fn decisions(&self) -> u64 {
-        self.decisions.load(Ordering::Relaxed)
+        self.counts().sum()
     }
 }
 
@@ -131,7 +152,7 @@ mod tests {
     #[test]
     fn alias_table_reproduces_the_distribution_exactly_on_a_grid() {
         let p = vec![0.5, 0.3, 0.15, 0.05];
-        let table = AllocationTable::new(p.clone());
+        let table = AllocationTable::new(p.clone(), TestStatus::Running);
         // A fine uniform grid over [0, 1) hits each arm in proportion to its probability.
         let n = 1_000_000;
         let mut counts = [0usize; 4];
@@ -172,5 +193,25 @@ mod tests {
         let q = apply_limits(&[0.7, 0.2, 0.1], 0.05, 1.0, &[true, false, false]);
         assert!((q[0] - 0.05).abs() < 1e-12, "{q:?}");
         assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod counting_tests {
+    use super::*;
+
+    #[test]
+    fn only_running_tables_count_allocations() {
+        let running = AllocationTable::new(vec![0.5, 0.5], TestStatus::Running);
+        let paused = AllocationTable::single(2, 0, TestStatus::Paused);
+        let ended = AllocationTable::single(2, 1, TestStatus::Completed);
+        for u in [0.1, 0.6, 0.9] {
+            running.pick(u);
+            assert_eq!(paused.pick(u), 0);
+            assert_eq!(ended.pick(u), 1);
+        }
+        assert_eq!(running.counts().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(running.decisions(), 3);
+        assert_eq!((paused.decisions(), ended.decisions()), (0, 0));
     }
 }

@@ -131,7 +131,15 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
                 check("weights", w, w > 0.0, "positive")?;
             }
             let total: f64 = r.weights.iter().sum();
-            r.weights.iter().map(|w| w / total).collect()
+            let normalised: Vec<f64> = r.weights.iter().map(|w| w / total).collect();
+            // [1e308, 1e308] sums to infinity and would become [0, 0].
+            if !total.is_finite() || normalised.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+                return Err(ExperimentError::invalid(
+                    "weights",
+                    format!("{:?} cannot be normalised to shares of traffic", r.weights),
+                ));
+            }
+            normalised
         };
         // The default floor of 0.05 would swallow all traffic beyond 10 arms; keep floors to at
         // most half of it.

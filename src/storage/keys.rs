@@ -11,6 +11,9 @@ pub const POLICY_PREFIX: &[u8] = b"policy/";
 /// Prefix of every audit event.
 pub const AUDIT_PREFIX: &[u8] = b"audit/";
 
+/// The secret behind every test's decision-id key (32 bytes, see `experiment::decision_id`).
+pub const DECISION_SECRET: &[u8] = b"meta/decision_secret";
+
 /// Prefix of every test record.
 pub const TEST_PREFIX: &[u8] = b"test/";
 
