@@ -113,10 +113,12 @@ struct Inner {
 
 impl Experiments {
     /// Loads every test from storage (one record per test for configuration, statistics and
-    /// allocations), replays the journal entries their statistics do not include yet, writes
-    /// missing final results files, and starts the background refresher, snapshot writer and
-    /// allocation persister. Must run inside a tokio runtime.
-    pub fn open(
+    /// allocations), replays the journal entries their statistics do not include yet, takes
+    /// the stops the statistics call for (early stop, every arm suspended: a crash may have
+    /// come between the results and their stop), writes missing final results files, and
+    /// starts the background refresher, snapshot writer and allocation persister. Must run
+    /// inside a tokio runtime.
+    pub async fn open(
         storage: Arc<Storage>,
         audit: Arc<AuditLog>,
         registry: Registry,
@@ -163,18 +165,20 @@ impl Experiments {
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed result journal");
         }
-        let mut dirty = experiments.inner.dirty_tests.lock();
-        for (id, state) in loaded {
-            *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
-            if state.is_dirty() {
-                dirty.push(state.clone());
+        {
+            let mut dirty = experiments.inner.dirty_tests.lock();
+            for (id, state) in loaded {
+                *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
+                if state.is_dirty() {
+                    dirty.push(state.clone());
+                }
+                experiments.inner.tests.insert(id, state);
             }
-            experiments.inner.tests.insert(id, state);
         }
-        drop(dirty);
-        experiments.write_missing_final_results();
         experiments.start_background_tasks()?;
         experiments.start_snapshot_thread()?;
+        experiments.take_stored_decisions().await?;
+        experiments.write_missing_final_results();
         Ok(experiments)
     }
 

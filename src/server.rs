@@ -86,7 +86,8 @@ pub async fn run(
         audit.clone(),
         registry.clone(),
         config.ingest,
-    )?;
+    )
+    .await?;
     let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
     registry.set_usage(&usage);
 

@@ -213,3 +213,62 @@ async fn a_journaled_batch_replayed_without_a_lost_sled_batch_stores_its_own_sus
     );
     support::close(engine);
 }
+
+/// Results whose stop a crash prevented (applied and journaled, the process gone before it
+/// stopped the test) stop the test at start-up, not on its next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_results_that_cross_a_stopping_rule_stop_the_test_at_start() {
+    use arbiter::experiment::types::TestStatus;
+    let engine = support::engine().await;
+    let models = support::models(&engine.registry, 2).await;
+    let mut early = support::config("early", &models, 2, Strategy::Fixed);
+    early.early_stopping = true;
+    early.minimum_sample_size = 10;
+    let mut doomed = support::config("doomed", &models, 2, Strategy::Fixed);
+    doomed.stop_loss_threshold = 0.0;
+    for config in [early, doomed] {
+        engine
+            .experiments
+            .create(config, "test")
+            .await
+            .expect("create");
+    }
+    // Arm 1 of "early" is clearly better; every arm of "doomed" loses.
+    let results: Vec<ResultInput> = (0..60)
+        .map(|i| {
+            let arm = i % 2;
+            let noise = f64::from((i * 7 % 13) as u32) * 1e-4;
+            let value = if arm == 1 { 0.05 + noise } else { noise };
+            support::result("early", arm, value, format!("e{i}"))
+        })
+        .chain((0..50).map(|i| support::result("doomed", i % 2, -0.01, format!("d{i}"))))
+        .collect();
+    // Applied and journaled, but the process dies before `make_durable` (which would stop
+    // both tests): the stops never happened.
+    let applied = engine
+        .experiments
+        .apply_results(results)
+        .await
+        .expect("applied");
+    engine.storage.flush_blocking().expect("journal synced");
+    drop(applied);
+    for id in ["early", "doomed"] {
+        assert_eq!(
+            engine.experiments.get(id).expect("test").record.status,
+            TestStatus::Running
+        );
+    }
+    let dir = support::close(engine);
+    let engine = support::open(dir).await;
+    let early = engine.experiments.get("early").expect("test").record;
+    assert_eq!(early.status, TestStatus::Completed);
+    assert_eq!(early.winner, Some(1), "{}", early.stop_reason);
+    let doomed = engine.experiments.get("doomed").expect("test").record;
+    assert_eq!(doomed.status, TestStatus::Completed);
+    assert!(
+        doomed.stop_reason.contains("stop-loss"),
+        "{}",
+        doomed.stop_reason
+    );
+    support::close(engine);
+}

@@ -34,6 +34,7 @@ pub async fn open(dir: tempfile::TempDir) -> Engine {
         .expect("registry");
     let experiments =
         Experiments::open(storage.clone(), audit, registry.clone(), Default::default())
+            .await
             .expect("experiments");
     Engine {
         storage,

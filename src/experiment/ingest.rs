@@ -174,22 +174,7 @@ impl Experiments {
                 self.inner.dirty_tests.lock().push(state);
             }
         }
-        for stop in stops {
-            match self
-                .stop(
-                    &stop.test_id,
-                    "system",
-                    &stop.reason,
-                    stop.winner,
-                    stop.kind,
-                )
-                .await
-            {
-                // Someone else ended it meanwhile.
-                Ok(_) | Err(ExperimentError::WrongStatus { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.carry_out(stops).await?;
         Ok(outcomes
             .into_iter()
             .map(|o| o.expect("every record gets an outcome"))
@@ -412,6 +397,48 @@ impl Experiments {
         }
         self.store_stats(state, stats, result_ids, written.new_ids, suspensions)?;
         Ok(None)
+    }
+
+    /// Stops the tests the statistics call for.
+    async fn carry_out(&self, stops: Vec<PendingStop>) -> Result<()> {
+        for stop in stops {
+            tracing::info!(test_id = %stop.test_id, kind = stop.kind, reason = %stop.reason, "stopping test");
+            match self
+                .stop(
+                    &stop.test_id,
+                    "system",
+                    &stop.reason,
+                    stop.winner,
+                    stop.kind,
+                )
+                .await
+            {
+                // Someone else ended it meanwhile.
+                Ok(_) | Err(ExperimentError::WrongStatus { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes, at start-up, the stops that the stored and replayed statistics call for: results
+    /// whose stop a crash prevented, and replayed results that cross a stopping rule, stop
+    /// their test now rather than on its next batch.
+    pub(super) async fn take_stored_decisions(&self) -> Result<()> {
+        let stops: Vec<PendingStop> = self
+            .inner
+            .tests
+            .iter()
+            .filter_map(|entry| {
+                let state = entry.value();
+                let book = state.book.lock();
+                if book.record.status.is_ended() {
+                    return None;
+                }
+                self.stop_decision(&state.config, &book.stats)
+            })
+            .collect();
+        self.carry_out(stops).await
     }
 
     /// Whether the test must stop after this batch: every arm suspended by the stop-loss, or
