@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
@@ -15,6 +16,26 @@ use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistrySe
 use crate::pb;
 use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
+
+mod connection;
+
+/// Receive window of one HTTP/2 stream: the protocol's default size.
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// Receive window of one connection. h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM,
+/// "too_many_data_frames") once the small DATA frames it holds unread cost more than half of
+/// this window in framing overhead, 256 − size bytes each. A pipelining client whose responses
+/// back up is stopped by flow control after one stream window: with 64 KiB, even 5-byte
+/// messages one per frame (the smallest gRPC message) cost 3.3 MB, under the 4 MiB budget, so
+/// such a client waits instead of being disconnected; real floods (frames beyond flow control,
+/// empty frames) are still refused.
+const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Streams one connection may have open at once (clients queue beyond it).
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// An idle connection is pinged this often, and closed when a ping is not answered in
+/// [`KEEPALIVE_TIMEOUT`]: dead peers do not hold streams, uploads and memory for ever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
@@ -123,7 +144,10 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+        .map(|accepted| accepted.map(connection::LoggedConnection::new));
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
     let reporter = health_reporter.clone();
@@ -165,6 +189,11 @@ pub async fn run(
         None => None,
     };
     let serve = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::option_layer(rpc_metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
