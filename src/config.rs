@@ -429,6 +429,14 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off when unset.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Model uploads (RegisterModel streams) in progress at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_CONCURRENT_UPLOADS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_concurrent_uploads: usize,
+    /// Seconds an upload may wait for its client's next message before it is abandoned.
+    #[arg(long, env = "ARBITER_UPLOAD_IDLE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_idle_timeout_secs: u64,
     /// Largest accepted |return| and |metric value| of a result; larger ones are rejected with
     /// INVALID_ARGUMENT (their squares would overflow the statistics).
     #[arg(long, env = "ARBITER_MAX_RESULT_MAGNITUDE", default_value_t = limits::DEFAULT_MAX_ABS_VALUE,
@@ -493,6 +501,8 @@ pub struct FileConfig {
     allow_self_approval: Option<bool>,
     shutdown_grace_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    max_concurrent_uploads: Option<usize>,
+    upload_idle_timeout_secs: Option<u64>,
     max_result_magnitude: Option<f64>,
     max_batch_records: Option<usize>,
     max_batch_tests: Option<usize>,
@@ -520,10 +530,20 @@ impl FileConfig {
             parse_magnitude(&m.to_string())
                 .map_err(|e| invalid(format!("max-result-magnitude: {e}")))?;
         }
-        if file.max_batch_records == Some(0) || file.max_batch_tests == Some(0) {
-            return Err(invalid(
-                "max-batch-records and max-batch-tests must be at least 1".into(),
-            ));
+        let zero = [
+            ("max-batch-records", file.max_batch_records == Some(0)),
+            ("max-batch-tests", file.max_batch_tests == Some(0)),
+            (
+                "max-concurrent-uploads",
+                file.max_concurrent_uploads == Some(0),
+            ),
+            (
+                "upload-idle-timeout-secs",
+                file.upload_idle_timeout_secs == Some(0),
+            ),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err(invalid(format!("{key} must be at least 1")));
         }
         Ok(file)
     }
@@ -577,6 +597,8 @@ impl ServeArgs {
         take!(max_versions_per_model);
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
+        take!(max_concurrent_uploads);
+        take!(upload_idle_timeout_secs);
         take!(max_result_magnitude);
         take!(max_batch_records);
         take!(max_batch_tests);
@@ -601,6 +623,11 @@ impl ServeArgs {
             format!("max-versions-per-model = {}", self.max_versions_per_model),
             format!("allow-self-approval = {}", self.allow_self_approval),
             format!("shutdown-grace-secs = {}", self.shutdown_grace_secs),
+            format!("max-concurrent-uploads = {}", self.max_concurrent_uploads),
+            format!(
+                "upload-idle-timeout-secs = {}",
+                self.upload_idle_timeout_secs
+            ),
             format!("max-result-magnitude = {:e}", self.max_result_magnitude),
             format!("max-batch-records = {}", self.max_batch_records),
             format!("max-batch-tests = {}", self.max_batch_tests),
@@ -619,6 +646,8 @@ impl ServeArgs {
                 max_artifact_bytes: self.max_artifact_bytes,
                 max_versions_per_model: self.max_versions_per_model as usize,
                 allow_self_approval: self.allow_self_approval,
+                max_concurrent_uploads: self.max_concurrent_uploads,
+                upload_idle_timeout: std::time::Duration::from_secs(self.upload_idle_timeout_secs),
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             metrics_listen: self.metrics_listen,

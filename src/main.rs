@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             arbiter::telemetry::init(args.log_format);
+            raise_open_files_limit();
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(args.listen)
@@ -85,6 +86,35 @@ fn limit_malloc_arenas() {
         // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (often 1024 → 524288): every
+/// connection and upload holds a descriptor, and the soft default is meant for interactive
+/// programs. Uploads are bounded separately (`--max-concurrent-uploads`).
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the struct passed; no other effect.
+        let raised = unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                let soft = limit.rlim_cur;
+                limit.rlim_cur = limit.rlim_max;
+                soft == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            }
+        };
+        if raised {
+            tracing::debug!(open_files = limit.rlim_cur, "open files limit");
+        } else {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot raise the open files limit"
+            );
         }
     }
 }

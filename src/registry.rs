@@ -48,6 +48,12 @@ pub struct RegistryConfig {
     pub max_versions_per_model: usize,
     /// Relaxes the four-eyes rule (approver may equal creator).
     pub allow_self_approval: bool,
+    /// Uploads (RegisterModel streams past their header) in progress at once; beyond it,
+    /// RESOURCE_EXHAUSTED. Each holds a temporary file, so this bounds open files too.
+    pub max_concurrent_uploads: usize,
+    /// How long an upload may wait for its client's next message before it is abandoned
+    /// (DEADLINE_EXCEEDED; its temporary file is removed).
+    pub upload_idle_timeout: std::time::Duration,
 }
 
 impl Default for RegistryConfig {
@@ -56,6 +62,8 @@ impl Default for RegistryConfig {
             max_artifact_bytes: 1 << 30,
             max_versions_per_model: 10,
             allow_self_approval: false,
+            max_concurrent_uploads: 64,
+            upload_idle_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -76,6 +84,8 @@ struct Inner {
     usage: OnceLock<Weak<dyn ModelUsage>>,
     /// Serializes check-then-write sequences (existence, CAS, retention).
     write_lock: Mutex<()>,
+    /// One permit per upload in progress.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Registry {
@@ -87,6 +97,7 @@ impl Registry {
         config: RegistryConfig,
     ) -> Result<Self> {
         let artifacts = ArtifactStore::open(storage.data_dir())?;
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads));
         let registry = Self {
             inner: Arc::new(Inner {
                 storage,
@@ -95,6 +106,7 @@ impl Registry {
                 config,
                 usage: OnceLock::new(),
                 write_lock: Mutex::new(()),
+                uploads,
             }),
         };
         registry.sweep_orphans()?;
@@ -105,6 +117,11 @@ impl Registry {
     /// in use. The caller keeps `usage` alive.
     pub fn set_usage(&self, usage: &Arc<dyn ModelUsage>) {
         let _ = self.inner.usage.set(Arc::downgrade(usage));
+    }
+
+    /// How long an upload may wait for its client (see [`RegistryConfig`]).
+    pub fn upload_idle_timeout(&self) -> std::time::Duration {
+        self.inner.config.upload_idle_timeout
     }
 
     fn usage(&self) -> Option<Arc<dyn ModelUsage>> {

@@ -570,3 +570,60 @@ async fn allocations_racing_a_stop_are_counted_exactly() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_uploads_are_bounded_and_abandoned_after_their_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry_config = arbiter::registry::RegistryConfig {
+        max_concurrent_uploads: 3,
+        upload_idle_timeout: std::time::Duration::from_millis(600),
+        ..Default::default()
+    };
+    let server = TestServer::start_config(arbiter::server::ServerConfig {
+        registry: registry_config,
+        ..TestServer::config(dir.path())
+    })
+    .await;
+    // Three uploads send their header and one chunk, then stall (their senders stay open).
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for message in registration_messages(header(&format!("m{i}"), "1.0.0", "alice"), b"w", 1) {
+            tx.send(message).await.expect("queue");
+        }
+        let mut client = server.registry().await;
+        let call = tokio::spawn(async move {
+            client
+                .register_model(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        stalled.push((tx, call));
+    }
+    // Each holds its temporary file once its header has arrived.
+    let tmp = dir.path().join("tmp");
+    for _ in 0..100 {
+        if dir_entries(&tmp).len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(dir_entries(&tmp).len(), 3, "three uploads in progress");
+    let mut client = server.registry().await;
+    let err = register(&mut client, header("late", "1.0.0", "alice"), b"w")
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("3 uploads"), "{err:?}");
+
+    // After the idle timeout each stalled upload fails and leaves nothing behind.
+    for (tx, call) in stalled {
+        let err = call.await.expect("join").expect_err("abandoned");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        drop(tx);
+    }
+    assert!(dir_entries(&tmp).is_empty(), "{:?}", dir_entries(&tmp));
+    register(&mut client, header("late", "1.0.0", "alice"), b"w")
+        .await
+        .expect("room again");
+    server.stop().await;
+}

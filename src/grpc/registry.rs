@@ -37,6 +37,18 @@ fn registry_id(raw: &str) -> Result<RegistryId, Status> {
     RegistryId::parse("registry_id", raw).map_err(status::registry)
 }
 
+/// The next message of an upload, or DEADLINE_EXCEEDED after `idle` without one: a client that
+/// stops sending must not hold a stream, a temporary file and an upload slot for ever.
+async fn next_message(
+    stream: &mut Streaming<pb::RegisterModelRequest>,
+    idle: std::time::Duration,
+) -> Result<Option<pb::RegisterModelRequest>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(status::registry(RegistryError::UploadIdle { idle })),
+    }
+}
+
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryService {
     #[tracing::instrument(skip_all)]
@@ -45,7 +57,8 @@ impl registry_server::Registry for RegistryService {
         request: Request<Streaming<pb::RegisterModelRequest>>,
     ) -> Result<Response<pb::ModelMetadata>, Status> {
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.part) {
+        let idle = self.registry.upload_idle_timeout();
+        let header = match next_message(&mut stream, idle).await?.and_then(|m| m.part) {
             Some(register_model_request::Part::Header(h)) => h,
             _ => {
                 return Err(status::registry(RegistryError::invalid(
@@ -62,7 +75,7 @@ impl registry_server::Registry for RegistryService {
             .await
             .map_err(status::registry)?;
         // Any early return drops `registration`, which removes the partial upload.
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = next_message(&mut stream, idle).await? {
             match message.part {
                 Some(register_model_request::Part::Chunk(bytes)) => {
                     registration.write(&bytes).await.map_err(status::registry)?

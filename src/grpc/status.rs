@@ -19,7 +19,8 @@ pub fn registry(err: RegistryError) -> Status {
         | E::InUse { .. } => Code::FailedPrecondition,
         E::StatusChanged { .. } => Code::Aborted,
         E::ChecksumMismatch { .. } | E::ArtifactMissing { .. } => Code::DataLoss,
-        E::ArtifactTooLarge { .. } => Code::ResourceExhausted,
+        E::ArtifactTooLarge { .. } | E::TooManyUploads { .. } => Code::ResourceExhausted,
+        E::UploadIdle { .. } => Code::DeadlineExceeded,
         E::Storage(inner) => return storage(inner),
         E::Io { .. } => return internal(&err),
     };

@@ -96,6 +96,18 @@ pub enum RegistryError {
         /// The configured limit.
         limit: u64,
     },
+    /// As many uploads as allowed are in progress.
+    #[error("{limit} uploads are in progress, the most allowed at once; retry later")]
+    TooManyUploads {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The client sent nothing for too long during an upload, which was abandoned.
+    #[error("no message for {} s during the upload; it was abandoned", .idle.as_secs_f64())]
+    UploadIdle {
+        /// The configured idle timeout.
+        idle: std::time::Duration,
+    },
     /// The database failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -16,16 +16,27 @@ pub struct Registration {
     registry: Registry,
     model: NewModel,
     upload: Upload,
+    /// Held until the registration ends, so uploads in progress stay within the limit.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Registry {
-    /// Starts registering `model`. Fails early when the version already exists.
+    /// Starts registering `model`. Fails early when the version already exists, or when as
+    /// many uploads as allowed are in progress.
     pub async fn begin_registration(&self, model: NewModel) -> Result<Registration> {
         if self.load(&model.registry_id)?.is_some() {
             return Err(RegistryError::AlreadyExists {
                 registry_id: model.registry_id.to_string(),
             });
         }
+        let permit = self
+            .inner
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RegistryError::TooManyUploads {
+                limit: self.inner.config.max_concurrent_uploads,
+            })?;
         let upload = self
             .inner
             .artifacts
@@ -35,6 +46,7 @@ impl Registry {
             registry: self.clone(),
             model,
             upload,
+            _permit: permit,
         })
     }
 }
@@ -51,6 +63,7 @@ impl Registration {
             registry,
             model,
             upload,
+            _permit,
         } = self;
         let finished = upload.finish().await?;
         if let Some(expected) = model.expected_sha256 {
