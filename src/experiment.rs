@@ -5,7 +5,7 @@
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
 //! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
 //! Results go to the storage journal, one entry per test and batch, and are acknowledged after a
-//! (shared) sync; every second the statistics of tests with new results are stored in sled,
+//! (shared) sync; every second the statistics of tests with new results are stored in the store,
 //! stamped with the journal position they include, and the journal is trimmed ([`snapshot`]).
 //! Start-up reads one statistics record per test and replays at most about a second of journal.
 //! Allocation counters are persisted every
@@ -68,7 +68,7 @@ pub type Result<T, E = ExperimentError> = std::result::Result<T, E>;
 
 /// How often allocation counters are written to storage.
 pub const ALLOCATION_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-/// Allocation records per sled batch when persisting them.
+/// Allocation records per store batch when persisting them.
 const ALLOCATION_PERSIST_CHUNK: usize = 256;
 /// How often tests with new results get their tables recomputed (when not done inline).
 const REFRESH_INTERVAL: Duration = Duration::from_millis(5);
@@ -99,7 +99,7 @@ struct Inner {
     tests: DashMap<TestId, Arc<TestState>>,
     /// Tests marked dirty since the refresher's last pass (it visits only these, not every test).
     dirty_tests: Mutex<Vec<Arc<TestState>>>,
-    /// Tests with journaled results that no sled snapshot holds yet (see `snapshot`).
+    /// Tests with journaled results that no snapshot in the store holds yet (see `snapshot`).
     unsaved_tests: Mutex<Vec<Arc<TestState>>>,
     /// Held for a whole snapshot round: rounds must not overlap (see `snapshot`).
     snapshot_round: Mutex<()>,
@@ -267,7 +267,7 @@ impl Experiments {
     /// Writes allocation counters of every test that allocated since the last call (or of every
     /// test when `all`), and flushes.
     pub async fn persist_allocations(&self, all: bool) -> Result<()> {
-        // Records are independent, so they are applied in chunks: one sled batch of 10k records
+        // Records are independent, so they are applied in chunks: one store batch of 10k records
         // (every test allocating) made a transient peak of ~20 MB that the allocator kept.
         let mut batch = WriteBatch::new();
         let mut written = 0usize;

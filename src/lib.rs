@@ -6,7 +6,7 @@
 //!   `tonic::Status` in exactly one place.
 //! - [`registry`]: model versions, the lifecycle with approvals, artifact files.
 //! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
-//! - [`storage`]: sled behind typed keys and versioned record encodings, with group commit.
+//! - [`storage`]: an embedded store (redb) behind typed keys and versioned record encodings, with group commit.
 //! - [`server`] composes the services; [`config`] and [`telemetry`] serve `main.rs`.
 //! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).
 //! - [`loadgen`]: `arbiter bench`, the load generator with its echo baseline.

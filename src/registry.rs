@@ -3,7 +3,7 @@
 //!
 //! Main types: [`Registry`] (the operations), [`types::ModelMetadata`] (the stored record),
 //! [`artifacts::ArtifactStore`] (files), [`RegistryError`]. Mutations are serialized by one
-//! in-process lock held only for a check-then-write on sled (never across an `.await`), then made
+//! in-process lock held only for a check-then-write on the store (never across an `.await`), then made
 //! durable by a shared flush before the caller acknowledges. Depends on `storage` and `audit`;
 //! knows nothing of gRPC. Knowledge of tests comes in through [`ModelUsage`].
 

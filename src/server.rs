@@ -40,7 +40,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Data directory (sled database, artifacts, results).
+    /// Data directory (the store, artifacts, results).
     pub data_dir: PathBuf,
     /// Registry settings.
     pub registry: RegistryConfig,
@@ -212,7 +212,7 @@ pub async fn run(
 
     experiments.persist_allocations(true).await?;
     drop(usage);
-    // A last snapshot round stores every journaled result in sled, so the next start replays
+    // A last snapshot round stores every journaled result in the store, so the next start replays
     // nothing; then everything is flushed.
     tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
         experiments.snapshot()?;

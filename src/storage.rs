@@ -1,40 +1,69 @@
-//! Durable storage on sled: typed keys ([`keys`]), versioned record encodings ([`Record`]), atomic
-//! write batches, and group commit ([`Storage::flush`]).
+//! Durable storage: an embedded ordered key-value engine ([`engine`], redb underneath) behind
+//! typed keys ([`keys`]), versioned record encodings ([`Record`]), atomic write batches, and group
+//! commit ([`Storage::flush`]).
 //!
-//! Everything lives in one sled tree under typed key prefixes, so a single [`WriteBatch`] can change
+//! Everything lives in one table under typed key prefixes, so a single [`WriteBatch`] can change
 //! model metadata and append audit events atomically. A write is *applied* by [`Storage::apply`]
-//! (visible to readers, atomic) and *durable* once a later [`Storage::flush`] has returned; callers
-//! acknowledge a client only after that flush. Concurrent flushes are coalesced: writers that ask
-//! while a flush is running share the next one.
+//! (visible to readers, atomic) and *durable* once a later [`Storage::flush`] has returned (the
+//! engine's commit, fsynced); callers acknowledge a client only after that flush. Concurrent
+//! flushes are coalesced: writers that ask while a flush is running share the next one.
 //!
-//! Result batches, too frequent and too small for sled, go to the [`journal`] instead: an
+//! Result batches, too frequent and too small for the engine, go to the [`journal`] instead: an
 //! append-only log of opaque entries with its own group commit, which the owner snapshots into
-//! sled and trims.
+//! the engine and trims.
+//!
+//! A data directory written by builds that kept this table in sled is converted once, at open
+//! ([`migrate`]).
 //!
 //! This module knows nothing of models, tests or gRPC.
 
 mod bytes;
 mod codec;
+pub mod engine;
 mod group_commit;
 pub mod journal;
 pub mod keys;
+mod migrate;
 pub mod paths;
+mod redb_engine;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use bytes::{ByteReader, ByteWriter};
 pub use codec::{decode, BodyError, Record};
+use engine::{Engine, Op};
 use group_commit::GroupCommit;
 pub use journal::{Entry as JournalEntry, Journal};
+
+/// The engine's file inside the data directory.
+pub const STORE_FILE: &str = "store.redb";
+/// The engine's page cache. Reads are rare (start-up, first use of a test's result ids,
+/// listings), so a small cache serves; the engine's write buffer is part of it.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// sled reported an error (I/O, corruption, or a lock held by another process).
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    /// The embedded engine reported an error (I/O, corruption).
+    #[error("store: {what}: {source}")]
+    Store {
+        /// What was being done.
+        what: &'static str,
+        /// The engine's error.
+        source: redb::Error,
+    },
+    /// Another process (or this one) has the data directory open.
+    #[error("{} is in use by another arbiter process", .path.display())]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A failure shared by several waiters (a failed group sync).
+    #[error("{0}")]
+    Shared(Arc<StorageError>),
     /// A stored record could not be decoded.
     #[error("record {key} could not be decoded: {source}")]
     Decode {
@@ -80,21 +109,78 @@ pub enum StorageError {
 /// Result alias of the storage layer.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// The sled database of one data directory.
+/// Data directories open in this process: a second [`Storage::open`] of one is refused, and
+/// tests wait for a closed one to be released ([`wait_until_released`]).
+fn open_dirs() -> &'static Mutex<HashSet<PathBuf>> {
+    static OPEN: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// Waits until no [`Storage`] of this process holds `data_dir` (its background threads may
+/// outlive the server task by a moment); `false` if it is still held after `timeout`.
+pub fn wait_until_released(data_dir: &Path, timeout: std::time::Duration) -> bool {
+    let key = dir_key(data_dir);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let held = open_dirs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key);
+        if !held {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+fn dir_key(data_dir: &Path) -> PathBuf {
+    std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())
+}
+
+/// Fsyncs a directory, so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StorageError::Io {
+            context: format!("syncing directory {}", dir.display()),
+            source,
+        })
+}
+
+/// The storage of one data directory: the engine and the result journal.
 #[derive(Debug)]
 pub struct Storage {
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     flusher: GroupCommit,
     applied_batches: Arc<AtomicU64>,
     data_dir: PathBuf,
     journal: Arc<Journal>,
     /// The journal's entries as found at open, until the owner takes them to replay.
     journal_tail: parking_lot::Mutex<Option<Vec<JournalEntry>>>,
+    /// Declared last, so dropped last: the directory counts as released only once the engine
+    /// and the journal are closed.
+    _registered: Registered,
+}
+
+/// A data directory's entry in [`open_dirs`], removed when dropped.
+#[derive(Debug)]
+struct Registered(PathBuf);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        open_dirs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
 }
 
 impl Storage {
-    /// Opens (or creates) the database under `<data_dir>/db` and the journal under
-    /// `<data_dir>/journal`.
+    /// Opens (or creates) the store `<data_dir>/store.redb` and the journal under
+    /// `<data_dir>/journal`, converting a directory written by an older build first.
     ///
     /// Must be called within a tokio runtime: it starts the group-commit task.
     pub fn open(data_dir: &Path) -> Result<Self> {
@@ -102,27 +188,40 @@ impl Storage {
             context: format!("creating data directory {}", data_dir.display()),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(data_dir.join("db"))
-            // Durability comes from explicit flushes before every acknowledgement; sled's own
-            // periodic flush only bounds what an unacknowledged write may lose.
-            .flush_every_ms(Some(1000))
-            // Reads are rare (start-up, first use of a test's result ids, listings); 4 MiB rather
-            // than 8 kept 10k tests with results ~4 MiB smaller (BENCHMARKS.md).
-            .cache_capacity(4 << 20)
-            .open()?;
+        let key = dir_key(data_dir);
+        if !open_dirs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(StorageError::Locked {
+                path: data_dir.join(STORE_FILE),
+            });
+        }
+        // Released again if the open fails.
+        let registered = Registered(key);
+        Self::open_registered(data_dir, registered)
+    }
+
+    fn open_registered(data_dir: &Path, registered: Registered) -> Result<Self> {
+        migrate::from_sled(data_dir, CACHE_BYTES)?;
+        let engine: Arc<dyn Engine> = Arc::new(redb_engine::RedbEngine::open(
+            &data_dir.join(STORE_FILE),
+            CACHE_BYTES,
+        )?);
         let applied_batches = Arc::new(AtomicU64::new(0));
-        let flusher = GroupCommit::start(db.clone(), applied_batches.clone());
+        let flusher = GroupCommit::start(Arc::downgrade(&engine), applied_batches.clone());
         let (journal, tail) = Journal::open(&data_dir.join("journal"))?;
         let journal = Arc::new(journal);
         journal.start()?;
         Ok(Self {
-            db,
+            engine,
             flusher,
             applied_batches,
             data_dir: data_dir.to_path_buf(),
             journal,
             journal_tail: parking_lot::Mutex::new(Some(tail)),
+            _registered: registered,
         })
     }
 
@@ -143,7 +242,7 @@ impl Storage {
 
     /// Reads and decodes one record.
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.db.get(key)? {
+        match self.engine.get(key)? {
             Some(bytes) => codec::decode(key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -151,51 +250,49 @@ impl Storage {
 
     /// Reads the raw bytes stored under `key`.
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        self.engine.get(key)
     }
 
     /// Decodes every record whose key starts with `prefix`, in key order.
-    pub fn scan<T: Record>(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, T)>> {
-        self.db.scan_prefix(prefix).map(|entry| {
-            let (key, value) = entry?;
-            let record = codec::decode(&key, &value)?;
-            Ok((key.to_vec(), record))
-        })
+    pub fn scan<T: Record>(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + '_ {
+        decoded(self.entries(prefix, false))
     }
 
     /// Decodes every record whose key starts with `prefix`, in reverse key order.
-    pub fn scan_rev<T: Record>(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, T)>> {
-        self.db.scan_prefix(prefix).rev().map(|entry| {
-            let (key, value) = entry?;
-            let record = codec::decode(&key, &value)?;
-            Ok((key.to_vec(), record))
-        })
+    pub fn scan_rev<T: Record>(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + '_ {
+        decoded(self.entries(prefix, true))
     }
 
     /// Iterates the raw entries whose key starts with `prefix`, in key order.
-    pub fn scan_raw(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> {
-        self.db.scan_prefix(prefix).map(|entry| {
-            entry
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(Into::into)
-        })
+    pub fn scan_raw(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        self.entries(prefix, false)
+    }
+
+    fn entries(&self, prefix: &[u8], reverse: bool) -> engine::Entries<'_> {
+        match self.engine.scan(prefix, reverse) {
+            Ok(entries) => entries,
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     /// Decodes the last record whose key starts with `prefix`.
     pub fn last<T: Record>(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, T)>> {
-        match self.db.scan_prefix(prefix).next_back() {
-            Some(entry) => {
-                let (key, value) = entry?;
-                Ok(Some((key.to_vec(), codec::decode(&key, &value)?)))
-            }
-            None => Ok(None),
-        }
+        self.scan_rev(prefix).next().transpose()
     }
 
     /// Applies a batch atomically: readers see all of it or none of it. Not yet durable; call
     /// [`Storage::flush`] before acknowledging.
     pub fn apply(&self, batch: WriteBatch) -> Result<()> {
-        self.db.apply_batch(batch.inner)?;
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.engine.apply(&batch.ops)?;
         // After the apply: a flush that reads this count covers the batch (group_commit).
         self.applied_batches.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -217,14 +314,14 @@ impl Storage {
         self.flusher.flush_through(mark).await
     }
 
-    /// Flushes the database and syncs the journal synchronously (for shutdown and tools outside
-    /// the request path).
+    /// Syncs the engine and the journal synchronously (for shutdown and tools outside the
+    /// request path).
     pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
+        self.engine.sync()?;
         self.journal.sync_blocking()
     }
 
-    /// How many flushes of the database have run through group commit.
+    /// How many flushes of the engine have run through group commit.
     pub fn flush_count(&self) -> u64 {
         self.flusher.flushes()
     }
@@ -234,17 +331,26 @@ impl Storage {
         self.applied_batches.load(Ordering::Relaxed)
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the engine occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        self.engine.size_on_disk()
     }
+}
+
+fn decoded<'a, T: Record>(
+    entries: engine::Entries<'a>,
+) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + 'a {
+    entries.map(|entry| {
+        let (key, value) = entry?;
+        let record = codec::decode(&key, &value)?;
+        Ok((key, record))
+    })
 }
 
 /// A set of writes applied atomically by [`Storage::apply`].
 #[derive(Debug, Default)]
 pub struct WriteBatch {
-    inner: sled::Batch,
-    len: usize,
+    ops: Vec<Op>,
 }
 
 impl WriteBatch {
@@ -261,25 +367,23 @@ impl WriteBatch {
     }
 
     /// Stores raw bytes under `key`.
-    pub fn put_raw(&mut self, key: impl AsRef<[u8]>, bytes: impl Into<sled::IVec>) {
-        self.inner.insert(key.as_ref(), bytes.into());
-        self.len += 1;
+    pub fn put_raw(&mut self, key: impl AsRef<[u8]>, bytes: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(key.as_ref().to_vec(), bytes.into()));
     }
 
     /// Removes `key`.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.inner.remove(key.as_ref());
-        self.len += 1;
+        self.ops.push(Op::Remove(key.as_ref().to_vec()));
     }
 
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
-        self.len
+        self.ops.len()
     }
 
     /// Whether the batch holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ops.is_empty()
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use arbiter::pb::{self, ModelStatus as S};
+use arbiter::storage::{Storage, WriteBatch};
 use support::*;
 
 #[tokio::test]
@@ -169,18 +170,14 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
         drop(client);
         server.stop().await;
     }
-    // Rewrite the actor of event 3 directly in sled while the server is down.
+    // Rewrite the actor of event 3 directly in the store while the server is down.
     let original = {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open sled");
+        let storage = Storage::open(dir.path()).expect("open the store");
         let key = [&b"audit/"[..], &3u64.to_be_bytes()].concat();
-        let stored = db
-            .get(&key)
+        let stored = storage
+            .get_raw(&key)
             .expect("read")
-            .expect("event 3 exists")
-            .to_vec();
+            .expect("event 3 exists");
         let text = String::from_utf8(stored[1..].to_vec()).expect("json");
         assert!(text.contains("\"actor\":\"alice\""), "{text}");
         let mut forged = vec![stored[0]];
@@ -188,8 +185,10 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
             text.replace("\"actor\":\"alice\"", "\"actor\":\"mallory\"")
                 .as_bytes(),
         );
-        db.insert(&key, forged).expect("write");
-        db.flush().expect("flush");
+        let mut batch = WriteBatch::new();
+        batch.put_raw(&key, forged);
+        storage.apply(batch).expect("write");
+        storage.flush_blocking().expect("flush");
         stored
     };
     let server = TestServer::start(dir.path()).await;
@@ -208,15 +207,12 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
 
     // Restore event 3 and remove the newest event: truncation is caught by the recorded head.
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open sled");
-        db.insert([&b"audit/"[..], &3u64.to_be_bytes()].concat(), original)
-            .expect("restore");
-        db.remove([&b"audit/"[..], &4u64.to_be_bytes()].concat())
-            .expect("remove");
-        db.flush().expect("flush");
+        let storage = Storage::open(dir.path()).expect("open the store");
+        let mut batch = WriteBatch::new();
+        batch.put_raw([&b"audit/"[..], &3u64.to_be_bytes()].concat(), original);
+        batch.remove([&b"audit/"[..], &4u64.to_be_bytes()].concat());
+        storage.apply(batch).expect("write");
+        storage.flush_blocking().expect("flush");
     }
     let server = TestServer::start(dir.path()).await;
     let chain = server

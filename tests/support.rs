@@ -160,18 +160,11 @@ impl TestServer {
                 .expect("server task did not panic")
                 .expect("server shut down cleanly");
         }
-        // sled releases its file lock when the last handle drops; wait until it can be reopened.
-        for _ in 0..200 {
-            if sled::Config::new()
-                .path(self.data_dir.join("db"))
-                .open()
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("data directory still locked after shutdown");
+        // Background threads release the store a moment after the server task ends.
+        assert!(
+            arbiter::storage::wait_until_released(&self.data_dir, Duration::from_secs(5)),
+            "data directory still held after shutdown"
+        );
     }
 }
 

@@ -57,15 +57,12 @@ pub fn close(engine: Engine) -> tempfile::TempDir {
     dir
 }
 
-/// Waits until the database under `dir` is released by every background task of a dropped engine.
+/// Waits until the storage under `dir` is released by every background task of a dropped engine.
 pub fn wait_unlocked(dir: &std::path::Path) {
-    for _ in 0..400 {
-        if sled::Config::new().path(dir.join("db")).open().is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    panic!("database still locked");
+    assert!(
+        arbiter::storage::wait_until_released(dir, std::time::Duration::from_secs(2)),
+        "database still held"
+    );
 }
 
 /// Registers `n` models `m0:1.0.0` … and returns their ids.

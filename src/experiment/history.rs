@@ -2,7 +2,7 @@
 //! a point at creation, every [`HISTORY_INTERVAL_NS`] while the test is not ended and its counts or
 //! shares have changed, and at its end.
 //!
-//! The series lives in sled only, one key per point (`series/<test_id>/<time>`): memory holds
+//! The series lives in the store only, one key per point (`series/<test_id>/<time>`): memory holds
 //! two numbers per test however long it runs (a series kept in memory grew to ~190 KB per test of
 //! eight arms after three hours). Every [`MAX_POINTS`]/2 appends the test's points are counted
 //! and, above [`MAX_POINTS`], thinned by dropping every other one (the first and newest stay), so

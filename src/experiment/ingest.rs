@@ -1,7 +1,7 @@
 //! Result ingestion: validate each record, skip duplicates by `result_id`, update the arm
 //! statistics, and write one journal entry per test and batch (its accepted results and new
-//! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in sled
-//! ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to sled directly,
+//! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in the store
+//! ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to the store directly,
 //! with its audit events, in one atomic batch. The caller acknowledges after
 //! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
 //! [`Experiments::record_batch`] does both.
@@ -124,16 +124,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         })?
 }
 
-/// Results applied (in memory and in sled, visible to readers) but not yet known to be durable.
+/// Results applied (in memory and in the store, visible to readers) but not yet known to be durable.
 /// Nothing may be acknowledged before [`Experiments::make_durable`] has returned it.
 #[must_use = "results are acknowledged only after make_durable"]
 pub struct AppliedResults {
     outcomes: Vec<Option<RecordOutcome>>,
     touched: Vec<Arc<TestState>>,
     stops: Vec<PendingStop>,
-    /// Storage write mark sled must be durable through: what this batch wrote there, and what
+    /// Storage write mark the store must be durable through: what this batch wrote there, and what
     /// its journaled entries build on (`None`: nothing).
-    sled_mark: Option<u64>,
+    store_mark: Option<u64>,
     /// The last journal entry written (`None`: none was).
     journal_position: Option<u64>,
 }
@@ -157,13 +157,13 @@ impl Experiments {
             outcomes,
             touched,
             stops,
-            sled_mark,
+            store_mark,
             journal_position,
         } = applied;
         if let Some(position) = journal_position {
             self.inner.storage.journal().sync_through(position).await?;
         }
-        if let Some(mark) = sled_mark {
+        if let Some(mark) = store_mark {
             self.inner.storage.flush_through(mark).await?;
         }
         // Refreshed before the acknowledgement (SPEC §2.3: reflected in allocations within 10 ms
@@ -182,7 +182,7 @@ impl Experiments {
     }
 
     /// Validates the records, skips duplicates, and writes one journal entry per test (or, when a
-    /// stop-loss suspension changes, one atomic sled batch of statistics, result ids and audit
+    /// stop-loss suspension changes, one atomic store batch of statistics, result ids and audit
     /// events). Not durable yet: see [`Experiments::make_durable`].
     ///
     /// The work (grouping, validation, statistics, loading result ids, encoding) runs on the
@@ -268,7 +268,7 @@ impl Experiments {
         let mut touched = Vec::new();
         let mut stops = Vec::new();
         let mut journal_through = 0u64;
-        let mut sled_through = 0u64;
+        let mut store_through = 0u64;
         for (test_id, indices) in groups {
             let state = match self.state(&test_id) {
                 Ok(s) => s,
@@ -338,7 +338,7 @@ impl Experiments {
             {
                 journal_through = journal_through.max(position);
             }
-            sled_through = sled_through.max(state.sled_barrier.load(Ordering::Acquire));
+            store_through = store_through.max(state.store_barrier.load(Ordering::Acquire));
             drop(result_ids);
             book.stats = stats;
             drop(book);
@@ -351,20 +351,20 @@ impl Experiments {
             // The first copy of a duplicate may still be on its way to the disk: a duplicate is
             // acknowledged as recorded only once everything applied before it is durable.
             journal_through = self.inner.storage.journal().next_position() - 1;
-            sled_through = self.inner.storage.write_mark();
+            store_through = self.inner.storage.write_mark();
         }
         Ok(AppliedResults {
             outcomes,
             touched,
             stops,
-            sled_mark: (sled_through > 0).then_some(sled_through),
+            store_mark: (store_through > 0).then_some(store_through),
             journal_position: (journal_through > 0).then_some(journal_through),
         })
     }
 
     /// Writes one test's share of a batch: one journal entry (the common case; returns its
     /// position), or, when a stop-loss suspension changed, statistics, every unsaved result id
-    /// and the audit events in one atomic sled batch, as the audit chain requires. Called with
+    /// and the audit events in one atomic store batch, as the audit chain requires. Called with
     /// the test's book and result ids locked; `stats` is the test's new state.
     fn write_group(
         &self,

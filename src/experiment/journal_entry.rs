@@ -127,7 +127,7 @@ pub fn settle(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)
 
 /// Applies a journaled batch to `stats` as ingestion did, and returns the stop-loss suspensions
 /// that changed. Ingestion journals only batches that changed none, so with the state ingestion
-/// saw this is empty; it is not when a crash lost an unacknowledged batch that went to sled
+/// saw this is empty; it is not when a crash lost an unacknowledged batch that went to the store
 /// between this entry's snapshot and this entry (the caller then stores the new state with its
 /// audit events).
 pub fn replay(

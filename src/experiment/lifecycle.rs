@@ -101,7 +101,7 @@ impl Experiments {
                 // Visible to results only once its record is applied, and results are
                 // acknowledged only once that record is durable too.
                 state
-                    .sled_barrier
+                    .store_barrier
                     .store(self.inner.storage.write_mark(), Ordering::Release);
                 self.inner.tests.insert(id.clone(), state);
                 Ok::<_, ExperimentError>(())

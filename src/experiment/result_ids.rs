@@ -1,14 +1,15 @@
 //! The idempotency index of one test: every `result_id` it has applied, kept exactly.
 //!
-//! Why not one sled key per id: sled spends about 6 µs inserting a key and 3 µs looking one up, which
-//! capped durable ingestion near 60k results/s. Here a batch of new ids costs one sled value.
+//! Why not one store key per id: a key costs microseconds to insert and look up in a B-tree, which
+//! would cap durable ingestion far below the journal's rate. Here a batch of new ids costs one
+//! store value.
 //!
 //! - **Fingerprints.** An id is stored as the first 128 bits of its SHA-256 (FIPS 180-4). Two
 //!   distinct ids collide with probability 2⁻¹²⁸; with `n` ids in one test the chance of any
 //!   collision is about n²/2¹²⁹ (birthday bound), 1.5·10⁻¹⁵ at 10¹² ids.
 //! - **Durable form.** A batch's new fingerprints first go into its journal entry, with the
 //!   results they belong to; until a statistics snapshot stores them they are *unsaved* (held in
-//!   memory, replayed from the journal after a crash). A snapshot writes them as a *run*, a sled
+//!   memory, replayed from the journal after a crash). A snapshot writes them as a *run*, a store
 //!   value under `rib/<test_id>/<seq>` ([`keys::result_id_run`]), in the same atomic batch as the
 //!   statistics that include them, so a crash keeps both or neither. Runs hold at most [`MAX_RUN`]
 //!   ids and are merged size-tiered inside that same batch (a run's tier is ⌊log₈ len⌋): when
@@ -42,7 +43,7 @@ pub use staging::StagedRun;
 pub const FANOUT: usize = 8;
 /// Runs with at least this many ids are never merged again. Kept small on purpose: a batch of
 /// 512 or more ids is written once and never rewritten, and a merged run stays under 64 KiB
-/// (larger merges cost more in sled's write path than they save in keys; measured in
+/// (larger merges cost more in the store's write path than they save in keys; measured in
 /// BENCHMARKS.md).
 pub const FULL_RUN: usize = 8usize.pow(3);
 /// Most ids in one run: 64 KiB. A snapshot stores a busy test's unsaved ids in runs of this size.

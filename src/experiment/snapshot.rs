@@ -1,6 +1,6 @@
 //! Statistics snapshots and journal replay. Results reach a test's statistics through the journal
 //! (`ingest`); every [`SNAPSHOT_INTERVAL`] a writer thread stores the statistics of each test with
-//! journaled results in sled, together with its unsaved result ids and stamped with the journal
+//! journaled results in the store, together with its unsaved result ids and stamped with the journal
 //! position they include, then removes the journal segments those snapshots cover. Start-up
 //! replays only the entries after each test's snapshot ([`Experiments::replay_journal`]), so its
 //! time is bounded by one interval of results, not by all results ever recorded.
@@ -10,13 +10,13 @@
 //! position `cut`; every entry below `cut` was appended before that, so its test was queued before
 //! the round takes the queue. The round then stores each queued test's statistics under its lock,
 //! which include every entry of the test appended so far, and removes the segments below `cut`
-//! only after sled has flushed those stores. Rounds never overlap, and a failed round queues all
+//! only after the store has synced those stores. Rounds never overlap, and a failed round queues all
 //! its tests again.
 //!
-//! A journaled batch may depend on a sled batch not yet durable: the test's creation, or an
+//! A journaled batch may depend on a store batch not yet durable: the test's creation, or an
 //! earlier result batch that changed a suspension. Each test keeps the write mark of the last
-//! such batch ([`TestState::sled_barrier`]), and a result batch is acknowledged only once sled is
-//! durable through it, so an acknowledged entry is never replayed without what it built on.
+//! such batch ([`TestState::store_barrier`]), and a result batch is acknowledged only once the store
+//! is durable through it, so an acknowledged entry is never replayed without what it built on.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -31,10 +31,10 @@ use super::state::{StatsRecord, TestState};
 use super::types::TestId;
 use super::{ExperimentError, Experiments, Inner, Result};
 
-/// How often journaled statistics are stored in sled and the journal trimmed.
+/// How often journaled statistics are stored in the store and the journal trimmed.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
-/// Tests stored between two sled flushes of a round. On ext4 (`data=ordered`) a journal sync can
-/// wait for sled's dirty data to be written; smaller flushes keep that wait short.
+/// Tests stored between two store syncs of a round. On ext4 (`data=ordered`) a journal sync can
+/// wait for the store's dirty data to be written; smaller syncs keep that wait short.
 const SNAPSHOT_FLUSH_CHUNK: usize = 250;
 
 impl Experiments {
@@ -45,10 +45,10 @@ impl Experiments {
         }
     }
 
-    /// Writes `stats` to sled in one atomic batch with every unsaved result id of the test (and
+    /// Writes `stats` to the store in one atomic batch with every unsaved result id of the test (and
     /// `extra`), so a crash keeps the ids of every journal entry the statistics include, and
     /// with the audit events of `suspensions` (stop-loss changes the statistics made). A batch
-    /// with suspensions becomes the test's [`TestState::sled_barrier`]: later journaled results
+    /// with suspensions becomes the test's [`TestState::store_barrier`]: later journaled results
     /// build on it. Called with the test's book and `ids` locked.
     pub(super) fn store_stats(
         &self,
@@ -72,7 +72,7 @@ impl Experiments {
                 .collect();
             self.inner.audit.commit(storage, batch, drafts)?;
             state
-                .sled_barrier
+                .store_barrier
                 .store(storage.write_mark(), Ordering::Release);
         }
         if let Some(staged) = staged {
@@ -82,7 +82,7 @@ impl Experiments {
     }
 
     /// One snapshot round: stores every queued test and trims the journal. Returns how many tests
-    /// it stored. Blocks on I/O (a sled flush): call it off the runtime's workers.
+    /// it stored. Blocks on I/O (a store sync): call it off the runtime's workers.
     pub fn snapshot(&self) -> Result<usize> {
         // A round that overlapped another could remove segments holding entries of tests the
         // other has taken from the queue but not stored yet (the shutdown's last round and the
@@ -165,7 +165,7 @@ impl Experiments {
             .map(|(_, s)| s.book.lock().stats.journal_position)
             .max()
             .unwrap_or(0);
-        // A snapshot may have reached sled while a crash cut off the journal entries it includes:
+        // A snapshot may have reached the store while a crash cut off the journal entries it includes:
         // new positions must stay above every stamp, or their entries would be skipped.
         self.inner.storage.journal().reserve_through(highest_stamp);
         let mut applied = 0;
@@ -195,7 +195,7 @@ impl Experiments {
             let mut ids = state.result_ids.lock();
             ids.add_replayed(&decoded.fingerprints);
             if !changes.is_empty() {
-                // A suspension ingestion did not see: an unacknowledged batch that went to sled
+                // A suspension ingestion did not see: an unacknowledged batch that went to the store
                 // before this entry was lost. Stored now with its audit events, as ingestion would.
                 self.store_stats(state, &book.stats, &mut ids, PendingIds::default(), changes)?;
             }

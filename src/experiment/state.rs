@@ -19,7 +19,7 @@ use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
 use crate::storage::{BodyError, Record};
 
 /// The durable statistical state of a test: sufficient statistics, stop-loss suspensions and the
-/// sequential tests. Results reach it through the journal; sled holds snapshots of it, each
+/// sequential tests. Results reach it through the journal; the store holds snapshots of it, each
 /// stamped with the last journal entry it includes ([`StatsRecord::journal_position`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsRecord {
@@ -133,17 +133,17 @@ pub struct TestState {
     pub expiring: AtomicBool,
     /// Record and statistics.
     pub book: Mutex<Book>,
-    /// What memory keeps of the report series (the points are in sled).
+    /// What memory keeps of the report series (the points are in the store).
     pub series: Mutex<super::history::SeriesState>,
     /// The result_ids applied so far (loaded on first use; taken after `book` when both are).
     pub result_ids: Mutex<super::result_ids::ResultIds>,
-    /// Set when journaled results are not yet in a sled snapshot, and the test is queued for the
+    /// Set when journaled results are not yet in a snapshot in the store, and the test is queued for the
     /// snapshot writer.
     pub unsaved: AtomicBool,
-    /// The storage write mark of the last sled batch the test's journaled results build on (its
+    /// The storage write mark of the last store batch the test's journaled results build on (its
     /// creation, a result batch that changed a suspension): results are acknowledged only once
-    /// sled is durable through it. Set and read under the book lock.
-    pub sled_barrier: AtomicU64,
+    /// the store is durable through it. Set and read under the book lock.
+    pub store_barrier: AtomicU64,
 }
 
 /// Allocation counts per arm and their expected counts (SRM), of the tables folded so far.
@@ -281,7 +281,7 @@ impl TestState {
             series: Mutex::new(super::history::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             unsaved: AtomicBool::new(false),
-            sled_barrier: AtomicU64::new(0),
+            store_barrier: AtomicU64::new(0),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{Result, StorageError};
 
-/// A type stored in sled with a format version.
+/// A type stored with a format version.
 pub trait Record: Serialize + DeserializeOwned {
     /// The format version written by this build; older versions must keep decoding.
     const FORMAT_VERSION: u8;

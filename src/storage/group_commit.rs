@@ -1,6 +1,6 @@
-//! Group commit: one background task runs `sled::Db::flush` on behalf of every writer that asked
-//! for durability while the previous flush was running, so N concurrent writers cost about two
-//! flushes instead of N.
+//! Group commit: one background task syncs the engine on behalf of every writer that asked for
+//! durability while the previous sync was running, so N concurrent writers cost about two syncs
+//! instead of N.
 //!
 //! Correctness: a writer applies its batch *before* it enqueues its request, and the task only
 //! starts a flush after dequeuing that request, so the flush covers the batch. Writers that
@@ -9,13 +9,16 @@
 //! started covers them, so they need no flush of their own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Result, StorageError};
 
-type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+use super::engine::Engine;
+
+/// A failed sync, shared by all its waiters (errors are not `Clone`).
+type Waiter = oneshot::Sender<Result<(), Arc<StorageError>>>;
 
 #[derive(Debug)]
 pub(super) struct GroupCommit {
@@ -28,7 +31,8 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// Starts the flusher task; it ends when the `GroupCommit` is dropped. `applied` counts the
     /// batches applied so far; each writer increments it after its batch is applied.
-    pub(super) fn start(db: sled::Db, applied: Arc<AtomicU64>) -> Self {
+    /// The task holds the engine weakly: the storage owns it, and closes it when dropped.
+    pub(super) fn start(engine: Weak<dyn Engine>, applied: Arc<AtomicU64>) -> Self {
         let (requests, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let flushes = Arc::new(AtomicU64::new(0));
         let durable = Arc::new(AtomicU64::new(0));
@@ -40,18 +44,22 @@ impl GroupCommit {
                 while let Ok(next) = rx.try_recv() {
                     waiters.push(next);
                 }
-                let db = db.clone();
+                let engine = engine.clone();
                 // Every batch counted here was applied before this flush starts, so it is covered.
                 let covers = applied.load(Ordering::Acquire);
                 let started = std::time::Instant::now();
-                let outcome = tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
-                    .await
-                    .unwrap_or_else(|join| {
-                        Err(sled::Error::ReportableBug(format!(
-                            "flush task failed: {join}"
-                        )))
+                let outcome = tokio::task::spawn_blocking(move || match engine.upgrade() {
+                    Some(engine) => engine.sync(),
+                    None => Err(StorageError::Closed),
+                })
+                .await
+                .unwrap_or_else(|join| {
+                    Err(StorageError::Io {
+                        context: "sync task".into(),
+                        source: std::io::Error::other(join.to_string()),
                     })
-                    .map_err(Arc::new);
+                })
+                .map_err(Arc::new);
                 counter.fetch_add(1, Ordering::Relaxed);
                 if outcome.is_ok() {
                     covered.fetch_max(covers, Ordering::AcqRel);
@@ -85,20 +93,12 @@ impl GroupCommit {
         self.requests.send(tx).map_err(|_| StorageError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(StorageError::Sled(clone_error(&err))),
+            Ok(Err(err)) => Err(StorageError::Shared(err)),
             Err(_) => Err(StorageError::Closed),
         }
     }
 
     pub(super) fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
-    }
-}
-
-/// sled errors are not `Clone`; every waiter of a failed flush gets an equivalent error.
-fn clone_error(err: &sled::Error) -> sled::Error {
-    match err {
-        sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        other => sled::Error::ReportableBug(other.to_string()),
     }
 }

@@ -1,12 +1,13 @@
 //! An append-only, group-committed journal of opaque entries, for writes too frequent and too
-//! small for sled: result batches. Each entry gets a *position* (increasing, never reused), is
+//! small for the store's B-tree: result batches. Each entry gets a *position* (increasing, never reused), is
 //! buffered in memory by [`Journal::append`], and is durable once [`Journal::sync_through`] has
 //! returned for its position. One background thread writes and `fdatasync`s the buffer on behalf
 //! of every waiter, so concurrent writers share syncs.
 //!
-//! Why not sled: results spread over 10k tests made sled rewrite a tree node (~15 KB) per updated
-//! key, ~1.9 KB written per result, which capped durable ingestion near 50k results/s. Here a
-//! result costs its own bytes, written sequentially. The owner snapshots its state to sled
+//! Why not the store: results spread over 10k tests make a B-tree rewrite a page (kilobytes) per
+//! updated key, far more than the ~25 bytes of a result, which capped durable ingestion near 50k
+//! results/s. Here a result costs its own bytes, written sequentially. The owner snapshots its
+//! state to the store
 //! periodically, stamped with the position it includes, and then removes segments the snapshots
 //! cover ([`Journal::rotate`], [`Journal::remove_before`]), so the journal stays short and start-up
 //! replays only its tail.

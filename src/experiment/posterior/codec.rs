@@ -1,7 +1,6 @@
 //! The binary body (format version 2) of a test's statistics record, rewritten on every result
 //! batch that touches the test. Version 1 was JSON: 1445 bytes for eight arms with a few results,
-//! against 531 here, and sled keeps recently written values in memory and rewrites them on every
-//! change.
+//! against 531 here, and the store rewrites a value's page on every change.
 //!
 //! Layout, in order ([`crate::storage::ByteWriter`]: varints, little-endian f64 bits, byte strings):
 //! - arm count; per arm: `n`, `mean`, `m2`, `sum`, `sum_compensation`, `wins`, `min`, `max`, metric
