@@ -110,7 +110,7 @@ pub fn decode_run(key: &[u8], value: &[u8]) -> Result<Vec<u128>, StorageError> {
         None => return Err(bad("empty result-id run".into())),
     }
     let body = &value[1..];
-    if body.len() % 16 != 0 {
+    if !body.len().is_multiple_of(16) {
         return Err(bad(format!(
             "result-id run of {} bytes is not a whole number of 16-byte fingerprints",
             body.len()

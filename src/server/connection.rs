@@ -200,7 +200,7 @@ impl FrameScanner {
                 let h = self.header;
                 let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 // A server's first frame is its SETTINGS (type 4, stream 0, entries of 6 bytes).
-                let preface = h[3] == SETTINGS && h[5..9] == [0; 4] && len % 6 == 0;
+                let preface = h[3] == SETTINGS && h[5..9] == [0; 4] && len.is_multiple_of(6);
                 if h[3] > HIGHEST_FRAME_TYPE || len > MAX_FRAME_LEN || !(self.started || preface) {
                     return Err(());
                 }
