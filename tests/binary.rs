@@ -195,7 +195,11 @@ async fn kill_dash_nine_loses_no_acknowledged_registration() {
 fn numbered_result(n: u64) -> pb::ResultRecord {
     let mut r = result(
         "durable",
-        if n % 2 == 0 { "arm_0" } else { "arm_1" },
+        if n.is_multiple_of(2) {
+            "arm_0"
+        } else {
+            "arm_1"
+        },
         ((n % 201) as f64 - 100.0) / 10_000.0,
     );
     r.result_id = format!("r{n}");

@@ -38,7 +38,11 @@ async fn restart_after_a_million_results() {
                             let n = sequence * SIZE + i;
                             let mut r = result(
                                 "big",
-                                if n % 2 == 0 { "arm_0" } else { "arm_1" },
+                                if n.is_multiple_of(2) {
+                                    "arm_0"
+                                } else {
+                                    "arm_1"
+                                },
                                 (n % 97) as f64 / 1e4,
                             );
                             r.result_id = format!("r{n}");
