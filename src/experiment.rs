@@ -265,10 +265,35 @@ impl Experiments {
     }
 
     /// Writes allocation counters of every test that allocated since the last call (or of every
-    /// test when `all`), and flushes.
+    /// test when `all`), and flushes. The writes run on the blocking pool: the store may be
+    /// busy with a sync.
     pub async fn persist_allocations(&self, all: bool) -> Result<()> {
-        // Records are independent, so they are applied in chunks: one store batch of 10k records
-        // (every test allocating) made a transient peak of ~20 MB that the allocator kept.
+        let this = self.clone();
+        let written = tokio::task::spawn_blocking(move || this.write_allocations(all))
+            .await
+            .map_err(|e| ExperimentError::Io {
+                context: "persisting allocation counts".into(),
+                source: std::io::Error::other(e),
+            })??;
+        if written > 0 {
+            self.inner.storage.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// [`Experiments::persist_allocations`] of every test on the calling thread (shutdown).
+    pub fn persist_allocations_blocking(&self) -> Result<()> {
+        if self.write_allocations(true)? > 0 {
+            self.inner.storage.flush_blocking()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the allocation records of the tests that allocated since the last call (or of
+    /// every test when `all`); returns how many. Blocks on the store.
+    fn write_allocations(&self, all: bool) -> Result<usize> {
+        // Records are independent, so they are applied in chunks: one store batch of 10k
+        // records (every test allocating) made a transient peak of ~20 MB that the allocator kept.
         let mut batch = WriteBatch::new();
         let mut written = 0usize;
         for entry in self.inner.tests.iter() {
@@ -284,14 +309,8 @@ impl Experiments {
                 }
             }
         }
-        if written == 0 {
-            return Ok(());
-        }
-        if !batch.is_empty() {
-            self.inner.storage.apply(batch)?;
-        }
-        self.inner.storage.flush().await?;
-        Ok(())
+        self.inner.storage.apply(batch)?;
+        Ok(written)
     }
 
     /// Copies the engine's counters into the metrics facade (a no-op without a recorder): per-arm

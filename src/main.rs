@@ -23,14 +23,22 @@ fn main() -> anyhow::Result<()> {
             arbiter::telemetry::init(args.log_format);
             raise_open_files_limit();
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(async {
+            let served = runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .with_context(|| format!("binding {}", args.listen))?;
+                // The server's errors name their causes in their own message.
                 arbiter::server::run(listener, args.server_config(), shutdown_signal())
                     .await
-                    .context("server failed")
-            })
+                    .map_err(anyhow::Error::from)
+            });
+            // Dropping a runtime waits for every blocking task; one stuck on a failing disk
+            // would keep the process alive for ever.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            if let Err(e) = &served {
+                tracing::error!(error = %e, "exiting with an error");
+            }
+            served
         }
         Command::Models(args) => client(|| arbiter::cli::models(&args)),
         Command::Tests(args) => client(|| arbiter::cli::tests(&args)),

@@ -86,6 +86,9 @@ pub enum ServerError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Shutdown's final flush did not finish in time.
+    #[error("the final flush did not finish within {} s", .0.as_secs())]
+    ShutdownTimeout(Duration),
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -130,6 +133,13 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::allocator_server::AllocatorServer<AllocatorService>>()
         .await;
+    health_reporter
+        .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::Serving)
+        .await;
+    let storage_watch = tokio::spawn(watch_storage(
+        Arc::downgrade(&storage),
+        health_reporter.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -161,6 +171,7 @@ pub async fn run(
             "arbiter.v1.Admin",
             "arbiter.v1.Experiments",
             "arbiter.v1.Allocator",
+            STORAGE_HEALTH,
         ] {
             reporter
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -210,21 +221,79 @@ pub async fn run(
         }
     }
 
-    experiments.persist_allocations(true).await?;
+    storage_watch.abort();
     drop(usage);
-    // A last snapshot round stores every journaled result in the store, so the next start replays
-    // nothing; then everything is flushed.
-    tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+    // Allocation counters and a last snapshot round (every journaled result into the store, so
+    // the next start replays nothing), then everything is flushed. Bounded: a failing disk or a
+    // data directory removed underneath must not keep the process from exiting.
+    let final_steps = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+        experiments.persist_allocations_blocking()?;
         experiments.snapshot()?;
         drop(experiments);
         storage.flush_blocking()?;
         Ok(())
-    })
-    .await
-    .map_err(|e| StorageError::Io {
-        context: "final snapshot and flush".into(),
-        source: std::io::Error::other(e),
-    })??;
-    tracing::info!("storage flushed; bye");
-    Ok(())
+    });
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, final_steps).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("storage flushed; bye");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "final flush failed; what was acknowledged is durable, the rest is not");
+            Err(e)
+        }
+        Ok(Err(join)) => Err(StorageError::Io {
+            context: "final snapshot and flush".into(),
+            source: std::io::Error::other(join),
+        }
+        .into()),
+        Err(_) => {
+            tracing::error!(
+                timeout_secs = FINAL_FLUSH_TIMEOUT.as_secs(),
+                "final flush did not finish in time; exiting without it"
+            );
+            Err(ServerError::ShutdownTimeout(FINAL_FLUSH_TIMEOUT))
+        }
+    }
+}
+
+/// The health service name that reports whether storage takes writes.
+pub const STORAGE_HEALTH: &str = "arbiter.v1.Storage";
+
+/// How long shutdown waits for its final snapshot and flush.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reports storage faults every second: health `arbiter.v1.Storage` NOT_SERVING and the gauge
+/// `arbiter_storage_fault` at 1 while one lasts (allocations keep being answered from memory),
+/// and a log line when one starts or ends.
+async fn watch_storage(
+    storage: std::sync::Weak<Storage>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut current: Option<String> = None;
+    loop {
+        tick.tick().await;
+        let Some(storage) = storage.upgrade() else {
+            return;
+        };
+        let fault = storage.fault();
+        drop(storage);
+        if fault == current {
+            continue;
+        }
+        let status = match &fault {
+            Some(why) => {
+                tracing::error!(fault = %why, "storage fault: writes fail; allocations are still answered");
+                tonic_health::ServingStatus::NotServing
+            }
+            None => {
+                tracing::info!("storage fault cleared");
+                tonic_health::ServingStatus::Serving
+            }
+        };
+        metrics::gauge!("arbiter_storage_fault").set(if fault.is_some() { 1.0 } else { 0.0 });
+        reporter.set_service_status(STORAGE_HEALTH, status).await;
+        current = fault;
+    }
 }

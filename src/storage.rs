@@ -64,6 +64,16 @@ pub enum StorageError {
     /// A failure shared by several waiters (a failed group sync).
     #[error("{0}")]
     Shared(Arc<StorageError>),
+    /// A part of storage failed earlier and refuses writes until the server restarts: after a
+    /// failed write or fsync the kernel may have dropped unsynced data, so nothing written since
+    /// can be trusted durable.
+    #[error("the {part} failed ({source}); it refuses writes until the server restarts")]
+    Failed {
+        /// Which part.
+        part: &'static str,
+        /// The failure.
+        source: Arc<std::io::Error>,
+    },
     /// A stored record could not be decoded.
     #[error("record {key} could not be decoded: {source}")]
     Decode {
@@ -104,6 +114,27 @@ pub enum StorageError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+impl StorageError {
+    /// Whether the cause is a full disk (ENOSPC, or a quota).
+    pub fn is_disk_full(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        };
+        match self {
+            Self::Store {
+                source: redb::Error::Io(e),
+                ..
+            } => full(e),
+            Self::Io { source, .. } => full(source),
+            Self::Shared(inner) => inner.is_disk_full(),
+            _ => false,
+        }
+    }
 }
 
 /// Result alias of the storage layer.
@@ -160,6 +191,8 @@ pub struct Storage {
     journal: Arc<Journal>,
     /// The journal's entries as found at open, until the owner takes them to replay.
     journal_tail: parking_lot::Mutex<Option<Vec<JournalEntry>>>,
+    /// Why the store's last write or sync failed, until a sync succeeds again.
+    store_fault: parking_lot::Mutex<Option<String>>,
     /// Declared last, so dropped last: the directory counts as released only once the engine
     /// and the journal are closed.
     _registered: Registered,
@@ -221,6 +254,7 @@ impl Storage {
             data_dir: data_dir.to_path_buf(),
             journal,
             journal_tail: parking_lot::Mutex::new(Some(tail)),
+            store_fault: parking_lot::Mutex::new(None),
             _registered: registered,
         })
     }
@@ -292,7 +326,9 @@ impl Storage {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        self.engine.apply(&batch.ops)?;
+        self.engine
+            .apply(&batch.ops)
+            .map_err(|e| self.store_failed(e))?;
         // After the apply: a flush that reads this count covers the batch (group_commit).
         self.applied_batches.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -300,7 +336,40 @@ impl Storage {
 
     /// Makes every batch applied before this call durable. Concurrent callers share flushes.
     pub async fn flush(&self) -> Result<()> {
-        self.flusher.flush().await
+        let synced = self.flusher.flush().await;
+        self.synced(synced)
+    }
+
+    /// Records a failure of the store (for [`Storage::fault`]) and returns it.
+    fn store_failed(&self, e: StorageError) -> StorageError {
+        if !matches!(e, StorageError::Closed) {
+            *self.store_fault.lock() = Some(e.to_string());
+        }
+        e
+    }
+
+    /// Records the outcome of a sync: a success clears an earlier store fault.
+    fn synced(&self, outcome: Result<()>) -> Result<()> {
+        match outcome {
+            Ok(()) => {
+                if let Some(fault) = self.store_fault.lock().take() {
+                    tracing::info!(earlier = %fault, "the store syncs again");
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.store_failed(e)),
+        }
+    }
+
+    /// What keeps storage from taking writes, if anything: a failed journal (until restart) or
+    /// a store whose last write or sync failed (until one succeeds).
+    pub fn fault(&self) -> Option<String> {
+        if let Some(e) = self.journal.failure() {
+            return Some(format!(
+                "result journal: {e}; results are refused until restart"
+            ));
+        }
+        self.store_fault.lock().clone()
     }
 
     /// A mark covering every batch applied so far, for [`Storage::flush_through`].
@@ -311,13 +380,15 @@ impl Storage {
     /// Makes every batch applied before `mark` was taken durable; free when a flush since then
     /// already covered them (a pipelining writer's earlier wait usually did).
     pub async fn flush_through(&self, mark: u64) -> Result<()> {
-        self.flusher.flush_through(mark).await
+        let synced = self.flusher.flush_through(mark).await;
+        self.synced(synced)
     }
 
     /// Syncs the engine and the journal synchronously (for shutdown and tools outside the
     /// request path).
     pub fn flush_blocking(&self) -> Result<()> {
-        self.engine.sync()?;
+        let synced = self.engine.sync();
+        self.synced(synced)?;
         self.journal.sync_blocking()
     }
 

@@ -14,6 +14,8 @@ use support::*;
 struct Binary {
     child: Child,
     url: String,
+    /// Every line the server has logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Starts `arbiter serve` on 127.0.0.1:0 and reads the bound address from its log.
@@ -36,10 +38,13 @@ fn spawn(data_dir: &Path) -> Binary {
         .expect("spawn arbiter");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[arbiter] {line}");
+            lines.lock().expect("log").push(line.clone());
             if !sent {
                 if let Some(rest) = line.split("addr=").nth(1) {
                     let addr = rest
@@ -59,6 +64,7 @@ fn spawn(data_dir: &Path) -> Binary {
     Binary {
         child,
         url: format!("http://{addr}"),
+        log,
     }
 }
 
@@ -112,6 +118,46 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         .expect("survives a graceful restart");
     server.signal("-INT");
     assert_eq!(server.wait().await.code(), Some(0));
+}
+
+/// A data directory removed underneath a running server: SIGTERM still ends the process, within
+/// the drain grace period plus the bounded final flush, with a non-zero code and the cause logged.
+#[tokio::test]
+async fn sigterm_ends_the_process_even_when_the_data_directory_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = spawn(&data);
+    let mut client = server.registry().await;
+    let models = vec![
+        register_simple(&mut client, "a", "1.0.0").await.registry_id,
+        register_simple(&mut client, "b", "1.0.0").await.registry_id,
+    ];
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    pb::experiments_client::ExperimentsClient::new(channel.clone())
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create");
+    let mut allocator = pb::allocator_client::AllocatorClient::new(channel);
+    let batch = pb::ResultBatch {
+        sequence: 1,
+        results: vec![result("t", "arm_0", 0.01)],
+    };
+    ingest(&mut allocator, vec![batch]).await.expect("ingest");
+    std::fs::remove_dir_all(&data).expect("remove the data directory");
+    let started = std::time::Instant::now();
+    server.signal("-TERM");
+    let log = server.log.clone();
+    let status = server.wait().await;
+    let bound =
+        Duration::from_secs(3) + arbiter::server::FINAL_FLUSH_TIMEOUT + Duration::from_secs(5);
+    assert!(started.elapsed() < bound, "{:?} to exit", started.elapsed());
+    assert_ne!(status.code(), Some(0), "{status:?}");
+    let log = log.lock().expect("log").join("\n");
+    assert!(log.contains("exiting with an error"), "{log}");
 }
 
 #[tokio::test]

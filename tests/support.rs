@@ -148,6 +148,23 @@ impl TestServer {
         }
     }
 
+    /// Graceful shutdown that is expected to fail (storage faults): returns the server's error.
+    pub async fn stop_with_error(mut self) -> arbiter::server::ServerError {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("running");
+        let outcome = tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task did not panic");
+        assert!(
+            arbiter::storage::wait_until_released(&self.data_dir, Duration::from_secs(5)),
+            "data directory still held after shutdown"
+        );
+        outcome.expect_err("shutdown fails")
+    }
+
     /// Graceful shutdown; returns once the server has flushed and released the data directory.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -22,15 +22,39 @@ pub fn registry(err: RegistryError) -> Status {
         E::ArtifactTooLarge { .. } | E::TooManyUploads { .. } => Code::ResourceExhausted,
         E::UploadIdle { .. } => Code::DeadlineExceeded,
         E::Storage(inner) => return storage(inner),
+        E::Io { source, .. } if io_disk_full(source) => return disk_full(&err),
         E::Io { .. } => return internal(&err),
     };
     Status::new(code, err.to_string())
 }
 
-/// Maps a storage error: INTERNAL with the cause logged, or UNAVAILABLE during shutdown.
+/// The answer to any request that failed because the server's disk is full.
+fn disk_full(err: &dyn std::error::Error) -> Status {
+    tracing::error!(error = %err, "disk full");
+    Status::resource_exhausted("the server's disk is full; nothing of this request was stored")
+}
+
+/// Whether an I/O error means a full disk.
+fn io_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Maps a storage error: RESOURCE_EXHAUSTED for a full disk, UNAVAILABLE during shutdown or
+/// while a failed part refuses writes, DATA_LOSS for corrupt records, else INTERNAL with the
+/// cause logged.
 pub fn storage(err: &StorageError) -> Status {
+    if err.is_disk_full() {
+        return disk_full(err);
+    }
     match err {
         StorageError::Closed => Status::unavailable("server is shutting down"),
+        StorageError::Failed { .. } => {
+            tracing::error!(error = %err, "storage refuses writes");
+            Status::unavailable(err.to_string())
+        }
         StorageError::Corrupt { .. } | StorageError::Decode { .. } => {
             tracing::error!(error = %err, "stored data is corrupt");
             Status::data_loss(err.to_string())
@@ -59,6 +83,7 @@ pub fn experiment(err: crate::experiment::ExperimentError) -> Status {
         E::ModelUnavailable { .. } | E::WrongStatus { .. } => Code::FailedPrecondition,
         E::LimitExceeded { .. } => Code::ResourceExhausted,
         E::Storage(inner) => return storage(inner),
+        E::Io { source, .. } if io_disk_full(source) => return disk_full(&err),
         E::Io { .. } => return internal(&err),
         // Mapped by the registry's own rules below.
         E::Registry(_) => Code::Internal,

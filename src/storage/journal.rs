@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -41,7 +41,7 @@ struct Durable {
     /// Every entry up to this position is on disk.
     through: u64,
     /// Set once a write or sync failed: nothing after it can be trusted durable.
-    failed: Option<String>,
+    failed: Option<Arc<std::io::Error>>,
 }
 
 /// Entries appended but not yet written.
@@ -51,7 +51,7 @@ struct Pending {
     /// Position of the next entry.
     next: u64,
     /// Copy of `Durable::failed`, checked by appenders.
-    failed: Option<String>,
+    failed: Option<Arc<std::io::Error>>,
 }
 
 /// The files, owned by whoever writes.
@@ -219,7 +219,7 @@ impl Journal {
         let mut files = self.files.lock();
         let (outcome, next) = self.write_buffered(&mut files);
         drop(files);
-        self.publish(next - 1, outcome.map_err(|e| e.to_string()));
+        self.publish(next - 1, outcome);
     }
 
     /// Takes the buffered entries and writes and syncs them to the current segment. Returns the
@@ -244,17 +244,26 @@ impl Journal {
         (written, next)
     }
 
-    fn publish(&self, through: u64, outcome: std::result::Result<(), String>) {
+    fn publish(&self, through: u64, outcome: std::io::Result<()>) {
         match outcome {
             Ok(()) => self
                 .durable
                 .send_modify(|d| d.through = d.through.max(through)),
-            Err(why) => {
-                tracing::error!(error = %why, "journal write failed; refusing further results");
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "journal write failed; refusing further results until the server restarts"
+                );
+                let why = Arc::new(e);
                 self.pending.lock().failed = Some(why.clone());
                 self.durable.send_modify(|d| d.failed = Some(why));
             }
         }
+    }
+
+    /// Why the journal refuses results, if it does.
+    pub fn failure(&self) -> Option<Arc<std::io::Error>> {
+        self.pending.lock().failed.clone()
     }
 
     /// Syncs what is buffered and starts a new segment (unless the current one is still empty);
@@ -268,9 +277,10 @@ impl Journal {
         let (written, cut) = self.write_buffered(&mut files);
         if let Err(e) = written {
             drop(files);
-            let why = e.to_string();
-            self.publish(cut - 1, Err(why.clone()));
-            return Err(failed(&why));
+            self.publish(cut - 1, Err(e));
+            return Err(self
+                .failure()
+                .map_or(StorageError::Closed, |why| failed(&why)));
         }
         if files.current_has_entries {
             files.current = create_segment(&files.dir, cut)?;
@@ -310,10 +320,10 @@ impl Journal {
     }
 }
 
-fn failed(why: &str) -> StorageError {
-    StorageError::Io {
-        context: "the result journal failed earlier; restart the server".into(),
-        source: std::io::Error::other(why.to_string()),
+fn failed(why: &Arc<std::io::Error>) -> StorageError {
+    StorageError::Failed {
+        part: "result journal",
+        source: why.clone(),
     }
 }
 

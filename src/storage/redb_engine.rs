@@ -9,6 +9,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use redb::{Durability, ReadableDatabase, TableDefinition};
 
@@ -23,6 +24,9 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub struct RedbEngine {
     db: redb::Database,
     path: PathBuf,
+    /// The first I/O error of a write: after one, redb refuses every write until the database
+    /// is opened again (the process restarts), and that refusal names this cause.
+    first_failure: Mutex<Option<Arc<std::io::Error>>>,
 }
 
 fn err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StorageError {
@@ -56,7 +60,40 @@ impl RedbEngine {
         Ok(Self {
             db,
             path: path.to_path_buf(),
+            first_failure: Mutex::new(None),
         })
+    }
+
+    /// Maps a write's error, remembering the first I/O failure and naming it when redb refuses
+    /// later writes because of it.
+    fn write_err<E: Into<redb::Error>>(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(E) -> StorageError + '_ {
+        move |e| {
+            let mut first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+            match e.into() {
+                redb::Error::Io(io) => {
+                    if first.is_none() {
+                        *first = Some(Arc::new(std::io::Error::new(io.kind(), io.to_string())));
+                    }
+                    StorageError::Store {
+                        what,
+                        source: redb::Error::Io(io),
+                    }
+                }
+                redb::Error::PreviousIo => StorageError::Failed {
+                    part: "store",
+                    source: first.clone().unwrap_or_else(|| {
+                        Arc::new(std::io::Error::other("an earlier write failed"))
+                    }),
+                },
+                other => StorageError::Store {
+                    what,
+                    source: other,
+                },
+            }
+        }
     }
 
     fn table(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
@@ -97,32 +134,34 @@ impl Engine for RedbEngine {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(err("writing"))?;
+        let mut txn = self.db.begin_write().map_err(self.write_err("writing"))?;
         txn.set_durability(Durability::None)
-            .map_err(err("writing"))?;
+            .map_err(self.write_err("writing"))?;
         {
-            let mut table = txn.open_table(KV).map_err(err("writing"))?;
+            let mut table = txn.open_table(KV).map_err(self.write_err("writing"))?;
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
                         table
                             .insert(k.as_slice(), v.as_slice())
-                            .map_err(err("writing"))?;
+                            .map_err(self.write_err("writing"))?;
                     }
                     Op::Remove(k) => {
-                        table.remove(k.as_slice()).map_err(err("writing"))?;
+                        table
+                            .remove(k.as_slice())
+                            .map_err(self.write_err("writing"))?;
                     }
                 }
             }
         }
-        txn.commit().map_err(err("writing"))
+        txn.commit().map_err(self.write_err("writing"))
     }
 
     fn sync(&self) -> Result<()> {
         // An empty commit of the default durability, Immediate, writes out and fsyncs every
         // non-durable commit before it.
-        let txn = self.db.begin_write().map_err(err("syncing"))?;
-        txn.commit().map_err(err("syncing"))
+        let txn = self.db.begin_write().map_err(self.write_err("syncing"))?;
+        txn.commit().map_err(self.write_err("syncing"))
     }
 
     fn size_on_disk(&self) -> Result<u64> {
