@@ -30,6 +30,8 @@ use super::{Result, StorageError};
 pub use segment::MAGIC;
 use segment::{checksum, create_segment, io_error, segment_path, sync_dir, Recovered};
 
+#[cfg(test)]
+mod model_tests;
 mod segment;
 
 /// Largest payload accepted (a result batch is far smaller).
