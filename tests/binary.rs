@@ -3,107 +3,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use arbiter::pb::{self, registry_client::RegistryClient};
+use arbiter::pb;
+use support::process::spawn_binary;
 use support::*;
-
-struct Binary {
-    child: Child,
-    url: String,
-    /// Every line the server has logged so far.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-/// Starts `arbiter serve` on 127.0.0.1:0 and reads the bound address from its log.
-fn spawn(data_dir: &Path) -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "plain",
-            "--shutdown-grace-secs",
-            "3",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn arbiter");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[arbiter] {line}");
-            lines.lock().expect("log").push(line.clone());
-            if !sent {
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("arbiter logs its address");
-    Binary {
-        child,
-        url: format!("http://{addr}"),
-        log,
-    }
-}
-
-impl Binary {
-    async fn registry(&self) -> RegistryClient<tonic::transport::Channel> {
-        for _ in 0..100 {
-            if let Ok(client) = RegistryClient::connect(self.url.clone()).await {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cannot connect to {}", self.url);
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    /// Waits for the process to exit, letting the test's own connections run meanwhile.
-    async fn wait(mut self) -> std::process::ExitStatus {
-        for _ in 0..800 {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = self.child.kill();
-        panic!("arbiter did not exit");
-    }
-}
 
 #[tokio::test]
 async fn sigterm_drains_flushes_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let mut client = server.registry().await;
     register_simple(&mut client, "m", "1.0.0").await;
     // The open, idle connection must not keep the server from stopping.
@@ -111,7 +20,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     let status = server.wait().await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let mut client = server.registry().await;
     metadata(&mut client, "m:1.0.0")
         .await
@@ -126,7 +35,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
 async fn sigterm_ends_the_process_even_when_the_data_directory_is_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let server = spawn(&data);
+    let server = spawn_binary(&data);
     let mut client = server.registry().await;
     let models = vec![
         register_simple(&mut client, "a", "1.0.0").await.registry_id,
@@ -163,7 +72,7 @@ async fn sigterm_ends_the_process_even_when_the_data_directory_is_gone() {
 #[tokio::test]
 async fn kill_dash_nine_loses_no_acknowledged_registration() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -203,7 +112,7 @@ async fn kill_dash_nine_loses_no_acknowledged_registration() {
         acked.push(ack);
     }
 
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let mut client = server.registry().await;
     for (registry_id, checksum) in &acked {
         let m = metadata(&mut client, registry_id)
@@ -266,7 +175,7 @@ async fn kill_dash_nine_mid_stream_loses_no_acknowledged_result_and_counts_none_
     const BATCHES: u64 = 100;
     const SIZE: u64 = 1000;
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let mut registry = server.registry().await;
     let models = register_models(&mut registry, 2).await;
     let mut experiments =
@@ -312,7 +221,7 @@ async fn kill_dash_nine_mid_stream_loses_no_acknowledged_result_and_counts_none_
     drop((acks, allocator, experiments, registry));
     assert_eq!(acked.len() as u64, kill_after);
 
-    let server = spawn(dir.path());
+    let server = spawn_binary(dir.path());
     let mut experiments =
         arbiter::pb::experiments_client::ExperimentsClient::connect(server.url.clone())
             .await

@@ -1,7 +1,11 @@
 //! Shared end-to-end test support: a real arbiter server on 127.0.0.1:0 with a data directory of
-//! the test's choosing, gRPC clients, and helpers to register models.
+//! the test's choosing (in-process, or the `arbiter` binary as a child process in [`process`]),
+//! gRPC clients, and helpers to register models.
 
 #![allow(dead_code)]
+
+#[path = "support/process.rs"]
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
