@@ -7,7 +7,8 @@
 //!
 //! ```sh
 //! cargo test --release --test soak -- --ignored --nocapture
-//! SOAK_SECS=120 SOAK_ALLOC_RATE=15000 SOAK_RESULT_RATE=40000 cargo test --release --test soak -- --ignored --nocapture
+//! SOAK_SECS=120 SOAK_ALLOC_RATE=15000 SOAK_RESULT_RATE=40000 SOAK_RESULT_IDS=0 \
+//!     cargo test --release --test soak -- --ignored --nocapture
 //! ```
 
 mod support;
@@ -53,6 +54,9 @@ async fn ten_minutes_of_mixed_load() {
     let secs = env_u64("SOAK_SECS", 600);
     let alloc_rate = env_u64("SOAK_ALLOC_RATE", 10_000);
     let result_rate = env_u64("SOAK_RESULT_RATE", 20_000);
+    // Result ids make every result exactly-once, and each running test keeps its ids in memory
+    // (16–40 bytes each); SOAK_RESULT_IDS=0 sends results without them.
+    let with_ids = env_u64("SOAK_RESULT_IDS", 1) != 0;
     let dir = tempfile::tempdir().expect("tempdir");
     let server = spawn_binary(dir.path());
     let pid = server.child.id();
@@ -169,7 +173,9 @@ async fn ten_minutes_of_mixed_load() {
                             },
                             ((n % 41) as f64 - 18.0) / 2000.0,
                         );
-                        r.result_id = format!("s{s}-{n}");
+                        if with_ids {
+                            r.result_id = format!("s{s}-{n}");
+                        }
                         r
                     })
                     .collect();
