@@ -25,7 +25,7 @@ pub fn registry(err: RegistryError) -> Status {
         E::Io { source, .. } if io_disk_full(source) => return disk_full(&err),
         E::Io { .. } => return internal(&err),
     };
-    Status::new(code, err.to_string())
+    Status::new(code, capped(err.to_string()))
 }
 
 /// The answer to any request that failed because the server's disk is full.
@@ -70,7 +70,24 @@ fn internal(err: &dyn std::error::Error) -> Status {
 
 /// INVALID_ARGUMENT for a malformed request field found by an adapter (outside any domain).
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("invalid {field}: {reason}"))
+    Status::invalid_argument(capped(format!("invalid {field}: {reason}")))
+}
+
+/// Longest status message sent. Client values in messages are already cut to 64 characters
+/// ([`crate::text::shown`]); this bounds whatever else a message may hold, so that it always fits
+/// a client's metadata limit.
+const MAX_MESSAGE: usize = 1024;
+
+fn capped(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 /// Maps an experiment error to its status.
@@ -90,6 +107,19 @@ pub fn experiment(err: crate::experiment::ExperimentError) -> Status {
     };
     match err {
         E::Registry(inner) => registry(inner),
-        other => Status::new(code, other.to_string()),
+        other => Status::new(code, capped(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_capped_on_a_character_boundary() {
+        let status = invalid("x", "é".repeat(5000));
+        assert!(status.message().len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(status.message().ends_with('…'));
+        assert_eq!(capped("short".into()), "short");
     }
 }
