@@ -325,13 +325,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let counts: Vec<u64> = results.arms.iter().map(|a| a.total_requests).collect();
         prop_assert_eq!(counts, test.results.to_vec(), "{}", id);
     }
-    let chain = server
-        .admin()
-        .await
-        .verify_audit_chain(pb::VerifyAuditChainRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
+    let chain = verify_audit_chain(&server).await;
     prop_assert!(chain.ok, "{:?}", chain);
     prop_assert_eq!(chain.events_checked as usize, model.audit_events);
     server.stop().await;

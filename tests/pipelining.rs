@@ -13,18 +13,15 @@ use support::*;
 /// One `AllocateRequest{test_id: "t"}` as a gRPC message: 5-byte prefix, then 3 bytes.
 const REQUEST: [u8; 8] = [0, 0, 0, 0, 3, 0x0a, 0x01, b't'];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipelining_client_whose_answers_back_up_waits_instead_of_being_disconnected() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
-    let models = register_models(&mut server.registry().await, 2).await;
-    server
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create");
-
+/// An AllocateStream call on a raw HTTP/2 connection of its own: the connection's task (it ends
+/// when the connection does), the response, and the request body to send frames on.
+async fn allocate_stream(
+    server: &TestServer,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    h2::client::ResponseFuture,
+    h2::SendStream<Bytes>,
+) {
     let tcp = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
@@ -39,7 +36,17 @@ async fn a_pipelining_client_whose_answers_back_up_waits_instead_of_being_discon
     .header("te", "trailers")
     .body(())
     .expect("request");
-    let (response, mut send) = client.send_request(request, false).expect("send");
+    let (response, send) = client.send_request(request, false).expect("send");
+    (connection, response, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_whose_answers_back_up_waits_instead_of_being_disconnected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    test_over_two_models(&server, "t").await;
+
+    let (connection, response, mut send) = allocate_stream(&server).await;
 
     // 30k requests, one DATA frame each. Nothing is read for a second, so the answers back up
     // and the server stops reading: its flow control must stop us, not a GOAWAY.
@@ -117,13 +124,7 @@ async fn grpcio_sync_clients_pipelining_allocate_stream_are_all_answered() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
-    let models = register_models(&mut server.registry().await, 2).await;
-    server
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create");
+    test_over_two_models(&server, "t").await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/pipeline_allocate.py"
@@ -187,21 +188,7 @@ async fn a_flood_of_empty_frames_is_still_refused_and_the_close_is_logged() {
         .init();
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!(
-        "http://{}/arbiter.v1.Allocator/AllocateStream",
-        server.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .expect("request");
-    let (_response, mut send) = client.send_request(request, false).expect("send");
+    let (connection, _response, mut send) = allocate_stream(&server).await;
     for _ in 0..500 {
         if send.send_data(Bytes::new(), false).is_err() {
             break;

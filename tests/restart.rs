@@ -192,13 +192,7 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
         stored
     };
     let server = TestServer::start(dir.path()).await;
-    let chain = server
-        .admin()
-        .await
-        .verify_audit_chain(pb::VerifyAuditChainRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
+    let chain = verify_audit_chain(&server).await;
     assert!(!chain.ok);
     assert_eq!(chain.first_bad_seq, Some(3));
     assert_eq!(chain.events_checked, 3);
@@ -215,13 +209,7 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
         storage.flush_blocking().expect("flush");
     }
     let server = TestServer::start(dir.path()).await;
-    let chain = server
-        .admin()
-        .await
-        .verify_audit_chain(pb::VerifyAuditChainRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
+    let chain = verify_audit_chain(&server).await;
     assert!(!chain.ok);
     assert_eq!(chain.first_bad_seq, Some(4), "{chain:?}");
     assert!(chain.message.contains("recorded head is 4"), "{chain:?}");

@@ -352,13 +352,7 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
 async fn a_batch_spread_over_ten_thousand_tests_beside_allocations() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
-    let models = register_models(&mut server.registry().await, 2).await;
-    server
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create");
+    test_over_two_models(&server, "t").await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut client = server.allocator().await;
     let stop = done.clone();

@@ -372,6 +372,30 @@ pub fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
     }
 }
 
+/// Registers two models and creates test `test_id` over them with every setting at its
+/// default; returns the models' registry ids.
+pub async fn test_over_two_models(server: &TestServer, test_id: &str) -> Vec<String> {
+    let models = register_models(&mut server.registry().await, 2).await;
+    server
+        .experiments()
+        .await
+        .create_test(test_request(test_id, &models))
+        .await
+        .expect("create");
+    models
+}
+
+/// The answer of `Admin/VerifyAuditChain`.
+pub async fn verify_audit_chain(server: &TestServer) -> pb::VerifyAuditChainResponse {
+    server
+        .admin()
+        .await
+        .verify_audit_chain(pb::VerifyAuditChainRequest {})
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
 /// One unary Allocate for `test_id` without a unit key.
 pub async fn allocate(client: &mut AllocatorClient<Channel>, test_id: &str) -> pb::Allocation {
     client
