@@ -429,6 +429,24 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off when unset.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// TOML file of the principals allowed to call, with their roles and token digests or
+    /// certificate names (reloaded on SIGHUP). Without it the server serves only on loopback.
+    #[arg(long, env = "ARBITER_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, env = "ARBITER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ARBITER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that client certificates must chain to; makes them required (mutual
+    /// TLS) and maps their subject CN to a principal of the auth file.
+    #[arg(long, env = "ARBITER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve without an auth file on a non-loopback address (anyone who reaches the port may
+    /// do everything).
+    #[arg(long, env = "ARBITER_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
     /// Model uploads (RegisterModel streams) in progress at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ARBITER_MAX_CONCURRENT_UPLOADS", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
@@ -501,6 +519,11 @@ pub struct FileConfig {
     allow_self_approval: Option<bool>,
     shutdown_grace_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    auth_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    insecure_allow_unauthenticated: Option<bool>,
     max_concurrent_uploads: Option<usize>,
     upload_idle_timeout_secs: Option<u64>,
     max_result_magnitude: Option<f64>,
@@ -544,6 +567,12 @@ impl FileConfig {
         ];
         if let Some((key, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(invalid(format!("{key} must be at least 1")));
+        }
+        if file.tls_cert.is_some() != file.tls_key.is_some() {
+            return Err(invalid("tls-cert and tls-key go together".into()));
+        }
+        if file.tls_client_ca.is_some() && file.tls_cert.is_none() {
+            return Err(invalid("tls-client-ca needs tls-cert and tls-key".into()));
         }
         Ok(file)
     }
@@ -597,11 +626,24 @@ impl ServeArgs {
         take!(max_versions_per_model);
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
+        take!(insecure_allow_unauthenticated);
         take!(max_concurrent_uploads);
         take!(upload_idle_timeout_secs);
         take!(max_result_magnitude);
         take!(max_batch_records);
         take!(max_batch_tests);
+        for (flag, from_file, value) in [
+            ("auth_file", file.auth_file, &mut self.auth_file),
+            ("tls_cert", file.tls_cert, &mut self.tls_cert),
+            ("tls_key", file.tls_key, &mut self.tls_key),
+            ("tls_client_ca", file.tls_client_ca, &mut self.tls_client_ca),
+        ] {
+            if value.is_none() || is_default(flag) {
+                if let Some(path) = from_file {
+                    *value = Some(path);
+                }
+            }
+        }
         if let Some(addr) = file.metrics_listen {
             if is_default("metrics_listen") || self.metrics_listen.is_none() {
                 self.metrics_listen = Some(addr);
@@ -635,6 +677,20 @@ impl ServeArgs {
         if let Some(addr) = self.metrics_listen {
             lines.push(format!("metrics-listen = \"{addr}\""));
         }
+        for (key, path) in [
+            ("auth-file", &self.auth_file),
+            ("tls-cert", &self.tls_cert),
+            ("tls-key", &self.tls_key),
+            ("tls-client-ca", &self.tls_client_ca),
+        ] {
+            if let Some(path) = path {
+                lines.push(format!("{key} = {:?}", path.display().to_string()));
+            }
+        }
+        lines.push(format!(
+            "insecure-allow-unauthenticated = {}",
+            self.insecure_allow_unauthenticated
+        ));
         lines.iter().map(|l| format!("{l}\n")).collect()
     }
 
@@ -651,6 +707,18 @@ impl ServeArgs {
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             metrics_listen: self.metrics_listen,
+            security: crate::server::SecurityConfig {
+                auth_file: self.auth_file.clone(),
+                tls: match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some(crate::server::TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: self.tls_client_ca.clone(),
+                    }),
+                    _ => None,
+                },
+                insecure_allow_unauthenticated: self.insecure_allow_unauthenticated,
+            },
             ingest: IngestLimits {
                 max_abs_value: self.max_result_magnitude,
                 max_batch_records: self.max_batch_records,

@@ -4,12 +4,14 @@
 
 mod admin;
 mod allocator;
+pub mod authn;
 pub mod codec;
 pub(crate) mod convert;
 mod experiment_convert;
 mod experiments;
 mod registry;
 pub mod status;
+mod tls;
 
 pub use admin::AdminService;
 pub use allocator::AllocatorService;

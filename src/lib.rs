@@ -13,6 +13,7 @@
 //! - [`cli`]: the client subcommands (`arbiter tests …`, `arbiter audit …`).
 
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod experiment;

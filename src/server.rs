@@ -18,6 +18,9 @@ use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
 
 mod connection;
+pub mod security;
+
+pub use security::{SecurityConfig, TlsFiles};
 
 /// Receive window of one HTTP/2 stream: the protocol's default size.
 const STREAM_WINDOW: u32 = 64 * 1024;
@@ -50,6 +53,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// What result ingestion accepts.
     pub ingest: IngestLimits,
+    /// Authentication and TLS.
+    pub security: SecurityConfig,
 }
 
 impl ServerConfig {
@@ -61,6 +66,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             metrics_listen: None,
             ingest: IngestLimits::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -86,6 +92,9 @@ pub enum ServerError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The auth file or TLS settings cannot be used, or the server would be open to the network.
+    #[error("security: {0}")]
+    Security(String),
     /// Shutdown's final flush did not finish in time.
     #[error("the final flush did not finish within {} s", .0.as_secs())]
     ShutdownTimeout(Duration),
@@ -101,6 +110,12 @@ pub async fn run(
         crate::metrics::install(addr).map_err(ServerError::Metrics)?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
+    let auth = config.security.authenticator()?;
+    let tls = config.security.tls()?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServerError::Security(format!("reading the listening address: {e}")))?;
+    config.security.check_exposure(auth.is_some(), bound)?;
     let storage = Arc::new(Storage::open(&config.data_dir)?);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
@@ -199,13 +214,21 @@ pub async fn run(
         )),
         None => None,
     };
-    let serve = tonic::transport::Server::builder()
+    if let Some(auth) = &auth {
+        tokio::spawn(security::reload_on_sighup(Arc::downgrade(auth)));
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serve = builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::option_layer(rpc_metrics))
+        .layer(crate::grpc::authn::AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::experiment_convert::test_status;
-use super::status;
+use super::{authn, status};
 use crate::experiment::types::TestConfig;
 use crate::experiment::{Experiments, ListCursor};
 use crate::pb::{self, experiments_server};
@@ -31,14 +31,6 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most tests in one ListTests page; larger sizes are reduced to it.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-fn actor(requested_by: &str) -> &str {
-    if requested_by.is_empty() {
-        "anonymous"
-    } else {
-        requested_by
-    }
-}
-
 #[tonic::async_trait]
 impl experiments_server::Experiments for ExperimentsService {
     #[tracing::instrument(skip_all, fields(test_id = %request.get_ref().test_id))]
@@ -46,7 +38,11 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::CreateTestRequest>,
     ) -> Result<Response<pb::Test>, Status> {
-        let config = TestConfig::try_from(request.into_inner()).map_err(status::experiment)?;
+        let identity = authn::identity(&request)?;
+        let mut request = request.into_inner();
+        let actor = authn::actor(&identity, "created_by", &request.created_by)?;
+        request.created_by = actor.into_string();
+        let config = TestConfig::try_from(request).map_err(status::experiment)?;
         let actor = config.created_by.clone();
         let view = self
             .experiments
@@ -104,10 +100,12 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::TestActionRequest>,
     ) -> Result<Response<pb::Test>, Status> {
+        let identity = authn::identity(&request)?;
         let r = request.into_inner();
+        let actor = authn::actor(&identity, "requested_by", &r.requested_by)?;
         let view = self
             .experiments
-            .pause(&r.test_id, actor(&r.requested_by), &r.reason)
+            .pause(&r.test_id, actor.as_str(), &r.reason)
             .await
             .map_err(status::experiment)?;
         Ok(Response::new(view.into()))
@@ -118,10 +116,12 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::TestActionRequest>,
     ) -> Result<Response<pb::Test>, Status> {
+        let identity = authn::identity(&request)?;
         let r = request.into_inner();
+        let actor = authn::actor(&identity, "requested_by", &r.requested_by)?;
         let view = self
             .experiments
-            .resume(&r.test_id, actor(&r.requested_by), &r.reason)
+            .resume(&r.test_id, actor.as_str(), &r.reason)
             .await
             .map_err(status::experiment)?;
         Ok(Response::new(view.into()))
@@ -132,10 +132,12 @@ impl experiments_server::Experiments for ExperimentsService {
         &self,
         request: Request<pb::StopTestRequest>,
     ) -> Result<Response<pb::TestResults>, Status> {
+        let identity = authn::identity(&request)?;
         let r = request.into_inner();
+        let actor = authn::actor(&identity, "requested_by", &r.requested_by)?;
         let results = self
             .experiments
-            .stop_on_request(&r.test_id, actor(&r.requested_by), &r.reason)
+            .stop_on_request(&r.test_id, actor.as_str(), &r.reason)
             .await
             .map_err(status::experiment)?;
         Ok(Response::new(results.into()))

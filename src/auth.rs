@@ -1,0 +1,315 @@
+//! Who is calling: principals from the auth file (`--auth-file`), each with roles and a way to
+//! authenticate (the SHA-256 of a bearer token, or the subject CN of a client certificate). The
+//! file never holds a token, only its digest, and tokens are compared in constant time on the
+//! digest. [`Authenticator`] holds the current table and swaps in a new one on reload (SIGHUP);
+//! a file that does not parse keeps the old table.
+//!
+//! Handlers see the caller as an [`Identity`] request extension: a principal when authentication
+//! is on, [`Identity::Open`] when the server runs without an auth file (loopback only, unless the
+//! operator insists). Knows nothing of gRPC; `grpc::authn` applies it to requests.
+
+pub mod actor;
+pub mod roles;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use actor::{Actor, ActorError, ANONYMOUS};
+pub use roles::Role;
+
+/// An authenticated caller.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// `[A-Za-z0-9._@-]{1,64}`, compared exactly.
+    pub name: String,
+    /// What it may do.
+    pub roles: BTreeSet<Role>,
+}
+
+impl Principal {
+    /// Whether the principal may act in `role` (`admin` may act in every role).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// The server runs without authentication: actors are what requests say they are.
+    Open,
+    /// An authenticated principal.
+    Principal(Arc<Principal>),
+}
+
+/// Why a request is not authenticated, or an auth file is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, or credentials no principal has.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The auth file cannot be read or is invalid.
+    #[error("auth file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, with its location.
+        reason: String,
+    },
+}
+
+/// One `[[principal]]` of the auth file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    roles: Vec<Role>,
+    token_sha256: Option<String>,
+    cert_subject_cn: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    principal: Vec<Entry>,
+}
+
+/// The principals of one version of the auth file.
+#[derive(Debug, Default)]
+pub struct AuthTable {
+    by_token: Vec<([u8; 32], Arc<Principal>)>,
+    by_cn: HashMap<String, Arc<Principal>>,
+}
+
+fn valid_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    (1..=64).contains(&name.len()) && name.chars().all(ok)
+}
+
+impl AuthTable {
+    /// Parses the TOML text of an auth file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        let mut table = AuthTable::default();
+        let mut names = HashSet::new();
+        for (i, entry) in file.principal.into_iter().enumerate() {
+            let at = |what: String| format!("principal {} ({:?}): {what}", i + 1, entry.name);
+            if !valid_name(&entry.name) {
+                return Err(at("name must match [A-Za-z0-9._@-]{1,64}".into()));
+            }
+            if !names.insert(entry.name.clone()) {
+                return Err(at("listed twice".into()));
+            }
+            if entry.roles.is_empty() {
+                return Err(at("has no roles".into()));
+            }
+            if entry.token_sha256.is_none() && entry.cert_subject_cn.is_none() {
+                return Err(at("needs token_sha256 or cert_subject_cn".into()));
+            }
+            let principal = Arc::new(Principal {
+                name: entry.name.clone(),
+                roles: entry.roles.iter().copied().collect(),
+            });
+            if let Some(hex_digest) = &entry.token_sha256 {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| {
+                    at(
+                        "token_sha256 must be 64 hexadecimal digits (the SHA-256 of the token)"
+                            .into(),
+                    )
+                })?;
+                if table.by_token.iter().any(|(d, _)| *d == digest) {
+                    return Err(at("shares its token with another principal".into()));
+                }
+                table.by_token.push((digest, principal.clone()));
+            }
+            if let Some(cn) = &entry.cert_subject_cn {
+                if cn.is_empty() || table.by_cn.insert(cn.clone(), principal).is_some() {
+                    return Err(at(format!(
+                        "cert_subject_cn {cn:?} is empty or listed twice"
+                    )));
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// Reads and parses an auth file.
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let err = |reason: String| AuthError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        Self::parse(&text).map_err(err)
+    }
+
+    /// The principal a bearer token or a client certificate's CN belongs to. A token, when
+    /// present, decides; it is compared in constant time with every principal's digest.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        cert_cn: Option<&str>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(token) = bearer {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let mut found = None;
+            for (candidate, principal) in &self.by_token {
+                if bool::from(candidate.ct_eq(&digest)) {
+                    found = Some(principal.clone());
+                }
+            }
+            return found.ok_or(AuthError::Unauthenticated("the bearer token is not valid"));
+        }
+        if let Some(cn) = cert_cn {
+            return self
+                .by_cn
+                .get(cn)
+                .cloned()
+                .ok_or(AuthError::Unauthenticated(
+                    "the client certificate names no principal",
+                ));
+        }
+        Err(AuthError::Unauthenticated(
+            "no credentials: send `authorization: Bearer <token>` or a client certificate",
+        ))
+    }
+
+    /// Number of principals that can authenticate.
+    pub fn len(&self) -> usize {
+        self.by_token.len() + self.by_cn.len()
+    }
+
+    /// Whether no principal can authenticate.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The auth file's current table, reloadable.
+#[derive(Debug)]
+pub struct Authenticator {
+    path: PathBuf,
+    table: ArcSwap<AuthTable>,
+}
+
+impl Authenticator {
+    /// Loads `path`.
+    pub fn open(path: &Path) -> Result<Self, AuthError> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            table: ArcSwap::from_pointee(AuthTable::load(path)?),
+        })
+    }
+
+    /// Reads the file again; on error the current table stays and the error is returned.
+    pub fn reload(&self) -> Result<usize, AuthError> {
+        let table = AuthTable::load(&self.path)?;
+        let n = table.len();
+        self.table.store(Arc::new(table));
+        Ok(n)
+    }
+
+    /// See [`AuthTable::authenticate`].
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        cert_cn: Option<&str>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.table.load().authenticate(bearer, cert_cn)
+    }
+}
+
+/// The hex SHA-256 of a token, as the auth file holds it.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(entries: &str) -> Result<AuthTable, String> {
+        AuthTable::parse(entries)
+    }
+
+    #[test]
+    fn tokens_and_certificates_name_principals() {
+        let table = file(&format!(
+            r#"
+            [[principal]]
+            name = "alice"
+            roles = ["publisher", "analyst"]
+            token_sha256 = "{}"
+            [[principal]]
+            name = "router-ny4"
+            roles = ["allocator", "streamer"]
+            cert_subject_cn = "router-ny4"
+            "#,
+            token_digest("s3cret")
+        ))
+        .expect("valid");
+        let alice = table.authenticate(Some("s3cret"), None).expect("alice");
+        assert_eq!(alice.name, "alice");
+        assert!(alice.has(Role::Publisher) && !alice.has(Role::Approver));
+        let router = table
+            .authenticate(None, Some("router-ny4"))
+            .expect("router");
+        assert!(router.has(Role::Allocator));
+        assert!(table.authenticate(Some("wrong"), None).is_err());
+        assert!(table.authenticate(None, Some("someone")).is_err());
+        assert!(table.authenticate(None, None).is_err());
+        // A token decides even beside a certificate.
+        assert!(table
+            .authenticate(Some("wrong"), Some("router-ny4"))
+            .is_err());
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let digest = token_digest("t");
+        for (text, needle) in [
+            (
+                "[[principal]]\nname = \"a b\"\nroles = [\"admin\"]\ntoken_sha256 = \"00\"",
+                "name",
+            ),
+            (
+                "[[principal]]\nname = \"a\"\nroles = [\"root\"]",
+                "unknown variant",
+            ),
+            (
+                "[[principal]]\nname = \"a\"\nroles = []\ntoken_sha256 = \"00\"",
+                "no roles",
+            ),
+            (
+                "[[principal]]\nname = \"a\"\nroles = [\"admin\"]",
+                "token_sha256 or",
+            ),
+            (
+                "[[principal]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"xyz\"",
+                "64 hexadecimal",
+            ),
+            (
+                "[[principal]]\nname = \"a\"\nroles = [\"admin\"]\ntoken = \"plain\"",
+                "unknown field",
+            ),
+        ] {
+            let err = file(text).expect_err(text);
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let twice = format!(
+            "[[principal]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"{digest}\"\n\
+             [[principal]]\nname = \"b\"\nroles = [\"admin\"]\ntoken_sha256 = \"{digest}\""
+        );
+        assert!(file(&twice)
+            .expect_err("shared")
+            .contains("shares its token"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Authentication at the edge: a tower layer that, when the server has an auth file,
+//! authenticates every call to an arbiter service (bearer token, or client certificate under
+//! mTLS), checks the role of the method's row, and hands the [`Identity`] to the handlers as a
+//! request extension. Health and reflection stay open. Without an auth file every call gets
+//! [`Identity::Open`]. Handlers narrow the check where the method's row depends on the request
+//! ([`require`]) and take their actor from the identity ([`actor`]).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::Status;
+
+use crate::auth::{Actor, ActorError, Authenticator, Identity, Role};
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Option<Arc<Authenticator>>,
+}
+
+impl AuthLayer {
+    /// Authenticates with `auth`, or lets every call through as [`Identity::Open`] when `None`.
+    pub fn new(auth: Option<Arc<Authenticator>>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    auth: Option<Arc<Authenticator>>,
+}
+
+/// Paths that need no credentials.
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer<B>(request: &http::Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Who `request` comes from, or the status that refuses it.
+fn identify<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Identity, Status> {
+    let cert_cn = super::tls::peer_common_name(request);
+    let principal = auth
+        .authenticate(bearer(request), cert_cn.as_deref())
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let path = request.uri().path();
+    if let Some(role) = Role::for_method(path) {
+        if !principal.has(role) {
+            return Err(Status::permission_denied(format!(
+                "principal {:?} lacks the role {role:?} that {path} needs",
+                principal.name
+            )));
+        }
+    }
+    Ok(Identity::Principal(principal))
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default + Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let identity = match &self.auth {
+            None => Identity::Open,
+            Some(_) if is_open(request.uri().path()) => Identity::Open,
+            Some(auth) => match identify(auth, &request) {
+                Ok(identity) => identity,
+                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            },
+        };
+        request.extensions_mut().insert(identity);
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// The caller of `request`. Fails closed: a request that did not pass the layer is refused.
+pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request without an identity; see the server log"))
+}
+
+/// Refuses a principal without `role` (PERMISSION_DENIED naming it); [`Identity::Open`] passes.
+pub fn require(identity: &Identity, role: Role, what: &str) -> Result<(), Status> {
+    match identity {
+        Identity::Principal(p) if !p.has(role) => Err(Status::permission_denied(format!(
+            "principal {:?} lacks the role {role:?} that {what} needs",
+            p.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The actor of a change whose request says `claimed` in `field`.
+pub fn actor(identity: &Identity, field: &'static str, claimed: &str) -> Result<Actor, Status> {
+    Actor::resolve(identity, field, claimed).map_err(|e| match e {
+        ActorError::NotThePrincipal { .. } => Status::permission_denied(e.to_string()),
+        ActorError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+    })
+}

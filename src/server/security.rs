@@ -1,0 +1,120 @@
+//! What the server needs to know about its callers: the auth file, TLS, and the rule that a
+//! server without authentication serves only on a loopback address unless the operator insists
+//! (`--insecure-allow-unauthenticated`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use tonic::transport::server::ServerTlsConfig;
+use tonic::transport::{Certificate, Identity as TlsIdentity};
+
+use crate::auth::Authenticator;
+
+use super::ServerError;
+
+/// Authentication and TLS settings.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// The principals (`--auth-file`); `None` runs without authentication.
+    pub auth_file: Option<PathBuf>,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`); `None` serves plain HTTP/2.
+    pub tls: Option<TlsFiles>,
+    /// Serve without authentication on a non-loopback address.
+    pub insecure_allow_unauthenticated: bool,
+}
+
+/// PEM files of the server's TLS identity, and of the CA its clients' certificates must chain
+/// to (which makes client certificates required).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA of client certificates (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+fn read(what: &str, path: &PathBuf) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path)
+        .map_err(|e| ServerError::Security(format!("reading the {what} {}: {e}", path.display())))
+}
+
+impl SecurityConfig {
+    /// Loads the auth file, if any.
+    pub fn authenticator(&self) -> Result<Option<Arc<Authenticator>>, ServerError> {
+        self.auth_file
+            .as_deref()
+            .map(|path| {
+                Authenticator::open(path)
+                    .map(Arc::new)
+                    .map_err(|e| ServerError::Security(e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The TLS configuration, if any.
+    pub fn tls(&self) -> Result<Option<ServerTlsConfig>, ServerError> {
+        let Some(files) = &self.tls else {
+            return Ok(None);
+        };
+        let identity = TlsIdentity::from_pem(
+            read("TLS certificate", &files.cert)?,
+            read("TLS key", &files.key)?,
+        );
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &files.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("client CA", ca)?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// Refuses to serve without authentication anywhere but on loopback, unless asked to.
+    pub fn check_exposure(
+        &self,
+        authenticated: bool,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), ServerError> {
+        if authenticated {
+            return Ok(());
+        }
+        if !addr.ip().is_loopback() && !self.insecure_allow_unauthenticated {
+            return Err(ServerError::Security(format!(
+                "refusing to serve {addr} without authentication: anyone who reaches it could \
+                 promote models and stop tests; give --auth-file, or listen on a loopback \
+                 address, or pass --insecure-allow-unauthenticated"
+            )));
+        }
+        tracing::warn!(
+            %addr,
+            "serving without authentication: every caller may do everything (give --auth-file)"
+        );
+        Ok(())
+    }
+}
+
+/// Reloads the auth file on every SIGHUP; a file that does not load keeps the current one.
+pub async fn reload_on_sighup(auth: Weak<Authenticator>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: the auth file will not reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let Some(auth) = auth.upgrade() else { return };
+            match auth.reload() {
+                Ok(n) => tracing::info!(principals = n, "auth file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "auth file not reloaded; the previous one stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(auth);
+}
