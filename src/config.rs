@@ -455,6 +455,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_UPLOAD_IDLE_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_idle_timeout_secs: u64,
+    /// Bytes per second an upload must average once it has run for the idle timeout.
+    #[arg(long, env = "ARBITER_UPLOAD_MIN_BYTES_PER_SEC", default_value_t = 16 * 1024)]
+    pub upload_min_bytes_per_sec: u64,
     /// Largest accepted |return| and |metric value| of a result; larger ones are rejected with
     /// INVALID_ARGUMENT (their squares would overflow the statistics).
     #[arg(long, env = "ARBITER_MAX_RESULT_MAGNITUDE", default_value_t = limits::DEFAULT_MAX_ABS_VALUE,
@@ -472,14 +475,14 @@ pub struct ServeArgs {
     pub max_batch_tests: usize,
 }
 
-/// A magnitude limit: a positive finite number at most 1e150, so that its square and sums of
-/// squares stay finite.
+/// A magnitude limit: a positive finite number at most 1e100, so that squares (1e200) and their
+/// sums over any number of results a server could ever hold stay finite.
 fn parse_magnitude(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
-    if value.is_finite() && value > 0.0 && value <= 1e150 {
+    if value.is_finite() && value > 0.0 && value <= 1e100 {
         Ok(value)
     } else {
-        Err(format!("{text} must be a positive number at most 1e150"))
+        Err(format!("{text} must be a positive number at most 1e100"))
     }
 }
 
@@ -526,6 +529,7 @@ pub struct FileConfig {
     insecure_allow_unauthenticated: Option<bool>,
     max_concurrent_uploads: Option<usize>,
     upload_idle_timeout_secs: Option<u64>,
+    upload_min_bytes_per_sec: Option<u64>,
     max_result_magnitude: Option<f64>,
     max_batch_records: Option<usize>,
     max_batch_tests: Option<usize>,
@@ -629,6 +633,7 @@ impl ServeArgs {
         take!(insecure_allow_unauthenticated);
         take!(max_concurrent_uploads);
         take!(upload_idle_timeout_secs);
+        take!(upload_min_bytes_per_sec);
         take!(max_result_magnitude);
         take!(max_batch_records);
         take!(max_batch_tests);
@@ -670,6 +675,10 @@ impl ServeArgs {
                 "upload-idle-timeout-secs = {}",
                 self.upload_idle_timeout_secs
             ),
+            format!(
+                "upload-min-bytes-per-sec = {}",
+                self.upload_min_bytes_per_sec
+            ),
             format!("max-result-magnitude = {:e}", self.max_result_magnitude),
             format!("max-batch-records = {}", self.max_batch_records),
             format!("max-batch-tests = {}", self.max_batch_tests),
@@ -704,6 +713,7 @@ impl ServeArgs {
                 allow_self_approval: self.allow_self_approval,
                 max_concurrent_uploads: self.max_concurrent_uploads,
                 upload_idle_timeout: std::time::Duration::from_secs(self.upload_idle_timeout_secs),
+                upload_min_bytes_per_sec: self.upload_min_bytes_per_sec,
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             metrics_listen: self.metrics_listen,

@@ -177,7 +177,7 @@ impl Experiments {
         }
         experiments.start_background_tasks()?;
         experiments.start_snapshot_thread()?;
-        experiments.take_stored_decisions().await?;
+        experiments.take_stored_decisions().await;
         experiments.write_missing_final_results();
         Ok(experiments)
     }
@@ -253,7 +253,9 @@ impl Experiments {
                     if let Err(e) = this.expire_due_tests().await {
                         tracing::warn!(error = %e, "expiring tests failed");
                     }
-                    if let Err(e) = this.sample_histories() {
+                    let sampler = this.clone();
+                    let sampled = tokio::task::spawn_blocking(move || sampler.sample_histories());
+                    if let Ok(Err(e)) = sampled.await {
                         tracing::warn!(error = %e, "recording test histories failed");
                     }
                     this.export_metrics();
@@ -360,22 +362,6 @@ impl Experiments {
                 ids.evict_if_idle(result_ids::IDLE_EVICTION);
             }
         }
-    }
-
-    /// Adds a periodic history point to every test that has not ended.
-    fn sample_histories(&self) -> Result<()> {
-        let now = crate::time::now();
-        let due: Vec<String> = self
-            .inner
-            .tests
-            .iter()
-            .filter(|e| !e.value().status().is_ended() && Self::history_due(e.value(), now))
-            .map(|e| e.key().to_string())
-            .collect();
-        for test_id in due {
-            self.record_history(&test_id, true)?;
-        }
-        Ok(())
     }
 
     fn state(&self, test_id: &str) -> Result<Arc<TestState>> {

@@ -54,6 +54,10 @@ pub struct RegistryConfig {
     /// How long an upload may wait for its client's next message before it is abandoned
     /// (DEADLINE_EXCEEDED; its temporary file is removed).
     pub upload_idle_timeout: std::time::Duration,
+    /// The average rate, in bytes per second, an upload must keep once it has run for
+    /// `upload_idle_timeout`: a client trickling a byte now and then must not hold an upload
+    /// slot for ever.
+    pub upload_min_bytes_per_sec: u64,
 }
 
 impl Default for RegistryConfig {
@@ -64,6 +68,7 @@ impl Default for RegistryConfig {
             allow_self_approval: false,
             max_concurrent_uploads: 64,
             upload_idle_timeout: std::time::Duration::from_secs(30),
+            upload_min_bytes_per_sec: 16 * 1024,
         }
     }
 }
@@ -128,15 +133,44 @@ impl Registry {
         self.inner.usage.get()?.upgrade()
     }
 
+    /// Moves the artifacts of models stored with a leading dot by older builds to their escaped
+    /// paths, before the sweep could mistake them for orphans.
+    fn adopt_legacy_artifacts(&self) -> Result<()> {
+        let dotted: Vec<RegistryId> = self
+            .inner
+            .storage
+            .scan::<ModelMetadata>(keys::MODEL_PREFIX)
+            .map(|entry| entry.map(|(_, m)| m.registry_id))
+            .filter(|id| {
+                id.as_ref()
+                    .map_or(true, |id| id.model_id.as_str().starts_with('.'))
+            })
+            .collect::<Result<_, _>>()?;
+        for id in dotted {
+            if self.inner.artifacts.adopt_legacy(&id)? {
+                tracing::info!(registry_id = %id, "moved an artifact to its escaped path");
+            }
+        }
+        Ok(())
+    }
+
     fn sweep_orphans(&self) -> Result<()> {
+        self.adopt_legacy_artifacts()?;
         for (model, stem, path) in self.inner.artifacts.files()? {
             // Lenient parse: ids stored by older builds may start with a dot.
             let owned = match RegistryId::try_from(format!("{model}:{stem}")) {
-                Ok(id) => {
-                    self.load(&id)?.is_some()
-                        && self.inner.artifacts.path(&id).is_ok_and(|p| p == path)
+                Ok(id) if self.load(&id)?.is_some() => {
+                    if self.inner.artifacts.path(&id).is_ok_and(|p| p != path) {
+                        // Never delete a file a stored version names, wherever it lies.
+                        tracing::error!(
+                            path = %path.display(),
+                            registry_id = %id,
+                            "artifact file of a stored version is not at its path; left in place"
+                        );
+                    }
+                    true
                 }
-                Err(_) => false,
+                _ => false,
             };
             if !owned {
                 tracing::warn!(path = %path.display(), "removing artifact file without metadata");

@@ -37,7 +37,7 @@ pub struct Summary {
 /// `None` below two observations, where the interval is undefined, and for inputs that are not
 /// finite numbers (no figure is better than a wrong one).
 pub fn mean_confidence_interval(s: Summary, alpha: f64) -> Option<(f64, f64)> {
-    if s.n < 2 || !(alpha > 0.0 && alpha < 1.0) || !all_finite(&[s.mean, s.std]) {
+    if s.n < 2 || !(alpha > 0.0 && alpha < 1.0) || !all_finite(&[s.mean, s.std]) || s.std < 0.0 {
         return None;
     }
     let df = (s.n - 1) as f64;

@@ -217,10 +217,15 @@ impl Storage {
     ///
     /// Must be called within a tokio runtime: it starts the group-commit task.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
-            context: format!("creating data directory {}", data_dir.display()),
-            source,
-        })?;
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
+                context: format!("creating data directory {}", data_dir.display()),
+                source,
+            })?;
+            if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let key = dir_key(data_dir);
         if !open_dirs()
             .lock()
@@ -380,8 +385,12 @@ impl Storage {
     /// Makes every batch applied before `mark` was taken durable; free when a flush since then
     /// already covered them (a pipelining writer's earlier wait usually did).
     pub async fn flush_through(&self, mark: u64) -> Result<()> {
-        let synced = self.flusher.flush_through(mark).await;
-        self.synced(synced)
+        // May return without a sync (an earlier one covered the mark), so a success here says
+        // nothing about the store now: it never clears a fault.
+        self.flusher
+            .flush_through(mark)
+            .await
+            .map_err(|e| self.store_failed(e))
     }
 
     /// Syncs the engine and the journal synchronously (for shutdown and tools outside the

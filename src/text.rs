@@ -23,12 +23,9 @@ impl fmt::Display for Shown<'_> {
             None => write!(f, "{:?}", self.0),
             Some((cut, _)) => {
                 let head = format!("{:?}", &self.0[..cut]);
-                write!(
-                    f,
-                    "{}…\" ({} bytes)",
-                    head.trim_end_matches('"'),
-                    self.0.len()
-                )
+                // Only the closing quote goes: an escaped quote before it must stay whole.
+                let open = head.strip_suffix('"').unwrap_or(&head);
+                write!(f, "{open}…\" ({} bytes)", self.0.len())
             }
         }
     }
@@ -53,6 +50,10 @@ mod tests {
         assert!(s.starts_with(&format!("\"{}…\"", "x".repeat(64))), "{s}");
         assert!(s.ends_with("(1048576 bytes)"), "{s}");
         assert!(s.len() < 100);
+        let quotes = "\"".repeat(100);
+        assert!(shown(&quotes)
+            .to_string()
+            .starts_with(&format!("\"{}…", "\\\"".repeat(64))));
         // Cut on a character boundary.
         let wide = "é".repeat(100);
         assert!(shown(&wide).to_string().contains(&"é".repeat(64)));

@@ -186,6 +186,13 @@ async fn a_full_disk_fails_writes_clearly_keeps_allocating_and_loses_nothing_ack
         err.message().contains("store failed") && err.message().contains("restart"),
         "{err:?}"
     );
+    // Allocations and acknowledged-early batches keep flowing; the fault stays reported until
+    // the restart, however many of them succeed.
+    for _ in 0..20 {
+        allocate(&mut allocator, "t").await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(storage_health(&server).await, 2, "still NOT_SERVING");
     drop((allocator, registry, experiments));
     // Shutdown cannot store its last snapshot, and says so (the journal still holds those
     // results for the next start).

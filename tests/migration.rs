@@ -169,3 +169,43 @@ async fn a_conversion_cut_short_is_finished_at_the_next_start() {
     assert!(!dir.path().join("db").exists());
     assert!(dir.path().join("db.sled-before-conversion/conf").exists());
 }
+
+/// Whether `server::run` refuses to start on `dir`, and with what.
+async fn start_error(dir: &Path) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let run = arbiter::server::run(listener, TestServer::config(dir), std::future::pending());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), run).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => panic!("started and stopped"),
+        Err(_) => panic!("started"),
+    }
+}
+
+#[tokio::test]
+async fn a_directory_whose_data_is_ambiguous_is_refused_not_guessed() {
+    // A store beside a sled database it was not converted from (say, restored next to it).
+    let dir = golden_copy();
+    {
+        let other = tempfile::tempdir().expect("tempdir");
+        drop(arbiter::storage::Storage::open(other.path()).expect("a fresh store"));
+        std::fs::copy(
+            other.path().join("store.redb"),
+            dir.path().join("store.redb"),
+        )
+        .expect("copy");
+    }
+    let err = start_error(dir.path()).await;
+    assert!(err.contains("not converted from"), "{err}");
+    assert!(dir.path().join("db/conf").exists(), "nothing was moved");
+
+    // Both the sled database and the copy kept by a conversion.
+    let dir = golden_copy();
+    copy_dir(
+        &dir.path().join("db"),
+        &dir.path().join("db.sled-before-conversion"),
+    );
+    let err = start_error(dir.path()).await;
+    assert!(err.contains("which one holds the data"), "{err}");
+}

@@ -560,3 +560,81 @@ async fn allocation_counts_of_more_tests_than_one_persist_chunk_survive_a_restar
     }
     server.stop().await;
 }
+
+/// Models an older build stored with ids starting with a dot (since refused for new models)
+/// keep their artifacts: the first start moves each file from where that build wrote it to its
+/// escaped path instead of sweeping it as an orphan, and the models stay reachable.
+#[tokio::test]
+async fn models_stored_with_a_leading_dot_keep_their_artifacts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.registry().await;
+    for model in ["xfoo", "xdd"] {
+        register(
+            &mut client,
+            header(model, "1.0.0", "alice"),
+            model.as_bytes(),
+        )
+        .await
+        .expect("register");
+    }
+    drop(client);
+    server.stop().await;
+    // What an older build left: the records under the dotted ids, the files where it wrote them.
+    {
+        let storage = Storage::open(dir.path()).expect("open the store");
+        let mut batch = WriteBatch::new();
+        for (old, new) in [("xfoo", ".foo"), ("xdd", "..")] {
+            let key = format!("model/{old}:1.0.0");
+            let stored = storage
+                .get_raw(key.as_bytes())
+                .expect("read")
+                .expect("stored");
+            let text = String::from_utf8(stored[1..].to_vec()).expect("json");
+            let mut renamed = vec![stored[0]];
+            renamed.extend_from_slice(text.replace(old, new).as_bytes());
+            batch.remove(key.as_bytes());
+            batch.put_raw(format!("model/{new}:1.0.0"), renamed);
+        }
+        storage.apply(batch).expect("write");
+        storage.flush_blocking().expect("flush");
+    }
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir(artifacts.join(".foo")).expect("legacy dir");
+    std::fs::rename(
+        artifacts.join("xfoo/1.0.0.bin"),
+        artifacts.join(".foo/1.0.0.bin"),
+    )
+    .expect("move");
+    std::fs::rename(
+        artifacts.join("xdd/1.0.0.bin"),
+        dir.path().join("1.0.0.bin"),
+    )
+    .expect("move");
+
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.registry().await;
+    for (model, bytes) in [(".foo", &b"xfoo"[..]), ("..", &b"xdd"[..])] {
+        let (_, fetched) = get_model(&mut client, model, "1.0.0")
+            .await
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(fetched, bytes, "{model}");
+        let verified = client
+            .verify_model(pb::ModelRef {
+                registry_id: format!("{model}:1.0.0"),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(verified.ok, "{model}: {verified:?}");
+    }
+    assert!(artifacts.join("%2Efoo/1.0.0.bin").exists());
+    assert!(artifacts.join("%2E./1.0.0.bin").exists());
+    assert!(!dir.path().join("1.0.0.bin").exists());
+    // New models may still not start with a dot.
+    let err = register(&mut client, header(".bar", "1.0.0", "alice"), b"w")
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}

@@ -627,3 +627,34 @@ async fn stalled_uploads_are_bounded_and_abandoned_after_their_idle_timeout() {
         .expect("room again");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_trickling_below_the_minimum_rate_is_abandoned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry_config = arbiter::registry::RegistryConfig {
+        upload_idle_timeout: std::time::Duration::from_millis(300),
+        upload_min_bytes_per_sec: 1 << 20,
+        ..Default::default()
+    };
+    let server = TestServer::start_config(arbiter::server::ServerConfig {
+        registry: registry_config,
+        ..TestServer::config(dir.path())
+    })
+    .await;
+    // One byte every 200 ms: never idle long enough for the idle timeout, far below 1 MiB/s.
+    let messages = registration_messages(header("slow", "1.0.0", "alice"), &[7u8; 20], 1);
+    let trickle = tokio_stream::StreamExt::throttle(
+        tokio_stream::iter(messages),
+        std::time::Duration::from_millis(200),
+    );
+    let err = server
+        .registry()
+        .await
+        .register_model(trickle)
+        .await
+        .expect_err("too slow");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("below the minimum"), "{err:?}");
+    assert!(dir_entries(&dir.path().join("tmp")).is_empty());
+    server.stop().await;
+}

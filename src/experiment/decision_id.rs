@@ -14,7 +14,10 @@
 //!   short-input PRF") of the other 44 bits, keyed with the test's own key. That key is
 //!   SHA-256(server secret ‖ 0 ‖ test id) cut to 128 bits, and the server secret is 32 random
 //!   bytes created with the data directory. A made-up id, or one from another test, passes the
-//!   check with probability 2⁻²⁰ (one in a million), and only if its sequence was issued.
+//!   check with probability 2⁻²⁰ (one in a million).
+//!
+//! A result attributed by a decision id counts for the id's arm whether the decision was drawn
+//! while the test ran or while it was paused (then the arm is the control arm).
 
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;

@@ -10,6 +10,8 @@
 //! crash may lose the points of the last second, never anything else. Older data directories kept
 //! the series as one record (`series/<test_id>`); it is read back as the oldest points.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{keys, Record, Storage, WriteBatch};
@@ -99,19 +101,36 @@ fn thinned(len: usize) -> impl Iterator<Item = usize> {
 /// newest is skipped (idle tests write nothing); when the values change after such a pause, the
 /// held values are written once more just before the new point, so a chart shows a step, not a
 /// slope across the pause.
+/// Store operations per batch when sampling every test's history.
+const HISTORY_BATCH: usize = 256;
+
 fn append_point(
+    storage: &Storage,
+    test_id: &str,
+    series: &mut SeriesState,
+    point: HistoryPoint,
+    periodic: bool,
+) -> Result<()> {
+    let mut batch = WriteBatch::new();
+    stage_point(storage, test_id, series, point, periodic, &mut batch)?;
+    storage.apply(batch)?;
+    Ok(())
+}
+
+/// [`append_point`] into `batch`, for the caller to apply.
+fn stage_point(
     storage: &Storage,
     test_id: &str,
     series: &mut SeriesState,
     mut point: HistoryPoint,
     periodic: bool,
+    batch: &mut WriteBatch,
 ) -> Result<()> {
     let values = values_hash(&point);
     if periodic && series.last_values == Some(values) {
         series.held = true;
         return Ok(());
     }
-    let mut batch = WriteBatch::new();
     if std::mem::take(&mut series.held) {
         let newest = storage.last::<HistoryPoint>(&keys::test_history_points(test_id))?;
         if let (Some((_, mut hold)), Some(last)) = (newest, series.last_time) {
@@ -145,7 +164,6 @@ fn append_point(
             }
         }
     }
-    storage.apply(batch)?;
     Ok(())
 }
 
@@ -181,6 +199,39 @@ impl Experiments {
             sample(&state),
             periodic,
         )
+    }
+
+    /// Adds a periodic point to every test that has not ended and is due, in store batches of
+    /// [`HISTORY_BATCH`] operations. Blocks on the store: call it off the runtime's workers.
+    pub(super) fn sample_histories(&self) -> Result<()> {
+        let now = time::now();
+        let due: Vec<Arc<TestState>> = self
+            .inner
+            .tests
+            .iter()
+            .filter(|e| !e.value().status().is_ended() && Self::history_due(e.value(), now))
+            .map(|e| e.value().clone())
+            .collect();
+        let storage = &self.inner.storage;
+        let mut batch = WriteBatch::new();
+        for state in due {
+            let mut series = state.series.lock();
+            let test_id = state.config.test_id.as_str();
+            stage_point(
+                storage,
+                test_id,
+                &mut series,
+                sample(&state),
+                true,
+                &mut batch,
+            )?;
+            drop(series);
+            if batch.len() >= HISTORY_BATCH {
+                storage.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        storage.apply(batch)?;
+        Ok(())
     }
 
     /// Whether a periodic point is due for the test (cheap: no allocation).

@@ -423,8 +423,9 @@ impl Experiments {
 
     /// Takes, at start-up, the stops that the stored and replayed statistics call for: results
     /// whose stop a crash prevented, and replayed results that cross a stopping rule, stop
-    /// their test now rather than on its next batch.
-    pub(super) async fn take_stored_decisions(&self) -> Result<()> {
+    /// their test now rather than on its next batch. A stop that fails is logged and left to the
+    /// test's next batch: stored state never keeps the server from starting.
+    pub(super) async fn take_stored_decisions(&self) {
         let stops: Vec<PendingStop> = self
             .inner
             .tests
@@ -438,7 +439,12 @@ impl Experiments {
                 self.stop_decision(&state.config, &book.stats)
             })
             .collect();
-        self.carry_out(stops).await
+        for stop in stops {
+            let test_id = stop.test_id.clone();
+            if let Err(e) = self.carry_out(vec![stop]).await {
+                tracing::error!(test_id, error = %e, "stopping a test at start-up failed; serving it");
+            }
+        }
     }
 
     /// Whether the test must stop after this batch: every arm suspended by the stop-loss, or

@@ -330,18 +330,17 @@ impl Experiments {
             tokio::time::sleep(std::time::Duration::from_micros(100)).await;
         }
         self.record_history(test_id, false)?;
-        self.inner.storage.flush().await?;
-        // The final results include every batch applied so far; the file is written once, so
-        // those batches must be durable first.
-        let journal = self.inner.storage.journal();
-        journal.sync_through(journal.next_position() - 1).await?;
-        let results = self.results(test_id)?;
-        self.write_final_results(&results)?;
-        // Allocation counts at the stop belong to the final state too.
+        // The final results include every batch applied so far and the final allocation
+        // counts; the file is written once, so all of them must be durable first (a crash after
+        // the file must not bring back older counts than it shows).
         let mut batch = WriteBatch::new();
         batch.put(keys::test_allocations(test_id), &state.allocation_record())?;
         self.inner.storage.apply(batch)?;
         self.inner.storage.flush().await?;
+        let journal = self.inner.storage.journal();
+        journal.sync_through(journal.next_position() - 1).await?;
+        let results = self.results(test_id)?;
+        self.write_final_results(&results)?;
         Ok(results)
     }
 
@@ -369,9 +368,7 @@ impl Experiments {
         file.write_all(&json).map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
         std::fs::rename(&tmp, &path).map_err(io("renaming"))?;
-        std::fs::File::open(&self.inner.results_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing the directory of"))?;
+        crate::storage::sync_dir(&self.inner.results_dir)?;
         Ok(())
     }
 

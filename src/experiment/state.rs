@@ -126,7 +126,9 @@ pub struct TestState {
     /// Held while a table is computed and published.
     refreshing: Mutex<()>,
     dirty: AtomicBool,
-    allocations_dirty: AtomicBool,
+    /// The decision sequence the last persisted allocation record held: decisions since then
+    /// (running or not; every one moves the sequence) make the record due again.
+    persisted_decisions: AtomicU64,
     /// When the test expires (ns since epoch).
     pub deadline: i64,
     /// Set once an expiry has been scheduled from the hot path.
@@ -273,7 +275,7 @@ impl TestState {
             last_refresh: AtomicI64::new(0),
             refreshing: Mutex::new(()),
             dirty: AtomicBool::new(false),
-            allocations_dirty: AtomicBool::new(false),
+            persisted_decisions: AtomicU64::new(alloc.next_decision),
             deadline: record
                 .created_at
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
@@ -309,9 +311,6 @@ impl TestState {
         };
         let arm = table.pick(u);
         let running = table.status == TestStatus::Running;
-        if running {
-            self.allocations_dirty.store(true, Ordering::Relaxed);
-        }
         let sequence = self.next_decision.fetch_add(1, Ordering::Relaxed);
         Decision {
             arm,
@@ -385,9 +384,11 @@ impl TestState {
             _ => AllocationTable::single(k, self.config.control_arm, status),
         };
         self.status.store(status.to_u8(), Ordering::Release);
-        let old = self.table.swap(Arc::new(table));
+        // Swapped under the tallies' locks: `allocation_record` must never see the old table in
+        // neither `retired` nor the current slot.
         let mut tallies = self.tallies.lock();
         let mut retired = self.retired.lock();
+        let old = self.table.swap(Arc::new(table));
         retired.push(old);
         fold_unreferenced(&mut tallies, &mut retired);
         drop((tallies, retired));
@@ -436,9 +437,10 @@ impl TestState {
         retired.iter().all(|t| t.status != TestStatus::Running)
     }
 
-    /// Whether allocations happened since the last call (and clears the flag).
+    /// Whether decisions were made since the last call, which then counts as persisting them.
     pub fn take_allocations_dirty(&self) -> bool {
-        self.allocations_dirty.swap(false, Ordering::Relaxed)
+        let next = self.next_decision.load(Ordering::Relaxed);
+        self.persisted_decisions.swap(next, Ordering::Relaxed) != next
     }
 }
 

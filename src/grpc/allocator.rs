@@ -12,6 +12,9 @@ use super::status;
 use crate::experiment::{AppliedResults, Experiments, RecordOutcome, ResultInput};
 use crate::pb::{self, allocator_server};
 
+/// Largest request message (an IngestResults batch).
+const MAX_MESSAGE: usize = 16 << 20;
+
 /// Batches of one IngestResults stream applied but not yet acknowledged, at most.
 const INGEST_PIPELINE_DEPTH: usize = 8;
 
@@ -27,9 +30,10 @@ impl AllocatorService {
         Self { experiments }
     }
 
-    /// The tonic server for this service.
+    /// The tonic server for this service. It takes messages of up to 16 MiB: a batch of the
+    /// default 100 000 records (~60 bytes each) exceeds tonic's default of 4 MiB.
     pub fn into_server(self) -> allocator_server::AllocatorServer<Self> {
-        allocator_server::AllocatorServer::new(self)
+        allocator_server::AllocatorServer::new(self).max_decoding_message_size(MAX_MESSAGE)
     }
 }
 

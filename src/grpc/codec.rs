@@ -1,6 +1,8 @@
 //! The protobuf codec of every generated arbiter service and client: prost's, except that a
 //! message that cannot be decoded (invalid UTF-8 in a string, a malformed varint, nesting beyond
 //! prost's recursion limit) is INVALID_ARGUMENT, which it is, rather than tonic's INTERNAL.
+//! Generated clients share the codec (tonic names one per build), so a client that receives an
+//! undecodable answer sees INVALID_ARGUMENT as well; the message says what could not be decoded.
 
 use std::marker::PhantomData;
 

@@ -167,7 +167,7 @@ impl TryFrom<pb::RegisterModelHeader> for NewModel {
     type Error = RegistryError;
 
     fn try_from(h: pb::RegisterModelHeader) -> Result<Self, Self::Error> {
-        let model_id = ModelId::parse("model_id", &h.model_id)?;
+        let model_id = ModelId::new_model("model_id", &h.model_id)?;
         let version = parse_version("version", &h.version)?;
         let created_by = bounded("created_by", h.created_by, 256)?;
         if created_by.trim().is_empty() {

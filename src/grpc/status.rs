@@ -20,7 +20,7 @@ pub fn registry(err: RegistryError) -> Status {
         E::StatusChanged { .. } => Code::Aborted,
         E::ChecksumMismatch { .. } | E::ArtifactMissing { .. } => Code::DataLoss,
         E::ArtifactTooLarge { .. } | E::TooManyUploads { .. } => Code::ResourceExhausted,
-        E::UploadIdle { .. } => Code::DeadlineExceeded,
+        E::UploadIdle { .. } | E::UploadTooSlow { .. } => Code::DeadlineExceeded,
         E::Storage(inner) => return storage(inner),
         E::Io { source, .. } if io_disk_full(source) => return disk_full(&err),
         E::Io { .. } => return internal(&err),

@@ -51,6 +51,35 @@ impl ArtifactStore {
             .map_err(RegistryError::io(format!("locating the artifact of {id}")))
     }
 
+    /// Moves the file of a version whose model id starts with a dot from where older builds put
+    /// it (ids were joined unescaped, so `.` named `artifacts/` itself and `..` the data
+    /// directory) to its escaped path. Returns whether a file moved. Blocking.
+    pub fn adopt_legacy(&self, id: &RegistryId) -> Result<bool, RegistryError> {
+        if !id.model_id.as_str().starts_with('.') {
+            return Ok(false);
+        }
+        let target = self.path(id)?;
+        let legacy = self
+            .root
+            .join(id.model_id.as_str())
+            .join(format!("{}.bin", id.version));
+        if target.exists() || !legacy.is_file() {
+            return Ok(false);
+        }
+        let dir = target
+            .parent()
+            .expect("artifact paths have a model directory");
+        std::fs::create_dir_all(dir).map_err(RegistryError::io("creating model directory"))?;
+        std::fs::rename(&legacy, &target)
+            .map_err(RegistryError::io(format!("moving the artifact of {id}")))?;
+        sync_dir(dir)?;
+        if let Some(old_dir) = legacy.parent() {
+            sync_dir(old_dir)?;
+        }
+        sync_dir(&self.root)?;
+        Ok(true)
+    }
+
     /// Starts an upload limited to `limit` bytes.
     pub async fn begin(&self, limit: u64) -> Result<Upload, RegistryError> {
         let n = self.next_upload.fetch_add(1, Ordering::Relaxed);
@@ -175,12 +204,7 @@ fn hash_reader(reader: &mut impl Read) -> std::io::Result<(Sha256Digest, u64)> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(RegistryError::io(format!(
-            "syncing directory {}",
-            dir.display()
-        )))
+    Ok(crate::storage::sync_dir(dir)?)
 }
 
 /// Removes its file when dropped, unless the file was taken.

@@ -102,6 +102,16 @@ pub enum RegistryError {
         /// The configured limit.
         limit: usize,
     },
+    /// An upload averaged less than the minimum rate, and was abandoned.
+    #[error(
+        "the upload averaged {rate} bytes/s, below the minimum of {min} bytes/s; it was abandoned"
+    )]
+    UploadTooSlow {
+        /// What it averaged.
+        rate: u64,
+        /// The configured minimum.
+        min: u64,
+    },
     /// The client sent nothing for too long during an upload, which was abandoned.
     #[error("no message for {} s during the upload; it was abandoned", .idle.as_secs_f64())]
     UploadIdle {

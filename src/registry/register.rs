@@ -18,6 +18,10 @@ pub struct Registration {
     upload: Upload,
     /// Held until the registration ends, so uploads in progress stay within the limit.
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// When the upload began, for its average rate.
+    started: std::time::Instant,
+    /// Bytes received so far.
+    received: u64,
 }
 
 impl Registry {
@@ -47,13 +51,28 @@ impl Registry {
             model,
             upload,
             _permit: permit,
+            started: std::time::Instant::now(),
+            received: 0,
         })
     }
 }
 
 impl Registration {
-    /// Appends a chunk of the artifact.
+    /// Appends a chunk of the artifact. Once the upload has run for the idle timeout it must
+    /// average the configured minimum rate.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.received += chunk.len() as u64;
+        let config = &self.registry.inner.config;
+        let elapsed = self.started.elapsed();
+        if elapsed > config.upload_idle_timeout {
+            let rate = (self.received as f64 / elapsed.as_secs_f64()) as u64;
+            if rate < config.upload_min_bytes_per_sec {
+                return Err(RegistryError::UploadTooSlow {
+                    rate,
+                    min: config.upload_min_bytes_per_sec,
+                });
+            }
+        }
         self.upload.write(chunk).await
     }
 
@@ -63,7 +82,7 @@ impl Registration {
             registry,
             model,
             upload,
-            _permit,
+            ..
         } = self;
         let finished = upload.finish().await?;
         if let Some(expected) = model.expected_sha256 {

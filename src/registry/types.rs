@@ -53,8 +53,18 @@ pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), Regis
 pub struct ModelId(String);
 
 impl ModelId {
-    /// Validates `value` as a model id.
+    /// Reads `value` as the id of a model that may exist: the grammar ids have always had,
+    /// so models an older build stored with a leading dot stay reachable. New models must
+    /// pass [`ModelId::new_model`].
     pub fn parse(field: &'static str, value: &str) -> Result<Self, RegistryError> {
+        match stored_identifier_problem(value) {
+            Some(reason) => Err(RegistryError::invalid(field, reason)),
+            None => Ok(Self(value.to_string())),
+        }
+    }
+
+    /// Validates `value` as the id of a model being registered (no leading dot).
+    pub fn new_model(field: &'static str, value: &str) -> Result<Self, RegistryError> {
         validate_identifier(field, value)?;
         Ok(Self(value.to_string()))
     }
@@ -65,14 +75,11 @@ impl ModelId {
     }
 }
 
-/// Decodes stored ids (see [`stored_identifier_problem`]); requests go through [`ModelId::parse`].
+/// Decodes stored ids (see [`stored_identifier_problem`]).
 impl TryFrom<String> for ModelId {
     type Error = RegistryError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        match stored_identifier_problem(&value) {
-            Some(reason) => Err(RegistryError::invalid("model_id", reason)),
-            None => Ok(Self(value)),
-        }
+        Self::parse("model_id", &value)
     }
 }
 
@@ -462,7 +469,11 @@ mod tests {
         assert_eq!(stored.as_str(), ".hidden");
         let stored: RegistryId = serde_json::from_str("\"..:1.0.0\"").expect("lenient");
         assert_eq!(stored.model_id.as_str(), "..");
-        assert!(ModelId::parse("model_id", ".hidden").is_err());
+        assert!(ModelId::new_model("model_id", ".hidden").is_err());
+        assert!(
+            ModelId::parse("model_id", ".hidden").is_ok(),
+            "existing models stay reachable"
+        );
     }
 
     #[test]

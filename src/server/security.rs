@@ -86,7 +86,7 @@ impl SecurityConfig {
             )));
         }
         tracing::warn!(
-            %addr,
+            listen = %addr,
             "serving without authentication: every caller may do everything (give --auth-file)"
         );
         Ok(())

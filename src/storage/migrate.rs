@@ -25,6 +25,15 @@ pub const SLED_KEPT: &str = "db.sled-before-conversion";
 const CONVERTING: &str = "store.redb.converting";
 /// Entries per write transaction of the copy.
 const BATCH: usize = 4096;
+/// Written into a verified copy: how many entries it took over from sled.
+pub const CONVERTED: &[u8] = b"meta/converted_from_sled";
+
+fn refuse(why: String) -> StorageError {
+    StorageError::Io {
+        context: "converting from sled".into(),
+        source: std::io::Error::other(why),
+    }
+}
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
@@ -43,11 +52,31 @@ pub fn from_sled(data_dir: &Path, cache_bytes: usize) -> Result<()> {
     if !sled_dir.join("conf").exists() {
         return Ok(());
     }
+    let kept = data_dir.join(SLED_KEPT);
+    if kept.exists() {
+        return Err(refuse(format!(
+            "both {} and {} exist: which one holds the data is not clear; move one of them out \
+             of the data directory",
+            sled_dir.display(),
+            kept.display()
+        )));
+    }
     let store = data_dir.join(STORE_FILE);
-    if !store.exists() {
+    if store.exists() {
+        // A start that stopped between steps 3 and 4, or a store that has nothing to do with
+        // this sled directory (restored beside it): only the first may go on.
+        let converted = RedbEngine::open(&store, cache_bytes)?.get(CONVERTED)?;
+        if converted.is_none() {
+            return Err(refuse(format!(
+                "{} exists beside a sled database {} that it was not converted from; move one \
+                 of them out of the data directory",
+                store.display(),
+                sled_dir.display()
+            )));
+        }
+    } else {
         copy(data_dir, cache_bytes)?;
     }
-    let kept = data_dir.join(SLED_KEPT);
     std::fs::rename(&sled_dir, &kept).map_err(io(format!(
         "renaming {} to {}",
         sled_dir.display(),
@@ -109,6 +138,8 @@ fn copy(data_dir: &Path, cache_bytes: usize) -> Result<()> {
         }
     }
     drop(ours);
+    target.apply(&[Op::Put(CONVERTED.to_vec(), copied.to_string().into_bytes())])?;
+    target.sync()?;
     drop(target);
     drop(sled);
     let store = data_dir.join(STORE_FILE);

@@ -39,7 +39,6 @@ fn err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StorageErr
 impl RedbEngine {
     /// Opens (or creates) the database file at `path` with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
-        let existed = path.exists();
         let db = redb::Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
@@ -53,10 +52,9 @@ impl RedbEngine {
         let txn = db.begin_write().map_err(err("creating the table"))?;
         txn.open_table(KV).map_err(err("creating the table"))?;
         txn.commit().map_err(err("creating the table"))?;
-        if !existed {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            super::sync_dir(dir)?;
-        }
+        // Every open, not only the one that created the file: a crash right after the creation
+        // would otherwise leave a directory entry that no later open makes durable.
+        super::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
@@ -64,8 +62,8 @@ impl RedbEngine {
         })
     }
 
-    /// Maps a write's error, remembering the first I/O failure and naming it when redb refuses
-    /// later writes because of it.
+    /// Maps an error, remembering the first I/O failure and naming it when redb refuses later
+    /// reads and writes because of it (after an I/O error redb answers only from its cache).
     fn write_err<E: Into<redb::Error>>(
         &self,
         what: &'static str,
@@ -97,8 +95,8 @@ impl RedbEngine {
     }
 
     fn table(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
-        let txn = self.db.begin_read().map_err(err("reading"))?;
-        txn.open_table(KV).map_err(err("reading"))
+        let txn = self.db.begin_read().map_err(self.write_err("reading"))?;
+        txn.open_table(KV).map_err(self.write_err("reading"))
     }
 }
 
@@ -107,7 +105,7 @@ impl Engine for RedbEngine {
         Ok(self
             .table()?
             .get(key)
-            .map_err(err("reading"))?
+            .map_err(self.write_err("reading"))?
             .map(|v| v.value().to_vec()))
     }
 
@@ -120,10 +118,10 @@ impl Engine for RedbEngine {
         let range = self
             .table()?
             .range::<&[u8]>((Bound::Included(prefix), upper))
-            .map_err(err("scanning"))?;
-        let entry = |item: Result<_, redb::StorageError>| {
+            .map_err(self.write_err("scanning"))?;
+        let entry = move |item: Result<_, redb::StorageError>| {
             let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                item.map_err(err("scanning"))?;
+                item.map_err(self.write_err("scanning"))?;
             Ok((k.value().to_vec(), v.value().to_vec()))
         };
         Ok(if reverse {

@@ -52,7 +52,11 @@ pub fn spawn_binary(data_dir: &Path) -> Binary {
             eprintln!("[arbiter] {line}");
             lines.lock().expect("log").push(line.clone());
             if !sent {
-                if let Some(rest) = line.split("addr=").nth(1) {
+                if let Some(rest) = line
+                    .contains("arbiter serving")
+                    .then(|| line.split("addr=").nth(1))
+                    .flatten()
+                {
                     let addr = rest
                         .split_whitespace()
                         .next()

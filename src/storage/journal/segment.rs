@@ -23,11 +23,7 @@ pub(super) fn segment_path(dir: &Path, first: u64) -> PathBuf {
 }
 
 /// Makes a directory entry (a created or removed file) durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(format!("syncing directory {}", dir.display())))
-}
+pub(super) use crate::storage::sync_dir;
 
 /// The segments in `dir`, oldest first.
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
