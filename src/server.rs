@@ -136,26 +136,11 @@ pub async fn run(
     let admin_service = AdminService::new(storage.clone(), audit).into_server();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::registry_server::RegistryServer<RegistryService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::experiments_server::ExperimentsServer<ExperimentsService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::allocator_server::AllocatorServer<AllocatorService>>()
-        .await;
-    health_reporter
-        .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::Serving)
-        .await;
+    report_serving(&health_reporter).await;
     let storage_watch = tokio::spawn(watch_storage(
         Arc::downgrade(&storage),
         health_reporter.clone(),
     ));
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -175,43 +160,10 @@ pub async fn run(
         .map(|accepted| accepted.map(connection::LoggedConnection::new));
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
-    let reporter = health_reporter.clone();
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight calls");
-        for service in [
-            "",
-            "arbiter.v1.Registry",
-            "arbiter.v1.Admin",
-            "arbiter.v1.Experiments",
-            "arbiter.v1.Allocator",
-            STORAGE_HEALTH,
-        ] {
-            reporter
-                .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-        let _ = draining_tx.send(());
-    };
-    // Clients that keep idle connections open would hold a graceful shutdown forever.
     let grace = config.shutdown_grace;
-    let drain_deadline = async move {
-        match draining_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
     let rpc_metrics = match config.metrics_listen {
-        Some(_) => Some(crate::metrics::RpcMetricsLayer::new(
-            crate::metrics::method_paths(&[
-                pb::FILE_DESCRIPTOR_SET,
-                tonic_health::pb::FILE_DESCRIPTOR_SET,
-                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            ])
-            .map_err(|e| ServerError::Metrics(format!("reading the served methods: {e}")))?,
-        )),
+        Some(_) => Some(rpc_metrics_layer()?),
         None => None,
     };
     if let Some(auth) = &auth {
@@ -246,9 +198,82 @@ pub async fn run(
 
     storage_watch.abort();
     drop(usage);
-    // Allocation counters and a last snapshot round (every journaled result into the store, so
-    // the next start replays nothing), then everything is flushed. Bounded: a failing disk or a
-    // data directory removed underneath must not keep the process from exiting.
+    final_steps(experiments, storage).await
+}
+
+/// The shutdown signal the transport waits for (it first reports every service NOT_SERVING),
+/// and a deadline that resolves `grace` after it: clients that keep idle connections open would
+/// otherwise hold a graceful shutdown for ever.
+fn draining(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reporter: tonic_health::server::HealthReporter,
+    grace: Duration,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight calls");
+        for service in [
+            "",
+            "arbiter.v1.Registry",
+            "arbiter.v1.Admin",
+            "arbiter.v1.Experiments",
+            "arbiter.v1.Allocator",
+            STORAGE_HEALTH,
+        ] {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let _ = draining_tx.send(());
+    };
+    let deadline = async move {
+        match draining_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    (shutdown, deadline)
+}
+
+/// Every arbiter service and the storage reported SERVING.
+async fn report_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter
+        .set_serving::<pb::registry_server::RegistryServer<RegistryService>>()
+        .await;
+    reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    reporter
+        .set_serving::<pb::experiments_server::ExperimentsServer<ExperimentsService>>()
+        .await;
+    reporter
+        .set_serving::<pb::allocator_server::AllocatorServer<AllocatorService>>()
+        .await;
+    reporter
+        .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::Serving)
+        .await;
+}
+
+/// Counts and times calls, labelled by the methods the server serves.
+fn rpc_metrics_layer() -> Result<crate::metrics::RpcMetricsLayer, ServerError> {
+    let known = crate::metrics::method_paths(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| ServerError::Metrics(format!("reading the served methods: {e}")))?;
+    Ok(crate::metrics::RpcMetricsLayer::new(known))
+}
+
+/// After the last call: allocation counters and a last snapshot round (every journaled result
+/// into the store, so the next start replays nothing), then everything is flushed. Bounded: a
+/// failing disk or a data directory removed underneath must not keep the process from exiting.
+async fn final_steps(experiments: Experiments, storage: Arc<Storage>) -> Result<(), ServerError> {
     let final_steps = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
         experiments.persist_allocations_blocking()?;
         experiments.snapshot()?;

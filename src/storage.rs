@@ -20,23 +20,27 @@
 mod bytes;
 mod codec;
 pub mod engine;
+mod error;
 mod group_commit;
 pub mod journal;
 pub mod keys;
 mod migrate;
+mod open_dirs;
 pub mod paths;
 mod redb_engine;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 pub use bytes::{ByteReader, ByteWriter};
 pub use codec::{decode, BodyError, Record};
 use engine::{Engine, Op};
+pub use error::StorageError;
 use group_commit::GroupCommit;
 pub use journal::{Entry as JournalEntry, Journal};
+pub use open_dirs::wait_until_released;
+use open_dirs::Registered;
 
 /// The engine's file inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -44,132 +48,8 @@ pub const STORE_FILE: &str = "store.redb";
 /// listings), so a small cache serves; the engine's write buffer is part of it.
 const CACHE_BYTES: usize = 4 << 20;
 
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The embedded engine reported an error (I/O, corruption).
-    #[error("store: {what}: {source}")]
-    Store {
-        /// What was being done.
-        what: &'static str,
-        /// The engine's error.
-        source: redb::Error,
-    },
-    /// Another process (or this one) has the data directory open.
-    #[error("{} is in use by another arbiter process", .path.display())]
-    Locked {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A failure shared by several waiters (a failed group sync).
-    #[error("{0}")]
-    Shared(Arc<StorageError>),
-    /// A part of storage failed earlier and refuses writes until the server restarts: after a
-    /// failed write or fsync the kernel may have dropped unsynced data, so nothing written since
-    /// can be trusted durable.
-    #[error("the {part} failed ({source}); it refuses writes until the server restarts")]
-    Failed {
-        /// Which part.
-        part: &'static str,
-        /// The failure.
-        source: Arc<std::io::Error>,
-    },
-    /// A stored record could not be decoded.
-    #[error("record {key} could not be decoded: {source}")]
-    Decode {
-        /// The key, printed lossily.
-        key: String,
-        /// The decoder's error.
-        source: serde_json::Error,
-    },
-    /// A stored record carries a format version this build does not know.
-    #[error("record {key} has format version {found}; this build reads version {known}")]
-    UnknownFormat {
-        /// The key, printed lossily.
-        key: String,
-        /// The version byte found.
-        found: u8,
-        /// The version this build writes and reads.
-        known: u8,
-    },
-    /// A stored value is malformed.
-    #[error("record {key} is corrupt: {why}")]
-    Corrupt {
-        /// The key, printed lossily.
-        key: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// A record could not be encoded.
-    #[error("record could not be encoded: {0}")]
-    Encode(serde_json::Error),
-    /// The background flusher is gone (the storage is shutting down).
-    #[error("storage is shutting down")]
-    Closed,
-    /// A file system operation around the database failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-}
-
-impl StorageError {
-    /// Whether the cause is a full disk (ENOSPC, or a quota).
-    pub fn is_disk_full(&self) -> bool {
-        let full = |e: &std::io::Error| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        };
-        match self {
-            Self::Store {
-                source: redb::Error::Io(e),
-                ..
-            } => full(e),
-            Self::Io { source, .. } => full(source),
-            Self::Shared(inner) => inner.is_disk_full(),
-            _ => false,
-        }
-    }
-}
-
 /// Result alias of the storage layer.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
-
-/// Data directories open in this process: a second [`Storage::open`] of one is refused, and
-/// tests wait for a closed one to be released ([`wait_until_released`]).
-fn open_dirs() -> &'static Mutex<HashSet<PathBuf>> {
-    static OPEN: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
-    OPEN.get_or_init(Default::default)
-}
-
-/// Waits until no [`Storage`] of this process holds `data_dir` (its background threads may
-/// outlive the server task by a moment); `false` if it is still held after `timeout`.
-pub fn wait_until_released(data_dir: &Path, timeout: std::time::Duration) -> bool {
-    let key = dir_key(data_dir);
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let held = open_dirs()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key);
-        if !held {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
-fn dir_key(data_dir: &Path) -> PathBuf {
-    std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())
-}
 
 /// Fsyncs a directory, so that entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -198,19 +78,6 @@ pub struct Storage {
     _registered: Registered,
 }
 
-/// A data directory's entry in [`open_dirs`], removed when dropped.
-#[derive(Debug)]
-struct Registered(PathBuf);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        open_dirs()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.0);
-    }
-}
-
 impl Storage {
     /// Opens (or creates) the store `<data_dir>/store.redb` and the journal under
     /// `<data_dir>/journal`, converting a directory written by an older build first.
@@ -226,18 +93,10 @@ impl Storage {
                 sync_dir(parent)?;
             }
         }
-        let key = dir_key(data_dir);
-        if !open_dirs()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
-        {
-            return Err(StorageError::Locked {
-                path: data_dir.join(STORE_FILE),
-            });
-        }
         // Released again if the open fails.
-        let registered = Registered(key);
+        let registered = Registered::claim(data_dir).ok_or_else(|| StorageError::Locked {
+            path: data_dir.join(STORE_FILE),
+        })?;
         Self::open_registered(data_dir, registered)
     }
 

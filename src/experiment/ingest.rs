@@ -1,10 +1,12 @@
-//! Result ingestion: validate each record, skip duplicates by `result_id`, update the arm
-//! statistics, and write one journal entry per test and batch (its accepted results and new
-//! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in the store
-//! ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to the store directly,
-//! with its audit events, in one atomic batch. The caller acknowledges after
+//! Result ingestion: validate each record ([`check`]), skip duplicates by `result_id`, update the
+//! arm statistics, and write one journal entry per test and batch (its accepted results and new
+//! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in the
+//! store ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to the
+//! store directly, with its audit events, in one atomic batch. The caller acknowledges after
 //! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
 //! [`Experiments::record_batch`] does both.
+
+mod check;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,10 +15,8 @@ use std::sync::Arc;
 use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
-use crate::text::shown;
 
 use super::journal_entry;
-use super::posterior::MAX_METRICS_PER_ARM;
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::TestConfig;
@@ -473,124 +473,5 @@ impl Experiments {
             reason: stopping::reason(config, &evidence, winner),
             kind: "early_stop",
         })
-    }
-
-    /// Validates one record against its test and returns its arm index.
-    fn check(
-        &self,
-        state: &TestState,
-        arms: &[super::posterior::ArmStats],
-        r: &ResultInput,
-    ) -> Result<usize> {
-        let config = &state.config;
-        let bound = self.inner.limits.max_abs_value;
-        if !r.return_value.is_finite() {
-            return Err(ExperimentError::invalid(
-                "return_value",
-                format!("{} is not finite", r.return_value),
-            ));
-        }
-        if r.return_value.abs() > bound {
-            return Err(ExperimentError::invalid(
-                "return_value",
-                format!(
-                    "{:e} exceeds the limit of {bound:e} in magnitude",
-                    r.return_value
-                ),
-            ));
-        }
-        if r.result_id.len() > MAX_RESULT_ID_LEN {
-            return Err(ExperimentError::invalid(
-                "result_id",
-                format!("is longer than {MAX_RESULT_ID_LEN} bytes"),
-            ));
-        }
-        let arm = match &r.attribution {
-            None => {
-                return Err(ExperimentError::invalid(
-                    "attribution",
-                    "one of arm_id, model_registry_id or decision_id must be set",
-                ))
-            }
-            Some(Attribution::Arm(arm_id)) => config.arm_index(arm_id).ok_or_else(|| {
-                ExperimentError::invalid(
-                    "arm_id",
-                    format!(
-                        "test {} has no arm {}",
-                        shown(config.test_id.as_str()),
-                        shown(arm_id)
-                    ),
-                )
-            })?,
-            Some(Attribution::Model(model)) => config
-                .arms
-                .iter()
-                .position(|a| a.model.as_str() == model)
-                .ok_or_else(|| {
-                    ExperimentError::invalid(
-                        "model_registry_id",
-                        format!(
-                            "{} is not an arm of test {}",
-                            shown(model),
-                            shown(config.test_id.as_str())
-                        ),
-                    )
-                })?,
-            Some(Attribution::Decision(id)) => match state.check_decision(*id) {
-                Some(decision) => decision.arm,
-                None => {
-                    return Err(ExperimentError::invalid(
-                        "decision_id",
-                        format!(
-                            "{id} was not issued by test {}",
-                            shown(config.test_id.as_str())
-                        ),
-                    ))
-                }
-            },
-        };
-        let mut new_names = 0usize;
-        for (name, value) in &r.metrics {
-            if !value.is_finite() {
-                return Err(ExperimentError::invalid(
-                    "additional_metrics",
-                    format!("{} is {value}, not finite", shown(name)),
-                ));
-            }
-            if value.abs() > bound {
-                return Err(ExperimentError::invalid(
-                    "additional_metrics",
-                    format!(
-                        "{} is {value:e}, beyond the limit of {bound:e} in magnitude",
-                        shown(name)
-                    ),
-                ));
-            }
-            if name.is_empty() || name.len() > MAX_METRIC_NAME_LEN {
-                return Err(ExperimentError::invalid(
-                    "additional_metrics",
-                    format!(
-                        "metric name {} must be 1 to {MAX_METRIC_NAME_LEN} bytes",
-                        shown(name)
-                    ),
-                ));
-            }
-            if !arms[arm].metrics.contains_key(name) {
-                new_names += 1;
-            }
-        }
-        let known = arms[arm].metrics.len();
-        if known + new_names > MAX_METRICS_PER_ARM {
-            // Never keep some of a record's metrics and drop the others.
-            return Err(ExperimentError::invalid(
-                "additional_metrics",
-                format!(
-                    "an arm keeps at most {MAX_METRICS_PER_ARM} metric names; {} has {known} \
-                     and this record adds {new_names}",
-                    config.arms[arm].arm_id
-                ),
-            ));
-        }
-        Ok(arm)
     }
 }
