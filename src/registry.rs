@@ -9,7 +9,7 @@
 
 pub mod artifacts;
 mod change;
-pub use change::{Deletion, Promotion};
+pub use change::{Deletion, Promotion, PromotionRights};
 mod error;
 pub mod lifecycle;
 mod register;

@@ -54,16 +54,24 @@ impl Role {
         }
     }
 
-    /// The role a method of an arbiter service needs (`/arbiter.v1.Registry/GetModel`), or
-    /// `None` for a path that is not one (health and reflection are open; other paths are
-    /// answered UNIMPLEMENTED by the router).
-    pub fn for_method(path: &str) -> Option<Role> {
+    /// The roles that may call a method of an arbiter service (`/arbiter.v1.Registry/GetModel`),
+    /// or `None` for a path that is not one (health and reflection are open; other paths are
+    /// answered UNIMPLEMENTED by the router). One role per method, except PromoteModel, which
+    /// `publisher` and `approver` share (the handler then checks what the move touches).
+    pub fn for_method(path: &str) -> Option<&'static [Role]> {
+        if path == "/arbiter.v1.Registry/PromoteModel" {
+            return Some(&[Role::Publisher, Role::Approver]);
+        }
+        Self::row(path).map(std::slice::from_ref)
+    }
+
+    fn row(path: &str) -> Option<&'static Role> {
         let method = path.strip_prefix("/arbiter.v1.")?;
         Some(match method {
             "Allocator/Allocate" | "Allocator/AllocateStream" | "Allocator/WatchAllocations" => {
-                Role::Allocator
+                &Role::Allocator
             }
-            "Allocator/RecordResult" | "Allocator/IngestResults" => Role::Streamer,
+            "Allocator/RecordResult" | "Allocator/IngestResults" => &Role::Streamer,
             "Registry/GetModel"
             | "Registry/GetModelMetadata"
             | "Registry/ListModels"
@@ -75,15 +83,13 @@ impl Role {
             | "Experiments/GetTestHistory"
             | "Experiments/EstimateSampleSize"
             | "Admin/ListAuditEvents"
-            | "Admin/VerifyAuditChain" => Role::Analyst,
+            | "Admin/VerifyAuditChain" => &Role::Analyst,
             "Experiments/CreateTest"
             | "Experiments/PauseTest"
             | "Experiments/ResumeTest"
-            | "Experiments/StopTest" => Role::Experimenter,
-            // Narrowed by the handler: see `for_promotion` and `for_deletion`.
-            "Registry/RegisterModel" | "Registry/PromoteModel" | "Registry/DeleteModel" => {
-                Role::Publisher
-            }
+            | "Experiments/StopTest" => &Role::Experimenter,
+            // Narrowed by the handler for forced deletes: see `for_deletion`.
+            "Registry/RegisterModel" | "Registry/DeleteModel" => &Role::Publisher,
             _ => return None,
         })
     }
@@ -147,7 +153,7 @@ mod tests {
         assert_eq!(Role::for_method("/arbiter.v1.Allocator/Nope"), None);
         assert_eq!(
             Role::for_method("/arbiter.v1.Admin/VerifyAuditChain"),
-            Some(Role::Analyst)
+            Some(&[Role::Analyst][..])
         );
         assert_eq!("approver".parse::<Role>(), Ok(Role::Approver));
         assert!("root".parse::<Role>().is_err());

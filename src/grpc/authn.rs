@@ -66,11 +66,13 @@ fn identify<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Ident
         .authenticate(bearer(request), cert_cn.as_deref())
         .map_err(|e| Status::unauthenticated(e.to_string()))?;
     let path = request.uri().path();
-    if let Some(role) = Role::for_method(path) {
-        if !principal.has(role) {
+    if let Some(roles) = Role::for_method(path) {
+        if !roles.iter().any(|&role| principal.has(role)) {
+            let names: Vec<String> = roles.iter().map(|r| format!("{:?}", r.name())).collect();
             return Err(Status::permission_denied(format!(
-                "principal {:?} lacks the role {role:?} that {path} needs",
-                principal.name
+                "principal {:?} lacks the role {} that {path} needs",
+                principal.name,
+                names.join(" or ")
             )));
         }
     }
@@ -121,8 +123,9 @@ pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
 pub fn require(identity: &Identity, role: Role, what: &str) -> Result<(), Status> {
     match identity {
         Identity::Principal(p) if !p.has(role) => Err(Status::permission_denied(format!(
-            "principal {:?} lacks the role {role:?} that {what} needs",
-            p.name
+            "principal {:?} lacks the role {:?} that {what} needs",
+            p.name,
+            role.name()
         ))),
         _ => Ok(()),
     }

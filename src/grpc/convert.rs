@@ -7,7 +7,7 @@ use prost_types::value::Kind;
 
 use crate::pb;
 use crate::registry::types::*;
-use crate::registry::{Deletion, ModelFilter, Promotion, RegistryError};
+use crate::registry::{Deletion, ModelFilter, Promotion, PromotionRights, RegistryError};
 use crate::time::UnixNanos;
 
 /// Nanoseconds since the epoch as a protobuf timestamp.
@@ -272,6 +272,12 @@ impl TryFrom<pb::PromoteModelRequest> for Promotion {
             registry_id: RegistryId::parse("registry_id", &r.registry_id)?,
             target: model_status("target_status", r.target_status)?,
             approved_by: bounded("approved_by", r.approved_by, 256)?,
+            // Set by the handler from the caller's identity.
+            actor: String::new(),
+            rights: PromotionRights {
+                below_production: false,
+                production: false,
+            },
             reason: bounded("reason", r.reason, 4096)?,
             expected_status: r
                 .expected_status

@@ -7,10 +7,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, timestamp};
-use super::status;
+use super::{authn, status};
+use crate::auth::{Identity, Role};
 use crate::pb::{self, get_model_response, register_model_request, registry_server};
 use crate::registry::types::{parse_version, ModelId, NewModel, RegistryId};
-use crate::registry::{Deletion, ModelFilter, Promotion, Registry, RegistryError};
+use crate::registry::{Deletion, ModelFilter, Promotion, PromotionRights, Registry, RegistryError};
 
 /// Bytes per artifact chunk sent by GetModel (well under the 4 MiB default message limit).
 const CHUNK_SIZE: usize = 256 * 1024;
@@ -56,10 +57,17 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::RegisterModelRequest>>,
     ) -> Result<Response<pb::ModelMetadata>, Status> {
+        let identity = authn::identity(&request)?;
         let mut stream = request.into_inner();
         let idle = self.registry.upload_idle_timeout();
         let header = match next_message(&mut stream, idle).await?.and_then(|m| m.part) {
-            Some(register_model_request::Part::Header(h)) => h,
+            Some(register_model_request::Part::Header(mut h)) => {
+                let actor = authn::actor(&identity, "created_by", &h.created_by)?;
+                if let Identity::Principal(_) = identity {
+                    h.created_by = actor.into_string();
+                }
+                h
+            }
             _ => {
                 return Err(status::registry(RegistryError::invalid(
                     "header",
@@ -169,7 +177,22 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::PromoteModelRequest>,
     ) -> Result<Response<pb::ModelMetadata>, Status> {
-        let promotion = Promotion::try_from(request.into_inner()).map_err(status::registry)?;
+        let identity = authn::identity(&request)?;
+        let request = request.into_inner();
+        let actor = authn::actor(&identity, "approved_by", &request.approved_by)?;
+        let mut promotion = Promotion::try_from(request).map_err(status::registry)?;
+        match &identity {
+            // The approver of a PRODUCTION promotion is whoever authenticated.
+            Identity::Principal(p) => {
+                promotion.approved_by = p.name.clone();
+                promotion.rights = PromotionRights {
+                    below_production: p.has(Role::Publisher),
+                    production: p.has(Role::Approver),
+                };
+            }
+            Identity::Open => promotion.rights = PromotionRights::ALL,
+        }
+        promotion.actor = actor.into_string();
         let view = self
             .registry
             .promote(promotion)
@@ -183,14 +206,17 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let identity = authn::identity(&request)?;
         let request = request.into_inner();
-        let actor = match request.requested_by.as_str() {
-            "" => "anonymous".to_string(),
-            who => who.to_string(),
-        };
+        authn::require(
+            &identity,
+            Role::for_deletion(request.force),
+            "a forced delete",
+        )?;
+        let actor = authn::actor(&identity, "requested_by", &request.requested_by)?;
         let deletion = Deletion::try_from(request).map_err(status::registry)?;
         self.registry
-            .delete(deletion, &actor)
+            .delete(deletion, actor.as_str())
             .await
             .map_err(status::registry)?;
         Ok(Response::new(pb::DeleteModelResponse { deleted: true }))

@@ -18,6 +18,7 @@ pub fn registry(err: RegistryError) -> Status {
         | E::ProductionDelete { .. }
         | E::InUse { .. } => Code::FailedPrecondition,
         E::StatusChanged { .. } => Code::Aborted,
+        E::NotPermitted { .. } => Code::PermissionDenied,
         E::ChecksumMismatch { .. } | E::ArtifactMissing { .. } => Code::DataLoss,
         E::ArtifactTooLarge { .. } | E::TooManyUploads { .. } => Code::ResourceExhausted,
         E::UploadIdle { .. } | E::UploadTooSlow { .. } => Code::DeadlineExceeded,

@@ -15,12 +15,36 @@ pub struct Promotion {
     pub registry_id: RegistryId,
     /// The status to move to.
     pub target: ModelStatus,
-    /// The approver (required for PRODUCTION); also the actor in the audit log when set.
+    /// The approver (required for PRODUCTION).
     pub approved_by: String,
+    /// Who asks: the actor in the audit log ("anonymous" when nobody put a name to it, never the
+    /// model's creator by default).
+    pub actor: String,
+    /// What the caller may do, checked against the status the promotion finds, under the
+    /// registry's lock.
+    pub rights: PromotionRights,
     /// Free text recorded in the audit log.
     pub reason: String,
     /// Compare-and-set: the status the caller believes the version has.
     pub expected_status: Option<ModelStatus>,
+}
+
+/// Which moves a caller may make: below PRODUCTION (the `publisher` role), to or out of it
+/// (`approver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromotionRights {
+    /// Moves that neither reach nor leave PRODUCTION.
+    pub below_production: bool,
+    /// Moves to or out of PRODUCTION.
+    pub production: bool,
+}
+
+impl PromotionRights {
+    /// Every move (no authentication, or an admin).
+    pub const ALL: Self = Self {
+        below_production: true,
+        production: true,
+    };
 }
 
 /// A request to delete a version.
@@ -70,15 +94,26 @@ impl Registry {
                 to: p.target,
             });
         }
-        let actor = if p.approved_by.is_empty() {
-            metadata.created_by.clone()
+        let touches_production =
+            from == ModelStatus::Production || p.target == ModelStatus::Production;
+        let (allowed, role) = if touches_production {
+            (p.rights.production, "approver")
         } else {
-            p.approved_by.clone()
+            (p.rights.below_production, "publisher")
         };
+        if !allowed {
+            return Err(RegistryError::NotPermitted {
+                what: format!("moving {} from {from} to {}", p.registry_id, p.target),
+                role,
+            });
+        }
+        let actor = p.actor.clone();
         let mut batch = WriteBatch::new();
         let mut drafts = Vec::new();
         if p.target == ModelStatus::Production {
-            if !self.inner.config.allow_self_approval && p.approved_by == metadata.created_by {
+            if !self.inner.config.allow_self_approval
+                && crate::auth::actor::same_person(&p.approved_by, &metadata.created_by)
+            {
                 return Err(RegistryError::SelfApproval {
                     registry_id: p.registry_id.to_string(),
                     approver: p.approved_by.clone(),

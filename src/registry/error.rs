@@ -50,6 +50,14 @@ pub enum RegistryError {
         /// The approver (= creator).
         approver: String,
     },
+    /// The caller lacks the role the change needs (found by the domain, which sees the state).
+    #[error("{what} needs the role {role:?}")]
+    NotPermitted {
+        /// The change.
+        what: String,
+        /// The role it needs.
+        role: &'static str,
+    },
     /// A compare-and-set promotion lost.
     #[error("model {} is {actual}, not the expected {expected}", crate::text::shown(.registry_id))]
     StatusChanged {
