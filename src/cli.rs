@@ -7,7 +7,9 @@ mod models;
 pub mod report;
 mod tests;
 
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{AuditArgs, ClientArgs, ModelsArgs, TestsArgs};
 
@@ -53,16 +55,56 @@ pub async fn audit(args: &AuditArgs) -> Result<String, CliError> {
     audit::run(args, connect(&args.client).await?).await
 }
 
-async fn connect(client: &ClientArgs) -> Result<Channel, CliError> {
+/// A connection that sends the bearer token, if any, with every call.
+pub(crate) type Connection = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(client: &ClientArgs) -> Result<Connection, CliError> {
     let connect_error = |source| CliError::Connect {
         server: client.server.clone(),
         source,
     };
-    Channel::from_shared(client.server.clone())
-        .map_err(|e| CliError::Failed(format!("invalid --server {:?}: {e}", client.server)))?
-        .connect()
-        .await
-        .map_err(connect_error)
+    let mut endpoint = Endpoint::from_shared(client.server.clone())
+        .map_err(|e| CliError::Failed(format!("invalid --server {:?}: {e}", client.server)))?;
+    if client.server.starts_with("https://") {
+        let tls = match &client.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| CliError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+    }
+    let channel = endpoint.connect().await.map_err(connect_error)?;
+    let token =
+        match &client.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                CliError::Failed("--token holds characters a header cannot".into())
+            })?),
+            None => None,
+        };
+    Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
 /// Pretty JSON of a value built for output.

@@ -53,6 +53,13 @@ pub struct ClientArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token, for a server with an auth file (the file holds its SHA-256).
+    #[arg(long, env = "ARBITER_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate that an https:// server's certificate chains to (default: the public
+    /// web roots).
+    #[arg(long, env = "ARBITER_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A model type on the command line.

@@ -1,7 +1,7 @@
 //! `arbiter audit list|verify`.
 
+use super::Connection as Channel;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::{time, CliError};
 use crate::config::{AuditAction, AuditArgs};

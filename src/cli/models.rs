@@ -3,8 +3,8 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
+use super::Connection as Channel;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use super::{time, CliError};
 use crate::config::{ModelStatusArg, ModelTypeArg, ModelsAction, ModelsArgs};

@@ -1,7 +1,7 @@
 //! `arbiter tests list|results|pause|resume|stop`.
 
+use super::Connection as Channel;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use super::{time, CliError};
 use crate::config::{CreateTestArgs, RewardArg, StrategyArg, TestsAction, TestsArgs};

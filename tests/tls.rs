@@ -1,0 +1,280 @@
+//! TLS over real gRPC, with certificates made in the test (rcgen): a TLS server with bearer
+//! tokens, mutual TLS mapping a client certificate's CN to a principal, clients that present no
+//! certificate or one from a CA the server does not trust, and the command line over https.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbiter::auth::token_digest;
+use arbiter::pb::{self, allocator_client::AllocatorClient, registry_client::RegistryClient};
+use arbiter::server::{ServerConfig, TlsFiles};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
+
+/// A CA, and what it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        Self { issuer }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate (PEM) and its key (PEM) for `names` (SANs), with subject CN `cn`.
+    fn sign(&self, names: &[&str], cn: &str) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// A server on 127.0.0.1 with TLS (and client certificates required when `client_ca`), with
+/// principals "analyst" (token `analyst-token`) and "router-ny4" (certificate CN, allocator).
+async fn start(
+    dir: &Path,
+    ca: &Ca,
+    client_ca: Option<&Ca>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (cert, key) = ca.sign(&["localhost", "127.0.0.1"], "arbiter");
+    let auth = format!(
+        "[[principal]]\nname = \"analyst\"\nroles = [\"analyst\"]\ntoken_sha256 = {:?}\n\n\
+         [[principal]]\nname = \"router-ny4\"\nroles = [\"allocator\"]\ncert_subject_cn = \"router-ny4\"\n",
+        token_digest("analyst-token")
+    );
+    let mut config = ServerConfig {
+        shutdown_grace: Duration::from_secs(2),
+        ..ServerConfig::new(dir.join("data"))
+    };
+    config.security.auth_file = Some(write(dir, "auth.toml", &auth));
+    config.security.tls = Some(TlsFiles {
+        cert: write(dir, "server.pem", &cert),
+        key: write(dir, "server.key", &key),
+        client_ca: client_ca.map(|ca| write(dir, "client-ca.pem", &ca.pem())),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        arbiter::server::run(listener, config, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server");
+    });
+    // Ready once the TLS port answers a handshake.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(
+            url.trim_start_matches("https://")
+                .replace("localhost", "127.0.0.1"),
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (url, tx, handle)
+}
+
+async fn channel(url: &str, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn tls_with_bearer_tokens_and_the_command_line_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test ca");
+    let (url, stop, handle) = start(dir.path(), &ca, None).await;
+    let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    let mut registry = RegistryClient::new(channel(&url, trusted.clone()).await.expect("connect"));
+    registry
+        .list_models(with_token(
+            pb::ListModelsRequest::default(),
+            "analyst-token",
+        ))
+        .await
+        .expect("a token over TLS");
+    let err = registry
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // A server certificate from an unknown CA is refused by the client.
+    let stranger = Ca::new("stranger");
+    let untrusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(stranger.pem()));
+    let refused = match channel(&url, untrusted).await {
+        Err(_) => true,
+        Ok(ch) => RegistryClient::new(ch)
+            .list_models(with_token(
+                pb::ListModelsRequest::default(),
+                "analyst-token",
+            ))
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a client that does not trust the server's CA must not talk to it"
+    );
+
+    // The command line: https:// with --ca-cert and --token.
+    let ca_path = write(dir.path(), "ca.pem", &ca.pem());
+    let server_url = url.clone();
+    let cli = move |token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args([
+                "models",
+                "list",
+                "--server",
+                &server_url,
+                "--json",
+                "--ca-cert",
+            ])
+            .arg(&ca_path)
+            .args(["--token", token])
+            .output()
+            .expect("run the cli")
+    };
+    let (good, bad) = tokio::task::spawn_blocking(move || (cli("analyst-token"), cli("wrong")))
+        .await
+        .expect("join");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let _ = stop.send(());
+    handle.await.expect("server task");
+}
+
+#[tokio::test]
+async fn mutual_tls_maps_the_certificate_to_a_principal_and_refuses_strangers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test ca");
+    let clients = Ca::new("client ca");
+    let (url, stop, handle) = start(dir.path(), &ca, Some(&clients)).await;
+    let server_ca = Certificate::from_pem(ca.pem());
+
+    let (cert, key) = clients.sign(&[], "router-ny4");
+    let router = ClientTlsConfig::new()
+        .ca_certificate(server_ca.clone())
+        .identity(Identity::from_pem(cert, key));
+    let ch = channel(&url, router)
+        .await
+        .expect("connect with a certificate");
+    let err = AllocatorClient::new(ch.clone())
+        .allocate(pb::AllocateRequest {
+            test_id: "none".into(),
+            unit_key: String::new(),
+        })
+        .await
+        .expect_err("no such test");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the router may allocate: {err:?}"
+    );
+    let err = RegistryClient::new(ch)
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .expect_err("not an analyst");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // No certificate, a certificate from another CA, a certificate naming nobody.
+    let stranger = Ca::new("stranger");
+    let (other_cert, other_key) = stranger.sign(&[], "router-ny4");
+    let (nobody_cert, nobody_key) = clients.sign(&[], "nobody");
+    for (what, tls, refused_codes) in [
+        (
+            "no certificate",
+            ClientTlsConfig::new().ca_certificate(server_ca.clone()),
+            &[Code::Unavailable, Code::Unknown, Code::Internal][..],
+        ),
+        (
+            "a certificate from an untrusted CA",
+            ClientTlsConfig::new()
+                .ca_certificate(server_ca.clone())
+                .identity(Identity::from_pem(other_cert, other_key)),
+            &[Code::Unavailable, Code::Unknown, Code::Internal][..],
+        ),
+        (
+            "a certificate naming no principal",
+            ClientTlsConfig::new()
+                .ca_certificate(server_ca.clone())
+                .identity(Identity::from_pem(nobody_cert, nobody_key)),
+            &[Code::Unauthenticated][..],
+        ),
+    ] {
+        let answer = match channel(&url, tls).await {
+            // The handshake failed at connect: refused, unless the certificate was trusted.
+            Err(e) => {
+                assert!(refused_codes != [Code::Unauthenticated], "{what}: {e}");
+                continue;
+            }
+            Ok(ch) => {
+                AllocatorClient::new(ch)
+                    .allocate(pb::AllocateRequest {
+                        test_id: "none".into(),
+                        unit_key: String::new(),
+                    })
+                    .await
+            }
+        };
+        let err = answer.expect_err(what);
+        assert!(refused_codes.contains(&err.code()), "{what}: {err:?}");
+    }
+    let _ = stop.send(());
+    handle.await.expect("server task");
+}
