@@ -42,6 +42,9 @@ pub enum CliError {
 
 /// Runs `arbiter models …` and returns what to print.
 pub async fn models(args: &ModelsArgs) -> Result<String, CliError> {
+    if let Some(output) = models::local(args)? {
+        return Ok(output);
+    }
     models::run(args, connect(&args.client).await?).await
 }
 

@@ -131,6 +131,35 @@ pub enum ModelsAction {
         /// Framework, e.g. onnx.
         #[arg(long, default_value = "")]
         framework: String,
+        /// Sign the version with this key (a file holding the hex of a 32-byte ed25519 seed, as
+        /// `arbiter models keygen` writes); needs --signer.
+        #[arg(long, requires = "signer")]
+        sign_key: Option<PathBuf>,
+        /// The signer's name in the server's trusted signers.
+        #[arg(long, requires = "sign_key")]
+        signer: Option<String>,
+    },
+    /// Print the ed25519 signature (hex) of a version for its artifact and policy, as
+    /// `RegisterModelHeader.signature` expects it.
+    Sign {
+        /// `<model_id>:<version>`.
+        registry_id: String,
+        /// The artifact file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The policy file registered with it, if any.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The signing key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Make a signing key: writes its seed (hex) to --out and prints the public key for the
+    /// server's trusted signers.
+    Keygen {
+        /// Where to write the key (created; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List versions, newest first.
     List {
@@ -450,6 +479,17 @@ pub struct ServeArgs {
     /// TLS) and maps their subject CN to a principal of the auth file.
     #[arg(long, env = "ARBITER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of the keys artifact signatures are checked against: `[[signer]]` with `name`
+    /// and `public_key` (hex of the 32-byte ed25519 key).
+    #[arg(long, env = "ARBITER_TRUSTED_SIGNERS")]
+    pub trusted_signers: Option<PathBuf>,
+    /// Only versions signed by a trusted signer may be promoted to PRODUCTION.
+    #[arg(
+        long,
+        env = "ARBITER_REQUIRE_SIGNED_PRODUCTION",
+        requires = "trusted_signers"
+    )]
+    pub require_signed_production: bool,
     /// Serve without an auth file on a non-loopback address (anyone who reaches the port may
     /// do everything).
     #[arg(long, env = "ARBITER_INSECURE_ALLOW_UNAUTHENTICATED")]
@@ -530,6 +570,8 @@ pub struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     auth_file: Option<PathBuf>,
+    trusted_signers: Option<PathBuf>,
+    require_signed_production: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -638,6 +680,7 @@ impl ServeArgs {
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
         take!(insecure_allow_unauthenticated);
+        take!(require_signed_production);
         take!(max_concurrent_uploads);
         take!(upload_idle_timeout_secs);
         take!(upload_min_bytes_per_sec);
@@ -646,6 +689,11 @@ impl ServeArgs {
         take!(max_batch_tests);
         for (flag, from_file, value) in [
             ("auth_file", file.auth_file, &mut self.auth_file),
+            (
+                "trusted_signers",
+                file.trusted_signers,
+                &mut self.trusted_signers,
+            ),
             ("tls_cert", file.tls_cert, &mut self.tls_cert),
             ("tls_key", file.tls_key, &mut self.tls_key),
             ("tls_client_ca", file.tls_client_ca, &mut self.tls_client_ca),
@@ -695,6 +743,7 @@ impl ServeArgs {
         }
         for (key, path) in [
             ("auth-file", &self.auth_file),
+            ("trusted-signers", &self.trusted_signers),
             ("tls-cert", &self.tls_cert),
             ("tls-key", &self.tls_key),
             ("tls-client-ca", &self.tls_client_ca),
@@ -706,6 +755,10 @@ impl ServeArgs {
         lines.push(format!(
             "insecure-allow-unauthenticated = {}",
             self.insecure_allow_unauthenticated
+        ));
+        lines.push(format!(
+            "require-signed-production = {}",
+            self.require_signed_production
         ));
         lines.iter().map(|l| format!("{l}\n")).collect()
     }
@@ -721,6 +774,9 @@ impl ServeArgs {
                 max_concurrent_uploads: self.max_concurrent_uploads,
                 upload_idle_timeout: std::time::Duration::from_secs(self.upload_idle_timeout_secs),
                 upload_min_bytes_per_sec: self.upload_min_bytes_per_sec,
+                // Loaded by the server from `security.trusted_signers`.
+                trusted_signers: Default::default(),
+                require_signed_production: self.require_signed_production,
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             metrics_listen: self.metrics_listen,
@@ -735,6 +791,7 @@ impl ServeArgs {
                     _ => None,
                 },
                 insecure_allow_unauthenticated: self.insecure_allow_unauthenticated,
+                trusted_signers: self.trusted_signers.clone(),
             },
             ingest: IngestLimits {
                 max_abs_value: self.max_result_magnitude,

@@ -13,6 +13,7 @@ pub use change::{Deletion, Promotion, PromotionRights};
 mod error;
 pub mod lifecycle;
 mod register;
+pub mod signing;
 pub mod types;
 
 use std::fs::File;
@@ -54,6 +55,10 @@ pub struct RegistryConfig {
     /// How long an upload may wait for its client's next message before it is abandoned
     /// (DEADLINE_EXCEEDED; its temporary file is removed).
     pub upload_idle_timeout: std::time::Duration,
+    /// The keys artifact signatures are checked against.
+    pub trusted_signers: Arc<signing::TrustedSigners>,
+    /// Only signed versions (by a signer still trusted) may become PRODUCTION.
+    pub require_signed_production: bool,
     /// The average rate, in bytes per second, an upload must keep once it has run for
     /// `upload_idle_timeout`: a client trickling a byte now and then must not hold an upload
     /// slot for ever.
@@ -69,6 +74,8 @@ impl Default for RegistryConfig {
             max_concurrent_uploads: 64,
             upload_idle_timeout: std::time::Duration::from_secs(30),
             upload_min_bytes_per_sec: 16 * 1024,
+            trusted_signers: Arc::default(),
+            require_signed_production: false,
         }
     }
 }
@@ -341,7 +348,16 @@ impl Registry {
         if actual_policy != metadata.policy_checksum {
             problems.push("policy checksum mismatch".to_string());
         }
+        let signature_ok = match self.check_signature(metadata) {
+            Ok(signed) => signed,
+            Err(problem) => {
+                problems.push(problem.to_string());
+                false
+            }
+        };
         Ok(Verification {
+            signer: metadata.signature.as_ref().map(|s| s.signer.clone()),
+            signature_ok,
             ok: problems.is_empty(),
             expected: metadata.model_checksum,
             actual,
@@ -349,6 +365,27 @@ impl Registry {
             actual_policy,
             message: problems.join("; "),
         })
+    }
+
+    /// Whether `metadata` is signed by a currently trusted key over its recorded checksums
+    /// (`Ok(false)`: unsigned).
+    pub(crate) fn check_signature(
+        &self,
+        metadata: &ModelMetadata,
+    ) -> std::result::Result<bool, signing::SignatureProblem> {
+        let Some(signature) = &metadata.signature else {
+            return Ok(false);
+        };
+        let message = signing::signed_message(
+            &metadata.registry_id,
+            &metadata.model_checksum,
+            metadata.policy_checksum.as_ref(),
+        );
+        self.inner
+            .config
+            .trusted_signers
+            .verify(signature, &message)?;
+        Ok(true)
     }
 
     /// Backtest figures of the highest version and live figures from tests.
@@ -396,4 +433,8 @@ pub struct Verification {
     pub actual_policy: Option<Sha256Digest>,
     /// What is wrong; empty when ok.
     pub message: String,
+    /// The signer, when the version is signed.
+    pub signer: Option<String>,
+    /// Whether the signature verifies under the signer's currently trusted key.
+    pub signature_ok: bool,
 }

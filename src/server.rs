@@ -116,9 +116,17 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ServerError::Security(format!("reading the listening address: {e}")))?;
     config.security.check_exposure(auth.is_some(), bound)?;
+    let mut registry_config = config.registry.clone();
+    if let Some(signers) = config.security.trusted_signers()? {
+        registry_config.trusted_signers = Arc::new(signers);
+    } else if registry_config.require_signed_production {
+        return Err(ServerError::Security(
+            "--require-signed-production needs --trusted-signers".into(),
+        ));
+    }
     let storage = Arc::new(Storage::open(&config.data_dir)?);
     let audit = Arc::new(AuditLog::open(&storage)?);
-    let registry = Registry::open(storage.clone(), audit.clone(), config.registry.clone())?;
+    let registry = Registry::open(storage.clone(), audit.clone(), registry_config)?;
 
     let experiments = Experiments::open(
         storage.clone(),

@@ -85,6 +85,7 @@ pub async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
             policy_config: None,
             feature_spec: None,
             expected_sha256: None,
+            signature: None,
         };
         let mut registration = registry.begin_registration(model).await.expect("begin");
         registration.write(b"weights").await.expect("write");

@@ -4,6 +4,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use super::Connection as Channel;
+use crate::registry::signing;
+use crate::registry::types::{RegistryId, Sha256Digest};
 use serde_json::{json, Value};
 
 use super::{time, CliError};
@@ -65,6 +67,44 @@ fn metadata_line(m: &pb::ModelMetadata) -> String {
         m.artifact_size_bytes,
         m.model_checksum
     )
+}
+
+/// The signature of `registry_id` with the artifact `file` and `policy`, by the key in
+/// `key_file`: the message is built from the checksums the server will compute (the policy's is
+/// over the canonical JSON the server stores).
+fn signature(
+    registry_id: &str,
+    file: &Path,
+    policy: Option<prost_types::Struct>,
+    key_file: &Path,
+) -> Result<[u8; 64], CliError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let id = RegistryId::parse("registry_id", registry_id)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let artifact = Sha256Digest::of(&read(file)?);
+    let policy = policy
+        .map(|p| {
+            let json = crate::grpc::convert::struct_to_json("policy", p)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let bytes = serde_json::to_vec(&json).map_err(|e| CliError::Failed(e.to_string()))?;
+            Ok::<_, CliError>(Sha256Digest::of(&bytes))
+        })
+        .transpose()?;
+    let key_text = String::from_utf8_lossy(&read(key_file)?).trim().to_string();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(&key_text, &mut seed).map_err(|_| {
+        CliError::Failed(format!(
+            "{}: a key file holds 64 hexadecimal digits",
+            key_file.display()
+        ))
+    })?;
+    let message = signing::signed_message(&id, &artifact, policy.as_ref());
+    Ok(signing::sign(&seed, &message))
 }
 
 /// Reads a policy or feature file: a YAML mapping or a JSON object (JSON is read as YAML).
@@ -140,6 +180,42 @@ fn upload(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// The subcommands that need no server (signing keys and signatures); `None` for the others.
+pub(super) fn local(args: &ModelsArgs) -> Result<Option<String>, CliError> {
+    Ok(Some(match &args.action {
+        ModelsAction::Sign {
+            registry_id,
+            file,
+            policy,
+            key,
+        } => {
+            let policy = policy.as_deref().map(read_object).transpose()?;
+            format!(
+                "{}\n",
+                hex::encode(signature(registry_id, file, policy, key)?)
+            )
+        }
+        ModelsAction::Keygen { out } => {
+            let seed: [u8; 32] = rand::random();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map_err(|source| CliError::File {
+                    path: out.display().to_string(),
+                    source,
+                })?;
+            std::io::Write::write_all(&mut file, format!("{}\n", hex::encode(seed)).as_bytes())
+                .map_err(|source| CliError::File {
+                    path: out.display().to_string(),
+                    source,
+                })?;
+            format!("{}\n", signing::public_key_hex(&seed))
+        }
+        _ => return Ok(None),
+    }))
+}
+
 pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, CliError> {
     let mut client = RegistryClient::new(channel).max_decoding_message_size(16 << 20);
     let as_json = args.client.json;
@@ -162,8 +238,10 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
             name,
             description,
             framework,
+            sign_key,
+            signer,
         } => {
-            let header = pb::RegisterModelHeader {
+            let mut header = pb::RegisterModelHeader {
                 model_id: id.clone(),
                 version: version.clone(),
                 model_type: model_type(*kind) as i32,
@@ -175,6 +253,12 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 feature_spec: features.as_deref().map(read_object).transpose()?,
                 ..Default::default()
             };
+            if let (Some(key), Some(signer)) = (sign_key, signer) {
+                let registry_id = format!("{id}:{version}");
+                header.signature =
+                    signature(&registry_id, file, header.policy_config.clone(), key)?.to_vec();
+                header.signer = signer.clone();
+            }
             let messages = upload(header, file)?;
             let m = client.register_model(messages).await?.into_inner();
             Ok(if as_json {
@@ -182,6 +266,9 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
             } else {
                 format!("{} {}\n", m.registry_id, m.model_checksum)
             })
+        }
+        ModelsAction::Sign { .. } | ModelsAction::Keygen { .. } => {
+            unreachable!("answered by `local` without a server")
         }
         ModelsAction::List {
             model_id,

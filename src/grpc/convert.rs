@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use prost_types::value::Kind;
 
 use crate::pb;
+use crate::registry::signing::ArtifactSignature;
 use crate::registry::types::*;
 use crate::registry::{Deletion, ModelFilter, Promotion, PromotionRights, RegistryError};
 use crate::time::UnixNanos;
@@ -207,6 +208,19 @@ impl TryFrom<pb::RegisterModelHeader> for NewModel {
                 .expected_sha256
                 .map(|s| Sha256Digest::parse("expected_sha256", &s))
                 .transpose()?,
+            signature: match (h.signature.is_empty(), h.signer.is_empty()) {
+                (true, true) => None,
+                (false, false) => Some(ArtifactSignature {
+                    signer: bounded("signer", h.signer, 256)?,
+                    signature: h.signature,
+                }),
+                _ => {
+                    return Err(RegistryError::invalid(
+                        "signature",
+                        "signature and signer go together",
+                    ))
+                }
+            },
         })
     }
 }
@@ -241,6 +255,12 @@ impl From<ModelView> for pb::ModelMetadata {
             artifact_size_bytes: m.artifact_size_bytes,
             policy_config: view.policy_config.as_ref().and_then(json_to_struct),
             feature_spec: m.feature_spec.as_ref().and_then(json_to_struct),
+            signature: m
+                .signature
+                .as_ref()
+                .map(|s| s.signature.clone())
+                .unwrap_or_default(),
+            signer: m.signature.map(|s| s.signer).unwrap_or_default(),
         }
     }
 }

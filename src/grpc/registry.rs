@@ -239,6 +239,8 @@ impl registry_server::Registry for RegistryService {
             expected_policy_sha256: hex(v.expected_policy),
             actual_policy_sha256: hex(v.actual_policy),
             message: v.message,
+            signer: v.signer.unwrap_or_default(),
+            signature_ok: v.signature_ok,
         }))
     }
 

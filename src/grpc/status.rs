@@ -15,6 +15,7 @@ pub fn registry(err: RegistryError) -> Status {
         E::AlreadyExists { .. } => Code::AlreadyExists,
         E::InvalidTransition { .. }
         | E::SelfApproval { .. }
+        | E::Unsigned { .. }
         | E::ProductionDelete { .. }
         | E::InUse { .. } => Code::FailedPrecondition,
         E::StatusChanged { .. } => Code::Aborted,

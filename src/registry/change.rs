@@ -119,6 +119,23 @@ impl Registry {
                     approver: p.approved_by.clone(),
                 });
             }
+            if self.inner.config.require_signed_production {
+                match self.check_signature(&metadata) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(RegistryError::Unsigned {
+                            registry_id: p.registry_id.to_string(),
+                            why: "it is not signed".into(),
+                        })
+                    }
+                    Err(problem) => {
+                        return Err(RegistryError::Unsigned {
+                            registry_id: p.registry_id.to_string(),
+                            why: problem.to_string(),
+                        })
+                    }
+                }
+            }
             metadata.approval_status = ApprovalStatus::Approved;
             metadata.approved_by = p.approved_by.clone();
             metadata.approved_at = Some(time::now());

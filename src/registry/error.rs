@@ -58,6 +58,14 @@ pub enum RegistryError {
         /// The role it needs.
         role: &'static str,
     },
+    /// PRODUCTION needs a version signed by a trusted signer (`--require-signed-production`).
+    #[error("model {} cannot become PRODUCTION: {why}", crate::text::shown(.registry_id))]
+    Unsigned {
+        /// The version.
+        registry_id: String,
+        /// Unsigned, or why its signature is not accepted.
+        why: String,
+    },
     /// A compare-and-set promotion lost.
     #[error("model {} is {actual}, not the expected {expected}", crate::text::shown(.registry_id))]
     StatusChanged {

@@ -101,6 +101,19 @@ impl Registration {
             })?),
             None => None,
         };
+        if let Some(signature) = &model.signature {
+            let message = super::signing::signed_message(
+                &model.registry_id,
+                &finished.digest,
+                policy_bytes.as_deref().map(Sha256Digest::of).as_ref(),
+            );
+            registry
+                .inner
+                .config
+                .trusted_signers
+                .verify(signature, &message)
+                .map_err(|e| RegistryError::invalid("signature", e.to_string()))?;
+        }
         let this = registry.clone();
         let (view, retired) = tokio::task::spawn_blocking(move || {
             this.commit_registration(model, finished, policy_bytes)
@@ -149,6 +162,7 @@ impl Registry {
             policy_checksum: policy_bytes.as_deref().map(Sha256Digest::of),
             artifact_size_bytes: upload.size,
             feature_spec: model.feature_spec,
+            signature: model.signature,
         };
         let key = id.to_string();
         let mut batch = WriteBatch::new();

@@ -344,6 +344,8 @@ pub struct NewModel {
     pub feature_spec: Option<serde_json::Value>,
     /// When set, the artifact must hash to this digest.
     pub expected_sha256: Option<Sha256Digest>,
+    /// A signature over the version (see `signing`).
+    pub signature: Option<super::signing::ArtifactSignature>,
 }
 
 /// Optional backtest and validation figures of a version.
@@ -402,6 +404,9 @@ pub struct ModelMetadata {
     pub artifact_size_bytes: u64,
     /// Feature specification.
     pub feature_spec: Option<serde_json::Value>,
+    /// The signature given at registration, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<super::signing::ArtifactSignature>,
 }
 
 impl Record for ModelMetadata {

@@ -21,6 +21,8 @@ pub struct SecurityConfig {
     pub tls: Option<TlsFiles>,
     /// Serve without authentication on a non-loopback address.
     pub insecure_allow_unauthenticated: bool,
+    /// The keys artifact signatures are checked against (`--trusted-signers`).
+    pub trusted_signers: Option<PathBuf>,
 }
 
 /// PEM files of the server's TLS identity, and of the CA its clients' certificates must chain
@@ -49,6 +51,18 @@ impl SecurityConfig {
                 Authenticator::open(path)
                     .map(Arc::new)
                     .map_err(|e| ServerError::Security(e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The trusted signers, if a file names them.
+    pub fn trusted_signers(
+        &self,
+    ) -> Result<Option<crate::registry::signing::TrustedSigners>, ServerError> {
+        self.trusted_signers
+            .as_deref()
+            .map(|path| {
+                crate::registry::signing::TrustedSigners::load(path).map_err(ServerError::Security)
             })
             .transpose()
     }
