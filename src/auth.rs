@@ -9,6 +9,7 @@
 //! operator insists). Knows nothing of gRPC; `grpc::authn` applies it to requests.
 
 pub mod actor;
+pub mod limits;
 pub mod roles;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -21,7 +22,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use actor::{Actor, ActorError, ANONYMOUS};
-pub use roles::Role;
+pub use limits::{RateLimiter, RateLimits, RateOverrides};
+pub use roles::{CallKind, Role};
 
 /// An authenticated caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Principal {
     pub name: String,
     /// What it may do.
     pub roles: BTreeSet<Role>,
+    /// Its own rate limits, over the server's.
+    pub rate_limits: RateOverrides,
 }
 
 impl Principal {
@@ -72,6 +76,8 @@ struct Entry {
     roles: Vec<Role>,
     token_sha256: Option<String>,
     cert_subject_cn: Option<String>,
+    #[serde(default)]
+    rate_limits: RateOverrides,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +122,7 @@ impl AuthTable {
             let principal = Arc::new(Principal {
                 name: entry.name.clone(),
                 roles: entry.roles.iter().copied().collect(),
+                rate_limits: entry.rate_limits,
             });
             if let Some(hex_digest) = &entry.token_sha256 {
                 let mut digest = [0u8; 32];

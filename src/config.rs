@@ -11,6 +11,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::auth::RateLimits;
 use crate::experiment::limits::{self, IngestLimits};
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
@@ -494,6 +495,21 @@ pub struct ServeArgs {
     /// do everything).
     #[arg(long, env = "ARBITER_INSECURE_ALLOW_UNAUTHENTICATED")]
     pub insecure_allow_unauthenticated: bool,
+    /// Read calls per second each principal may make (bursts up to the same number); 0 is
+    /// unlimited. A principal of the auth file may have its own (`[principal.rate_limits]`).
+    #[arg(long, env = "ARBITER_READ_RATE_LIMIT", default_value_t = RateLimits::DEFAULT_READ)]
+    pub read_rate_limit: u32,
+    /// Registry and test changes per second each principal may make; 0 is unlimited.
+    #[arg(long, env = "ARBITER_CHANGE_RATE_LIMIT", default_value_t = RateLimits::DEFAULT_CHANGE)]
+    pub change_rate_limit: u32,
+    /// Allocate, AllocateStream and WatchAllocations calls per second each principal may make
+    /// (a stream counts once); 0, the default, is unlimited.
+    #[arg(long, env = "ARBITER_ALLOCATE_RATE_LIMIT", default_value_t = 0)]
+    pub allocate_rate_limit: u32,
+    /// RecordResult and IngestResults calls per second each principal may make (a stream
+    /// counts once); 0, the default, is unlimited.
+    #[arg(long, env = "ARBITER_INGEST_RATE_LIMIT", default_value_t = 0)]
+    pub ingest_rate_limit: u32,
     /// Model uploads (RegisterModel streams) in progress at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ARBITER_MAX_CONCURRENT_UPLOADS", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
@@ -576,6 +592,10 @@ pub struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     insecure_allow_unauthenticated: Option<bool>,
+    read_rate_limit: Option<u32>,
+    change_rate_limit: Option<u32>,
+    allocate_rate_limit: Option<u32>,
+    ingest_rate_limit: Option<u32>,
     max_concurrent_uploads: Option<usize>,
     upload_idle_timeout_secs: Option<u64>,
     upload_min_bytes_per_sec: Option<u64>,
@@ -681,6 +701,10 @@ impl ServeArgs {
         take!(shutdown_grace_secs);
         take!(insecure_allow_unauthenticated);
         take!(require_signed_production);
+        take!(read_rate_limit);
+        take!(change_rate_limit);
+        take!(allocate_rate_limit);
+        take!(ingest_rate_limit);
         take!(max_concurrent_uploads);
         take!(upload_idle_timeout_secs);
         take!(upload_min_bytes_per_sec);
@@ -737,6 +761,10 @@ impl ServeArgs {
             format!("max-result-magnitude = {:e}", self.max_result_magnitude),
             format!("max-batch-records = {}", self.max_batch_records),
             format!("max-batch-tests = {}", self.max_batch_tests),
+            format!("read-rate-limit = {}", self.read_rate_limit),
+            format!("change-rate-limit = {}", self.change_rate_limit),
+            format!("allocate-rate-limit = {}", self.allocate_rate_limit),
+            format!("ingest-rate-limit = {}", self.ingest_rate_limit),
         ];
         if let Some(addr) = self.metrics_listen {
             lines.push(format!("metrics-listen = \"{addr}\""));
@@ -792,6 +820,12 @@ impl ServeArgs {
                 },
                 insecure_allow_unauthenticated: self.insecure_allow_unauthenticated,
                 trusted_signers: self.trusted_signers.clone(),
+                rate_limits: RateLimits {
+                    allocate: self.allocate_rate_limit,
+                    ingest: self.ingest_rate_limit,
+                    read: self.read_rate_limit,
+                    change: self.change_rate_limit,
+                },
             },
             ingest: IngestLimits {
                 max_abs_value: self.max_result_magnitude,

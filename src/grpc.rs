@@ -3,6 +3,7 @@
 //! `tonic::Status` in exactly one place, [`status`]. No business rules live here.
 
 mod admin;
+pub mod admission;
 mod allocator;
 pub mod authn;
 pub mod codec;

@@ -189,6 +189,9 @@ pub async fn run(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::option_layer(rpc_metrics))
         .layer(crate::grpc::authn::AuthLayer::new(auth))
+        .layer(crate::grpc::admission::AdmissionLayer::new(
+            config.security.rate_limits,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

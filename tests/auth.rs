@@ -395,6 +395,60 @@ async fn actors_are_the_caller_and_the_creator_can_never_approve() {
         ))
         .await
         .expect("bob approves");
+
+    // Test changes name their actor too: only as the caller.
+    let mut experiments = server.experiments().await;
+    let err = experiments
+        .create_test(as_(
+            Some("experimenter"),
+            pb::CreateTestRequest {
+                created_by: "alice".into(),
+                ..test_request("t", &["m:1.0.0".to_string(), "m:1.0.0".to_string()])
+            },
+        ))
+        .await
+        .expect_err("not alice");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("created_by"), "{err:?}");
+    let err = experiments
+        .pause_test(as_(
+            Some("experimenter"),
+            pb::TestActionRequest {
+                test_id: "t".into(),
+                requested_by: "alice".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("not alice");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("requested_by"), "{err:?}");
+    let err = experiments
+        .stop_test(as_(
+            Some("experimenter"),
+            pb::StopTestRequest {
+                test_id: "t".into(),
+                requested_by: "alice".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("not alice");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("requested_by"), "{err:?}");
+    let mut registry = server.registry().await;
+    let err = registry
+        .delete_model(as_(
+            Some("alice"),
+            pb::DeleteModelRequest {
+                registry_id: "m:1.0.0".into(),
+                requested_by: "bob".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("not bob");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     server.stop().await;
 }
 

@@ -17,6 +17,10 @@
 
 mod support;
 
+/// The load here is many clients without authentication, which share one rate limit: limits are
+/// not what this test is about.
+const UNLIMITED: &[&str] = &["--change-rate-limit", "0", "--read-rate-limit", "0"];
+
 #[path = "crash_campaign/load.rs"]
 mod load;
 
@@ -30,7 +34,7 @@ use arbiter::pb::{self, TestStatus};
 use load::{setup, start_load, Ledger, Load};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus as Seeded;
-use support::process::{spawn_binary, Binary};
+use support::process::{spawn_binary_with, Binary};
 use support::{ingest, metadata};
 
 /// Longest wait, after every kind of write has been acknowledged once, before the kill.
@@ -94,7 +98,7 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 async fn trial(seed: u64) -> String {
     let mut rng = Seeded::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = spawn_binary(dir.path());
+    let server = spawn_binary_with(dir.path(), UNLIMITED);
     let load = Arc::new(setup(&server, &mut rng).await);
     let workers = start_load(&server, &load, &mut rng).await;
 
@@ -124,7 +128,7 @@ async fn trial(seed: u64) -> String {
         ledger.unexpected
     );
 
-    let server = spawn_binary(dir.path());
+    let server = spawn_binary_with(dir.path(), UNLIMITED);
     assert!(
         support::dir_entries(&dir.path().join("tmp")).is_empty(),
         "uploads cut short by the kill are swept at start-up"

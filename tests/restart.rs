@@ -129,7 +129,8 @@ async fn an_upload_cut_off_mid_stream_leaves_no_trace() {
     assert!(dir_entries(&tmp).is_empty(), "partial upload removed");
     assert!(
         dir_entries(&dir.path().join("artifacts")).is_empty(),
-        "no artifact installed"
+        "no artifact installed: {:?}",
+        dir_entries(&dir.path().join("artifacts"))
     );
     let mut client = server.registry().await;
     assert_status(
@@ -528,7 +529,10 @@ async fn allocation_counts_of_more_tests_than_one_persist_chunk_survive_a_restar
     const TESTS: usize = 300;
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let server = TestServer::start(dir.path()).await;
+        // Creating 300 tests quickly is more than the default change rate allows.
+        let mut config = TestServer::config(dir.path());
+        config.security.rate_limits.change = 0;
+        let server = TestServer::start_config(config).await;
         let mut registry = server.registry().await;
         let models = register_models(&mut registry, 2).await;
         let mut client = server.experiments().await;

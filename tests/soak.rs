@@ -13,13 +13,17 @@
 
 mod support;
 
+/// The load here is many clients without authentication, which share one rate limit: limits are
+/// not what this test is about.
+const UNLIMITED: &[&str] = &["--change-rate-limit", "0", "--read-rate-limit", "0"];
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbiter::pb;
 use hdrhistogram::Histogram;
-use support::process::spawn_binary;
+use support::process::spawn_binary_with;
 use support::*;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -58,7 +62,7 @@ async fn ten_minutes_of_mixed_load() {
     // (16–40 bytes each); SOAK_RESULT_IDS=0 sends results without them.
     let with_ids = env_u64("SOAK_RESULT_IDS", 1) != 0;
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = spawn_binary(dir.path());
+    let server = spawn_binary_with(dir.path(), UNLIMITED);
     let pid = server.child.id();
 
     let mut registry = server.registry().await;

@@ -150,6 +150,7 @@ mod tests {
         Identity::Principal(Arc::new(Principal {
             name: "alice".into(),
             roles: [Role::Publisher].into(),
+            rate_limits: Default::default(),
         }))
     }
 

@@ -94,6 +94,17 @@ impl Role {
         })
     }
 
+    /// Which kind of call a method is (its row's kind), or `None` for a path that is not an
+    /// arbiter method.
+    pub fn kind_of(path: &str) -> Option<CallKind> {
+        Self::for_method(path).map(|roles| match roles[0] {
+            Role::Allocator => CallKind::Allocate,
+            Role::Streamer => CallKind::Ingest,
+            Role::Analyst => CallKind::Read,
+            _ => CallKind::Change,
+        })
+    }
+
     /// The role a promotion needs: `approver` for a move to or out of PRODUCTION, else
     /// `publisher`.
     pub fn for_promotion(touches_production: bool) -> Role {
@@ -111,6 +122,39 @@ impl Role {
             Role::Admin
         } else {
             Role::Publisher
+        }
+    }
+}
+
+/// The kinds of call that limits and deadlines treat alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// The allocation hot path (the `allocator` row).
+    Allocate,
+    /// Result ingestion (the `streamer` row).
+    Ingest,
+    /// Reads (the `analyst` row).
+    Read,
+    /// Changes to the registry and to tests (every other row).
+    Change,
+}
+
+impl CallKind {
+    /// Every kind, in order.
+    pub const ALL: [CallKind; 4] = [
+        CallKind::Allocate,
+        CallKind::Ingest,
+        CallKind::Read,
+        CallKind::Change,
+    ];
+
+    /// The lowercase name used in configuration and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallKind::Allocate => "allocate",
+            CallKind::Ingest => "ingest",
+            CallKind::Read => "read",
+            CallKind::Change => "change",
         }
     }
 }
@@ -154,6 +198,14 @@ mod tests {
         assert_eq!(
             Role::for_method("/arbiter.v1.Admin/VerifyAuditChain"),
             Some(&[Role::Analyst][..])
+        );
+        assert_eq!(
+            Role::kind_of("/arbiter.v1.Registry/PromoteModel"),
+            Some(CallKind::Change)
+        );
+        assert_eq!(
+            Role::kind_of("/arbiter.v1.Allocator/IngestResults"),
+            Some(CallKind::Ingest)
         );
         assert_eq!("approver".parse::<Role>(), Ok(Role::Approver));
         assert!("root".parse::<Role>().is_err());

@@ -6,6 +6,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::admission::deadline::{self, Deadline};
+use super::admission::stream_end::StreamEnd;
 use super::convert::{self, timestamp};
 use super::{authn, status};
 use crate::auth::{Identity, Role};
@@ -38,15 +40,23 @@ fn registry_id(raw: &str) -> Result<RegistryId, Status> {
     RegistryId::parse("registry_id", raw).map_err(status::registry)
 }
 
-/// The next message of an upload, or DEADLINE_EXCEEDED after `idle` without one: a client that
-/// stops sending must not hold a stream, a temporary file and an upload slot for ever.
+/// The next message of an upload, or DEADLINE_EXCEEDED after `idle` without one or at the
+/// client's deadline: a client that stops sending must not hold a stream, a temporary file and
+/// an upload slot for ever.
 async fn next_message(
     stream: &mut Streaming<pb::RegisterModelRequest>,
     idle: std::time::Duration,
+    deadline: Option<Deadline>,
 ) -> Result<Option<pb::RegisterModelRequest>, Status> {
-    match tokio::time::timeout(idle, stream.message()).await {
-        Ok(message) => message,
-        Err(_) => Err(status::registry(RegistryError::UploadIdle { idle })),
+    let idle_at = tokio::time::Instant::now() + idle;
+    match deadline {
+        Some(Deadline(at)) if at < idle_at => tokio::time::timeout_at(at, stream.message())
+            .await
+            .unwrap_or_else(|_| Err(deadline::exceeded("the upload was complete"))),
+        _ => match tokio::time::timeout_at(idle_at, stream.message()).await {
+            Ok(message) => message,
+            Err(_) => Err(status::registry(RegistryError::UploadIdle { idle })),
+        },
     }
 }
 
@@ -58,9 +68,14 @@ impl registry_server::Registry for RegistryService {
         request: Request<Streaming<pb::RegisterModelRequest>>,
     ) -> Result<Response<pb::ModelMetadata>, Status> {
         let identity = authn::identity(&request)?;
+        let deadline = request.extensions().get::<Deadline>().copied();
+        let end = request.extensions().get::<StreamEnd>().cloned();
         let mut stream = request.into_inner();
         let idle = self.registry.upload_idle_timeout();
-        let header = match next_message(&mut stream, idle).await?.and_then(|m| m.part) {
+        let header = match next_message(&mut stream, idle, deadline)
+            .await?
+            .and_then(|m| m.part)
+        {
             Some(register_model_request::Part::Header(mut h)) => {
                 let actor = authn::actor(&identity, "created_by", &h.created_by)?;
                 if let Identity::Principal(_) = identity {
@@ -83,7 +98,7 @@ impl registry_server::Registry for RegistryService {
             .await
             .map_err(status::registry)?;
         // Any early return drops `registration`, which removes the partial upload.
-        while let Some(message) = next_message(&mut stream, idle).await? {
+        while let Some(message) = next_message(&mut stream, idle, deadline).await? {
             match message.part {
                 Some(register_model_request::Part::Chunk(bytes)) => {
                     registration.write(&bytes).await.map_err(status::registry)?
@@ -97,7 +112,19 @@ impl registry_server::Registry for RegistryService {
                 None => {}
             }
         }
-        let view = registration.commit().await.map_err(status::registry)?;
+        if end.is_some_and(|end| end.was_cut_off()) {
+            return Err(Status::cancelled(
+                "the upload was cut off before the client ended it; nothing was registered",
+            ));
+        }
+        // The whole upload is in: the commit completes even if the client goes away now.
+        let view = tokio::spawn(registration.commit())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "a registration's commit failed");
+                Status::internal("the registration failed; see the server log")
+            })?
+            .map_err(status::registry)?;
         Ok(Response::new(view.into()))
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Certificate, Identity as TlsIdentity};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, RateLimits};
 
 use super::ServerError;
 
@@ -23,6 +23,8 @@ pub struct SecurityConfig {
     pub insecure_allow_unauthenticated: bool,
     /// The keys artifact signatures are checked against (`--trusted-signers`).
     pub trusted_signers: Option<PathBuf>,
+    /// Calls per second per principal, by kind of call.
+    pub rate_limits: RateLimits,
 }
 
 /// PEM files of the server's TLS identity, and of the CA its clients' certificates must chain

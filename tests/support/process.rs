@@ -26,6 +26,11 @@ pub struct Binary {
 /// logged only after recovery, so a server that cannot start fails this call at once (its stderr
 /// closes) instead of after the timeout.
 pub fn spawn_binary(data_dir: &Path) -> Binary {
+    spawn_binary_with(data_dir, &[])
+}
+
+/// [`spawn_binary`] with more flags for `arbiter serve`.
+pub fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args([
             "serve",
@@ -38,6 +43,7 @@ pub fn spawn_binary(data_dir: &Path) -> Binary {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(flags)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
