@@ -65,6 +65,19 @@ pub(crate) type Connection = InterceptedService<Channel, BearerToken>;
 #[derive(Debug, Clone)]
 pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
 
+impl BearerToken {
+    /// Sends `token`, or nothing for `None`; `None` when the token cannot be a header value.
+    pub(crate) fn new(token: Option<&str>) -> Option<Self> {
+        match token {
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .ok()
+                .map(|v| Self(Some(v))),
+            None => Some(Self(None)),
+        }
+    }
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(
         &mut self,
@@ -100,14 +113,9 @@ async fn connect(client: &ClientArgs) -> Result<Connection, CliError> {
         endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
     }
     let channel = endpoint.connect().await.map_err(connect_error)?;
-    let token =
-        match &client.token {
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                CliError::Failed("--token holds characters a header cannot".into())
-            })?),
-            None => None,
-        };
-    Ok(InterceptedService::new(channel, BearerToken(token)))
+    let token = BearerToken::new(client.token.as_deref())
+        .ok_or_else(|| CliError::Failed("--token holds characters a header cannot".into()))?;
+    Ok(InterceptedService::new(channel, token))
 }
 
 /// Pretty JSON of a value built for output.

@@ -386,6 +386,10 @@ pub enum Baseline {
     None,
     /// A bare tonic echo service with the same message shapes, started in the same process.
     Echo,
+    /// arbiter without authentication: two arbiters start in this process, the one measured
+    /// with token authentication and this one without, so the ratios are the cost of
+    /// authentication.
+    Unauthenticated,
 }
 
 /// Flags of `arbiter bench`.
@@ -419,6 +423,15 @@ impl BenchArgs {
     /// Whether the echo baseline runs.
     pub fn baseline_echo(&self) -> bool {
         self.baseline == Baseline::Echo
+    }
+
+    /// The system name of the baseline's measurements, if one runs.
+    pub fn baseline_system(&self) -> Option<&'static str> {
+        match self.baseline {
+            Baseline::None => None,
+            Baseline::Echo => Some("echo"),
+            Baseline::Unauthenticated => Some("no-auth"),
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! `arbiter bench`: a load generator that measures arbiter over real gRPC, side by side with a
 //! bare tonic echo service that has the same message shapes and does no work (`--baseline echo`).
 //! Every claim is a ratio against that baseline measured in the same run, because the machines
-//! are noisy and shared.
+//! are noisy and shared. `--baseline unauthenticated` measures the cost of authentication
+//! instead: the measured arbiter checks a bearer token on every call, the baseline arbiter runs
+//! without an auth file.
 //!
 //! Scenarios: `Allocate` unary and sequential on one connection (p50/p99/p99.9 and rate);
 //! `Allocate` closed loop at N connections × M in flight; `AllocateStream` pipelined; and
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::config::BenchArgs;
+use crate::config::{Baseline, BenchArgs};
 use crate::pb;
 use crate::server::ServerConfig;
 pub use report::{Measurement, Report};
@@ -67,6 +69,8 @@ struct Local {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     data_dir: Option<PathBuf>,
+    /// The bearer token its calls need, when it authenticates.
+    token: Option<String>,
 }
 
 impl Local {
@@ -90,7 +94,30 @@ async fn bind() -> Result<tokio::net::TcpListener, BenchError> {
         })
 }
 
-async fn start_arbiter() -> Result<Local, BenchError> {
+/// The principal the benchmark authenticates as (`admin`, so it may also set up its test).
+const BENCH_PRINCIPAL: &str = "arbiter-bench";
+
+/// Writes an auth file with one principal, [`BENCH_PRINCIPAL`], into `dir` and returns its
+/// path and the principal's (random) token.
+fn write_auth_file(dir: &std::path::Path) -> Result<(PathBuf, String), BenchError> {
+    let failed = |e: std::io::Error| BenchError::Start {
+        what: "arbiter",
+        reason: format!("writing the auth file: {e}"),
+    };
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let text = format!(
+        "[[principal]]\nname = \"{BENCH_PRINCIPAL}\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n",
+        crate::auth::token_digest(&token)
+    );
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let path = dir.join("bench-auth.toml");
+    std::fs::write(&path, text).map_err(failed)?;
+    Ok((path, token))
+}
+
+/// Starts arbiter on a temporary data directory; with `authenticated`, every call needs the
+/// returned [`Local::token`].
+async fn start_arbiter(authenticated: bool) -> Result<Local, BenchError> {
     let listener = bind().await?;
     let addr = listener.local_addr().map_err(|e| BenchError::Start {
         what: "arbiter",
@@ -101,10 +128,16 @@ async fn start_arbiter() -> Result<Local, BenchError> {
         std::process::id(),
         addr.port()
     ));
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         shutdown_grace: Duration::from_secs(5),
         ..ServerConfig::new(data_dir.clone())
     };
+    let mut token = None;
+    if authenticated {
+        let (path, secret) = write_auth_file(&data_dir)?;
+        config.security.auth_file = Some(path);
+        token = Some(secret);
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         if let Err(e) = crate::server::run(listener, config, async move {
@@ -120,6 +153,7 @@ async fn start_arbiter() -> Result<Local, BenchError> {
         stop: Some(stop),
         task,
         data_dir: Some(data_dir),
+        token,
     })
 }
 
@@ -138,6 +172,7 @@ async fn start_echo() -> Result<Local, BenchError> {
         stop: Some(stop),
         task,
         data_dir: None,
+        token: None,
     })
 }
 
@@ -161,23 +196,36 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             chosen
         }
     };
+    let authenticated = args.baseline == Baseline::Unauthenticated;
+    if authenticated && args.target.is_some() {
+        return Err(BenchError::Start {
+            what: "arbiter",
+            reason: "--baseline unauthenticated starts both arbiters in this process; \
+                     leave out --target"
+                .into(),
+        });
+    }
     let mut locals = Vec::new();
-    let arbiter_url = match &args.target {
-        Some(url) => url.clone(),
+    let arbiter = match &args.target {
+        Some(url) => Target::prepare(System::Arbiter, url, None).await?,
         None => {
-            let local = start_arbiter().await?;
+            let local = start_arbiter(authenticated).await?;
             let url = format!("http://{}", local.addr);
+            let token = local.token.clone();
             locals.push(local);
-            url
+            Target::prepare(System::Arbiter, &url, token).await?
         }
     };
-    let arbiter = Target::prepare(System::Arbiter, &arbiter_url).await?;
     let mut targets = vec![arbiter];
-    if args.baseline_echo() {
-        let local = start_echo().await?;
+    let baseline = match args.baseline {
+        Baseline::None => None,
+        Baseline::Echo => Some((System::Echo, start_echo().await?)),
+        Baseline::Unauthenticated => Some((System::Unauthenticated, start_arbiter(false).await?)),
+    };
+    if let Some((system, local)) = baseline {
         let url = format!("http://{}", local.addr);
         locals.push(local);
-        targets.push(Target::prepare(System::Echo, &url).await?);
+        targets.push(Target::prepare(system, &url, None).await?);
     }
     let duration = Duration::from_millis(args.duration_ms);
     let mut measurements = Vec::new();
@@ -201,11 +249,16 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 /// Registers two model versions on the arbiter at `url` and creates a Thompson test over them
 /// (early stopping and stop-loss off); returns its id. Used by `arbiter bench` and the benches.
 pub async fn create_test_on(url: &str) -> Result<String, BenchError> {
-    create_bench_test(url).await
+    create_bench_test(url, None).await
 }
 
-async fn create_bench_test(url: &str) -> Result<String, BenchError> {
+/// [`create_test_on`] as the principal whose token is `token`, if any.
+async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, BenchError> {
     use pb::register_model_request::Part;
+    let bearer = crate::cli::BearerToken::new(token).ok_or_else(|| BenchError::Start {
+        what: "client",
+        reason: "the token cannot be a header value".into(),
+    })?;
     let channel = tonic::transport::Channel::from_shared(url.to_string())
         .map_err(|e| BenchError::Start {
             what: "client",
@@ -222,6 +275,7 @@ async fn create_bench_test(url: &str) -> Result<String, BenchError> {
         std::process::id(),
         crate::time::now() % 1_000_000_000
     );
+    let channel = tonic::service::interceptor::InterceptedService::new(channel, bearer);
     let mut registry = pb::registry_client::RegistryClient::new(channel.clone());
     let mut models = Vec::new();
     for i in 0..2 {
@@ -229,7 +283,7 @@ async fn create_bench_test(url: &str) -> Result<String, BenchError> {
             model_id: format!("{tag}-m{i}"),
             version: "1.0.0".into(),
             model_type: pb::ModelType::Signal as i32,
-            created_by: "arbiter-bench".into(),
+            created_by: BENCH_PRINCIPAL.into(),
             ..Default::default()
         };
         let messages = vec![
@@ -253,7 +307,7 @@ async fn create_bench_test(url: &str) -> Result<String, BenchError> {
     let mut experiments = pb::experiments_client::ExperimentsClient::new(channel);
     let request = pb::CreateTestRequest {
         test_id: tag.clone(),
-        created_by: "arbiter-bench".into(),
+        created_by: BENCH_PRINCIPAL.into(),
         model_registry_ids: models,
         allocation_strategy: pb::AllocationStrategy::ThompsonSampling as i32,
         early_stopping: Some(false),

@@ -86,3 +86,57 @@ fn only_runs_the_matching_scenarios_and_names_them_when_none_match() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_cost_of_authentication_is_measured_against_an_arbiter_without_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "bench",
+            "--baseline",
+            "unauthenticated",
+            "--duration-ms",
+            "100",
+            "--only",
+            "allocate_unary",
+            "--json",
+        ])
+        .output()
+        .expect("run arbiter bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["authenticated"], true);
+    assert_eq!(report["baseline"], "no-auth");
+    let systems: Vec<&str> = report["measurements"]
+        .as_array()
+        .expect("measurements")
+        .iter()
+        .map(|m| m["system"].as_str().expect("system"))
+        .collect();
+    assert_eq!(systems, ["arbiter", "no-auth", "arbiter", "no-auth"]);
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2);
+    assert!(ratios
+        .iter()
+        .all(|r| r["p50"].as_f64().is_some_and(|x| x > 0.0)));
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "bench",
+            "--baseline",
+            "unauthenticated",
+            "--target",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .expect("run arbiter bench");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("leave out --target"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -1,5 +1,5 @@
-//! Results of `arbiter bench`: one measurement per scenario and system, ratios arbiter/echo, and
-//! their rendering as a table or JSON.
+//! Results of `arbiter bench`: one measurement per scenario and system, ratios arbiter/baseline,
+//! and their rendering as a table or JSON.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::config::BenchArgs;
 pub struct Measurement {
     /// Scenario name.
     pub scenario: String,
-    /// "arbiter" or "echo".
+    /// "arbiter", or the baseline: "echo" or "no-auth".
     pub system: String,
     /// Completed operations (calls, responses or acknowledged results).
     pub ops: u64,
@@ -61,16 +61,17 @@ impl Measurement {
     }
 }
 
-/// arbiter relative to echo for one scenario (latency: lower is better; rate: higher is better).
+/// arbiter relative to the baseline for one scenario (latency: lower is better; rate: higher is
+/// better).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     /// Scenario name.
     pub scenario: String,
-    /// arbiter rate / echo rate.
+    /// arbiter rate / baseline rate.
     pub rate: f64,
-    /// arbiter p50 / echo p50.
+    /// arbiter p50 / baseline p50.
     pub p50: Option<f64>,
-    /// arbiter p99 / echo p99.
+    /// arbiter p99 / baseline p99.
     pub p99: Option<f64>,
 }
 
@@ -85,9 +86,13 @@ pub struct Report {
     pub connections: u32,
     /// Closed-loop callers per connection.
     pub in_flight: u32,
+    /// Whether the measured arbiter authenticated every call with a bearer token.
+    pub authenticated: bool,
+    /// The baseline's system name, when one ran.
+    pub baseline: Option<String>,
     /// All measurements.
     pub measurements: Vec<Measurement>,
-    /// arbiter / echo, when the baseline ran.
+    /// arbiter / baseline, when the baseline ran.
     pub ratios: Vec<Ratio>,
 }
 
@@ -98,11 +103,12 @@ impl Report {
                 .iter()
                 .find(|m| m.scenario == scenario && m.system == system)
         };
+        let baseline = args.baseline_system();
         let ratios = measurements
             .iter()
             .filter(|m| m.system == "arbiter")
             .filter_map(|a| {
-                let e = find(&a.scenario, "echo")?;
+                let e = find(&a.scenario, baseline?)?;
                 let div = |x: Option<f64>, y: Option<f64>| Some(x? / y?);
                 Some(Ratio {
                     scenario: a.scenario.clone(),
@@ -117,6 +123,8 @@ impl Report {
             target: args.target.clone().unwrap_or_else(|| "in-process".into()),
             connections: args.connections,
             in_flight: args.in_flight,
+            authenticated: args.baseline == crate::config::Baseline::Unauthenticated,
+            baseline: baseline.map(String::from),
             measurements,
             ratios,
         }
@@ -143,8 +151,13 @@ impl fmt::Display for Report {
                 opt(m.p999_us)
             )?;
         }
-        if !self.ratios.is_empty() {
-            writeln!(f, "\narbiter / echo")?;
+        if let (false, Some(baseline)) = (self.ratios.is_empty(), &self.baseline) {
+            let arbiter = if self.authenticated {
+                "arbiter (token auth)"
+            } else {
+                "arbiter"
+            };
+            writeln!(f, "\n{arbiter} / {baseline}")?;
             writeln!(
                 f,
                 "{:<36} {:>8} {:>8} {:>8}",

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use super::{create_test_on as create_bench_test, BenchError, Measurement};
+use super::{create_bench_test, BenchError, Measurement};
+use crate::cli::BearerToken;
 use crate::pb::arbiter::bench::v1::echo_client::EchoClient;
 use crate::pb::{self, allocator_client::AllocatorClient};
 
@@ -20,6 +22,8 @@ pub enum System {
     Arbiter,
     /// The echo baseline.
     Echo,
+    /// arbiter without authentication, the baseline of an authenticated arbiter.
+    Unauthenticated,
 }
 
 impl System {
@@ -28,6 +32,7 @@ impl System {
         match self {
             Self::Arbiter => "arbiter",
             Self::Echo => "echo",
+            Self::Unauthenticated => "no-auth",
         }
     }
 }
@@ -39,13 +44,21 @@ pub struct Target {
     pub system: System,
     url: String,
     test_id: String,
+    token: Option<String>,
 }
 
 impl Target {
-    /// Connects once to check the target and, for arbiter, creates the test to allocate from.
-    pub async fn prepare(system: System, url: &str) -> Result<Self, BenchError> {
+    /// Connects once to check the target and, for arbiter, creates the test to allocate from
+    /// (as the principal whose token is `token`, when it authenticates).
+    pub async fn prepare(
+        system: System,
+        url: &str,
+        token: Option<String>,
+    ) -> Result<Self, BenchError> {
         let test_id = match system {
-            System::Arbiter => retry_until_up(|| create_bench_test(url)).await?,
+            System::Arbiter | System::Unauthenticated => {
+                retry_until_up(|| create_bench_test(url, token.as_deref())).await?
+            }
             System::Echo => {
                 retry_until_up(|| async { connect(url).await.map(|_| ()) }).await?;
                 "bench-echo".to_string()
@@ -55,6 +68,7 @@ impl Target {
             system,
             url: url.to_string(),
             test_id,
+            token,
         })
     }
 
@@ -100,7 +114,7 @@ async fn connect(url: &str) -> Result<Channel, BenchError> {
 /// One client over either service: both expose the same three calls.
 #[derive(Debug, Clone)]
 enum Client {
-    Arbiter(AllocatorClient<Channel>),
+    Arbiter(AllocatorClient<InterceptedService<Channel, BearerToken>>),
     Echo(EchoClient<Channel>),
 }
 
@@ -108,7 +122,16 @@ impl Client {
     async fn new(target: &Target) -> Result<Self, BenchError> {
         let channel = connect(&target.url).await?;
         Ok(match target.system {
-            System::Arbiter => Self::Arbiter(AllocatorClient::new(channel)),
+            System::Arbiter | System::Unauthenticated => {
+                let token =
+                    BearerToken::new(target.token.as_deref()).ok_or_else(|| BenchError::Start {
+                        what: "client",
+                        reason: "the token cannot be a header value".into(),
+                    })?;
+                Self::Arbiter(AllocatorClient::new(InterceptedService::new(
+                    channel, token,
+                )))
+            }
             System::Echo => Self::Echo(EchoClient::new(channel)),
         })
     }
