@@ -1,7 +1,8 @@
 //! `arbiter bench`: a load generator that measures arbiter over real gRPC, side by side with a
 //! bare tonic echo service that has the same message shapes and does no work (`--baseline echo`).
 //! Every claim is a ratio against that baseline measured in the same run, because the machines
-//! are noisy and shared. `--baseline unauthenticated` measures the cost of authentication
+//! are noisy and shared; the time of each scenario is cut into slices taken alternately (A B,
+//! B A, …) so that drift falls on both systems alike. `--baseline unauthenticated` measures the cost of authentication
 //! instead: the measured arbiter checks a bearer token on every call, the baseline arbiter runs
 //! without an auth file.
 //!
@@ -230,15 +231,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let duration = Duration::from_millis(args.duration_ms);
     let mut measurements = Vec::new();
     for scenario in scenarios {
-        for target in &targets {
-            eprintln!(
-                "arbiter bench: {} against {} ({} ms)…",
-                scenario.name(),
-                target.system.name(),
-                args.duration_ms
-            );
-            measurements.push(scenario.run(target, duration).await?);
-        }
+        measurements.extend(scenario.run(&targets, duration).await?);
     }
     for local in locals {
         local.shutdown().await;

@@ -256,13 +256,51 @@ impl Scenario {
         }
     }
 
-    /// Runs the scenario against `target` for `duration`.
+    /// Runs the scenario against each of `targets` for `duration`. With more than one target
+    /// the time is cut into [`ROUNDS`] slices taken in the order A B, B A, A B, B A…, so that
+    /// drift in the machine's speed (other load, CPU frequency, warm caches) falls on every
+    /// target alike; each target's slices are merged into one measurement.
     pub async fn run(
         &self,
-        target: &Target,
+        targets: &[Target],
         duration: Duration,
-    ) -> Result<Measurement, BenchError> {
-        let (ops, elapsed, latencies) = match *self {
+    ) -> Result<Vec<Measurement>, BenchError> {
+        let rounds = if targets.len() > 1 { ROUNDS } else { 1 };
+        let slice = duration / rounds;
+        let mut merged: Vec<Option<Outcome>> = vec![None; targets.len()];
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let target = &targets[i];
+                eprintln!(
+                    "arbiter bench: {} against {} ({} ms, round {} of {rounds})…",
+                    self.name(),
+                    target.system.name(),
+                    slice.as_millis(),
+                    round + 1
+                );
+                let outcome = self.measure(target, slice).await?;
+                merged[i] = Some(match merged[i].take() {
+                    None => outcome,
+                    Some(before) => merge(before, outcome),
+                });
+            }
+        }
+        Ok(targets
+            .iter()
+            .zip(merged)
+            .map(|(target, outcome)| {
+                let (ops, elapsed, latencies) = outcome.expect("every target measured");
+                Measurement::new(self.name(), target.system.name(), ops, elapsed, latencies)
+            })
+            .collect())
+    }
+
+    async fn measure(&self, target: &Target, duration: Duration) -> Result<Outcome, BenchError> {
+        Ok(match *self {
             Self::UnarySequential => unary(target, 1, 1, duration).await?,
             Self::UnaryClosedLoop {
                 connections,
@@ -274,15 +312,22 @@ impl Scenario {
                 streams,
                 ids,
             } => ingest(target, batch, streams, ids, duration).await?,
-        };
-        Ok(Measurement::new(
-            self.name(),
-            target.system.name(),
-            ops,
-            elapsed,
-            latencies,
-        ))
+        })
     }
+}
+
+/// Slices per scenario and target when a baseline runs.
+pub const ROUNDS: u32 = 4;
+
+fn merge(a: Outcome, b: Outcome) -> Outcome {
+    let latencies = match (a.2, b.2) {
+        (Some(mut x), Some(y)) => {
+            x.add(&y).expect("histograms of the same bounds");
+            Some(x)
+        }
+        (x, y) => x.or(y),
+    };
+    (a.0 + b.0, a.1 + b.1, latencies)
 }
 
 type Outcome = (u64, Duration, Option<Histogram<u64>>);
