@@ -12,7 +12,7 @@ mod experiment_convert;
 mod experiments;
 mod registry;
 pub mod status;
-mod tls;
+pub mod tls;
 
 pub use admin::AdminService;
 pub use allocator::AllocatorService;

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use tonic::Status;
 
+use super::tls::PeerNames;
 use crate::auth::{Actor, ActorError, Authenticator, Identity, Role};
 
 /// See the module documentation.
@@ -32,6 +33,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Authenticate {
             inner,
             auth: self.auth.clone(),
+            peers: Arc::default(),
         }
     }
 }
@@ -41,6 +43,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    peers: Arc<PeerNames>,
 }
 
 /// Paths that need no credentials.
@@ -59,12 +62,18 @@ fn bearer<B>(request: &http::Request<B>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who `request` comes from, or the status that refuses it.
-fn identify<B>(auth: &Authenticator, request: &http::Request<B>) -> Result<Identity, Status> {
-    let cert_cn = super::tls::peer_common_name(request);
-    let principal = auth
-        .authenticate(bearer(request), cert_cn.as_deref())
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+/// Who `request` comes from, or the status that refuses it. A bearer token decides when there
+/// is one; else the client certificate does.
+fn identify<B>(
+    auth: &Authenticator,
+    peers: &PeerNames,
+    request: &http::Request<B>,
+) -> Result<Identity, Status> {
+    let principal = match bearer(request) {
+        Some(token) => auth.authenticate(Some(token), None),
+        None => auth.authenticate(None, peers.common_name(request).as_deref()),
+    }
+    .map_err(|e| Status::unauthenticated(e.to_string()))?;
     let path = request.uri().path();
     if let Some(roles) = Role::for_method(path) {
         if !roles.iter().any(|&role| principal.has(role)) {
@@ -100,7 +109,7 @@ where
         let identity = match &self.auth {
             None => Identity::Open,
             Some(_) if is_open(request.uri().path()) => Identity::Open,
-            Some(auth) => match identify(auth, &request) {
+            Some(auth) => match identify(auth, &self.peers, &request) {
                 Ok(identity) => identity,
                 Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
             },
