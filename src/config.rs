@@ -63,6 +63,19 @@ pub struct ClientArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+impl ClientArgs {
+    /// The actor to send in a change (`created_by`, `requested_by`): `explicit` if given; with a
+    /// token, empty, because a server with an auth file records the token's principal and refuses
+    /// any other name; without one, the local user.
+    pub fn actor(&self, explicit: Option<&str>) -> String {
+        match (explicit, &self.token) {
+            (Some(actor), _) => actor.to_string(),
+            (None, Some(_)) => String::new(),
+            (None, None) => std::env::var("USER").unwrap_or_else(|_| "cli".to_string()),
+        }
+    }
+}
+
 /// A model type on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[allow(missing_docs)]
@@ -120,9 +133,10 @@ pub enum ModelsAction {
         /// Feature specification (a YAML mapping or JSON object).
         #[arg(long)]
         features: Option<PathBuf>,
-        /// Who registers it (default: $USER).
-        #[arg(long, env = "USER", default_value = "cli")]
-        created_by: String,
+        /// Who registers it. Default: with --token, the token's principal (which a server with an
+        /// auth file records anyway); without, $USER.
+        #[arg(long)]
+        created_by: Option<String>,
         /// Display name.
         #[arg(long, default_value = "")]
         name: String,

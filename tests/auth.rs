@@ -579,3 +579,94 @@ async fn without_authentication_the_server_stays_on_loopback_unless_told() {
     let _ = tx.send(());
     serving.await.expect("join").expect("clean stop");
 }
+
+/// The command line with `--token` acts as the token's principal: it sends no actor of its own
+/// (not `$USER`), so a registration, a test and a stop are recorded under the principal.
+#[tokio::test]
+async fn the_command_line_with_a_token_acts_as_its_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with_auth(dir.path()).await;
+    let url = format!("http://{}", server.addr);
+    let artifact = dir.path().join("model.bin");
+    std::fs::write(&artifact, b"weights").expect("artifact");
+    let cli = move |who: &str, args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(args)
+            .args(["--server", &url, "--token", &format!("{who}-token")])
+            .env("USER", "someone-else")
+            .output()
+            .expect("run the cli");
+        assert!(
+            output.status.success(),
+            "{who} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let artifact = artifact.display().to_string();
+    let script = move || {
+        for version in ["1.0.0", "2.0.0"] {
+            cli(
+                "publisher",
+                &[
+                    "models",
+                    "register",
+                    "--id",
+                    "m",
+                    "--version",
+                    version,
+                    "--type",
+                    "signal",
+                ]
+                .into_iter()
+                .chain(["--file", &artifact])
+                .collect::<Vec<_>>(),
+            );
+        }
+        cli(
+            "experimenter",
+            &[
+                "tests",
+                "create",
+                "--id",
+                "t",
+                "--models",
+                "m:1.0.0,m:2.0.0",
+            ],
+        );
+        cli("experimenter", &["tests", "stop", "t", "--reason", "done"]);
+    };
+    tokio::task::spawn_blocking(script).await.expect("join");
+
+    let mut registry = server.registry().await;
+    let metadata = registry
+        .get_model_metadata(as_(
+            Some("analyst"),
+            pb::ModelRef {
+                registry_id: "m:1.0.0".into(),
+            },
+        ))
+        .await
+        .expect("metadata")
+        .into_inner();
+    assert_eq!(metadata.created_by, "publisher");
+    let events = server
+        .admin()
+        .await
+        .list_audit_events(as_(
+            Some("analyst"),
+            pb::ListAuditEventsRequest {
+                entity: "t".into(),
+                limit: 10,
+            },
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
+    assert!(
+        !actors.is_empty() && actors.iter().all(|a| *a == "experimenter"),
+        "{actors:?}"
+    );
+    server.stop().await;
+}

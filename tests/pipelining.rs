@@ -94,41 +94,15 @@ async fn a_pipelining_client_whose_answers_back_up_waits_instead_of_being_discon
     server.stop().await;
 }
 
-/// The Python interpreter with grpcio: `ARBITER_TEST_PYTHON`, else `.ci/run`'s virtualenv.
-fn python_with_grpcio() -> Option<std::path::PathBuf> {
-    let candidates = [
-        std::env::var_os("ARBITER_TEST_PYTHON").map(std::path::PathBuf::from),
-        Some(std::path::PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/target/test-venv/bin/python"
-        ))),
-    ];
-    candidates.into_iter().flatten().find(|python| {
-        std::process::Command::new(python)
-            .args(["-c", "import grpc"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_sync_clients_pipelining_allocate_stream_are_all_answered() {
-    let Some(python) = python_with_grpcio() else {
-        // CI installs grpcio (.ci/run); elsewhere the test needs it installed to run.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "grpcio is missing: .ci/run installs it into target/test-venv"
-        );
-        eprintln!("skipped: no python with grpcio (set ARBITER_TEST_PYTHON)");
+    let Some(python) = python::python_with_grpcio() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
     test_over_two_models(&server, "t").await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/pipeline_allocate.py"
-    );
+    let script = python::script("pipeline_allocate.py");
     // A reader that pauses lets the requests run ahead of the answers; several runs, because
     // how grpcio frames its writes depends on timing.
     for (requests, pause_every, pause) in [
@@ -137,7 +111,7 @@ async fn grpcio_sync_clients_pipelining_allocate_stream_are_all_answered() {
         ("30000", "100", "0.005"),
     ] {
         let args: Vec<String> = [
-            script,
+            &script,
             &server.addr.to_string(),
             "t",
             requests,

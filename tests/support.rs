@@ -6,6 +6,8 @@
 
 #[path = "support/process.rs"]
 pub mod process;
+#[path = "support/python.rs"]
+pub mod python;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -278,3 +278,118 @@ async fn mutual_tls_maps_the_certificate_to_a_principal_and_refuses_strangers() 
     let _ = stop.send(());
     handle.await.expect("server task");
 }
+
+/// Runs `tests/python/tls_calls.py` (grpcio) against `url`'s port and returns each call's status.
+async fn grpcio_calls(
+    python: PathBuf,
+    url: &str,
+    ca: &Path,
+    calls: serde_json::Value,
+) -> Vec<String> {
+    let port = url.rsplit(':').next().expect("port");
+    let spec = serde_json::json!({
+        "addr": format!("127.0.0.1:{port}"),
+        "ca": ca,
+        "calls": calls,
+    });
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(python)
+            .arg(support::python::script("tls_calls.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(spec.to_string().as_bytes())
+            .expect("spec");
+        child.wait_with_output().expect("python ends")
+    })
+    .await
+    .expect("join");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// What a client in another language sees, as grpcurl would: grpcio over TLS with bearer tokens
+/// (and, against a mutual-TLS server, with a client certificate).
+#[tokio::test]
+async fn grpcio_over_tls_with_a_token_and_with_a_client_certificate() {
+    let Some(python) = support::python::python_with_grpcio() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test ca");
+    let ca_path = write(dir.path(), "ca.pem", &ca.pem());
+    let (url, stop, handle) = start(dir.path(), &ca, None).await;
+    let codes = grpcio_calls(
+        python.clone(),
+        &url,
+        &ca_path,
+        serde_json::json!([
+            {"method": "/arbiter.v1.Registry/ListModels", "token": "analyst-token"},
+            {"method": "/arbiter.v1.Registry/ListModels"},
+            {"method": "/arbiter.v1.Registry/ListModels", "token": "analyst-token-"},
+            {"method": "/arbiter.v1.Registry/PromoteModel", "token": "analyst-token"},
+            {"method": "/grpc.health.v1.Health/Check"},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        codes,
+        [
+            "OK",
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "PERMISSION_DENIED",
+            "OK"
+        ],
+        "a token, none, a wrong one, a role the token lacks, health (open)"
+    );
+    let _ = stop.send(());
+    handle.await.expect("server task");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clients = Ca::new("client ca");
+    let (url, stop, handle) = start(dir.path(), &ca, Some(&clients)).await;
+    let (cert, key) = clients.sign(&[], "router-ny4");
+    let cert = write(dir.path(), "router.pem", &cert);
+    let key = write(dir.path(), "router.key", &key);
+    let stranger = Ca::new("stranger");
+    let (other_cert, other_key) = stranger.sign(&[], "router-ny4");
+    let other_cert = write(dir.path(), "other.pem", &other_cert);
+    let other_key = write(dir.path(), "other.key", &other_key);
+    let codes = grpcio_calls(
+        python,
+        &url,
+        &ca_path,
+        serde_json::json!([
+            // Authenticated as router-ny4: past authentication, the (empty) test is not found.
+            {"method": "/arbiter.v1.Allocator/Allocate", "cert": cert, "key": key},
+            {"method": "/arbiter.v1.Registry/ListModels", "cert": cert, "key": key},
+            {"method": "/arbiter.v1.Allocator/Allocate", "cert": other_cert, "key": other_key},
+            {"method": "/arbiter.v1.Allocator/Allocate"},
+        ]),
+    )
+    .await;
+    assert_eq!(codes[..2], ["NOT_FOUND", "PERMISSION_DENIED"]);
+    for (what, code) in [
+        ("a certificate from an untrusted CA", &codes[2]),
+        ("no certificate", &codes[3]),
+    ] {
+        assert_eq!(code, "UNAVAILABLE", "{what}: the handshake fails");
+    }
+    let _ = stop.send(());
+    handle.await.expect("server task");
+}

@@ -245,7 +245,7 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 model_id: id.clone(),
                 version: version.clone(),
                 model_type: model_type(*kind) as i32,
-                created_by: created_by.clone(),
+                created_by: args.client.actor(created_by.as_deref()),
                 name: name.clone(),
                 description: description.clone(),
                 framework: framework.clone(),
@@ -357,7 +357,7 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
             let request = pb::DeleteModelRequest {
                 registry_id: registry_id.clone(),
                 force: *force,
-                requested_by: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+                requested_by: args.client.actor(None),
             };
             client.delete_model(request).await?;
             Ok(if as_json {

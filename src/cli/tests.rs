@@ -122,12 +122,12 @@ fn results_table(r: &pb::TestResults) -> String {
     out
 }
 
-fn create_request(a: &CreateTestArgs) -> pb::CreateTestRequest {
+fn create_request(a: &CreateTestArgs, created_by: String) -> pb::CreateTestRequest {
     pb::CreateTestRequest {
         test_id: a.id.clone(),
         name: a.name.clone(),
         description: a.description.clone(),
-        created_by: whoami(),
+        created_by,
         model_registry_ids: a.models.clone(),
         weights: a.weights.clone(),
         allocation_strategy: match a.strategy {
@@ -173,7 +173,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
     match &args.action {
         TestsAction::Create(create) => Ok(show_test(
             client
-                .create_test(create_request(create))
+                .create_test(create_request(create, args.client.actor(None)))
                 .await?
                 .into_inner(),
         )),
@@ -260,7 +260,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
         TestsAction::Pause { test_id } => {
             let request = pb::TestActionRequest {
                 test_id: test_id.clone(),
-                requested_by: whoami(),
+                requested_by: args.client.actor(None),
                 reason: String::new(),
             };
             Ok(show_test(client.pause_test(request).await?.into_inner()))
@@ -268,7 +268,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
         TestsAction::Resume { test_id } => {
             let request = pb::TestActionRequest {
                 test_id: test_id.clone(),
-                requested_by: whoami(),
+                requested_by: args.client.actor(None),
                 reason: String::new(),
             };
             Ok(show_test(client.resume_test(request).await?.into_inner()))
@@ -277,7 +277,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             let request = pb::StopTestRequest {
                 test_id: test_id.clone(),
                 reason: reason.clone(),
-                requested_by: whoami(),
+                requested_by: args.client.actor(None),
             };
             let results = client.stop_test(request).await?.into_inner();
             Ok(if as_json {
@@ -287,9 +287,4 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             })
         }
     }
-}
-
-/// The local user, recorded as the actor of pause/resume/stop.
-fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
 }
