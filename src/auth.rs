@@ -14,6 +14,7 @@ pub mod roles;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -34,14 +35,51 @@ pub struct Principal {
     pub roles: BTreeSet<Role>,
     /// Its own rate limits, over the server's.
     pub rate_limits: RateOverrides,
+    /// Set when a reload of the auth file dropped or changed this entry: streams opened with it
+    /// end at their next message.
+    revoked: Revoked,
 }
 
 impl Principal {
+    /// A principal with `roles`.
+    pub fn new(name: String, roles: BTreeSet<Role>, rate_limits: RateOverrides) -> Self {
+        Self {
+            name,
+            roles,
+            rate_limits,
+            revoked: Revoked::default(),
+        }
+    }
+
     /// Whether the principal may act in `role` (`admin` may act in every role).
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role) || self.roles.contains(&Role::Admin)
     }
+
+    /// Whether a reload of the auth file revoked the credential this principal was found by.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.0.load(Ordering::Acquire)
+    }
+
+    /// Whether `other` is the same entry: same name, roles and rate limits.
+    fn same_entry(&self, other: &Principal) -> bool {
+        self.name == other.name
+            && self.roles == other.roles
+            && self.rate_limits == other.rate_limits
+    }
 }
+
+/// A flag that takes no part in comparisons.
+#[derive(Debug, Default)]
+struct Revoked(AtomicBool);
+
+impl PartialEq for Revoked {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Revoked {}
 
 /// Who made a request.
 #[derive(Debug, Clone)]
@@ -118,6 +156,10 @@ pub struct AuthTable {
     by_cn: HashMap<String, Arc<Principal>>,
 }
 
+/// Actors the server itself records: automatic changes are audited as `system`, promotions
+/// without an actor on a server without authentication as `anonymous`.
+const RESERVED_NAMES: [&str; 2] = ["system", ANONYMOUS];
+
 fn valid_name(name: &str) -> bool {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
     (1..=64).contains(&name.len()) && name.chars().all(ok)
@@ -134,6 +176,12 @@ impl AuthTable {
             if !valid_name(&entry.name) {
                 return Err(at("name must match [A-Za-z0-9._@-]{1,64}".into()));
             }
+            if RESERVED_NAMES.contains(&entry.name.as_str()) {
+                return Err(at(format!(
+                    "the name is reserved for the server's own audit events ({})",
+                    RESERVED_NAMES.join(", ")
+                )));
+            }
             if !names.insert(entry.name.clone()) {
                 return Err(at("listed twice".into()));
             }
@@ -143,11 +191,11 @@ impl AuthTable {
             if entry.token_sha256.is_none() && entry.cert_subject_cn.is_none() {
                 return Err(at("needs token_sha256 or cert_subject_cn".into()));
             }
-            let principal = Arc::new(Principal {
-                name: entry.name.clone(),
-                roles: entry.roles.iter().copied().collect(),
-                rate_limits: entry.rate_limits,
-            });
+            let principal = Arc::new(Principal::new(
+                entry.name.clone(),
+                entry.roles.iter().copied().collect(),
+                entry.rate_limits,
+            ));
             if let Some(hex_digest) = &entry.token_sha256 {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| {
@@ -156,6 +204,12 @@ impl AuthTable {
                             .into(),
                     )
                 })?;
+                if digest == <[u8; 32]>::from(Sha256::digest(b"")) {
+                    return Err(at(
+                        "token_sha256 is the SHA-256 of an empty token (was the token variable unset?)"
+                            .into(),
+                    ));
+                }
                 let digest = Digest256::from(digest);
                 if table.by_token.iter().any(|(d, _)| *d == digest) {
                     return Err(at("shares its token with another principal".into()));
@@ -215,6 +269,25 @@ impl AuthTable {
         ))
     }
 
+    /// Marks revoked every principal whose token or certificate name `new` does not map to the
+    /// same entry.
+    fn revoke_missing_from(&self, new: &AuthTable) {
+        for (digest, principal) in &self.by_token {
+            let kept = new
+                .by_token
+                .iter()
+                .any(|(d, p)| d == digest && p.same_entry(principal));
+            if !kept {
+                principal.revoked.0.store(true, Ordering::Release);
+            }
+        }
+        for (cn, principal) in &self.by_cn {
+            if !new.by_cn.get(cn).is_some_and(|p| p.same_entry(principal)) {
+                principal.revoked.0.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// Number of principals that can authenticate.
     pub fn len(&self) -> usize {
         self.by_token.len() + self.by_cn.len()
@@ -243,11 +316,19 @@ impl Authenticator {
     }
 
     /// Reads the file again; on error the current table stays and the error is returned.
+    /// Principals of the old table whose credential the new one no longer maps to the same
+    /// entry are marked revoked, so the streams they opened end.
     pub fn reload(&self) -> Result<usize, AuthError> {
         let table = AuthTable::load(&self.path)?;
         let n = table.len();
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        old.revoke_missing_from(&self.table.load());
         Ok(n)
+    }
+
+    /// Principals authenticated by a client certificate.
+    pub fn certificate_principals(&self) -> usize {
+        self.table.load().by_cn.len()
     }
 
     /// See [`AuthTable::authenticate`].
@@ -333,6 +414,14 @@ mod tests {
                 "[[principal]]\nname = \"a\"\nroles = [\"admin\"]\ntoken = \"plain\"",
                 "unknown field",
             ),
+            (
+                "[[principal]]\nname = \"system\"\nroles = [\"admin\"]\ncert_subject_cn = \"x\"",
+                "reserved",
+            ),
+            (
+                "[[principal]]\nname = \"anonymous\"\nroles = [\"admin\"]\ncert_subject_cn = \"x\"",
+                "reserved",
+            ),
         ] {
             let err = file(text).expect_err(text);
             assert!(err.contains(needle), "{text}: {err}");
@@ -344,5 +433,39 @@ mod tests {
         assert!(file(&twice)
             .expect_err("shared")
             .contains("shares its token"));
+        let empty = format!(
+            "[[principal]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"",
+            token_digest("")
+        );
+        assert!(file(&empty).expect_err("empty").contains("empty token"));
+    }
+
+    #[test]
+    fn a_reload_revokes_the_principals_it_drops_or_changes() {
+        let entry = |name: &str, roles: &str, token: &str| {
+            format!(
+                "[[principal]]\nname = {name:?}\nroles = [{roles}]\ntoken_sha256 = {:?}\n",
+                token_digest(token)
+            )
+        };
+        let old = file(&format!(
+            "{}{}{}",
+            entry("kept", "\"analyst\"", "k"),
+            entry("dropped", "\"analyst\"", "d"),
+            entry("narrowed", "\"analyst\", \"publisher\"", "n")
+        ))
+        .expect("old");
+        let new = file(&format!(
+            "{}{}",
+            entry("kept", "\"analyst\"", "k"),
+            entry("narrowed", "\"analyst\"", "n")
+        ))
+        .expect("new");
+        let [kept, dropped, narrowed] =
+            ["k", "d", "n"].map(|t| old.authenticate(Some(t), None).expect("old token"));
+        old.revoke_missing_from(&new);
+        assert!(!kept.is_revoked());
+        assert!(dropped.is_revoked());
+        assert!(narrowed.is_revoked());
     }
 }

@@ -116,6 +116,11 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ServerError::Security(format!("reading the listening address: {e}")))?;
     config.security.check_exposure(auth.is_some(), bound)?;
+    if let Some(auth) = &auth {
+        config
+            .security
+            .warn_about(auth, config.registry.allow_self_approval);
+    }
     let mut registry_config = config.registry.clone();
     if let Some(signers) = config.security.trusted_signers()? {
         registry_config.trusted_signers = Arc::new(signers);

@@ -670,3 +670,131 @@ async fn the_command_line_with_a_token_acts_as_its_principal() {
     );
     server.stop().await;
 }
+
+/// A stream opened before a reload that removes its principal ends at its next message.
+#[cfg(unix)]
+#[tokio::test]
+async fn streams_of_a_revoked_principal_end_at_their_next_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with_auth(dir.path()).await;
+    let mut registry = server.registry().await;
+    let mut models = Vec::new();
+    for i in 0..2 {
+        let header = pb::RegisterModelHeader {
+            created_by: String::new(),
+            ..header(&format!("m{i}"), "1.0.0", "")
+        };
+        let messages = registration_messages(header, b"weights", 1024);
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        request.metadata_mut().insert(
+            "authorization",
+            "Bearer publisher-token".parse().expect("header"),
+        );
+        models.push(
+            registry
+                .register_model(request)
+                .await
+                .expect("register")
+                .into_inner()
+                .registry_id,
+        );
+    }
+    server
+        .experiments()
+        .await
+        .create_test(as_(
+            Some("experimenter"),
+            pb::CreateTestRequest {
+                created_by: String::new(),
+                ..test_request("t", &models)
+            },
+        ))
+        .await
+        .expect("create");
+
+    let mut allocator = server.allocator().await;
+    let (alloc_tx, alloc_rx) = tokio::sync::mpsc::channel(4);
+    let mut allocations = allocator
+        .allocate_stream(as_(
+            Some("allocator"),
+            tokio_stream::wrappers::ReceiverStream::new(alloc_rx),
+        ))
+        .await
+        .expect("open AllocateStream")
+        .into_inner();
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = allocator
+        .ingest_results(as_(
+            Some("streamer"),
+            tokio_stream::wrappers::ReceiverStream::new(batch_rx),
+        ))
+        .await
+        .expect("open IngestResults")
+        .into_inner();
+    let request = || pb::AllocateRequest {
+        test_id: "t".into(),
+        unit_key: String::new(),
+    };
+    let batch = |sequence| pb::ResultBatch {
+        sequence,
+        results: vec![result("t", "arm_0", 0.01)],
+    };
+    alloc_tx.send(request()).await.expect("send");
+    allocations
+        .message()
+        .await
+        .expect("answer")
+        .expect("an allocation");
+    batch_tx.send(batch(1)).await.expect("send");
+    acks.message().await.expect("ack").expect("an ack");
+
+    auth_file(dir.path(), &["allocator", "streamer"]);
+    // SAFETY: sends a signal to this process, whose SIGHUP handler the server installed.
+    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    // The reload is asynchronous: wait until a new call is refused.
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let answer = allocator.allocate(as_(Some("allocator"), request())).await;
+        if answer.is_err_and(|e| e.code() == Code::Unauthenticated) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the reload did not take effect");
+    alloc_tx.send(request()).await.expect("send");
+    let err = allocations.message().await.expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("revoked"), "{err:?}");
+    batch_tx.send(batch(2)).await.expect("send");
+    let err = acks.message().await.expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    server.stop().await;
+}
+
+/// An authorization header decides, and must be one well-formed `Bearer <token>`.
+#[tokio::test]
+async fn malformed_or_empty_authorization_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with_auth(dir.path()).await;
+    let mut registry = server.registry().await;
+    for (what, values) in [
+        ("an empty token", &["Bearer "][..]),
+        ("another scheme", &["Basic YW5hbHlzdDp4"][..]),
+        ("no scheme", &["analyst-token"][..]),
+        (
+            "two headers",
+            &["Bearer analyst-token", "Bearer admin-token"][..],
+        ),
+    ] {
+        let mut request = tonic::Request::new(pb::ListModelsRequest::default());
+        for value in values {
+            request
+                .metadata_mut()
+                .append("authorization", value.parse().expect("header"));
+        }
+        let err = registry.list_models(request).await.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    }
+    server.stop().await;
+}

@@ -147,11 +147,11 @@ mod tests {
     use std::sync::Arc;
 
     fn alice() -> Identity {
-        Identity::Principal(Arc::new(Principal {
-            name: "alice".into(),
-            roles: [Role::Publisher].into(),
-            rate_limits: Default::default(),
-        }))
+        Identity::Principal(Arc::new(Principal::new(
+            "alice".into(),
+            [Role::Publisher].into(),
+            Default::default(),
+        )))
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::CallKind;
 /// Calls per second per principal for each kind of call; 0 is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
-    /// Allocate, AllocateStream, WatchAllocations.
+    /// Allocate, AllocateStream.
     pub allocate: u32,
     /// RecordResult, IngestResults.
     pub ingest: u32,

@@ -8,7 +8,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::experiment_convert::pb_test_status;
-use super::status;
+use super::{authn, status};
 use crate::experiment::{AppliedResults, Experiments, RecordOutcome, ResultInput};
 use crate::pb::{self, allocator_server};
 
@@ -94,10 +94,12 @@ impl allocator_server::Allocator for AllocatorService {
         request: Request<Streaming<pb::AllocateRequest>>,
     ) -> Result<Response<Self::AllocateStreamStream>, Status> {
         let experiments = self.experiments.clone();
+        let identity = authn::identity(&request)?;
         // Mapping the inbound stream keeps responses in request order with no extra task or hop.
-        let responses = request
-            .into_inner()
-            .map(move |request| request.and_then(|r| allocate(&experiments, r)));
+        let responses = request.into_inner().map(move |request| {
+            authn::still_valid(&identity)?;
+            request.and_then(|r| allocate(&experiments, r))
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -127,6 +129,7 @@ impl allocator_server::Allocator for AllocatorService {
         &self,
         request: Request<Streaming<pb::ResultBatch>>,
     ) -> Result<Response<Self::IngestResultsStream>, Status> {
+        let identity = authn::identity(&request)?;
         let mut inbound = request.into_inner();
         // Two stages: the reader applies batch k+1 while the acknowledger waits for batch k to be
         // durable, so one stream is not limited to one batch per flush; acks stay in order and
@@ -136,7 +139,7 @@ impl allocator_server::Allocator for AllocatorService {
         let experiments = self.experiments.clone();
         tokio::spawn(async move {
             while let Some(batch) = inbound.next().await {
-                let applied = match batch {
+                let applied = match batch.and_then(|b| authn::still_valid(&identity).map(|()| b)) {
                     Err(status) => Err(status),
                     Ok(batch) => {
                         metrics::histogram!("arbiter_ingest_batch_size")

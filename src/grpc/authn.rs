@@ -51,15 +51,33 @@ fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
-/// The token of an `authorization: Bearer <token>` header.
-fn bearer<B>(request: &http::Request<B>) -> Option<&str> {
-    let value = request
+/// The token of an `authorization: Bearer <token>` header, `None` without one. A request that
+/// has the header must have exactly one, well formed, with a token: it never falls back to the
+/// client certificate.
+fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, Status> {
+    let mut values = request
         .headers()
-        .get(http::header::AUTHORIZATION)?
+        .get_all(http::header::AUTHORIZATION)
+        .iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Status::unauthenticated(
+            "more than one authorization header; send one `authorization: Bearer <token>`",
+        ));
+    }
+    let malformed = || Status::unauthenticated("the authorization header must be `Bearer <token>`");
+    let (scheme, token) = value
         .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some(token))
 }
 
 /// Who `request` comes from, or the status that refuses it. A bearer token decides when there
@@ -69,9 +87,17 @@ fn identify<B>(
     peers: &PeerNames,
     request: &http::Request<B>,
 ) -> Result<Identity, Status> {
-    let principal = match bearer(request) {
+    let principal = match bearer(request)? {
         Some(token) => auth.authenticate(Some(token), None),
-        None => auth.authenticate(None, peers.common_name(request).as_deref()),
+        None => match peers.common_name(request) {
+            Some(None) => {
+                return Err(Status::unauthenticated(
+                    "the client certificate has no single text subject CN to name a principal",
+                ))
+            }
+            Some(Some(cn)) => auth.authenticate(None, Some(&cn)),
+            None => auth.authenticate(None, None),
+        },
     }
     .map_err(|e| Status::unauthenticated(e.to_string()))?;
     let path = request.uri().path();
@@ -116,6 +142,18 @@ where
         };
         request.extensions_mut().insert(identity);
         Box::pin(self.inner.call(request))
+    }
+}
+
+/// Whether `identity` still holds: a stream checks it at every message, so a principal removed
+/// (or changed) by a reload of the auth file cannot keep streaming on a call it opened before.
+pub fn still_valid(identity: &Identity) -> Result<(), Status> {
+    match identity {
+        Identity::Principal(p) if p.is_revoked() => Err(Status::unauthenticated(format!(
+            "the credential of principal {:?} was revoked by a reload of the auth file",
+            p.name
+        ))),
+        _ => Ok(()),
     }
 }
 

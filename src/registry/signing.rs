@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::types::{RegistryId, Sha256Digest};
@@ -108,6 +108,13 @@ impl TrustedSigners {
             })?;
             let key = VerifyingKey::from_bytes(&bytes)
                 .map_err(|e| format!("signer {:?}: not an ed25519 key: {e}", entry.name))?;
+            // A small-order key verifies signatures anyone can forge for some messages.
+            if key.is_weak() {
+                return Err(format!(
+                    "signer {:?}: a weak (small-order) ed25519 key",
+                    entry.name
+                ));
+            }
             if entry.name.is_empty() || keys.insert(entry.name.clone(), key).is_some() {
                 return Err(format!(
                     "signer {:?} is unnamed or listed twice",
@@ -140,7 +147,9 @@ impl TrustedSigners {
             .as_slice()
             .try_into()
             .map_err(|_| SignatureProblem::Malformed(signature.signature.len()))?;
-        key.verify(message.as_bytes(), &Signature::from_bytes(&bytes))
+        // Strict verification (RFC 8032 §5.1.7 with canonical encodings and no small-order
+        // points), so that one signature verifies under one reading only.
+        key.verify_strict(message.as_bytes(), &Signature::from_bytes(&bytes))
             .map_err(|_| SignatureProblem::Invalid(signature.signer.clone()))
     }
 }
@@ -148,6 +157,20 @@ impl TrustedSigners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weak_keys_are_refused() {
+        // The identity point: every signature with R = identity and s = 0 verifies under it
+        // with the lax rules.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let text = format!(
+            "[[signer]]\nname = \"weak\"\npublic_key = \"{}\"\n",
+            hex::encode(identity)
+        );
+        let err = TrustedSigners::parse(&text).expect_err("weak key");
+        assert!(err.contains("weak"), "{err}");
+    }
 
     #[test]
     fn signatures_verify_only_for_their_message_and_signer() {

@@ -85,6 +85,24 @@ impl SecurityConfig {
         Ok(Some(tls))
     }
 
+    /// Logs settings that undo part of what an auth file is for.
+    pub fn warn_about(&self, auth: &Authenticator, allow_self_approval: bool) {
+        if allow_self_approval {
+            tracing::warn!(
+                "--allow-self-approval: a principal may approve its own model for PRODUCTION \
+                 (the four-eyes rule is off)"
+            );
+        }
+        let client_certificates = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if auth.certificate_principals() > 0 && !client_certificates {
+            tracing::warn!(
+                principals = auth.certificate_principals(),
+                "the auth file names principals by certificate (cert_subject_cn), but without \
+                 --tls-client-ca no client presents one: they cannot authenticate"
+            );
+        }
+    }
+
     /// Refuses to serve without authentication anywhere but on loopback, unless asked to.
     pub fn check_exposure(
         &self,
