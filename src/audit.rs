@@ -1,4 +1,4 @@
-//! The append-only, hash-chained audit log (SPEC §2.4).
+//! The append-only, hash-chained audit log.
 //!
 //! Every change that must be audited is committed through [`AuditLog::commit`], which appends the
 //! events to the same [`WriteBatch`] as the change, so the change and its record appear together or
@@ -174,6 +174,15 @@ impl AuditLog {
         }
         storage.apply(batch)?;
         *head = next;
+        // Every lifecycle change is audited, so this is the one place that logs them all.
+        for event in &events {
+            let details = serde_json::to_string(&event.details).unwrap_or_default();
+            if event.action.contains("suspend") {
+                tracing::warn!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
+            } else {
+                tracing::info!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
+            }
+        }
         Ok(events)
     }
 

@@ -274,10 +274,11 @@ pub struct CreateTestArgs {
     /// Allocation strategy.
     #[arg(long, value_enum, default_value_t = StrategyArg::Thompson)]
     pub strategy: StrategyArg,
-    /// Reward model of Thompson sampling.
+    /// Reward model of Thompson sampling: gaussian (the mean return; the server's default) or
+    /// bernoulli (the win rate).
     #[arg(long, value_enum)]
     pub reward: Option<RewardArg>,
-    /// FIXED weights, one per model: `0.7,0.3`.
+    /// FIXED weights, one per model: `0.7,0.3` (served exactly; default equal).
     #[arg(long, value_delimiter = ',')]
     pub weights: Vec<f64>,
     /// Display name.
@@ -286,34 +287,35 @@ pub struct CreateTestArgs {
     /// Free text.
     #[arg(long, default_value = "")]
     pub description: String,
-    /// Results per arm before early stopping is considered.
+    /// Results per arm before early stopping is considered (default 1000, at least 10).
     #[arg(long)]
     pub minimum_sample_size: Option<u64>,
-    /// Smallest absolute difference of mean return worth acting on.
+    /// Smallest absolute difference of mean return worth acting on (default 0).
     #[arg(long)]
     pub minimum_effect_size: Option<f64>,
-    /// Significance level.
+    /// Significance level (default 0.05, in [0.001, 0.2]).
     #[arg(long)]
     pub significance_level: Option<f64>,
-    /// The test completes by itself after this many days.
+    /// The test completes by itself after this many days (default 30).
     #[arg(long)]
     pub max_duration_days: Option<f64>,
-    /// Never stop early.
+    /// Never stop early (by default a test stops once a comparison is significant).
     #[arg(long)]
     pub no_early_stopping: bool,
-    /// Mean return per result below which an arm is suspended.
+    /// Mean return per result below which an arm is suspended (default -0.05).
     #[arg(long, allow_hyphen_values = true)]
     pub stop_loss_threshold: Option<f64>,
-    /// Allocation floor per arm.
+    /// Allocation floor per arm (bandits: min(0.05, 0.5/arms); FIXED: where a stop-loss holds an
+    /// arm, at most the smallest weight).
     #[arg(long)]
     pub min_allocation_per_arm: Option<f64>,
-    /// Allocation cap per arm.
+    /// Allocation cap per arm (bandits: 0.8; FIXED: 1, at least the largest weight).
     #[arg(long)]
     pub max_allocation_per_arm: Option<f64>,
-    /// Exploration rate of epsilon-greedy.
+    /// Exploration rate of epsilon-greedy (default 0.1).
     #[arg(long)]
     pub epsilon: Option<f64>,
-    /// Exploration constant of UCB.
+    /// Exploration constant of UCB (default sqrt(2)).
     #[arg(long)]
     pub ucb_exploration: Option<f64>,
     /// Control arm id (default arm_0).
@@ -529,7 +531,7 @@ pub struct ServeArgs {
     /// Registry and test changes per second each principal may make; 0 is unlimited.
     #[arg(long, env = "ARBITER_CHANGE_RATE_LIMIT", default_value_t = RateLimits::DEFAULT_CHANGE)]
     pub change_rate_limit: u32,
-    /// Allocate, AllocateStream and WatchAllocations calls per second each principal may make
+    /// Allocate and AllocateStream calls per second each principal may make
     /// (a stream counts once); 0, the default, is unlimited.
     #[arg(long, env = "ARBITER_ALLOCATE_RATE_LIMIT", default_value_t = 0)]
     pub allocate_rate_limit: u32,

@@ -1,5 +1,5 @@
 //! A/B tests and bandits: test lifecycle, allocation policies (one file per strategy), exact
-//! sufficient statistics, the allocation table, and durable result ingestion (SPEC §2.2, §2.3).
+//! sufficient statistics, the allocation table, and durable result ingestion.
 //!
 //! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the

@@ -1,5 +1,5 @@
 //! The model registry: versioned artifacts with SHA-256 integrity, metadata, the approval-gated
-//! lifecycle and retention (SPEC §2.1).
+//! lifecycle and retention.
 //!
 //! Main types: [`Registry`] (the operations), [`types::ModelMetadata`] (the stored record),
 //! [`artifacts::ArtifactStore`] (files), [`RegistryError`]. Mutations are serialized by one
@@ -273,8 +273,9 @@ impl Registry {
         found.into_iter().map(|m| self.view(m)).collect()
     }
 
-    /// Resolves `version` (or, when `None`, the highest-semver PRODUCTION version, else the
-    /// highest-semver version) of `model_id`.
+    /// Resolves `version` of `model_id`, or, when `None`, its "latest": the highest-semver
+    /// PRODUCTION version, else the highest-semver version that is neither DEPRECATED nor
+    /// ARCHIVED (retired versions are fetched only by name).
     pub fn resolve(
         &self,
         model_id: &ModelId,
@@ -291,16 +292,21 @@ impl Registry {
             .iter()
             .filter(|m| m.status == ModelStatus::Production)
             .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version));
-        production
-            .or_else(|| {
-                versions
-                    .iter()
-                    .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version))
-            })
-            .cloned()
-            .ok_or_else(|| RegistryError::ModelNotFound {
+        let current = || {
+            versions
+                .iter()
+                .filter(|m| !matches!(m.status, ModelStatus::Deprecated | ModelStatus::Archived))
+                .max_by(|a, b| a.registry_id.version.cmp(&b.registry_id.version))
+        };
+        match production.or_else(current) {
+            Some(m) => Ok(m.clone()),
+            None if versions.is_empty() => Err(RegistryError::ModelNotFound {
                 model_id: model_id.to_string(),
-            })
+            }),
+            None => Err(RegistryError::NoCurrentVersion {
+                model_id: model_id.to_string(),
+            }),
+        }
     }
 
     /// Resolves a version and opens its artifact after verifying its checksum (DATA_LOSS on a
@@ -355,6 +361,9 @@ impl Registry {
                 false
             }
         };
+        if !problems.is_empty() {
+            tracing::warn!(registry_id = %id, problems = %problems.join("; "), "model verification failed");
+        }
         Ok(Verification {
             signer: metadata.signature.as_ref().map(|s| s.signer.clone()),
             signature_ok,

@@ -1,5 +1,5 @@
 //! End-to-end tests of `arbiter.v1.Experiments` and `arbiter.v1.Allocator` over real gRPC:
-//! every RPC and every error of SPEC §2.2 and §2.3.
+//! every RPC and every error they document.
 
 mod support;
 
@@ -26,7 +26,7 @@ async fn create_fills_defaults_and_rejects_every_bad_field() {
         created.allocation_strategy,
         pb::AllocationStrategy::ThompsonSampling as i32
     );
-    assert_eq!(created.reward_model, pb::RewardModel::Bernoulli as i32);
+    assert_eq!(created.reward_model, pb::RewardModel::Gaussian as i32);
     assert_eq!((created.epsilon, created.significance_level), (0.1, 0.05));
     assert!((created.ucb_exploration - 2f64.sqrt()).abs() < 1e-15);
     assert_eq!(

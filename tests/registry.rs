@@ -1,4 +1,4 @@
-//! End-to-end tests of `arbiter.v1.Registry` over real gRPC: every RPC and every error of SPEC §2.1.
+//! End-to-end tests of `arbiter.v1.Registry` over real gRPC: every RPC and every error it documents.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! End-to-end statistics and risk controls over real gRPC (SPEC §3): the Python system's
-//! behaviours done right, early stopping, stop-loss, expiry, SRM and sample sizes.
+//! End-to-end statistics and risk controls over real gRPC: significance, early stopping,
+//! stop-loss, expiry, SRM and sample sizes.
 
 mod support;
 
@@ -195,7 +195,7 @@ async fn a_two_arm_result_always_carries_winner_p_value_and_significant() {
     let sig = r.significance_test.expect("present before any result");
     assert!(sig.winner.is_empty() && !sig.significant && sig.p_value == 1.0);
 
-    // Constant returns: zero variance. A winner by mean, no significance, and no stop.
+    // Constant returns: zero variance. A leader by mean, no significance, no winner, no stop.
     let records = (0..30)
         .flat_map(|_| [result("t", "arm_0", 0.01), result("t", "arm_1", 0.02)])
         .collect();
@@ -209,7 +209,7 @@ async fn a_two_arm_result_always_carries_winner_p_value_and_significant() {
         "zero variance must not stop a test"
     );
     let sig = r.significance_test.expect("significance test");
-    assert_eq!(sig.winner, "arm_1");
+    assert_eq!((sig.leader.as_str(), sig.winner.as_str()), ("arm_1", ""));
     assert_eq!(
         (sig.p_value, sig.significant, sig.always_valid_p_value),
         (1.0, false, 1.0)
@@ -278,7 +278,8 @@ async fn welch_figures_holm_comparisons_probability_best_and_srm() {
         c.adjusted_p_value.is_some(),
         "Holm-adjusted p with several arms"
     );
-    assert_eq!(c.winner, "arm_1");
+    assert!(!c.significant, "{c:?}");
+    assert_eq!((c.leader.as_str(), c.winner.as_str()), ("arm_1", ""));
     let p_best: f64 = r
         .arms
         .iter()

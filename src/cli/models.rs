@@ -219,13 +219,6 @@ pub(super) fn local(args: &ModelsArgs) -> Result<Option<String>, CliError> {
 pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, CliError> {
     let mut client = RegistryClient::new(channel).max_decoding_message_size(16 << 20);
     let as_json = args.client.json;
-    let show = |m: &pb::ModelMetadata| {
-        if as_json {
-            super::json(&metadata_json(m))
-        } else {
-            metadata_line(m)
-        }
-    };
     match &args.action {
         ModelsAction::Register {
             id,
@@ -351,7 +344,20 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 reason: reason.clone(),
                 expected_status: expected.map(|s| status(s) as i32),
             };
-            Ok(show(&client.promote_model(request).await?.into_inner()))
+            let promoted = client.promote_model(request).await?.into_inner();
+            let demoted = &promoted.demoted_registry_id;
+            Ok(if as_json {
+                let mut value = metadata_json(&promoted);
+                value["demoted_registry_id"] = json!(demoted);
+                super::json(&value)
+            } else if demoted.is_empty() {
+                metadata_line(&promoted)
+            } else {
+                format!(
+                    "{}{demoted} was PRODUCTION and is now DEPRECATED\n",
+                    metadata_line(&promoted)
+                )
+            })
         }
         ModelsAction::Delete { registry_id, force } => {
             let request = pb::DeleteModelRequest {

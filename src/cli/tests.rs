@@ -57,7 +57,7 @@ fn results_json(r: &pb::TestResults) -> Value {
         .map(|c| {
             json!({"control_arm": c.control_arm, "treatment_arm": c.treatment_arm, "significant": c.significant,
                    "p_value": c.p_value, "always_valid_p_value": c.always_valid_p_value,
-                   "adjusted_p_value": c.adjusted_p_value, "difference": c.difference, "winner": c.winner})
+                   "adjusted_p_value": c.adjusted_p_value, "difference": c.difference, "leader": c.leader, "winner": c.winner})
         })
         .collect();
     json!({"test_id": r.test_id, "status": status_name(r.status), "total_requests": r.total_requests,

@@ -166,7 +166,7 @@ impl Experiments {
         if let Some(mark) = store_mark {
             self.inner.storage.flush_through(mark).await?;
         }
-        // Refreshed before the acknowledgement (SPEC §2.3: reflected in allocations within 10 ms
+        // Refreshed before the acknowledgement (reflected in allocations within 10 ms
         // of it). A Thompson refresh of eight arms is ~10 µs of numerical integration, ~1 ms when
         // it falls back to Monte Carlo.
         for state in touched {

@@ -1,4 +1,4 @@
-//! The results of a test (SPEC §3): per-arm figures, the comparisons with the control arm, the
+//! The results of a test: per-arm figures, the comparisons with the control arm, the
 //! winner, P(arm is best) and the sample-ratio-mismatch check.
 
 use std::collections::BTreeMap;
@@ -87,6 +87,8 @@ pub struct ComparisonResults {
     /// Welch interval of the difference at 1 − α.
     pub difference_ci: Option<(f64, f64)>,
     /// Arm with the higher mean, once both arms have two results.
+    pub leader: Option<String>,
+    /// The leader, only when the comparison is significant.
     pub winner: Option<String>,
     /// Running always-valid p-value (mixture SPRT).
     pub always_valid_p_value: f64,
@@ -138,6 +140,7 @@ fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults 
         effect_size: c.cohens_d.unwrap_or(0.0),
         difference: e.difference,
         difference_ci: c.welch.map(|w| w.ci),
+        leader: c.leader.map(name),
         winner: c.winner.map(name),
         always_valid_p_value: e.always_valid_p,
         adjusted_p_value: (config.arms.len() > 2).then_some(e.adjusted_p),

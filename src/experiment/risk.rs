@@ -1,7 +1,7 @@
-//! The stop-loss (SPEC §3): an arm whose mean return per result falls below
+//! The stop-loss: an arm whose mean return per result falls below
 //! `stop_loss_threshold`, once it has at least [`STOP_LOSS_MIN_RESULTS`] results, is suspended to
 //! the allocation floor; the suspension is lifted when its mean recovers. Floors and caps are
-//! applied to every strategy's vector in [`super::table::apply_limits`].
+//! applied to every strategy's vector in [`super::table::limited_shares`].
 
 use super::state::StatsRecord;
 use super::types::TestConfig;

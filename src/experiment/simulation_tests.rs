@@ -1,4 +1,4 @@
-//! Continuous monitoring, simulated (SPEC §3): many two-arm tests checked after every batch of 50
+//! Continuous monitoring, simulated: many two-arm tests checked after every batch of 50
 //! results per arm, up to 5000 per arm, through the same `look` / `evidence` / `decide` functions
 //! the server runs after each applied batch.
 //!

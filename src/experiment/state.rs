@@ -14,7 +14,7 @@ use super::policy::{self, Policy};
 use super::posterior::ArmStats;
 use super::rng;
 use super::stopping::SequentialState;
-use super::table::{apply_limits, AllocationTable};
+use super::table::{limited_shares, AllocationTable};
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
 use crate::storage::{BodyError, Record};
 
@@ -228,12 +228,9 @@ impl TestState {
             stored
         } else {
             let suspended = state.book.lock().stats.suspended.clone();
-            apply_limits(
-                &vec![1.0 / k as f64; k],
-                state.config.min_allocation_per_arm,
-                state.config.max_allocation_per_arm,
-                &suspended,
-            )
+            // The configured weights: FIXED's, else the equal initial shares.
+            let weights: Vec<f64> = state.config.arms.iter().map(|a| a.weight).collect();
+            limited_shares(&state.config, &weights, &suspended)
         };
         state.table.store(Arc::new(AllocationTable::new(
             probabilities,
@@ -369,12 +366,7 @@ impl TestState {
         let table = match (status, arms) {
             (TestStatus::Running, Some(arms)) => {
                 let raw = rng::with_rng(|r| self.policy.probabilities(&arms, r));
-                let limited = apply_limits(
-                    &raw,
-                    self.config.min_allocation_per_arm,
-                    self.config.max_allocation_per_arm,
-                    &suspended,
-                );
+                let limited = limited_shares(&self.config, &raw, &suspended);
                 AllocationTable::new(limited, status)
             }
             (TestStatus::Completed | TestStatus::Cancelled, _) => {

@@ -1,4 +1,4 @@
-//! When a test may stop itself, and the comparisons it reports (SPEC §3).
+//! When a test may stop itself, and the comparisons it reports.
 //!
 //! Every non-control arm is compared with the control arm. Reported per comparison: Welch's
 //! fixed-horizon test (t, df, p, interval of the difference), Cohen's d, and the always-valid
@@ -66,6 +66,8 @@ pub struct Comparison {
     /// Cohen's d.
     pub cohens_d: Option<f64>,
     /// The arm with the higher mean, once both arms have two results.
+    pub leader: Option<usize>,
+    /// The leader, when the comparison is significant; else `None`.
     pub winner: Option<usize>,
 }
 
@@ -140,14 +142,16 @@ pub fn compare(
         .into_iter()
         .map(|e| {
             let (a, b) = (arms[e.control].summary(), arms[e.treatment].summary());
+            let leader = (a.n >= 2 && b.n >= 2).then_some(if e.difference > 0.0 {
+                e.treatment
+            } else {
+                e.control
+            });
             Comparison {
                 welch: stats::welch_t_test(a, b, config.significance_level),
                 cohens_d: stats::cohens_d(a, b),
-                winner: (a.n >= 2 && b.n >= 2).then_some(if e.difference > 0.0 {
-                    e.treatment
-                } else {
-                    e.control
-                }),
+                leader,
+                winner: leader.filter(|_| e.significant),
                 evidence: e,
             }
         })

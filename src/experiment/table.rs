@@ -6,9 +6,58 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::types::TestStatus;
+use super::types::{Strategy, TestConfig, TestStatus};
 
-/// Applies allocation limits to a probability vector, for every strategy alike:
+/// The shares a test serves for its policy's vector `raw`: FIXED weights exactly as configured
+/// ([`fixed_shares`]), every other strategy's vector after the floor and cap ([`apply_limits`]).
+pub fn limited_shares(config: &TestConfig, raw: &[f64], suspended: &[bool]) -> Vec<f64> {
+    if config.strategy == Strategy::Fixed {
+        fixed_shares(raw, config.min_allocation_per_arm, suspended)
+    } else {
+        apply_limits(
+            raw,
+            config.min_allocation_per_arm,
+            config.max_allocation_per_arm,
+            suspended,
+        )
+    }
+}
+
+/// FIXED weights as served: unchanged, except that stop-loss `suspended` arms are held at the
+/// floor `min` (at most their own weight) and the other arms share what they give up in
+/// proportion to their weights. With every arm suspended (the test is then stopping) the weights
+/// stay as they are. Weights are positive and sum to 1 (checked at test creation).
+pub fn fixed_shares(weights: &[f64], min: f64, suspended: &[bool]) -> Vec<f64> {
+    let active: f64 = weights
+        .iter()
+        .zip(suspended)
+        .filter(|(_, &s)| !s)
+        .map(|(w, _)| w)
+        .sum();
+    if active <= 0.0 || suspended.iter().all(|&s| !s) {
+        return weights.to_vec();
+    }
+    let held: Vec<f64> = weights
+        .iter()
+        .zip(suspended)
+        .map(|(&w, &s)| if s { min.min(w) } else { 0.0 })
+        .collect();
+    let freed: f64 = weights
+        .iter()
+        .zip(&held)
+        .zip(suspended)
+        .filter(|(_, &s)| s)
+        .map(|((w, h), _)| w - h)
+        .sum();
+    weights
+        .iter()
+        .zip(&held)
+        .zip(suspended)
+        .map(|((&w, &h), &s)| if s { h } else { w + freed * w / active })
+        .collect()
+}
+
+/// Applies allocation limits to a probability vector, for every strategy but FIXED:
 /// an additive floor `p ← min + (1 − K·min)·p` (keeps the order of arms and the sum), then
 /// a cap: mass above `max` is moved to the arms below the cap in proportion to their headroom,
 /// repeatedly, until none exceeds it. Requires `K·min ≤ 1 ≤ K·max` (checked at test creation);
@@ -193,6 +242,20 @@ mod tests {
         let q = apply_limits(&[0.7, 0.2, 0.1], 0.05, 1.0, &[true, false, false]);
         assert!((q[0] - 0.05).abs() < 1e-12, "{q:?}");
         assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fixed_weights_are_served_exactly_and_suspensions_keep_the_proportions() {
+        assert_eq!(fixed_shares(&[0.9, 0.1], 0.05, &[false, false]), [0.9, 0.1]);
+        // arm_0 held at 0.05; arms 1 and 2 share its 0.45 as 0.3 : 0.2.
+        let q = fixed_shares(&[0.5, 0.3, 0.2], 0.05, &[true, false, false]);
+        for (got, want) in q.iter().zip([0.05, 0.57, 0.38]) {
+            assert!((got - want).abs() < 1e-12, "{q:?}");
+        }
+        // The floor never raises a suspended arm above its own weight.
+        let q = fixed_shares(&[0.98, 0.02], 0.05, &[false, true]);
+        assert_eq!(q, [0.98, 0.02]);
+        assert_eq!(fixed_shares(&[0.6, 0.4], 0.05, &[true, true]), [0.6, 0.4]);
     }
 }
 

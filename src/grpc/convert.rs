@@ -261,6 +261,7 @@ impl From<ModelView> for pb::ModelMetadata {
                 .map(|s| s.signature.clone())
                 .unwrap_or_default(),
             signer: m.signature.map(|s| s.signer).unwrap_or_default(),
+            demoted_registry_id: String::new(),
         }
     }
 }

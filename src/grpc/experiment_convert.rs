@@ -1,5 +1,5 @@
 //! Conversions between protobuf and experiment domain types; request conversions validate every
-//! field and fill in the defaults of SPEC §2.2.
+//! field and fill in the documented defaults (`proto/arbiter/v1/experiments.proto`).
 
 use crate::experiment::types::*;
 use crate::experiment::{
@@ -42,8 +42,10 @@ fn strategy(raw: i32) -> Result<Strategy, ExperimentError> {
 fn reward_model(raw: i32) -> Result<RewardModel, ExperimentError> {
     use pb::RewardModel as P;
     match P::try_from(raw) {
-        Ok(P::Unspecified | P::Bernoulli) => Ok(RewardModel::Bernoulli),
-        Ok(P::Gaussian) => Ok(RewardModel::Gaussian),
+        // Gaussian by default: the bandit then optimises the mean return, which is what
+        // significance and winners are judged on.
+        Ok(P::Bernoulli) => Ok(RewardModel::Bernoulli),
+        Ok(P::Unspecified | P::Gaussian) => Ok(RewardModel::Gaussian),
         Err(_) => Err(ExperimentError::invalid(
             "reward_model",
             format!("unknown value {raw}"),
@@ -142,10 +144,21 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             normalised
         };
         // The default floor of 0.05 would swallow all traffic beyond 10 arms; keep floors to at
-        // most half of it.
+        // most half of it. FIXED weights are served as given: their floor (where a stop-loss
+        // holds an arm) defaults to no more than the smallest weight, their cap to 1, and limits
+        // given explicitly must contain every weight.
+        let fixed = strategy == Strategy::Fixed;
+        let smallest = weights.iter().copied().fold(f64::INFINITY, f64::min);
+        let largest = weights.iter().copied().fold(0.0, f64::max);
         let min_default = 0.05f64.min(0.5 / k as f64);
-        let min = r.min_allocation_per_arm.unwrap_or(min_default);
-        let max = r.max_allocation_per_arm.unwrap_or(0.8);
+        let min = r.min_allocation_per_arm.unwrap_or(if fixed {
+            min_default.min(smallest)
+        } else {
+            min_default
+        });
+        let max = r
+            .max_allocation_per_arm
+            .unwrap_or(if fixed { 1.0 } else { 0.8 });
         check(
             "min_allocation_per_arm",
             min,
@@ -174,6 +187,18 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             return Err(ExperimentError::invalid(
                 "min_allocation_per_arm",
                 format!("{min} exceeds max_allocation_per_arm {max}"),
+            ));
+        }
+        if fixed && min > smallest + 1e-12 {
+            return Err(ExperimentError::invalid(
+                "min_allocation_per_arm",
+                format!("{min} is above the smallest FIXED weight {smallest}"),
+            ));
+        }
+        if fixed && max < largest - 1e-12 {
+            return Err(ExperimentError::invalid(
+                "max_allocation_per_arm",
+                format!("{max} is below the largest FIXED weight {largest}"),
             ));
         }
         // Not collected from `models.into_iter()`: that would reuse its larger buffer in place,
@@ -360,6 +385,7 @@ impl From<ComparisonResults> for pb::SignificanceTest {
                 .difference_ci
                 .map(|(low, high)| pb::ConfidenceInterval { low, high }),
             winner: c.winner.unwrap_or_default(),
+            leader: c.leader.unwrap_or_default(),
             always_valid_p_value: c.always_valid_p_value,
             adjusted_p_value: c.adjusted_p_value,
         }

@@ -220,12 +220,17 @@ impl registry_server::Registry for RegistryService {
             Identity::Open => promotion.rights = PromotionRights::ALL,
         }
         promotion.actor = actor.into_string();
-        let view = self
+        let promoted = self
             .registry
             .promote(promotion)
             .await
             .map_err(status::registry)?;
-        Ok(Response::new(view.into()))
+        let mut answer = pb::ModelMetadata::from(promoted.view);
+        answer.demoted_registry_id = promoted
+            .demoted
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, fields(registry_id = %request.get_ref().registry_id))]

@@ -11,7 +11,7 @@ pub fn registry(err: RegistryError) -> Status {
     use RegistryError as E;
     let code = match &err {
         E::InvalidArgument { .. } => Code::InvalidArgument,
-        E::NotFound { .. } | E::ModelNotFound { .. } => Code::NotFound,
+        E::NotFound { .. } | E::ModelNotFound { .. } | E::NoCurrentVersion { .. } => Code::NotFound,
         E::AlreadyExists { .. } => Code::AlreadyExists,
         E::InvalidTransition { .. }
         | E::SelfApproval { .. }

@@ -167,6 +167,7 @@ impl ArtifactStore {
         let context = || format!("reading artifact of {id}");
         let (actual, size) = hash_reader(&mut file).map_err(RegistryError::io(context()))?;
         if actual != expected {
+            tracing::warn!(registry_id = %id, %expected, %actual, "stored artifact fails its checksum; not served");
             return Err(RegistryError::ChecksumMismatch {
                 what: "artifact",
                 expected: expected.to_string(),

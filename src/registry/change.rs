@@ -47,6 +47,15 @@ impl PromotionRights {
     };
 }
 
+/// The answer to a promotion.
+#[derive(Debug, Clone)]
+pub struct Promoted {
+    /// The promoted version as it now is.
+    pub view: ModelView,
+    /// The version this promotion moved out of PRODUCTION (to DEPRECATED), if any.
+    pub demoted: Option<RegistryId>,
+}
+
 /// A request to delete a version.
 #[derive(Debug, Clone)]
 pub struct Deletion {
@@ -58,8 +67,9 @@ pub struct Deletion {
 
 impl Registry {
     /// Moves a version through the lifecycle. A version promoted to PRODUCTION replaces the
-    /// model's previous PRODUCTION version, which becomes DEPRECATED in the same atomic write.
-    pub async fn promote(&self, promotion: Promotion) -> Result<ModelView> {
+    /// model's previous PRODUCTION version, which becomes DEPRECATED in the same atomic write;
+    /// the answer names it.
+    pub async fn promote(&self, promotion: Promotion) -> Result<Promoted> {
         if promotion.target == ModelStatus::Production && promotion.approved_by.trim().is_empty() {
             return Err(RegistryError::invalid(
                 "approved_by",
@@ -67,14 +77,20 @@ impl Registry {
             ));
         }
         let this = self.clone();
-        let metadata = tokio::task::spawn_blocking(move || this.commit_promotion(&promotion))
-            .await
-            .map_err(|e| RegistryError::io("committing promotion")(std::io::Error::other(e)))??;
+        let (metadata, demoted) =
+            tokio::task::spawn_blocking(move || this.commit_promotion(&promotion))
+                .await
+                .map_err(|e| {
+                    RegistryError::io("committing promotion")(std::io::Error::other(e))
+                })??;
         self.inner.storage.flush().await?;
-        self.view(metadata)
+        Ok(Promoted {
+            view: self.view(metadata)?,
+            demoted,
+        })
     }
 
-    fn commit_promotion(&self, p: &Promotion) -> Result<ModelMetadata> {
+    fn commit_promotion(&self, p: &Promotion) -> Result<(ModelMetadata, Option<RegistryId>)> {
         let _guard = self.inner.write_lock.lock();
         let mut metadata = self.load_existing(&p.registry_id)?;
         let from = metadata.status;
@@ -110,6 +126,7 @@ impl Registry {
         let actor = p.actor.clone();
         let mut batch = WriteBatch::new();
         let mut drafts = Vec::new();
+        let mut demoted = None;
         if p.target == ModelStatus::Production {
             if !self.inner.config.allow_self_approval
                 && crate::auth::actor::same_person(&p.approved_by, &metadata.created_by)
@@ -151,6 +168,7 @@ impl Registry {
                             .detail("to", ModelStatus::Deprecated)
                             .detail("reason", format!("replaced by {}", p.registry_id)),
                     );
+                    demoted = Some(previous.registry_id.clone());
                 }
             }
         }
@@ -167,7 +185,7 @@ impl Registry {
         self.inner
             .audit
             .commit(&self.inner.storage, batch, drafts)?;
-        Ok(metadata)
+        Ok((metadata, demoted))
     }
 
     /// Deletes a version: metadata and policy at once, then its file.

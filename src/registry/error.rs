@@ -26,6 +26,15 @@ pub enum RegistryError {
         /// The model id asked for.
         model_id: String,
     },
+    /// Every version of the model is DEPRECATED or ARCHIVED, and none was named.
+    #[error(
+        "model {} has only DEPRECATED or ARCHIVED versions; ask for one by its version",
+        crate::text::shown(.model_id)
+    )]
+    NoCurrentVersion {
+        /// The model id asked for.
+        model_id: String,
+    },
     /// Versions are immutable.
     #[error("model {} already exists; versions are immutable", crate::text::shown(.registry_id))]
     AlreadyExists {

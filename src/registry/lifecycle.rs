@@ -1,4 +1,4 @@
-//! The lifecycle table of SPEC §2.1 (from the seed document's diagram).
+//! The lifecycle table of model versions.
 //!
 //! ```text
 //! DEVELOPMENT → TESTING → STAGING → PRODUCTION → ARCHIVED

@@ -87,6 +87,12 @@ impl Registration {
         let finished = upload.finish().await?;
         if let Some(expected) = model.expected_sha256 {
             if expected != finished.digest {
+                tracing::warn!(
+                    registry_id = %model.registry_id,
+                    %expected,
+                    actual = %finished.digest,
+                    "upload refused: its SHA-256 is not the expected one"
+                );
                 return Err(RegistryError::ChecksumMismatch {
                     what: "artifact",
                     expected: expected.to_string(),
@@ -206,7 +212,7 @@ impl Registry {
         Ok((view, retired.into_iter().map(|m| m.registry_id).collect()))
     }
 
-    /// Retention (SPEC §2.1): while the model has more versions than allowed (counting `new`),
+    /// Retention: while the model has more versions than allowed (counting `new`),
     /// pick its oldest DEVELOPMENT or TESTING version that no active test uses.
     fn retention_victims(&self, new: &RegistryId) -> Result<Vec<ModelMetadata>> {
         let mut versions = self.versions(&new.model_id)?;
