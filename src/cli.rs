@@ -17,7 +17,7 @@ use crate::config::{AuditArgs, ClientArgs, ModelsArgs, TestsArgs};
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The server could not be reached.
-    #[error("cannot connect to {server}: {source}")]
+    #[error("cannot connect to {server}: {}", chain(.source))]
     Connect {
         /// The address given.
         server: String,
@@ -38,6 +38,41 @@ pub enum CliError {
     /// The command ran but found a problem (e.g. a broken audit chain).
     #[error("{0}")]
     Failed(String),
+}
+
+/// An error and its causes, `a: b: c` (tonic's transport error alone says only "transport
+/// error").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl CliError {
+    /// A code for scripts: the gRPC code's name for a server's answer, `UNAVAILABLE` when the
+    /// server could not be reached, `FILE` for a local file, `FAILED` otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CliError::Status(status) => crate::metrics::code_name(status.code()),
+            CliError::Connect { .. } => "UNAVAILABLE",
+            CliError::File { .. } => "FILE",
+            CliError::Failed(_) => "FAILED",
+        }
+    }
+
+    /// The error as JSON, for `--json`: `{"error": {"code": …, "message": …}}`.
+    pub fn to_json(&self) -> String {
+        let message = match self {
+            CliError::Status(status) => status.message().to_string(),
+            other => other.to_string(),
+        };
+        serde_json::json!({"error": {"code": self.code(), "message": message}}).to_string()
+    }
 }
 
 /// Runs `arbiter models …` and returns what to print.
@@ -97,6 +132,12 @@ async fn connect(client: &ClientArgs) -> Result<Connection, CliError> {
         server: client.server.clone(),
         source,
     };
+    if !client.server.contains("://") {
+        return Err(CliError::Failed(format!(
+            "--server {:?} has no scheme: use http://{0} (or https://{0} for a server with TLS)",
+            client.server
+        )));
+    }
     let mut endpoint = Endpoint::from_shared(client.server.clone())
         .map_err(|e| CliError::Failed(format!("invalid --server {:?}: {e}", client.server)))?;
     if client.server.starts_with("https://") {

@@ -192,9 +192,10 @@ pub enum ModelsAction {
     },
     /// Download an artifact (checksum verified by the server before sending).
     Get {
-        /// Model id.
+        /// `<model_id>:<version>`, or a model id alone for its latest version.
         model_id: String,
-        /// Version; default: latest PRODUCTION, else highest.
+        /// Version (instead of `:<version>`); default: the highest PRODUCTION version, else the
+        /// highest one that is not DEPRECATED or ARCHIVED.
         #[arg(long, default_value = "")]
         version: String,
         /// Where to write the artifact.

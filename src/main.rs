@@ -40,9 +40,9 @@ fn main() -> anyhow::Result<()> {
             }
             served
         }
-        Command::Models(args) => client(|| arbiter::cli::models(&args)),
-        Command::Tests(args) => client(|| arbiter::cli::tests(&args)),
-        Command::Audit(args) => client(|| arbiter::cli::audit(&args)),
+        Command::Models(args) => client(args.client.json, || arbiter::cli::models(&args)),
+        Command::Tests(args) => client(args.client.json, || arbiter::cli::tests(&args)),
+        Command::Audit(args) => client(args.client.json, || arbiter::cli::audit(&args)),
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let report = runtime
@@ -61,8 +61,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs a client subcommand: prints its output, or its error and exits 1.
-fn client<F, Fut>(command: F) -> anyhow::Result<()>
+/// Runs a client subcommand: prints its output, or its error (as JSON with `json`) on stderr and
+/// exits 1.
+fn client<F, Fut>(json: bool, command: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<String, arbiter::cli::CliError>>,
@@ -72,6 +73,10 @@ where
         Ok(output) => {
             print!("{output}");
             Ok(())
+        }
+        Err(e) if json => {
+            eprintln!("{}", e.to_json());
+            std::process::exit(1);
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -61,6 +61,16 @@ async fn tests_and_audit_subcommands() {
     );
     assert!(table.contains("arm_1 vs arm_0"), "{table}");
     assert!(table.contains("status RUNNING"), "{table}");
+    // 30 results per arm, below the default minimum of 1000: no p-value placeholder.
+    assert!(
+        table.contains("not monitored yet (30 of 1000 results per arm)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("mean ± 95% CI") && table.contains("Sharpe/r"),
+        "{table}"
+    );
+    assert!(table.contains("leader arm_1"), "{table}");
     let results: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
         &server,
         &["tests", "results", "t1", "--json"],
@@ -143,8 +153,21 @@ async fn tests_and_audit_subcommands() {
     let created: serde_json::Value =
         serde_json::from_str(&stdout(&arbiter(&server, &create))).expect("json");
     assert_eq!(created["status"], "RUNNING");
-    let shown: serde_json::Value =
-        serde_json::from_str(&stdout(&arbiter(&server, &["tests", "show", "t2"]))).expect("json");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&arbiter(
+        &server,
+        &["tests", "show", "t2", "--json"],
+    )))
+    .expect("json");
+    let text = stdout(&arbiter(&server, &["tests", "show", "t2"]));
+    for line in [
+        "stop_loss_threshold: -0.2",
+        "max_duration_days: 30.0",
+        "minimum_effect_size: 0.0",
+        "epsilon: 0.1",
+        "allocation_strategy: FIXED",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
     assert_eq!(shown["allocation_strategy"], "FIXED");
     assert_eq!(shown["early_stopping"], false);
     assert_eq!(shown["arms"][0]["weight"], 0.7);
@@ -196,6 +219,23 @@ async fn tests_and_audit_subcommands() {
         stderr.contains("NOT_FOUND") && stderr.contains("nope"),
         "{stderr}"
     );
+    // Under --json the error is JSON too, with the code.
+    let missing = arbiter(&server, &["tests", "results", "nope", "--json"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let error: serde_json::Value =
+        serde_json::from_slice(&missing.stderr).expect("a JSON error on stderr");
+    assert_eq!(error["error"]["code"], "NOT_FOUND");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("nope")));
+    // A server address without a scheme says what to add.
+    let bare = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["audit", "verify", "--server", "127.0.0.1:50051"])
+        .output()
+        .expect("run arbiter");
+    assert_eq!(bare.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bare.stderr);
+    assert!(stderr.contains("http://127.0.0.1:50051"), "{stderr}");
     assert_eq!(
         arbiter(&server, &["tests", "frobnicate"]).status.code(),
         Some(2)
@@ -278,8 +318,12 @@ async fn models_subcommands() {
         serde_json::from_str(&stdout(&arbiter(&server, &["models", "list", "--json"])))
             .expect("json");
     assert_eq!(list.as_array().expect("array").len(), 1);
-    assert!(stdout(&arbiter(&server, &["models", "show", "sig:1.0.0"]))
-        .contains("\"status\": \"DEVELOPMENT\""));
+    let shown = stdout(&arbiter(&server, &["models", "show", "sig:1.0.0"]));
+    assert!(shown.contains("status: DEVELOPMENT"), "{shown}");
+    assert!(
+        shown.contains("policy_config:") && shown.contains("\"max_leverage\": 3.0"),
+        "{shown}"
+    );
 
     for to in ["testing", "staging"] {
         assert!(stdout(&arbiter(
@@ -334,6 +378,19 @@ async fn models_subcommands() {
         std::fs::read(&out).expect("downloaded") == bytes,
         "downloaded bytes differ"
     );
+    // `id:version`, as every other command takes it.
+    std::fs::remove_file(&out).expect("remove");
+    stdout(&arbiter(
+        &server,
+        &[
+            "models",
+            "get",
+            "sig:1.0.0",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(std::fs::read(&out).expect("downloaded") == bytes);
     assert!(stdout(&arbiter(&server, &["models", "verify", "sig:1.0.0"])).contains("ok"));
 
     let delete = arbiter(&server, &["models", "delete", "sig:1.0.0"]);

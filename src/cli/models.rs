@@ -48,14 +48,51 @@ fn status_name(raw: i32) -> String {
 }
 
 fn metadata_json(m: &pb::ModelMetadata) -> Value {
+    let object = |s: &Option<prost_types::Struct>| {
+        s.clone()
+            .and_then(|s| crate::grpc::convert::struct_to_json("document", s).ok())
+            .unwrap_or(Value::Null)
+    };
     json!({"registry_id": m.registry_id, "model_id": m.model_id, "version": m.version, "name": m.name,
            "model_type": pb::ModelType::try_from(m.model_type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN")
                .trim_start_matches("MODEL_TYPE_"),
            "status": status_name(m.status), "created_at": time(m.created_at.as_ref()), "created_by": m.created_by,
+           "description": m.description, "framework": m.framework,
            "approval_status": m.approval_status, "approved_by": m.approved_by,
+           "approved_at": m.approved_at.as_ref().map(|t| time(Some(t))),
            "model_checksum": m.model_checksum, "policy_checksum": m.policy_checksum,
-           "artifact_size_bytes": m.artifact_size_bytes, "backtest_sharpe": m.backtest_sharpe,
-           "framework": m.framework, "description": m.description})
+           "artifact_size_bytes": m.artifact_size_bytes,
+           "backtest_sharpe": m.backtest_sharpe, "backtest_returns": m.backtest_returns,
+           "backtest_max_dd": m.backtest_max_dd, "validation_score": m.validation_score,
+           "latency_requirements_ms": m.latency_requirements_ms,
+           "input_features": m.input_features, "output_schema": m.output_schema,
+           "resource_requirements": m.resource_requirements,
+           "signer": m.signer, "signature": hex::encode(&m.signature),
+           "policy_config": object(&m.policy_config), "feature_spec": object(&m.feature_spec)})
+}
+
+/// One version for people: a line per field that is set, documents as indented JSON.
+fn metadata_text(m: &pb::ModelMetadata) -> String {
+    let Value::Object(fields) = metadata_json(m) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (key, value) in fields {
+        let shown = match &value {
+            Value::Null => continue,
+            Value::String(s) if s.is_empty() => continue,
+            Value::Array(a) if a.is_empty() => continue,
+            Value::Object(o) if o.is_empty() => continue,
+            Value::String(s) => s.clone(),
+            Value::Object(_) => {
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                format!("\n  {}", text.replace('\n', "\n  "))
+            }
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{key}: {shown}\n"));
+    }
+    out
 }
 
 fn metadata_line(m: &pb::ModelMetadata) -> String {
@@ -292,8 +329,11 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
                 })
                 .await?
                 .into_inner();
-            // Every field matters here, so the human form is the JSON form too.
-            Ok(super::json(&metadata_json(&m)))
+            Ok(if as_json {
+                super::json(&metadata_json(&m))
+            } else {
+                metadata_text(&m)
+            })
         }
         ModelsAction::Get {
             model_id,
@@ -301,10 +341,17 @@ pub(super) async fn run(args: &ModelsArgs, channel: Channel) -> Result<String, C
             out,
         } => {
             use pb::get_model_response::Part;
-            let request = pb::GetModelRequest {
-                model_id: model_id.clone(),
-                version: version.clone(),
+            // `id:version`, as every other command takes it, or the id and --version.
+            let (model_id, version) = match model_id.split_once(':') {
+                Some((_, v)) if !version.is_empty() && v != version => {
+                    return Err(CliError::Failed(format!(
+                        "{model_id} names version {v} but --version says {version}"
+                    )))
+                }
+                Some((id, v)) => (id.to_string(), v.to_string()),
+                None => (model_id.clone(), version.clone()),
             };
+            let request = pb::GetModelRequest { model_id, version };
             let mut stream = client.get_model(request).await?.into_inner();
             let file_error = |source| CliError::File {
                 path: out.display().to_string(),

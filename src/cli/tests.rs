@@ -29,14 +29,43 @@ fn test_json(t: &pb::Test) -> Value {
         .iter()
         .map(|a| json!({"arm_id": a.arm_id, "model_registry_id": a.model_registry_id, "weight": a.weight}))
         .collect();
-    json!({"test_id": t.test_id, "name": t.name, "status": status_name(t.status),
+    json!({"test_id": t.test_id, "name": t.name, "description": t.description, "status": status_name(t.status),
            "allocation_strategy": strategy, "reward_model": reward, "arms": arms,
+           "control_arm": t.control_arm, "epsilon": t.epsilon, "ucb_exploration": t.ucb_exploration,
            "significance_level": t.significance_level, "minimum_sample_size": t.minimum_sample_size,
-           "early_stopping": t.early_stopping, "min_allocation_per_arm": t.min_allocation_per_arm,
-           "max_allocation_per_arm": t.max_allocation_per_arm, "control_arm": t.control_arm,
+           "minimum_effect_size": t.minimum_effect_size, "early_stopping": t.early_stopping,
+           "stop_loss_threshold": t.stop_loss_threshold, "max_duration_days": t.max_duration_days,
+           "min_allocation_per_arm": t.min_allocation_per_arm,
+           "max_allocation_per_arm": t.max_allocation_per_arm,
            "created_at": time(t.created_at.as_ref()), "created_by": t.created_by,
            "model_registry_ids": t.model_registry_ids, "winner": t.winner,
            "stop_reason": t.stop_reason, "stopped_at": t.stopped_at.as_ref().map(|s| s.to_string())})
+}
+
+/// A test for people: one line per setting, the arms as a small table.
+fn test_text(t: &pb::Test) -> String {
+    let Value::Object(fields) = test_json(t) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (key, value) in &fields {
+        let shown = match value {
+            Value::Null => continue,
+            Value::String(s) if s.is_empty() => continue,
+            Value::Array(_) => continue, // arms and model ids: below
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{key}: {shown}\n"));
+    }
+    out.push_str("arms:\n");
+    for a in &t.arms {
+        out.push_str(&format!(
+            "  {:<7} {:<40} weight {}\n",
+            a.arm_id, a.model_registry_id, a.weight
+        ));
+    }
+    out
 }
 
 fn results_json(r: &pb::TestResults) -> Value {
@@ -65,12 +94,21 @@ fn results_json(r: &pb::TestResults) -> Value {
            "srm_p_value": r.srm_p_value, "arms": arms, "comparisons": comparisons})
 }
 
-/// The aligned table of `tests results`: arm, model, n, mean ± CI half-width, Sharpe, win rate,
-/// share, P(best); then one significance line per comparison and the status.
-fn results_table(r: &pb::TestResults) -> String {
+/// The aligned table of `tests results`: arm, model, n, mean ± CI half-width, Sharpe per result,
+/// win rate, share, P(best); then one significance line per comparison and the status. `test`
+/// gives the interval's level and when monitoring starts.
+fn results_table(r: &pb::TestResults, test: &pb::Test) -> String {
+    let level = (1.0 - test.significance_level) * 100.0;
     let mut out = format!(
-        "{:<7} {:<32} {:>8} {:>22} {:>7} {:>6} {:>6} {:>7}\n",
-        "arm", "model", "n", "mean ± CI", "Sharpe", "win", "share", "P(best)"
+        "{:<7} {:<32} {:>8} {:>24} {:>9} {:>6} {:>6} {:>7}\n",
+        "arm",
+        "model",
+        "n",
+        format!("mean ± {level:.0}% CI"),
+        "Sharpe/r",
+        "win",
+        "share",
+        "P(best)"
     );
     for a in &r.arms {
         let mean = match &a.confidence_interval {
@@ -78,7 +116,7 @@ fn results_table(r: &pb::TestResults) -> String {
             None => format!("{:+.5}", a.mean_return),
         };
         out.push_str(&format!(
-            "{:<7} {:<32} {:>8} {:>22} {:>7.3} {:>5.1}% {:>5.1}% {:>7.3}{}\n",
+            "{:<7} {:<32} {:>8} {:>24} {:>9.3} {:>5.1}% {:>5.1}% {:>7.3}{}\n",
             a.arm_id,
             a.model_registry_id,
             a.total_requests,
@@ -90,21 +128,38 @@ fn results_table(r: &pb::TestResults) -> String {
             if a.suspended { "  suspended" } else { "" }
         ));
     }
+    out.push_str("Sharpe/r: mean over standard deviation of single results (not annualised)\n");
+    let fewest = r.arms.iter().map(|a| a.total_requests).min().unwrap_or(0);
     for c in &r.comparisons {
+        let sequential = if fewest < test.minimum_sample_size {
+            format!(
+                "always-valid p not monitored yet ({fewest} of {} results per arm)",
+                test.minimum_sample_size
+            )
+        } else {
+            format!(
+                "always-valid p = {:.4}{}",
+                c.always_valid_p_value,
+                c.adjusted_p_value
+                    .map(|p| format!(" (Holm {p:.4})"))
+                    .unwrap_or_default()
+            )
+        };
         out.push_str(&format!(
-            "{} vs {}: difference {:+.5}, Welch p = {:.4}, always-valid p = {:.4}{} → {}\n",
+            "{} vs {}: difference {:+.5}, Welch p = {:.4} (one look), {sequential} → {}{}\n",
             c.treatment_arm,
             c.control_arm,
             c.difference,
             c.p_value,
-            c.always_valid_p_value,
-            c.adjusted_p_value
-                .map(|p| format!(" (Holm {p:.4})"))
-                .unwrap_or_default(),
             if c.significant {
                 "significant"
             } else {
                 "not significant"
+            },
+            if c.leader.is_empty() {
+                String::new()
+            } else {
+                format!(", leader {}", c.leader)
             }
         ));
     }
@@ -184,7 +239,11 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                 })
                 .await?
                 .into_inner();
-            Ok(super::json(&test_json(&test)))
+            Ok(if as_json {
+                super::json(&test_json(&test))
+            } else {
+                test_text(&test)
+            })
         }
         TestsAction::List => {
             // Pages keep each answer far below gRPC's default 4 MiB message limit.
@@ -230,7 +289,13 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             Ok(if as_json {
                 super::json(&results_json(&results))
             } else {
-                results_table(&results)
+                let test = client
+                    .get_test(pb::GetTestRequest {
+                        test_id: test_id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                results_table(&results, &test)
             })
         }
         TestsAction::Report { test_id, out } => {
@@ -283,7 +348,13 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             Ok(if as_json {
                 super::json(&results_json(&results))
             } else {
-                results_table(&results)
+                let test = client
+                    .get_test(pb::GetTestRequest {
+                        test_id: test_id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                results_table(&results, &test)
             })
         }
     }
