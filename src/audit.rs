@@ -177,7 +177,7 @@ impl AuditLog {
         // Every lifecycle change is audited, so this is the one place that logs them all.
         for event in &events {
             let details = serde_json::to_string(&event.details).unwrap_or_default();
-            if event.action.contains("suspend") {
+            if event.action.contains("suspend") || event.action.contains("drift") {
                 tracing::warn!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
             } else {
                 tracing::info!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");

@@ -322,6 +322,18 @@ pub struct CreateTestArgs {
     /// Control arm id (default arm_0).
     #[arg(long)]
     pub control_arm: Option<String>,
+    /// What drift in an arm's returns does: alert (report it; the default) or suspend (also hold
+    /// the arm at the floor for the rest of the test).
+    #[arg(long, value_enum)]
+    pub on_drift: Option<DriftArg>,
+}
+
+/// What drift does, on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum DriftArg {
+    Alert,
+    Suspend,
 }
 
 /// Actions on tests.

@@ -38,6 +38,7 @@ pub mod stopping;
 #[cfg(test)]
 mod strategy_tests;
 pub mod table;
+pub mod track;
 pub mod types;
 
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ pub use state::{AllocationRecord, Decision, StatsRecord};
 use types::*;
 
 use crate::audit::AuditLog;
-use crate::registry::types::{LivePerformance, ModelId, RegistryId};
+use crate::registry::types::{ArmDrift, LivePerformance, ModelId, RegistryId};
 use crate::registry::{ModelUsage, Registry};
 use crate::storage::{keys, Storage, WriteBatch};
 
@@ -388,6 +389,7 @@ impl ModelUsage for Experiments {
     fn live_performance(&self, model_id: &ModelId) -> LivePerformance {
         let mut pooled = posterior::ArmStats::default();
         let mut tests = 0;
+        let mut drift = Vec::new();
         for entry in self.inner.tests.iter() {
             let state = entry.value();
             let arms: Vec<usize> = (0..state.config.arms.len())
@@ -400,14 +402,27 @@ impl ModelUsage for Experiments {
             let book = state.book.lock();
             for i in arms {
                 pooled.merge(&book.stats.arms[i]);
+                let track = &book.stats.tracks[i];
+                if let Some(last) = track.last_drift {
+                    drift.push(ArmDrift {
+                        test_id: state.config.test_id.to_string(),
+                        arm_id: state.config.arms[i].arm_id.to_string(),
+                        registry_id: state.config.arms[i].model.to_string(),
+                        alarms: track.drift_alarms,
+                        last_at: last.at,
+                        last_direction: last.direction,
+                    });
+                }
             }
         }
+        drift.sort_by(|a, b| (&a.test_id, &a.arm_id).cmp(&(&b.test_id, &b.arm_id)));
         LivePerformance {
             results: pooled.n,
             mean_return: pooled.mean,
             sharpe_ratio: pooled.sharpe(),
             win_rate: pooled.win_rate(),
             tests,
+            drift,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! citing its formula. Reference values in the tests come from scipy 1.17.1 / statsmodels 0.15
 //! (the generating script is quoted next to them) and must match to 1e-9 relative.
 
+pub mod drift;
 mod holm;
 mod pbest;
 mod power;
@@ -30,6 +31,19 @@ pub struct Summary {
     pub mean: f64,
     /// Sample standard deviation with Bessel's correction.
     pub std: f64,
+}
+
+/// Confidence interval of a Sharpe ratio (mean over standard deviation of single returns) at
+/// level `1 − alpha`, for independent, identically distributed returns: `SR ± z_{1−alpha/2} ·
+/// √((1 + SR²/2)/n)` (Lo 2002, "The Statistics of Sharpe Ratios", Financial Analysts Journal
+/// 58(4), eq. 9). `None` below two observations or for inputs that are not finite.
+pub fn sharpe_confidence_interval(n: u64, sharpe: f64, alpha: f64) -> Option<(f64, f64)> {
+    if n < 2 || !sharpe.is_finite() || !(alpha > 0.0 && alpha < 1.0) {
+        return None;
+    }
+    let z = statrs::distribution::Normal::standard().inverse_cdf(1.0 - alpha / 2.0);
+    let half = z * ((1.0 + sharpe * sharpe / 2.0) / n as f64).sqrt();
+    all_finite(&[half]).then_some((sharpe - half, sharpe + half))
 }
 
 /// Two-sided Student t confidence interval of a mean at level `1 − alpha`:
@@ -73,6 +87,17 @@ pub(crate) fn assert_close(actual: f64, expected: f64, rel: f64, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lo (2002) eq. 9 by hand: n = 100, SR = 0.5, α = 0.05 (z = 1.959963984540054, from
+    /// `scipy.stats.norm.ppf(0.975)`): SE = √(1.125/100), interval SR ± z·SE.
+    #[test]
+    fn sharpe_interval_matches_lo_2002() {
+        let (low, high) = sharpe_confidence_interval(100, 0.5, 0.05).expect("interval");
+        assert!((low - 0.292_114_426_347_548_36).abs() < 1e-12, "{low}");
+        assert!((high - 0.707_885_573_652_451_6).abs() < 1e-12, "{high}");
+        assert_eq!(sharpe_confidence_interval(1, 0.5, 0.05), None);
+        assert_eq!(sharpe_confidence_interval(100, f64::NAN, 0.05), None);
+    }
 
     /// `scipy.stats.t.interval(1 - alpha, n - 1, loc=mean, scale=std / sqrt(n))`, from
     /// `tests/data/stats_references.py` (seed 20261127).

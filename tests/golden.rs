@@ -62,7 +62,7 @@ fn result_id_run_v1_decodes() {
 }
 
 #[test]
-fn stats_record_v1_json_v2_and_v3_binary_decode_to_the_same_record() {
+fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
     use arbiter::experiment::posterior::codec;
     use arbiter::experiment::StatsRecord;
     use arbiter::storage::Record;
@@ -84,9 +84,32 @@ fn stats_record_v1_json_v2_and_v3_binary_decode_to_the_same_record() {
         },
         new
     );
+    // Version 4 adds the tracks; earlier versions read as tracks that start afresh.
+    assert_eq!(positioned.tracks, vec![Default::default(); 2]);
+    let v4 = std::fs::read("tests/data/stats_record.v4.bin").expect("golden file");
+    let tracked: StatsRecord = decode(key, &v4).expect("v4 decodes");
+    assert_eq!(
+        StatsRecord {
+            tracks: positioned.tracks.clone(),
+            ..tracked.clone()
+        },
+        positioned
+    );
+    let (t0, t1) = (&tracked.tracks[0], &tracked.tracks[1]);
+    assert_eq!(
+        (t0.max_drawdown, t0.last_drift, t0.drift_hold),
+        (0.004, None, false)
+    );
+    assert_eq!(
+        (t1.detector.n, t1.detector.frozen, t1.drift_alarms),
+        (70, true, 1)
+    );
+    let last = t1.last_drift.expect("an alarm");
+    assert_eq!((last.at, last.direction, last.statistic), (2, -1, 24.5));
+    assert!(t1.drift_hold);
     let mut body = vec![StatsRecord::FORMAT_VERSION];
-    positioned.encode_body(&mut body).expect("encode");
-    assert_eq!(body, v3, "the encoder writes the same bytes");
+    tracked.encode_body(&mut body).expect("encode");
+    assert_eq!(body, v4, "the encoder writes the same bytes");
     assert_eq!((new.arms[0].n, new.arms[0].wins), (2, 1));
     assert_eq!(new.arms[0].total(), 0.008);
     assert_eq!(new.arms[1].metrics["slippage_bps"].count, 3);
@@ -104,7 +127,7 @@ fn stats_record_v1_json_v2_and_v3_binary_decode_to_the_same_record() {
     );
     assert!(truncated.to_string().contains("stats/t"), "{truncated}");
     let mut future = v2.clone();
-    future[0] = 4;
+    future[0] = 5;
     let unknown = decode::<StatsRecord>(key, &future).unwrap_err().to_string();
-    assert!(unknown.contains("format version 4"), "{unknown}");
+    assert!(unknown.contains("format version 5"), "{unknown}");
 }

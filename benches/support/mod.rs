@@ -124,6 +124,7 @@ pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strat
         min_allocation_per_arm: 0.5 / arms as f64 * 0.1,
         max_allocation_per_arm: 1.0,
         control_arm: 0,
+        on_drift: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@ use super::Connection as Channel;
 use serde_json::{json, Value};
 
 use super::{time, CliError};
-use crate::config::{CreateTestArgs, RewardArg, StrategyArg, TestsAction, TestsArgs};
+use crate::config::{CreateTestArgs, DriftArg, RewardArg, StrategyArg, TestsAction, TestsArgs};
 use crate::pb::{self, experiments_client::ExperimentsClient};
 
 fn status_name(raw: i32) -> &'static str {
@@ -77,7 +77,12 @@ fn results_json(r: &pb::TestResults) -> Value {
                    "allocations": a.allocations, "mean_return": a.mean_return, "std_return": a.std_return,
                    "confidence_interval": a.confidence_interval.as_ref().map(|c| [c.low, c.high]),
                    "sharpe_ratio": a.sharpe_ratio, "win_rate": a.win_rate, "allocation_weight": a.allocation_weight,
-                   "probability_best": a.probability_best, "suspended": a.suspended})
+                   "probability_best": a.probability_best, "suspended": a.suspended,
+                   "max_drawdown": a.max_drawdown, "sharpe_ci": a.sharpe_ci.as_ref().map(|c| [c.low, c.high]),
+                   "backtest_sharpe": a.backtest_sharpe, "backtest_max_dd": a.backtest_max_dd,
+                   "drift_detected": a.drift_detected, "drift_alarms": a.drift_alarms,
+                   "last_drift_at": a.last_drift_at, "last_drift_direction": a.last_drift_direction,
+                   "drift_statistic": a.drift_statistic})
         })
         .collect();
     let comparisons: Vec<Value> = r
@@ -95,20 +100,23 @@ fn results_json(r: &pb::TestResults) -> Value {
 }
 
 /// The aligned table of `tests results`: arm, model, n, mean ± CI half-width, Sharpe per result,
-/// win rate, share, P(best); then one significance line per comparison and the status. `test`
-/// gives the interval's level and when monitoring starts.
-fn results_table(r: &pb::TestResults, test: &pb::Test) -> String {
-    let level = (1.0 - test.significance_level) * 100.0;
+/// win rate, share, P(best), maximum drawdown; then one significance line per comparison and the
+/// status. `test`, when known, gives the interval's level and when monitoring starts.
+fn results_table(r: &pb::TestResults, test: Option<&pb::Test>) -> String {
+    let level = test.map_or(String::new(), |t| {
+        format!(" {:.0}%", (1.0 - t.significance_level) * 100.0)
+    });
     let mut out = format!(
-        "{:<7} {:<32} {:>8} {:>24} {:>9} {:>6} {:>6} {:>7}\n",
+        "{:<7} {:<32} {:>8} {:>24} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
         "arm",
         "model",
         "n",
-        format!("mean ± {level:.0}% CI"),
+        format!("mean ±{level} CI"),
         "Sharpe/r",
         "win",
         "share",
-        "P(best)"
+        "P(best)",
+        "max DD"
     );
     for a in &r.arms {
         let mean = match &a.confidence_interval {
@@ -116,7 +124,7 @@ fn results_table(r: &pb::TestResults, test: &pb::Test) -> String {
             None => format!("{:+.5}", a.mean_return),
         };
         out.push_str(&format!(
-            "{:<7} {:<32} {:>8} {:>24} {:>9.3} {:>5.1}% {:>5.1}% {:>7.3}{}\n",
+            "{:<7} {:<32} {:>8} {:>24} {:>9.3} {:>5.1}% {:>5.1}% {:>7.3} {:>9.5}{}{}\n",
             a.arm_id,
             a.model_registry_id,
             a.total_requests,
@@ -125,17 +133,32 @@ fn results_table(r: &pb::TestResults, test: &pb::Test) -> String {
             a.win_rate * 100.0,
             a.allocation_weight * 100.0,
             a.probability_best.unwrap_or(0.0),
-            if a.suspended { "  suspended" } else { "" }
+            a.max_drawdown,
+            if a.suspended { "  suspended" } else { "" },
+            if a.drift_detected {
+                format!(
+                    "  drift {} at result {}",
+                    if a.last_drift_direction > 0 {
+                        "up"
+                    } else {
+                        "down"
+                    },
+                    a.last_drift_at
+                )
+            } else {
+                String::new()
+            }
         ));
     }
-    out.push_str("Sharpe/r: mean over standard deviation of single results (not annualised)\n");
+    out.push_str(
+        "Sharpe/r: mean over standard deviation of single results (not annualised); \
+         max DD: largest fall of the cumulative return, in return units\n",
+    );
     let fewest = r.arms.iter().map(|a| a.total_requests).min().unwrap_or(0);
     for c in &r.comparisons {
-        let sequential = if fewest < test.minimum_sample_size {
-            format!(
-                "always-valid p not monitored yet ({fewest} of {} results per arm)",
-                test.minimum_sample_size
-            )
+        let minimum = test.map_or(0, |t| t.minimum_sample_size);
+        let sequential = if fewest < minimum {
+            format!("always-valid p not monitored yet ({fewest} of {minimum} results per arm)")
         } else {
             format!(
                 "always-valid p = {:.4}{}",
@@ -207,6 +230,11 @@ fn create_request(a: &CreateTestArgs, created_by: String) -> pb::CreateTestReque
         min_allocation_per_arm: a.min_allocation_per_arm,
         max_allocation_per_arm: a.max_allocation_per_arm,
         control_arm: a.control_arm.clone(),
+        on_drift: match a.on_drift {
+            None => pb::DriftAction::Unspecified,
+            Some(DriftArg::Alert) => pb::DriftAction::Alert,
+            Some(DriftArg::Suspend) => pb::DriftAction::Suspend,
+        } as i32,
     }
 }
 
@@ -295,7 +323,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                     })
                     .await?
                     .into_inner();
-                results_table(&results, &test)
+                results_table(&results, Some(&test))
             })
         }
         TestsAction::Report { test_id, out } => {
@@ -348,13 +376,16 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             Ok(if as_json {
                 super::json(&results_json(&results))
             } else {
+                // The stop is done: a caller who may stop but not read gets the table without
+                // the test's settings rather than an error.
                 let test = client
                     .get_test(pb::GetTestRequest {
                         test_id: test_id.clone(),
                     })
-                    .await?
-                    .into_inner();
-                results_table(&results, &test)
+                    .await
+                    .ok()
+                    .map(|t| t.into_inner());
+                results_table(&results, test.as_ref())
             })
         }
     }

@@ -1,8 +1,8 @@
 //! Result ingestion: validate each record ([`check`]), skip duplicates by `result_id`, update the
 //! arm statistics, and write one journal entry per test and batch (its accepted results and new
 //! result ids, [`super::journal_entry`]); the snapshot writer later stores the statistics in the
-//! store ([`Experiments::snapshot`]). A batch that changes a stop-loss suspension goes to the
-//! store directly, with its audit events, in one atomic batch. The caller acknowledges after
+//! store ([`Experiments::snapshot`]). A batch that changes a suspension or finds drift goes to
+//! the store directly, with its audit events, in one atomic batch. The caller acknowledges after
 //! [`Experiments::make_durable`] has returned, which is after a sync that covers the batch.
 //! [`Experiments::record_batch`] does both.
 
@@ -16,29 +16,52 @@ use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
 
-use super::journal_entry;
+use super::journal_entry::{self, Change};
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
-use super::types::TestConfig;
+use super::types::{DriftAction, TestConfig};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
-/// The audit event of a stop-loss suspension or reinstatement.
-pub(super) fn suspension_event(
-    config: &TestConfig,
-    stats: &StatsRecord,
-    arm: usize,
-    suspended: bool,
-) -> AuditDraft {
-    let action = if suspended {
-        "test.arm_suspended"
-    } else {
-        "test.arm_reinstated"
-    };
-    AuditDraft::test("system", action, &config.test_id)
-        .detail("arm_id", &config.arms[arm].arm_id)
-        .detail("mean_return", stats.arms[arm].mean)
-        .detail("results", stats.arms[arm].n)
-        .detail("stop_loss_threshold", config.stop_loss_threshold)
+/// The audit event of a change a batch caused: a suspension or reinstatement (with its cause),
+/// or drift found in an arm's returns.
+pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Change) -> AuditDraft {
+    match change {
+        Change::Suspension { arm, suspended } => {
+            let action = if suspended {
+                "test.arm_suspended"
+            } else {
+                "test.arm_reinstated"
+            };
+            let cause = if stats.tracks[arm].drift_hold {
+                "drift"
+            } else {
+                "stop_loss"
+            };
+            AuditDraft::test("system", action, &config.test_id)
+                .detail("arm_id", &config.arms[arm].arm_id)
+                .detail("cause", cause)
+                .detail("mean_return", stats.arms[arm].mean)
+                .detail("results", stats.arms[arm].n)
+                .detail("stop_loss_threshold", config.stop_loss_threshold)
+        }
+        Change::Drift { arm, alarm } => {
+            AuditDraft::test("system", "test.arm_drift", &config.test_id)
+                .detail("arm_id", &config.arms[arm].arm_id)
+                .detail("model_registry_id", config.arms[arm].model.to_string())
+                .detail("direction", if alarm.direction > 0 { "up" } else { "down" })
+                .detail("statistic", alarm.statistic)
+                .detail("reference_mean", alarm.reference_mean)
+                .detail("reference_scale", alarm.reference_scale)
+                .detail("results", stats.arms[arm].n)
+                .detail(
+                    "on_drift",
+                    match config.on_drift {
+                        DriftAction::Alert => "alert",
+                        DriftAction::Suspend => "suspend",
+                    },
+                )
+        }
+    }
 }
 
 /// Longest accepted `result_id`.
@@ -300,6 +323,7 @@ impl Experiments {
             }
             let mut new_ids = PendingIds::default();
             let mut accepted = Vec::with_capacity(indices.len());
+            let mut alarms = Vec::new();
             for i in indices {
                 let r = &records[i];
                 let outcome = match self.check(&state, &stats.arms, r) {
@@ -310,9 +334,8 @@ impl Experiments {
                         if duplicate {
                             RecordOutcome::Duplicate
                         } else {
-                            stats.arms[arm].add(r.return_value);
-                            for (name, value) in &r.metrics {
-                                stats.arms[arm].add_metric(name, *value);
+                            if let Some(alarm) = stats.add_result(arm, r.return_value, &r.metrics) {
+                                alarms.push((arm, alarm));
                             }
                             accepted.push((arm, i));
                             RecordOutcome::Accepted
@@ -324,7 +347,14 @@ impl Experiments {
             if accepted.is_empty() {
                 continue;
             }
-            let suspensions = journal_entry::settle(&config, &mut stats);
+            let changes = journal_entry::settle(&config, &mut stats, alarms);
+            let drifts = changes
+                .iter()
+                .filter(|c| matches!(c, Change::Drift { .. }))
+                .count();
+            if drifts > 0 {
+                metrics::counter!("arbiter_drift_detected_total").increment(drifts as u64);
+            }
             if let Some(stop) = self.stop_decision(&config, &stats) {
                 stops.push(stop);
             }
@@ -334,7 +364,7 @@ impl Experiments {
                 new_ids,
             };
             if let Some(position) =
-                self.write_group(&state, &mut stats, suspensions, written, &mut result_ids)?
+                self.write_group(&state, &mut stats, changes, written, &mut result_ids)?
             {
                 journal_through = journal_through.max(position);
             }
@@ -370,13 +400,13 @@ impl Experiments {
         &self,
         state: &Arc<TestState>,
         stats: &mut StatsRecord,
-        suspensions: Vec<(usize, bool)>,
+        changes: Vec<Change>,
         written: Written<'_>,
         result_ids: &mut ResultIds,
     ) -> Result<Option<u64>> {
         let config = &state.config;
         let test_id = config.test_id.as_str();
-        if suspensions.is_empty() {
+        if changes.is_empty() {
             let mut payload = Vec::with_capacity(64 + 24 * written.accepted.len());
             journal_entry::encode(
                 test_id,
@@ -395,7 +425,7 @@ impl Experiments {
             result_ids.commit_journaled(written.new_ids);
             return Ok(Some(position));
         }
-        self.store_stats(state, stats, result_ids, written.new_ids, suspensions)?;
+        self.store_stats(state, stats, result_ids, written.new_ids, changes)?;
         Ok(None)
     }
 

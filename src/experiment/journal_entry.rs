@@ -10,8 +10,9 @@
 use crate::storage::{ByteReader, ByteWriter};
 
 use super::state::StatsRecord;
-use super::types::{TestConfig, MAX_ARMS};
+use super::types::{DriftAction, TestConfig, MAX_ARMS};
 use super::{risk, stopping};
+use crate::stats::drift::DriftAlarm;
 
 /// Format byte of an entry.
 const FORMAT_VERSION: u8 = 1;
@@ -114,40 +115,80 @@ pub fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
     })
 }
 
-/// What a batch of results does after they are added: stop-loss suspensions (returned as
-/// `(arm, suspended)` changes) and one look of the sequential tests. Ingestion and replay both
-/// run it, so a replayed batch ends in the same state.
-pub fn settle(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)> {
-    let changes = risk::update_suspensions(config, stats);
+/// A change a batch of results caused that the audit log records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// An arm was suspended (held at the floor) or reinstated.
+    Suspension {
+        /// The arm.
+        arm: usize,
+        /// Whether it is now suspended.
+        suspended: bool,
+    },
+    /// Drift was found in an arm's returns.
+    Drift {
+        /// The arm.
+        arm: usize,
+        /// What the detector saw.
+        alarm: DriftAlarm,
+    },
+}
+
+/// What a batch of results does after they are added: its drift alarms (holding the arm at the
+/// floor in a test that suspends on drift), stop-loss suspensions, and one look of the
+/// sequential tests. Ingestion and replay both run it, so a replayed batch ends in the same
+/// state; the changes it returns are what the audit log must record.
+pub fn settle(
+    config: &TestConfig,
+    stats: &mut StatsRecord,
+    alarms: Vec<(usize, DriftAlarm)>,
+) -> Vec<Change> {
+    let mut changes: Vec<Change> = alarms
+        .into_iter()
+        .map(|(arm, alarm)| {
+            if config.on_drift == DriftAction::Suspend {
+                stats.tracks[arm].drift_hold = true;
+            }
+            Change::Drift { arm, alarm }
+        })
+        .collect();
+    changes.extend(
+        risk::update_suspensions(config, stats)
+            .into_iter()
+            .map(|(arm, suspended)| Change::Suspension { arm, suspended }),
+    );
     if stopping::monitoring(config, &stats.arms) {
         stopping::look(config, &stats.arms, &mut stats.sequential);
     }
     changes
 }
 
-/// Applies a journaled batch to `stats` as ingestion did, and returns the stop-loss suspensions
-/// that changed. Ingestion journals only batches that changed none, so with the state ingestion
-/// saw this is empty; it is not when a crash lost an unacknowledged batch that went to the store
-/// between this entry's snapshot and this entry (the caller then stores the new state with its
-/// audit events).
+/// Applies a journaled batch to `stats` as ingestion did, and returns the changes it made that
+/// the audit log records. Ingestion journals only batches that made none, so with the state
+/// ingestion saw this is empty; it is not when a crash lost an unacknowledged batch that went to
+/// the store between this entry's snapshot and this entry (the caller then stores the new state
+/// with its audit events).
 pub fn replay(
     config: &TestConfig,
     stats: &mut StatsRecord,
     entry: &ResultEntry,
     position: u64,
-) -> Result<Vec<(usize, bool)>, String> {
+) -> Result<Vec<Change>, String> {
     let mut next = stats.clone();
+    let mut alarms = Vec::new();
     for r in &entry.results {
-        let arm = next
-            .arms
-            .get_mut(r.arm)
-            .ok_or_else(|| format!("arm {} of a test with {} arms", r.arm, config.arms.len()))?;
-        arm.add(r.value);
-        for (name, value) in &r.metrics {
-            arm.add_metric(name, *value);
+        if r.arm >= next.arms.len() {
+            return Err(format!(
+                "arm {} of a test with {} arms",
+                r.arm,
+                config.arms.len()
+            ));
+        }
+        if let Some(alarm) = next.add_result(r.arm, r.value, &r.metrics) {
+            alarms.push((r.arm, alarm));
         }
     }
-    let changes = settle(config, &mut next);
+    let changes = settle(config, &mut next, alarms);
     next.journal_position = position;
     *stats = next;
     Ok(changes)

@@ -12,6 +12,7 @@ use crate::time::{self, UnixNanos};
 
 use super::posterior::{posteriors, ArmStats, MetricStats};
 use super::stopping::{self, Comparison};
+use super::track::ArmTrack;
 use super::types::{TestConfig, TestStatus};
 use super::{Experiments, Result};
 
@@ -59,10 +60,47 @@ pub struct ArmResults {
     pub allocation_weight: f64,
     /// P(arm is best) under the test's reward model.
     pub probability_best: f64,
-    /// Suspended by the stop-loss.
+    /// Held at the floor (stop-loss, or drift in a test that suspends on it).
     pub suspended: bool,
     /// Count and mean per additional metric.
     pub additional_metrics: BTreeMap<String, MetricStats>,
+    /// Largest fall of the cumulative return from a running peak, in result order.
+    pub max_drawdown: f64,
+    /// Interval of the Sharpe ratio at 1 − α (Lo 2002).
+    pub sharpe_ci: Option<(f64, f64)>,
+    /// The version's registered backtest Sharpe ratio.
+    pub backtest_sharpe: Option<f64>,
+    /// The version's registered backtest maximum drawdown.
+    pub backtest_max_dd: Option<f64>,
+    /// Drift found in the arm's returns.
+    pub drift: DriftSummary,
+}
+
+/// What the drift detector of an arm has found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DriftSummary {
+    /// Alarms so far.
+    pub alarms: u64,
+    /// The arm's result count at the first alarm (0: none).
+    pub first_at: u64,
+    /// The arm's result count at the last alarm (0: none).
+    pub last_at: u64,
+    /// The last alarm's direction: +1 a rise of the mean, −1 a fall, 0 none.
+    pub last_direction: i8,
+    /// The detector's current statistic (an alarm fires above 24).
+    pub statistic: f64,
+}
+
+impl DriftSummary {
+    fn of(track: &ArmTrack) -> Self {
+        Self {
+            alarms: track.drift_alarms,
+            first_at: track.first_drift_at,
+            last_at: track.last_drift.map_or(0, |d| d.at),
+            last_direction: track.last_drift.map_or(0, |d| d.direction),
+            statistic: track.detector.statistic(),
+        }
+    }
 }
 
 /// One comparison of a treatment arm with the control (signs: treatment − control).
@@ -147,7 +185,7 @@ fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults 
     }
 }
 
-fn arm_results(config: &TestConfig, i: usize, a: &ArmStats) -> ArmResults {
+fn arm_results(config: &TestConfig, i: usize, a: &ArmStats, track: &ArmTrack) -> ArmResults {
     ArmResults {
         arm_id: config.arms[i].arm_id.to_string(),
         model_registry_id: config.arms[i].model.to_string(),
@@ -168,6 +206,13 @@ fn arm_results(config: &TestConfig, i: usize, a: &ArmStats) -> ArmResults {
         probability_best: 0.0,
         suspended: false,
         additional_metrics: a.metrics.clone(),
+        max_drawdown: track.max_drawdown,
+        sharpe_ci: (a.std() > 0.0)
+            .then(|| stats::sharpe_confidence_interval(a.n, a.sharpe(), config.significance_level))
+            .flatten(),
+        backtest_sharpe: None,
+        backtest_max_dd: None,
+        drift: DriftSummary::of(track),
     }
 }
 
@@ -177,6 +222,19 @@ impl Experiments {
         let state = self.state(test_id)?;
         let allocations = state.allocation_record();
         let weights = state.current_probabilities();
+        // Read before the book is locked: a store read must not hold up the test's writers.
+        let backtests: Vec<_> = state
+            .config
+            .arms
+            .iter()
+            .map(|arm| {
+                self.inner
+                    .registry
+                    .metadata(arm.model.id())
+                    .ok()
+                    .map(|view| view.metadata)
+            })
+            .collect();
         let book = state.book.lock();
         let (record, st) = (&book.record, &book.stats);
         let config = &record.config;
@@ -190,12 +248,17 @@ impl Experiments {
             .arms
             .iter()
             .enumerate()
-            .map(|(i, a)| ArmResults {
-                allocations: allocations.counts[i],
-                allocation_weight: weights[i],
-                probability_best: p_best[i],
-                suspended: st.suspended[i],
-                ..arm_results(config, i, a)
+            .map(|(i, a)| {
+                let backtest = backtests[i].as_ref();
+                ArmResults {
+                    allocations: allocations.counts[i],
+                    allocation_weight: weights[i],
+                    probability_best: p_best[i],
+                    suspended: st.suspended[i],
+                    backtest_sharpe: backtest.and_then(|m| m.figures.backtest_sharpe),
+                    backtest_max_dd: backtest.and_then(|m| m.figures.backtest_max_dd),
+                    ..arm_results(config, i, a, &st.tracks[i])
+                }
             })
             .collect();
         let comparisons = stopping::compare(config, &st.arms, &st.sequential);

@@ -1,6 +1,7 @@
 //! The stop-loss: an arm whose mean return per result falls below
 //! `stop_loss_threshold`, once it has at least [`STOP_LOSS_MIN_RESULTS`] results, is suspended to
-//! the allocation floor; the suspension is lifted when its mean recovers. Floors and caps are
+//! the allocation floor; the suspension is lifted when its mean recovers. In a test that suspends
+//! on drift, an arm whose returns drifted is held at the floor for the rest of the test. Floors and caps are
 //! applied to every strategy's vector in [`super::table::limited_shares`].
 
 use super::state::StatsRecord;
@@ -13,16 +14,18 @@ pub const STOP_LOSS_MIN_RESULTS: u64 = 20;
 /// new state).
 pub fn update_suspensions(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)> {
     let mut changes = Vec::new();
-    for (i, (arm, suspended)) in stats
+    for (i, ((arm, suspended), track)) in stats
         .arms
         .iter()
         .zip(stats.suspended.iter_mut())
+        .zip(&stats.tracks)
         .enumerate()
     {
         let below = arm.n >= STOP_LOSS_MIN_RESULTS && arm.mean < config.stop_loss_threshold;
-        if below != *suspended {
-            *suspended = below;
-            changes.push((i, below));
+        let held = below || track.drift_hold;
+        if held != *suspended {
+            *suspended = held;
+            changes.push((i, held));
         }
     }
     changes

@@ -48,6 +48,7 @@ pub(super) fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
         min_allocation_per_arm: 0.0,
         max_allocation_per_arm: 1.0,
         control_arm: 0,
+        on_drift: Default::default(),
     }
 }
 

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use crate::storage::{keys, JournalEntry, StorageError, WriteBatch};
 
-use super::ingest::suspension_event;
+use super::ingest::change_event;
 use super::journal_entry;
+use super::journal_entry::Change;
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
 use super::types::TestId;
@@ -56,19 +57,19 @@ impl Experiments {
         stats: &StatsRecord,
         ids: &mut ResultIds,
         extra: PendingIds,
-        suspensions: Vec<(usize, bool)>,
+        changes: Vec<Change>,
     ) -> Result<()> {
         let test_id = state.config.test_id.as_str();
         let storage = &self.inner.storage;
         let mut batch = WriteBatch::new();
         batch.put(keys::test_stats(test_id), stats)?;
         let staged = ids.stage_unsaved(storage, test_id, extra, &mut batch)?;
-        if suspensions.is_empty() {
+        if changes.is_empty() {
             storage.apply(batch)?;
         } else {
-            let drafts = suspensions
+            let drafts = changes
                 .into_iter()
-                .map(|(arm, s)| suspension_event(&state.config, stats, arm, s))
+                .map(|change| change_event(&state.config, stats, change))
                 .collect();
             self.inner.audit.commit(storage, batch, drafts)?;
             state

@@ -15,6 +15,7 @@ use super::posterior::ArmStats;
 use super::rng;
 use super::stopping::SequentialState;
 use super::table::{limited_shares, AllocationTable};
+use super::track::ArmTrack;
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
 use crate::storage::{BodyError, Record};
 
@@ -35,6 +36,9 @@ pub struct StatsRecord {
     /// after it.
     #[serde(default)]
     pub journal_position: u64,
+    /// Per arm: drawdown and drift, folded over the results in order.
+    #[serde(skip)]
+    pub tracks: Vec<ArmTrack>,
 }
 
 impl StatsRecord {
@@ -45,13 +49,31 @@ impl StatsRecord {
             suspended: vec![false; arms],
             sequential: vec![SequentialState::default(); arms.saturating_sub(1)],
             journal_position: 0,
+            tracks: vec![ArmTrack::default(); arms],
         }
+    }
+
+    /// Folds one accepted result into arm `arm`: its statistics, metrics and track. Returns the
+    /// drift alarm the result set off, if any. Ingestion and replay both call it.
+    pub fn add_result(
+        &mut self,
+        arm: usize,
+        value: f64,
+        metrics: &[(String, f64)],
+    ) -> Option<crate::stats::drift::DriftAlarm> {
+        let stats = &mut self.arms[arm];
+        stats.add(value);
+        for (name, metric) in metrics {
+            stats.add_metric(name, *metric);
+        }
+        self.tracks[arm].add(value)
     }
 
     /// Fills fields that records written before they existed lack.
     pub fn normalized(mut self, arms: usize) -> Self {
         self.arms.resize(arms, ArmStats::default());
         self.suspended.resize(arms, false);
+        self.tracks.resize(arms, ArmTrack::default());
         self.sequential
             .resize(arms.saturating_sub(1), SequentialState::default());
         self
@@ -59,20 +81,28 @@ impl StatsRecord {
 }
 
 /// Version 1: JSON. Version 2: the binary body of [`super::posterior::codec`]. Version 3: the
-/// journal position as a varint, then the version 2 body. Older versions read as position 0.
+/// journal position as a varint, then the version 2 body. Version 4: version 3 and the arms'
+/// tracks. Older versions read as position 0 and tracks that start at their next result.
 impl Record for StatsRecord {
-    const FORMAT_VERSION: u8 = 3;
+    const FORMAT_VERSION: u8 = 4;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> crate::storage::Result<()> {
-        super::posterior::codec::encode_positioned(self, out);
+        super::posterior::codec::encode_tracked(self, out);
         Ok(())
     }
 
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, BodyError> {
+        use super::posterior::codec;
         match version {
-            1 => serde_json::from_slice(body).map_err(BodyError::Json),
-            2 => super::posterior::codec::decode(body).map_err(BodyError::Malformed),
-            3 => super::posterior::codec::decode_positioned(body).map_err(BodyError::Malformed),
+            1 => serde_json::from_slice::<StatsRecord>(body)
+                .map(|mut r| {
+                    r.tracks = vec![ArmTrack::default(); r.arms.len()];
+                    r
+                })
+                .map_err(BodyError::Json),
+            2 => codec::decode(body).map_err(BodyError::Malformed),
+            3 => codec::decode_positioned(body).map_err(BodyError::Malformed),
+            4 => codec::decode_tracked(body).map_err(BodyError::Malformed),
             _ => Err(BodyError::UnknownVersion),
         }
     }

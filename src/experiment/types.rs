@@ -208,6 +208,20 @@ pub struct TestConfig {
     pub max_allocation_per_arm: f64,
     /// Index of the control arm.
     pub control_arm: usize,
+    /// What drift in an arm's returns does.
+    #[serde(default)]
+    pub on_drift: DriftAction,
+}
+
+/// What a test does when drift is found in an arm's returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriftAction {
+    /// Report it (results, audit, metric) and change nothing.
+    #[default]
+    Alert,
+    /// Also hold the arm at the allocation floor for the rest of the test, as the stop-loss
+    /// does.
+    Suspend,
 }
 
 impl TestConfig {

@@ -39,6 +39,26 @@ fn strategy(raw: i32) -> Result<Strategy, ExperimentError> {
     }
 }
 
+fn drift_action(raw: i32) -> Result<DriftAction, ExperimentError> {
+    use pb::DriftAction as P;
+    match P::try_from(raw) {
+        Ok(P::Unspecified | P::Alert) => Ok(DriftAction::Alert),
+        Ok(P::Suspend) => Ok(DriftAction::Suspend),
+        Err(_) => Err(ExperimentError::invalid(
+            "on_drift",
+            format!("unknown value {raw}"),
+        )),
+    }
+}
+
+/// The protobuf value of a drift action.
+pub fn pb_drift_action(a: DriftAction) -> pb::DriftAction {
+    match a {
+        DriftAction::Alert => pb::DriftAction::Alert,
+        DriftAction::Suspend => pb::DriftAction::Suspend,
+    }
+}
+
 fn reward_model(raw: i32) -> Result<RewardModel, ExperimentError> {
     use pb::RewardModel as P;
     match P::try_from(raw) {
@@ -277,6 +297,7 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             min_allocation_per_arm: min,
             max_allocation_per_arm: max,
             control_arm,
+            on_drift: drift_action(r.on_drift)?,
         })
     }
 }
@@ -286,6 +307,7 @@ impl From<TestView> for pb::Test {
         let r = view.record;
         let c = std::sync::Arc::unwrap_or_clone(r.config);
         pb::Test {
+            on_drift: pb_drift_action(c.on_drift) as i32,
             test_id: c.test_id.to_string(),
             name: c.name,
             description: c.description,
@@ -366,6 +388,18 @@ impl From<ArmResults> for pb::ArmResults {
                     )
                 })
                 .collect(),
+            max_drawdown: a.max_drawdown,
+            backtest_sharpe: a.backtest_sharpe,
+            backtest_max_dd: a.backtest_max_dd,
+            sharpe_ci: a
+                .sharpe_ci
+                .map(|(low, high)| pb::ConfidenceInterval { low, high }),
+            drift_detected: a.drift.alarms > 0,
+            drift_alarms: a.drift.alarms,
+            first_drift_at: a.drift.first_at,
+            last_drift_at: a.drift.last_at,
+            last_drift_direction: i32::from(a.drift.last_direction),
+            drift_statistic: a.drift.statistic,
         }
     }
 }

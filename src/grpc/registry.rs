@@ -304,6 +304,19 @@ impl registry_server::Registry for RegistryService {
                 sharpe_ratio: perf.live.sharpe_ratio,
                 win_rate: perf.live.win_rate,
                 tests: perf.live.tests,
+                drift: perf
+                    .live
+                    .drift
+                    .into_iter()
+                    .map(|d| pb::ArmDrift {
+                        test_id: d.test_id,
+                        arm_id: d.arm_id,
+                        registry_id: d.registry_id,
+                        alarms: d.alarms,
+                        last_drift_at: d.last_at,
+                        last_drift_direction: i32::from(d.last_direction),
+                    })
+                    .collect(),
             }),
         }))
     }

@@ -423,7 +423,7 @@ pub struct ModelView {
 }
 
 /// Live figures of a model from the tests it takes part in.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LivePerformance {
     /// Results recorded for any version of the model.
     pub results: u64,
@@ -435,6 +435,25 @@ pub struct LivePerformance {
     pub win_rate: f64,
     /// Tests in which a version is an arm.
     pub tests: u32,
+    /// Arms of the model's versions in which drift was found.
+    pub drift: Vec<ArmDrift>,
+}
+
+/// Drift found in one arm of a test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmDrift {
+    /// The test.
+    pub test_id: String,
+    /// The arm.
+    pub arm_id: String,
+    /// The arm's model version.
+    pub registry_id: String,
+    /// Alarms so far.
+    pub alarms: u64,
+    /// The arm's result count at the last alarm.
+    pub last_at: u64,
+    /// +1 a rise of the mean, −1 a fall.
+    pub last_direction: i8,
 }
 
 /// The answer of `GetModelPerformance`.

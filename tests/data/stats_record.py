@@ -5,7 +5,10 @@ stats_record.v2.bin: format version 2, binary (src/experiment/posterior/codec.rs
 little-endian f64, length-prefixed strings.
 stats_record.v3.bin: format version 3: the journal position (varint, here 300) and then the
 version 2 body.
-All three hold the same record: two arms, one metric, arm 1 suspended, one sequential test.
+stats_record.v4.bin: format version 4: the version 3 body, then one track per arm (drawdown and
+drift detector state, see codec.rs).
+All hold the same record: two arms, one metric, arm 1 suspended, one sequential test; v4 adds
+tracks (arm 1 with one drift alarm and held at the floor for it).
 """
 import json
 import struct
@@ -52,3 +55,27 @@ with open("stats_record.v2.bin", "wb") as f:
     f.write(b"\x02" + bytes(body))
 with open("stats_record.v3.bin", "wb") as f:
     f.write(b"\x03" + varint(300) + bytes(body))
+
+# Tracks: results, cumulative, peak, max_drawdown; detector n, mean, sum_abs, up, down, frozen;
+# drift_alarms, first_drift_at; last drift (0 none / 1 rise / 2 fall, then at, statistic); hold.
+tracks = [
+    {"results": 2, "cumulative": 0.008, "peak": 0.012, "max_drawdown": 0.004,
+     "det": (2, 0.004, 0.016, 0.0, 0.0, 0), "alarms": 0, "first": 0, "last": None, "hold": 0},
+    {"results": 3, "cumulative": -1.5, "peak": 0.0, "max_drawdown": 1.5,
+     "det": (70, -0.25, 3.5, 0.5, 7.25, 1), "alarms": 1, "first": 2, "last": (2, 2, 24.5),
+     "hold": 1},
+]
+tail = bytearray(varint(len(tracks)))
+for t in tracks:
+    tail += varint(t["results"]) + f64(t["cumulative"]) + f64(t["peak"]) + f64(t["max_drawdown"])
+    n, mean, sum_abs, up, down, frozen = t["det"]
+    tail += varint(n) + f64(mean) + f64(sum_abs) + f64(up) + f64(down) + bytes([frozen])
+    tail += varint(t["alarms"]) + varint(t["first"])
+    if t["last"] is None:
+        tail += bytes([0])
+    else:
+        tag, at, statistic = t["last"]
+        tail += bytes([tag]) + varint(at) + f64(statistic)
+    tail += bytes([t["hold"]])
+with open("stats_record.v4.bin", "wb") as f:
+    f.write(b"\x04" + varint(300) + bytes(body) + bytes(tail))

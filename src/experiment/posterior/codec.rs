@@ -9,12 +9,18 @@
 //! - sequential tests: count; per test: `tau2`, `p`.
 //!
 //! Version 3 ([`encode_positioned`]) puts the journal position (a varint) before that body.
+//! Version 4 ([`encode_tracked`]) appends the arms' tracks to version 3: count; per arm:
+//! `results`, `cumulative`, `peak`, `max_drawdown`; the drift detector (`n`, `mean`, `sum_abs`,
+//! `up`, `down`, `frozen` as one byte); `drift_alarms`, `first_drift_at`; the last alarm (one
+//! byte: 0 none, 1 rise, 2 fall; then `at` and `statistic` when present); `drift_hold` (one byte).
 
 use std::collections::BTreeMap;
 
 use super::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
 use crate::experiment::state::StatsRecord;
 use crate::experiment::stopping::SequentialState;
+use crate::experiment::track::{ArmTrack, DriftRecord};
+use crate::stats::drift::DriftDetector;
 use crate::storage::{ByteReader, ByteWriter};
 
 /// Smallest encoded arm: varints of one byte and six floats.
@@ -59,13 +65,109 @@ pub fn decode_positioned(body: &[u8]) -> Result<StatsRecord, String> {
     let mut r = ByteReader::new(body);
     let position = r.varint("journal position")?;
     let mut record = read(&mut r)?;
+    r.finish()?;
     record.journal_position = position;
     Ok(record)
 }
 
+/// Appends the version 4 body: version 3, then the tracks.
+pub fn encode_tracked(record: &StatsRecord, out: &mut Vec<u8>) {
+    encode_positioned(record, out);
+    let mut w = ByteWriter(out);
+    w.len(record.tracks.len());
+    for t in &record.tracks {
+        w.varint(t.results);
+        [t.cumulative, t.peak, t.max_drawdown]
+            .into_iter()
+            .for_each(|x| w.f64(x));
+        let d = &t.detector;
+        w.varint(d.n);
+        [d.mean, d.sum_abs, d.up, d.down]
+            .into_iter()
+            .for_each(|x| w.f64(x));
+        w.0.push(u8::from(d.frozen));
+        w.varint(t.drift_alarms);
+        w.varint(t.first_drift_at);
+        match t.last_drift {
+            None => w.0.push(0),
+            Some(last) => {
+                w.0.push(if last.direction > 0 { 1 } else { 2 });
+                w.varint(last.at);
+                w.f64(last.statistic);
+            }
+        }
+        w.0.push(u8::from(t.drift_hold));
+    }
+}
+
+/// Reads a version 4 body.
+pub fn decode_tracked(body: &[u8]) -> Result<StatsRecord, String> {
+    let mut r = ByteReader::new(body);
+    let position = r.varint("journal position")?;
+    let mut record = read(&mut r)?;
+    record.journal_position = position;
+    let count = r.len("track count", 1 + 3 * 8 + 1 + 4 * 8 + 5)?;
+    if count != record.arms.len() {
+        return Err(format!("{count} tracks for {} arms", record.arms.len()));
+    }
+    record.tracks = (0..count)
+        .map(|_| read_track(&mut r))
+        .collect::<Result<_, _>>()?;
+    r.finish()?;
+    Ok(record)
+}
+
+fn flag(r: &mut ByteReader<'_>, what: &str) -> Result<bool, String> {
+    match r.take(1, what)?[0] {
+        0 => Ok(false),
+        1 => Ok(true),
+        b => Err(format!("{what} {b} is neither 0 nor 1")),
+    }
+}
+
+fn read_track(r: &mut ByteReader<'_>) -> Result<ArmTrack, String> {
+    let results = r.varint("track results")?;
+    let cumulative = r.f64("cumulative return")?;
+    let peak = r.f64("peak")?;
+    let max_drawdown = r.f64("max drawdown")?;
+    let detector = DriftDetector {
+        n: r.varint("detector n")?,
+        mean: r.f64("detector mean")?,
+        sum_abs: r.f64("detector sum_abs")?,
+        up: r.f64("detector up")?,
+        down: r.f64("detector down")?,
+        frozen: flag(r, "detector frozen")?,
+    };
+    let drift_alarms = r.varint("drift alarms")?;
+    let first_drift_at = r.varint("first drift")?;
+    let last_drift = match r.take(1, "last drift")?[0] {
+        0 => None,
+        b @ (1 | 2) => Some(DriftRecord {
+            direction: if b == 1 { 1 } else { -1 },
+            at: r.varint("last drift at")?,
+            statistic: r.f64("last drift statistic")?,
+        }),
+        b => return Err(format!("last drift tag {b} is not 0, 1 or 2")),
+    };
+    Ok(ArmTrack {
+        results,
+        cumulative,
+        peak,
+        max_drawdown,
+        detector,
+        drift_alarms,
+        first_drift_at,
+        last_drift,
+        drift_hold: flag(r, "drift hold")?,
+    })
+}
+
 /// Reads a version 2 body; the error says which field is malformed.
 pub fn decode(body: &[u8]) -> Result<StatsRecord, String> {
-    read(&mut ByteReader::new(body))
+    let mut r = ByteReader::new(body);
+    let record = read(&mut r)?;
+    r.finish()?;
+    Ok(record)
 }
 
 fn read(r: &mut ByteReader<'_>) -> Result<StatsRecord, String> {
@@ -92,12 +194,13 @@ fn read(r: &mut ByteReader<'_>) -> Result<StatsRecord, String> {
             p: r.f64("p")?,
         });
     }
-    r.finish()?;
+    let tracks = vec![ArmTrack::default(); arms.len()];
     Ok(StatsRecord {
         arms,
         suspended,
         sequential,
         journal_position: 0,
+        tracks,
     })
 }
 
