@@ -326,6 +326,10 @@ pub struct CreateTestArgs {
     /// the arm at the floor for the rest of the test).
     #[arg(long, value_enum)]
     pub on_drift: Option<DriftArg>,
+    /// Seconds after the end during which late results for decisions made while the test ran
+    /// are accepted (default 3600, at most 604800).
+    #[arg(long = "settlement-period-seconds")]
+    pub settlement_period_secs: Option<u64>,
 }
 
 /// What drift does, on the command line.

@@ -16,6 +16,7 @@
 //! of gRPC.
 
 mod allocate;
+pub mod decision;
 pub mod decision_id;
 mod error;
 pub mod history;
@@ -179,6 +180,9 @@ impl Experiments {
         experiments.start_background_tasks()?;
         experiments.start_snapshot_thread()?;
         experiments.take_stored_decisions().await;
+        if let Err(e) = experiments.settle_due_tests().await {
+            tracing::error!(error = %e, "closing due settlements at start failed; will retry");
+        }
         experiments.write_missing_final_results();
         Ok(experiments)
     }
@@ -253,6 +257,9 @@ impl Experiments {
                     }
                     if let Err(e) = this.expire_due_tests().await {
                         tracing::warn!(error = %e, "expiring tests failed");
+                    }
+                    if let Err(e) = this.settle_due_tests().await {
+                        tracing::warn!(error = %e, "closing settlements failed");
                     }
                     let sampler = this.clone();
                     let sampled = tokio::task::spawn_blocking(move || sampler.sample_histories());

@@ -233,6 +233,12 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     for scenario in scenarios {
         measurements.extend(scenario.run(&targets, duration).await?);
     }
+    if args.target.is_some() {
+        // A server the bench did not start keeps only its audit events (append-only).
+        if let Err(e) = targets[0].clean_up().await {
+            eprintln!("arbiter bench: could not remove what it created on the target: {e}");
+        }
+    }
     for local in locals {
         local.shutdown().await;
     }
@@ -305,6 +311,8 @@ async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, Ben
         allocation_strategy: pb::AllocationStrategy::ThompsonSampling as i32,
         early_stopping: Some(false),
         stop_loss_threshold: Some(-1e9),
+        // Settled at its stop, so the clean-up can delete its models at once.
+        settlement_period_seconds: Some(0),
         ..Default::default()
     };
     experiments

@@ -14,3 +14,12 @@ pub fn now() -> UnixNanos {
         Err(_) => 0,
     }
 }
+
+/// `t` as RFC 3339 text in UTC (`2026-12-03T15:20:00.5Z`).
+pub fn rfc3339(t: UnixNanos) -> String {
+    prost_types::Timestamp {
+        seconds: t.div_euclid(1_000_000_000),
+        nanos: i32::try_from(t.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+    .to_string()
+}

@@ -1,7 +1,11 @@
 //! `arbiter bench` runs end to end with tiny durations and emits a JSON report whose numbers make
 //! sense. No timing assertions: figures belong in BENCHMARKS.md, not in tests.
 
+mod support;
+
 use std::process::Command;
+
+use arbiter::pb;
 
 #[test]
 fn bench_json_report_parses_and_counts_work() {
@@ -139,4 +143,41 @@ fn the_cost_of_authentication_is_measured_against_an_arbiter_without_it() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// Against a server it did not start, the bench leaves no model behind and its test stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_against_a_running_server_cleans_up_after_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = support::TestServer::start(dir.path()).await;
+    let url = server.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["bench", "--target", &url, "--duration-ms", "50", "--json"])
+            .args(["--only", "allocate_unary_sequential"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run arbiter bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let models = server
+        .registry()
+        .await
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .models;
+    assert!(models.is_empty(), "left behind: {models:?}");
+    let tests = support::list_test_pages(&mut server.experiments().await, None, 100).await;
+    let tests: Vec<&pb::Test> = tests.iter().flatten().collect();
+    assert_eq!(tests.len(), 1);
+    assert_eq!(tests[0].status, pb::TestStatus::Completed as i32);
+    assert!(tests[0].test_id.starts_with("bench-"));
+    server.stop().await;
 }

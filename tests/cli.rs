@@ -132,6 +132,28 @@ async fn tests_and_audit_subcommands() {
             .all(|(_, d)| d.starts_with('M') && d.contains('L')),
         "at least two history points"
     );
+    // Significance over time, one line per comparison, against α; overlapping share lines are
+    // told apart by their dash patterns too.
+    let significance = paths("significance");
+    assert_eq!(significance.len(), 1);
+    assert_eq!(significance[0].0, "arm_1");
+    assert!(significance[0].1.starts_with('M'), "{significance:?}");
+    assert!(
+        doc.descendants()
+            .any(|n| n.has_tag_name("line") && n.attribute("class") == Some("alpha")),
+        "the significance level is drawn"
+    );
+    let dashes: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("path") && n.attribute("class") == Some("share"))
+        .filter_map(|n| n.attribute("stroke-dasharray"))
+        .collect();
+    assert_eq!(dashes.len(), 2);
+    assert_ne!(dashes[0], dashes[1]);
+    assert!(
+        svg.contains("s since start") && svg.contains("per result"),
+        "axes have units"
+    );
 
     let models_arg = models.join(",");
     let create = [

@@ -273,7 +273,7 @@ async fn pause_resume_stop_and_what_allocate_returns_in_each_status() {
     assert_status(
         recorder.record_result(result("t", "arm_0", 0.01)).await,
         Code::FailedPrecondition,
-        "COMPLETED",
+        "has ended",
     );
     assert_status(
         client

@@ -484,6 +484,7 @@ async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
             time: 1_000,
             results: vec![3, 4],
             shares: vec![0.25, 0.75],
+            p_values: Vec::new(),
         };
         batch
             .put(

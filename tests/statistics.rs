@@ -328,7 +328,7 @@ async fn a_test_past_its_maximum_duration_completes_by_itself() {
             .record_result(result("t", "arm_0", 0.01))
             .await,
         Code::FailedPrecondition,
-        "COMPLETED",
+        "has ended",
     );
 
     // And by the periodic sweep, with nobody asking.

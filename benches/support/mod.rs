@@ -125,6 +125,7 @@ pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strat
         max_allocation_per_arm: 1.0,
         control_arm: 0,
         on_drift: Default::default(),
+        settlement_period_secs: 0,
     }
 }
 

@@ -1,6 +1,9 @@
 //! `arbiter tests report`: one SVG a quant can read at a glance — the approximate posterior of
 //! each arm's mean return (normal with the sample mean and standard error, i.e. a flat prior),
-//! and each arm's allocation share over time from the test's history.
+//! each arm's allocation share over time, and each comparison's Holm-adjusted always-valid
+//! p-value over time against the significance level, with the stop (and its winner) and the
+//! close of settlement marked. Arms differ in colour and in dash pattern, so lines that overlap
+//! stay apart.
 
 use std::fmt::Write;
 
@@ -22,6 +25,18 @@ fn escape(text: &str) -> String {
 
 fn color(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
+}
+
+/// Dash patterns by arm: solid, dashed, dotted, dash-dot…
+const DASHES: [&str; 4] = ["none", "8 4", "2 3", "8 3 2 3"];
+
+fn dash(i: usize) -> &'static str {
+    DASHES[i % DASHES.len()]
+}
+
+/// Seconds since the epoch of a timestamp.
+fn seconds(t: Option<&prost_types::Timestamp>) -> Option<f64> {
+    t.map(|t| t.seconds as f64 + f64::from(t.nanos) * 1e-9)
 }
 
 /// Maps `v` in [lo, hi] to [a, b] (the middle when the range is empty).
@@ -115,7 +130,7 @@ fn posterior_panel(svg: &mut String, results: &pb::TestResults, top: f64, bottom
         Frame {
             top,
             bottom,
-            title: "Posterior of each arm's mean return (normal approximation)",
+            title: "Posterior density of each arm's mean return per result (normal approximation)",
             x: (&x_lo, &x_hi),
             y: ("0", &y_hi),
         },
@@ -132,30 +147,96 @@ fn posterior_panel(svg: &mut String, results: &pb::TestResults, top: f64, bottom
         }
         let _ = writeln!(
             svg,
-            r#"<path class="posterior" data-arm="{}" d="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+            r#"<path class="posterior" data-arm="{}" d="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}"/>"#,
             escape(&arm.arm_id),
             d.trim_end(),
-            color(i)
+            color(i),
+            dash(i)
         );
     }
 }
 
-fn share_panel(svg: &mut String, history: &pb::TestHistory, top: f64, bottom: f64) {
-    let seconds = |p: &pb::HistoryPoint| {
-        p.time
-            .as_ref()
-            .map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) * 1e-9)
+/// The time axis of the history panels: from the first point to the last (or the end of the
+/// results, whichever is later), in seconds since the start.
+#[derive(Clone, Copy)]
+struct Timeline {
+    t0: f64,
+    t1: f64,
+}
+
+impl Timeline {
+    fn of(history: &pb::TestHistory, results: &pb::TestResults) -> Self {
+        let time = |p: &pb::HistoryPoint| seconds(p.time.as_ref()).unwrap_or(0.0);
+        let t0 = history.points.first().map(time).unwrap_or(0.0);
+        let t1 = history
+            .points
+            .last()
+            .map(time)
+            .into_iter()
+            .chain(seconds(results.stopped_at.as_ref()))
+            .fold(t0, f64::max);
+        Self { t0, t1 }
+    }
+
+    fn x(&self, t: f64) -> f64 {
+        scale(t, self.t0, self.t1, LEFT, RIGHT)
+    }
+
+    fn span(&self) -> String {
+        format!("{:.0} s since start", self.t1 - self.t0)
+    }
+}
+
+/// Vertical lines at the stop (with its winner) and at the close of settlement, if in view.
+fn events(svg: &mut String, results: &pb::TestResults, line: Timeline, top: f64, bottom: f64) {
+    let stop = seconds(results.stopped_at.as_ref());
+    let settle = if results.settled {
+        None
+    } else {
+        seconds(results.settles_at.as_ref())
     };
-    let t0 = history.points.first().map(seconds).unwrap_or(0.0);
-    let t1 = history.points.last().map(seconds).unwrap_or(0.0);
-    let span = format!("+{:.0} s", t1 - t0);
+    let mut mark = |t: f64, label: String, class: &str| {
+        if t < line.t0 || t > line.t1 + 1e-9 {
+            return;
+        }
+        let x = line.x(t);
+        let _ = writeln!(
+            svg,
+            r##"<line class="{class}" x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#000" stroke-dasharray="4 2"/><text x="{:.1}" y="{}" font-size="11">{}</text>"##,
+            x + 3.0,
+            top + 12.0,
+            escape(&label)
+        );
+    };
+    if let Some(t) = stop {
+        let winner = if results.winner.is_empty() {
+            "no winner".to_string()
+        } else {
+            format!("winner {}", results.winner)
+        };
+        mark(t, format!("stopped ({winner})"), "stop");
+    }
+    if let Some(t) = settle {
+        mark(t, "settles".to_string(), "settlement");
+    }
+}
+
+fn share_panel(
+    svg: &mut String,
+    history: &pb::TestHistory,
+    results: &pb::TestResults,
+    top: f64,
+    bottom: f64,
+) {
+    let line = Timeline::of(history, results);
+    let span = line.span();
     axis(
         svg,
         Frame {
             top,
             bottom,
-            title: "Allocation share per arm over time",
-            x: ("start", &span),
+            title: "Allocation share per arm (% of decisions) over time",
+            x: ("0 s", &span),
             y: ("0%", "100%"),
         },
     );
@@ -163,49 +244,139 @@ fn share_panel(svg: &mut String, history: &pb::TestHistory, top: f64, bottom: f6
         let mut d = String::new();
         for (k, p) in history.points.iter().enumerate() {
             let share = p.shares.get(i).copied().unwrap_or(0.0);
-            let px = scale(seconds(p), t0, t1, LEFT, RIGHT);
+            let px = line.x(seconds(p.time.as_ref()).unwrap_or(line.t0));
             let py = scale(share, 0.0, 1.0, bottom, top);
             let _ = write!(d, "{}{px:.1},{py:.1} ", if k == 0 { "M" } else { "L" });
         }
         let _ = writeln!(
             svg,
-            r#"<path class="share" data-arm="{}" d="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+            r#"<path class="share" data-arm="{}" d="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}"/>"#,
             escape(arm),
             d.trim_end(),
-            color(i)
+            color(i),
+            dash(i)
         );
     }
+    events(svg, results, line, top, bottom);
 }
 
-/// The report of a test as an SVG document.
-pub fn render(results: &pb::TestResults, history: &pb::TestHistory) -> String {
+/// The smallest p-value the significance panel shows (its axis is logarithmic, 1 at the top).
+const P_FLOOR: f64 = 1e-6;
+
+fn significance_panel(
+    svg: &mut String,
+    history: &pb::TestHistory,
+    results: &pb::TestResults,
+    alpha: Option<f64>,
+    top: f64,
+    bottom: f64,
+) {
+    let line = Timeline::of(history, results);
+    let span = line.span();
+    axis(
+        svg,
+        Frame {
+            top,
+            bottom,
+            title:
+                "Always-valid p-value per comparison with the control (Holm-adjusted, log scale)",
+            x: ("0 s", &span),
+            y: ("1e-6", "1"),
+        },
+    );
+    let y = |p: f64| {
+        let p = p.clamp(P_FLOOR, 1.0);
+        scale(p.log10(), P_FLOOR.log10(), 0.0, bottom, top)
+    };
+    if let Some(alpha) = alpha {
+        let ya = y(alpha);
+        let _ = writeln!(
+            svg,
+            r##"<line class="alpha" x1="{LEFT}" y1="{ya:.1}" x2="{RIGHT}" y2="{ya:.1}" stroke="#888" stroke-dasharray="2 2"/><text x="{RIGHT}" y="{:.1}" font-size="11" text-anchor="end">α = {alpha}</text>"##,
+            ya - 3.0
+        );
+    }
+    for (c, comparison) in results.comparisons.iter().enumerate() {
+        let arm = results
+            .arms
+            .iter()
+            .position(|a| a.arm_id == comparison.treatment_arm)
+            .unwrap_or(c + 1);
+        let mut d = String::new();
+        for p in &history.points {
+            let Some(&value) = p.adjusted_p_values.get(c) else {
+                continue;
+            };
+            let px = line.x(seconds(p.time.as_ref()).unwrap_or(line.t0));
+            let _ = write!(
+                d,
+                "{}{px:.1},{:.1} ",
+                if d.is_empty() { "M" } else { "L" },
+                y(value)
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<path class="significance" data-arm="{}" d="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}"/>"#,
+            escape(&comparison.treatment_arm),
+            d.trim_end(),
+            color(arm),
+            dash(arm)
+        );
+    }
+    events(svg, results, line, top, bottom);
+}
+
+/// The report of a test as an SVG document; `alpha` (the test's significance level), when known,
+/// is drawn on the significance panel.
+pub fn render(results: &pb::TestResults, history: &pb::TestHistory, alpha: Option<f64>) -> String {
     let legend_rows = results.arms.len() as f64;
-    let height = 640.0 + 18.0 * legend_rows;
+    let legend_top = 900.0;
+    let height = legend_top + 20.0 + 18.0 * legend_rows;
+    let status = match pb::TestStatus::try_from(results.status) {
+        Ok(pb::TestStatus::Running) => "running",
+        Ok(pb::TestStatus::Paused) => "paused",
+        Ok(pb::TestStatus::Completed) if results.settled => "completed, settled",
+        Ok(pb::TestStatus::Completed) => "completed, settling",
+        Ok(pb::TestStatus::Cancelled) => "cancelled",
+        _ => "unknown status",
+    };
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="24" font-size="16" font-weight="bold">Test {} ({} results, {} allocations)</text>
+<text x="{LEFT}" y="24" font-size="16" font-weight="bold">Test {} — {status}, {} results, {} allocations{}</text>
 "#,
         escape(&results.test_id),
         results.total_requests,
-        results.total_allocations
+        results.total_allocations,
+        if results.winner.is_empty() {
+            String::new()
+        } else {
+            format!(", winner {}", escape(&results.winner))
+        }
     );
-    posterior_panel(&mut svg, results, 70.0, 300.0);
-    share_panel(&mut svg, history, 370.0, 600.0);
+    posterior_panel(&mut svg, results, 70.0, 290.0);
+    share_panel(&mut svg, history, results, 350.0, 570.0);
+    significance_panel(&mut svg, history, results, alpha, 630.0, 850.0);
     for (i, a) in results.arms.iter().enumerate() {
-        let y = 640.0 + 18.0 * i as f64;
+        let y = legend_top + 18.0 * i as f64;
         let _ = writeln!(
             svg,
-            r#"<rect x="{LEFT}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{y}" font-size="12">{} {}: n = {}, mean {:+.5}, share {:.1}%, P(best) {:.3}</text>"#,
-            y - 10.0,
+            r#"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="3" stroke-dasharray="{}"/><text x="{}" y="{y}" font-size="12">{} {}: n = {}, mean {:+.5} per result, share {:.1}%, P(best) {:.3}, max drawdown {:.5}{}</text>"#,
+            y - 4.0,
+            LEFT + 24.0,
+            y - 4.0,
             color(i),
-            LEFT + 18.0,
+            dash(i),
+            LEFT + 30.0,
             escape(&a.arm_id),
             escape(&a.model_registry_id),
             a.total_requests,
             a.mean_return,
             a.allocation_weight * 100.0,
-            a.probability_best.unwrap_or(0.0)
+            a.probability_best.unwrap_or(0.0),
+            a.max_drawdown,
+            if a.drift_detected { ", drift" } else { "" }
         );
     }
     svg.push_str("</svg>\n");

@@ -39,6 +39,7 @@ fn test_json(t: &pb::Test) -> Value {
            "max_allocation_per_arm": t.max_allocation_per_arm,
            "created_at": time(t.created_at.as_ref()), "created_by": t.created_by,
            "model_registry_ids": t.model_registry_ids, "winner": t.winner,
+           "settlement_period_seconds": t.settlement_period_seconds,
            "stop_reason": t.stop_reason, "stopped_at": t.stopped_at.as_ref().map(|s| s.to_string())})
 }
 
@@ -96,7 +97,32 @@ fn results_json(r: &pb::TestResults) -> Value {
         .collect();
     json!({"test_id": r.test_id, "status": status_name(r.status), "total_requests": r.total_requests,
            "total_allocations": r.total_allocations, "winner": r.winner, "stop_reason": r.stop_reason,
-           "srm_p_value": r.srm_p_value, "arms": arms, "comparisons": comparisons})
+           "srm_p_value": r.srm_p_value, "settled": r.settled,
+           "settles_at": r.settles_at.as_ref().map(|t| t.to_string()),
+           "decision": r.decision.as_ref().map(decision_json),
+           "arms": arms, "comparisons": comparisons})
+}
+
+fn decision_json(d: &pb::StopDecision) -> Value {
+    let arms: Vec<Value> = d
+        .arms
+        .iter()
+        .map(|a| {
+            json!({"arm_id": a.arm_id, "results": a.results, "mean_return": a.mean_return,
+                        "std_return": a.std_return, "suspended": a.suspended})
+        })
+        .collect();
+    let comparisons: Vec<Value> = d
+        .comparisons
+        .iter()
+        .map(|c| {
+            json!({"treatment_arm": c.treatment_arm, "control_arm": c.control_arm,
+                        "difference": c.difference, "always_valid_p_value": c.always_valid_p_value,
+                        "adjusted_p_value": c.adjusted_p_value, "significant": c.significant})
+        })
+        .collect();
+    json!({"kind": d.kind, "reason": d.reason, "decided_at": time(d.decided_at.as_ref()),
+           "winner": d.winner, "arms": arms, "comparisons": comparisons})
 }
 
 /// The aligned table of `tests results`: arm, model, n, mean ± CI half-width, Sharpe per result,
@@ -235,6 +261,7 @@ fn create_request(a: &CreateTestArgs, created_by: String) -> pb::CreateTestReque
             Some(DriftArg::Alert) => pb::DriftAction::Alert,
             Some(DriftArg::Suspend) => pb::DriftAction::Suspend,
         } as i32,
+        settlement_period_seconds: a.settlement_period_secs,
     }
 }
 
@@ -339,7 +366,14 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                 })
                 .await?
                 .into_inner();
-            let svg = super::report::render(&results, &history);
+            let alpha = client
+                .get_test(pb::GetTestRequest {
+                    test_id: test_id.clone(),
+                })
+                .await
+                .ok()
+                .map(|t| t.into_inner().significance_level);
+            let svg = super::report::render(&results, &history, alpha);
             std::fs::write(out, svg).map_err(|source| CliError::File {
                 path: out.display().to_string(),
                 source,

@@ -43,6 +43,18 @@ pub enum ExperimentError {
         /// Its status.
         status: String,
     },
+    /// A result for an ended test that is still settling, not for a decision made while it ran.
+    #[error(
+        "test {} has ended; until its settlement closes at {} only results for decisions made while it ran (by decision_id) are accepted",
+        crate::text::shown(.test_id),
+        crate::time::rfc3339(*.settles_at)
+    )]
+    Settling {
+        /// The test.
+        test_id: String,
+        /// When settlement closes.
+        settles_at: crate::time::UnixNanos,
+    },
     /// The test is not in a status that allows the action.
     #[error("test {} is {status}; cannot {action}", crate::text::shown(.test_id))]
     WrongStatus {

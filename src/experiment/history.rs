@@ -18,6 +18,7 @@ use crate::storage::{keys, Record, Storage, WriteBatch};
 use crate::time::{self, UnixNanos};
 
 use super::state::TestState;
+use super::stopping;
 use super::{Experiments, Result};
 
 /// Spacing of the periodic points.
@@ -34,6 +35,10 @@ pub struct HistoryPoint {
     pub results: Vec<u64>,
     /// Allocation share per arm.
     pub shares: Vec<f64>,
+    /// Per comparison (treatment arms in order): the Holm-adjusted always-valid p-value
+    /// (empty in points stored before it was kept).
+    #[serde(default)]
+    pub p_values: Vec<f64>,
 }
 
 impl Record for HistoryPoint {
@@ -84,8 +89,8 @@ fn values_hash(point: &HistoryPoint) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     point.results.hash(&mut hasher);
-    for share in &point.shares {
-        share.to_bits().hash(&mut hasher);
+    for x in point.shares.iter().chain(&point.p_values) {
+        x.to_bits().hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -167,14 +172,21 @@ fn stage_point(
     Ok(())
 }
 
-/// The test's current counts and shares.
+/// The test's current counts, shares and adjusted always-valid p-values.
 pub fn sample(state: &TestState) -> HistoryPoint {
     let shares = state.current_probabilities();
-    let results = state.book.lock().stats.arms.iter().map(|a| a.n).collect();
+    let book = state.book.lock();
+    let stats = &book.stats;
+    let results = stats.arms.iter().map(|a| a.n).collect();
+    let p_values = stopping::evidence(&state.config, &stats.arms, &stats.sequential)
+        .iter()
+        .map(|e| e.adjusted_p)
+        .collect();
     HistoryPoint {
         time: time::now(),
         results,
         shares,
+        p_values,
     }
 }
 
@@ -280,6 +292,7 @@ mod tests {
         let storage = Storage::open(dir.path()).expect("open");
         let mut series = SeriesState::default();
         let point = |time| HistoryPoint {
+            p_values: Vec::new(),
             time,
             results: vec![1, 2],
             shares: vec![0.5, 0.5],
@@ -319,6 +332,7 @@ mod tests {
         let storage = Storage::open(dir.path()).expect("open");
         let mut series = SeriesState::default();
         let point = |time, n| HistoryPoint {
+            p_values: Vec::new(),
             time,
             results: vec![n, n],
             shares: vec![0.5, 0.5],

@@ -16,6 +16,7 @@ use crate::time::UnixNanos;
 
 use crate::audit::AuditDraft;
 
+use super::decision::StopDecision;
 use super::journal_entry::{self, Change};
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
@@ -119,8 +120,8 @@ struct Written<'a> {
 struct PendingStop {
     test_id: String,
     winner: Option<usize>,
-    reason: String,
-    kind: &'static str,
+    /// The evidence at the batch that decided it.
+    decision: StopDecision,
 }
 
 /// A batch's records grouped by test, in order of first appearance.
@@ -305,16 +306,24 @@ impl Experiments {
                 }
             };
             let mut book = state.book.lock();
-            if book.record.status.is_ended() {
+            // An ended test accepts late results (for decisions made while it ran) until its
+            // settlement closes; after that, nothing.
+            let settling = book.record.settling(crate::time::now());
+            if book.record.status.is_ended() && !settling {
                 for &i in &indices {
                     outcomes[i] = Some(RecordOutcome::Rejected(ExperimentError::WrongStatus {
                         test_id: test_id.clone(),
                         status: book.record.status,
-                        action: "accept results",
+                        action: if book.record.settled {
+                            "accept results: its settlement has closed"
+                        } else {
+                            "accept results"
+                        },
                     }));
                 }
                 continue;
             }
+            let settles_at = book.record.settles_at().unwrap_or(0);
             let config = state.config.clone();
             let mut stats = book.stats.clone();
             let mut result_ids = state.result_ids.lock();
@@ -326,7 +335,16 @@ impl Experiments {
             let mut alarms = Vec::new();
             for i in indices {
                 let r = &records[i];
-                let outcome = match self.check(&state, &stats.arms, r) {
+                let checked = self.check(&state, &stats.arms, r).and_then(|arm| {
+                    if settling && !check::made_while_running(&state, r) {
+                        return Err(ExperimentError::Settling {
+                            test_id: test_id.clone(),
+                            settles_at,
+                        });
+                    }
+                    Ok(arm)
+                });
+                let outcome = match checked {
                     Err(e) => RecordOutcome::Rejected(e),
                     Ok(arm) => {
                         let duplicate = !r.result_id.is_empty()
@@ -355,7 +373,9 @@ impl Experiments {
             if drifts > 0 {
                 metrics::counter!("arbiter_drift_detected_total").increment(drifts as u64);
             }
-            if let Some(stop) = self.stop_decision(&config, &stats) {
+            if settling {
+                // Late results change the figures, not the decision already taken.
+            } else if let Some(stop) = self.stop_decision(&config, &stats) {
                 stops.push(stop);
             }
             let written = Written {
@@ -432,15 +452,9 @@ impl Experiments {
     /// Stops the tests the statistics call for.
     async fn carry_out(&self, stops: Vec<PendingStop>) -> Result<()> {
         for stop in stops {
-            tracing::info!(test_id = %stop.test_id, kind = stop.kind, reason = %stop.reason, "stopping test");
+            tracing::info!(test_id = %stop.test_id, kind = %stop.decision.kind, reason = %stop.decision.reason, "stopping test");
             match self
-                .stop(
-                    &stop.test_id,
-                    "system",
-                    &stop.reason,
-                    stop.winner,
-                    stop.kind,
-                )
+                .stop(&stop.test_id, "system", stop.winner, stop.decision)
                 .await
             {
                 // Someone else ended it meanwhile.
@@ -482,14 +496,14 @@ impl Experiments {
     fn stop_decision(&self, config: &TestConfig, stats: &StatsRecord) -> Option<PendingStop> {
         let test_id = config.test_id.to_string();
         if stats.suspended.iter().all(|&s| s) {
+            let reason = format!(
+                "stop-loss: every arm's mean return is below {}",
+                config.stop_loss_threshold
+            );
             return Some(PendingStop {
                 test_id,
                 winner: None,
-                reason: format!(
-                    "stop-loss: every arm's mean return is below {}",
-                    config.stop_loss_threshold
-                ),
-                kind: "stop_loss",
+                decision: StopDecision::at(config, stats, "stop_loss", reason, None),
             });
         }
         if !config.early_stopping || !stopping::monitoring(config, &stats.arms) {
@@ -497,11 +511,11 @@ impl Experiments {
         }
         let evidence = stopping::evidence(config, &stats.arms, &stats.sequential);
         let winner = stopping::decide(config, &stats.arms, &evidence)?;
+        let reason = stopping::reason(config, &evidence, winner);
         Some(PendingStop {
             test_id,
             winner: Some(winner),
-            reason: stopping::reason(config, &evidence, winner),
-            kind: "early_stop",
+            decision: StopDecision::at(config, stats, "early_stop", reason, Some(winner)),
         })
     }
 }

@@ -11,6 +11,7 @@ use crate::storage::{keys, paths, WriteBatch};
 use crate::text::shown;
 use crate::time::{self, UnixNanos};
 
+use super::decision::StopDecision;
 use super::result_ids::PendingIds;
 use super::state::{AllocationRecord, StatsRecord, TestState};
 use super::stopping;
@@ -79,6 +80,8 @@ impl Experiments {
             winner: None,
             stop_reason: String::new(),
             stopped_at: None,
+            decision: None,
+            settled: false,
             config: Arc::new(config),
         };
         {
@@ -273,15 +276,15 @@ impl Experiments {
         Ok(TestView { record })
     }
 
-    /// Ends a RUNNING or PAUSED test as COMPLETED, writes its final results file, and returns
-    /// the results. `kind` ("manual", "early_stop", "stop_loss", "expiry") goes to the audit log.
+    /// Ends a RUNNING or PAUSED test as COMPLETED on `decision` (what it was decided on, which
+    /// the record and the audit event keep), writes its final results file (provisional while
+    /// the settlement period runs), and returns the results.
     pub async fn stop(
         &self,
         test_id: &str,
         actor: &str,
-        reason: &str,
         winner: Option<usize>,
-        kind: &'static str,
+        decision: StopDecision,
     ) -> Result<TestResults> {
         let state = self.state(test_id)?;
         {
@@ -296,20 +299,22 @@ impl Experiments {
             let mut record = book.record.clone();
             record.status = TestStatus::Completed;
             record.winner = winner;
-            record.stop_reason = if reason.is_empty() {
-                "stopped manually".into()
-            } else {
-                reason.into()
-            };
+            record.stop_reason = decision.reason.clone();
             record.stopped_at = Some(time::now());
+            record.settled = record.config.settlement_period_secs == 0;
             let mut batch = WriteBatch::new();
             batch.put(keys::test(test_id), &record)?;
             let mut draft = AuditDraft::test(actor, "test.stop", test_id)
-                .detail("kind", kind)
-                .detail("reason", &record.stop_reason);
+                .detail("kind", &decision.kind)
+                .detail("reason", &record.stop_reason)
+                .detail("evidence", decision.evidence_json());
             if let Some(w) = winner {
                 draft = draft.detail("winner", &record.config.arms[w].arm_id);
             }
+            if let Some(at) = record.settles_at().filter(|_| !record.settled) {
+                draft = draft.detail("settles_at", crate::time::rfc3339(at));
+            }
+            record.decision = Some(decision);
             self.inner
                 .audit
                 .commit(&self.inner.storage, batch, vec![draft])?;
@@ -372,7 +377,23 @@ impl Experiments {
         Ok(())
     }
 
-    /// After a crash between ending a test and writing its file, the file is written at start. A
+    /// Whether the test is settled but its final results file still says it was not (a crash
+    /// came between closing the settlement and rewriting the file).
+    fn final_file_needs_settling(&self, test_id: &str) -> bool {
+        let settled = self
+            .state(test_id)
+            .is_ok_and(|state| state.book.lock().record.settled);
+        settled
+            && self
+                .final_results_path(test_id)
+                .ok()
+                .and_then(|path| std::fs::read(path).ok())
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .is_some_and(|file| file["settled"] != serde_json::Value::Bool(true))
+    }
+
+    /// After a crash between ending a test and writing its file, the file is written at start;
+    /// after one between closing its settlement and rewriting the file, it is rewritten. A
     /// file that cannot be written is logged with its cause and skipped: stored state never
     /// keeps the server from starting, and the next start tries again.
     pub(super) fn write_missing_final_results(&self) {
@@ -384,7 +405,9 @@ impl Experiments {
             .map(|e| e.key().to_string())
             .collect();
         for test_id in ended {
-            if self.final_results_path(&test_id).is_ok_and(|p| p.exists()) {
+            if self.final_results_path(&test_id).is_ok_and(|p| p.exists())
+                && !self.final_file_needs_settling(&test_id)
+            {
                 continue;
             }
             let written = self
@@ -408,14 +431,21 @@ impl Experiments {
         actor: &str,
         reason: &str,
     ) -> Result<TestResults> {
-        let winner = {
+        let (winner, decision) = {
             let state = self.state(test_id)?;
             let book = state.book.lock();
             let stats = &book.stats;
             let evidence = stopping::evidence(&state.config, &stats.arms, &stats.sequential);
-            stopping::decide(&state.config, &stats.arms, &evidence)
+            let winner = stopping::decide(&state.config, &stats.arms, &evidence);
+            let reason = if reason.is_empty() {
+                "stopped manually".to_string()
+            } else {
+                reason.to_string()
+            };
+            let decision = StopDecision::at(&state.config, stats, "manual", reason, winner);
+            (winner, decision)
         };
-        self.stop(test_id, actor, reason, winner, "manual").await
+        self.stop(test_id, actor, winner, decision).await
     }
 
     /// Completes a RUNNING or PAUSED test whose maximum duration has passed; called lazily on
@@ -428,7 +458,7 @@ impl Experiments {
         if state.status().is_ended() || time::now() < state.deadline {
             return Ok(());
         }
-        let (winner, reason) = {
+        let (winner, decision) = {
             let mut book = state.book.lock();
             if book.record.status.is_ended() {
                 return Ok(());
@@ -441,7 +471,6 @@ impl Experiments {
             let mut ids = state.result_ids.lock();
             self.store_stats(&state, &stats, &mut ids, PendingIds::default(), Vec::new())?;
             drop(ids);
-            book.stats = stats;
             let days = config.max_duration_days;
             let reason = match winner {
                 Some(w) => format!(
@@ -450,15 +479,67 @@ impl Experiments {
                 ),
                 None => format!("max duration of {days} days reached; no significant difference"),
             };
-            (winner, reason)
+            let decision = StopDecision::at(config, &stats, "expiry", reason, winner);
+            book.stats = stats;
+            (winner, decision)
         };
-        match self
-            .stop(test_id, "system", &reason, winner, "expiry")
-            .await
-        {
+        match self.stop(test_id, "system", winner, decision).await {
             Ok(_) | Err(ExperimentError::WrongStatus { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Closes the settlement of every ended test whose settlement period is over.
+    pub async fn settle_due_tests(&self) -> Result<()> {
+        let now = time::now();
+        let due: Vec<String> = self
+            .inner
+            .tests
+            .iter()
+            .filter(|e| {
+                let book = e.value().book.lock();
+                let r = &book.record;
+                r.status.is_ended() && !r.settled && r.settles_at().is_some_and(|t| now >= t)
+            })
+            .map(|e| e.key().to_string())
+            .collect();
+        for test_id in due {
+            self.close_settlement(&test_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks an ended test settled (audited): from then on it accepts no result. Then rewrites
+    /// its final results file, as settled, once every result it accepted is durable.
+    async fn close_settlement(&self, test_id: &str) -> Result<()> {
+        let state = self.state(test_id)?;
+        {
+            let mut book = state.book.lock();
+            if !book.record.status.is_ended() || book.record.settled {
+                return Ok(());
+            }
+            let mut record = book.record.clone();
+            record.settled = true;
+            let mut batch = WriteBatch::new();
+            batch.put(keys::test(test_id), &record)?;
+            let decided = record
+                .decision
+                .as_ref()
+                .map_or(0, |d| d.arms.iter().map(|a| a.results).sum::<u64>());
+            let results: u64 = book.stats.arms.iter().map(|a| a.n).sum();
+            let draft = AuditDraft::test("system", "test.settled", test_id)
+                .detail("results", results)
+                .detail("results_after_decision", results.saturating_sub(decided));
+            self.inner
+                .audit
+                .commit(&self.inner.storage, batch, vec![draft])?;
+            book.record = record;
+        }
+        self.inner.storage.flush().await?;
+        let journal = self.inner.storage.journal();
+        journal.sync_through(journal.next_position() - 1).await?;
+        let results = self.results(test_id)?;
+        self.write_final_results(&results)
     }
 
     /// Expires every test whose maximum duration has passed.

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::stats;
 use crate::time::{self, UnixNanos};
 
+use super::decision::StopDecision;
 use super::posterior::{posteriors, ArmStats, MetricStats};
 use super::stopping::{self, Comparison};
 use super::track::ArmTrack;
@@ -163,6 +164,12 @@ pub struct TestResults {
     pub stopped_at: Option<UnixNanos>,
     /// χ² test of allocation counts against their expected counts; `None` before any allocation.
     pub srm_p_value: Option<f64>,
+    /// Ended, and its settlement period closed: these results are final.
+    pub settled: bool,
+    /// When the settlement period closes (an ended test that is still settling).
+    pub settles_at: Option<UnixNanos>,
+    /// What the stop was decided on.
+    pub decision: Option<StopDecision>,
 }
 
 fn comparison_results(config: &TestConfig, c: &Comparison) -> ComparisonResults {
@@ -292,6 +299,11 @@ impl Experiments {
             stop_reason: record.stop_reason.clone(),
             stopped_at: record.stopped_at,
             srm_p_value,
+            settled: record.status.is_ended() && record.settled,
+            settles_at: record
+                .settles_at()
+                .filter(|_| record.status.is_ended() && !record.settled),
+            decision: record.decision.clone(),
         })
     }
 }

@@ -49,6 +49,7 @@ pub(super) fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
         max_allocation_per_arm: 1.0,
         control_arm: 0,
         on_drift: Default::default(),
+        settlement_period_secs: 0,
     }
 }
 

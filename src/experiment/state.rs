@@ -515,6 +515,8 @@ mod tests {
             winner: None,
             stop_reason: String::new(),
             stopped_at: None,
+            decision: None,
+            settled: false,
         };
         let mut stats = StatsRecord::new(2);
         for i in 0..60 {

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::decision::StopDecision;
+
 use crate::registry::types::{identifier_problem, stored_identifier_problem};
 use crate::storage::Record;
 use crate::time::UnixNanos;
@@ -211,7 +213,16 @@ pub struct TestConfig {
     /// What drift in an arm's returns does.
     #[serde(default)]
     pub on_drift: DriftAction,
+    /// Seconds after the test ends during which results for decisions made while it ran are
+    /// still accepted (late fills). 0 in tests stored before settlement existed.
+    #[serde(default)]
+    pub settlement_period_secs: u64,
 }
+
+/// The default settlement period: an hour.
+pub const DEFAULT_SETTLEMENT_SECS: u64 = 3600;
+/// The longest settlement period: a week.
+pub const MAX_SETTLEMENT_SECS: u64 = 7 * 24 * 3600;
 
 /// What a test does when drift is found in an arm's returns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +257,32 @@ pub struct TestRecord {
     pub stop_reason: String,
     /// When the test ended.
     pub stopped_at: Option<UnixNanos>,
+    /// What the stop was decided on (absent before the test ends, and in tests stored before
+    /// decisions were recorded).
+    #[serde(default)]
+    pub decision: Option<StopDecision>,
+    /// Whether the settlement period after the end has closed: the results never change again.
+    /// Records stored before settlement existed read as settled.
+    #[serde(default = "settled_by_default")]
+    pub settled: bool,
+}
+
+fn settled_by_default() -> bool {
+    true
+}
+
+impl TestRecord {
+    /// When the settlement period closes (for an ended test).
+    pub fn settles_at(&self) -> Option<UnixNanos> {
+        let period = i64::try_from(self.config.settlement_period_secs).unwrap_or(i64::MAX);
+        self.stopped_at
+            .map(|at| at.saturating_add(period.saturating_mul(1_000_000_000)))
+    }
+
+    /// Whether late results (for decisions made while the test ran) are accepted at `now`.
+    pub fn settling(&self, now: UnixNanos) -> bool {
+        self.status.is_ended() && !self.settled && self.settles_at().is_some_and(|t| now < t)
+    }
 }
 
 impl Record for TestRecord {

@@ -1,6 +1,7 @@
 //! Conversions between protobuf and experiment domain types; request conversions validate every
 //! field and fill in the documented defaults (`proto/arbiter/v1/experiments.proto`).
 
+use crate::experiment::decision::StopDecision;
 use crate::experiment::types::*;
 use crate::experiment::{
     ArmResults, Attribution, ComparisonResults, ExperimentError, ResultInput, TestResults, TestView,
@@ -298,6 +299,16 @@ impl TryFrom<pb::CreateTestRequest> for TestConfig {
             max_allocation_per_arm: max,
             control_arm,
             on_drift: drift_action(r.on_drift)?,
+            settlement_period_secs: match r.settlement_period_seconds {
+                None => DEFAULT_SETTLEMENT_SECS,
+                Some(s) if s <= MAX_SETTLEMENT_SECS => s,
+                Some(s) => {
+                    return Err(ExperimentError::invalid(
+                        "settlement_period_seconds",
+                        format!("{s} exceeds {MAX_SETTLEMENT_SECS} (7 days)"),
+                    ))
+                }
+            },
         })
     }
 }
@@ -308,6 +319,7 @@ impl From<TestView> for pb::Test {
         let c = std::sync::Arc::unwrap_or_clone(r.config);
         pb::Test {
             on_drift: pb_drift_action(c.on_drift) as i32,
+            settlement_period_seconds: c.settlement_period_secs,
             test_id: c.test_id.to_string(),
             name: c.name,
             description: c.description,
@@ -443,6 +455,43 @@ impl From<TestResults> for pb::TestResults {
             stop_reason: r.stop_reason,
             stopped_at: r.stopped_at.map(timestamp),
             srm_p_value: r.srm_p_value,
+            settled: r.settled,
+            settles_at: r.settles_at.map(timestamp),
+            decision: r.decision.map(Into::into),
+        }
+    }
+}
+
+impl From<StopDecision> for pb::StopDecision {
+    fn from(d: StopDecision) -> Self {
+        pb::StopDecision {
+            kind: d.kind,
+            reason: d.reason,
+            decided_at: Some(timestamp(d.decided_at)),
+            winner: d.winner.unwrap_or_default(),
+            arms: d
+                .arms
+                .into_iter()
+                .map(|a| pb::DecisionArm {
+                    arm_id: a.arm_id,
+                    results: a.results,
+                    mean_return: a.mean_return,
+                    std_return: a.std_return,
+                    suspended: a.suspended,
+                })
+                .collect(),
+            comparisons: d
+                .comparisons
+                .into_iter()
+                .map(|c| pb::DecisionComparison {
+                    treatment_arm: c.treatment_arm,
+                    control_arm: c.control_arm,
+                    difference: c.difference,
+                    always_valid_p_value: c.always_valid_p_value,
+                    adjusted_p_value: c.adjusted_p_value,
+                    significant: c.significant,
+                })
+                .collect(),
         }
     }
 }

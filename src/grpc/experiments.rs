@@ -179,6 +179,7 @@ impl experiments_server::Experiments for ExperimentsService {
                     time: Some(super::convert::timestamp(p.time)),
                     results: p.results,
                     shares: p.shares,
+                    adjusted_p_values: p.p_values,
                 })
                 .collect(),
         }))

@@ -99,7 +99,9 @@ pub fn experiment(err: crate::experiment::ExperimentError) -> Status {
         E::InvalidArgument { .. } => Code::InvalidArgument,
         E::NotFound { .. } | E::ModelNotFound { .. } => Code::NotFound,
         E::AlreadyExists { .. } => Code::AlreadyExists,
-        E::ModelUnavailable { .. } | E::WrongStatus { .. } => Code::FailedPrecondition,
+        E::ModelUnavailable { .. } | E::WrongStatus { .. } | E::Settling { .. } => {
+            Code::FailedPrecondition
+        }
         E::LimitExceeded { .. } => Code::ResourceExhausted,
         E::Storage(inner) => return storage(inner),
         E::Io { source, .. } if io_disk_full(source) => return disk_full(&err),

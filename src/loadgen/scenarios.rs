@@ -72,6 +72,50 @@ impl Target {
         })
     }
 
+    /// Stops the test [`Target::prepare`] created and deletes its two model versions (`<test>-m0`
+    /// and `<test>-m1`, version 1.0.0). Only arbiter targets have any.
+    pub async fn clean_up(&self) -> Result<(), BenchError> {
+        if self.system == System::Echo {
+            return Ok(());
+        }
+        let bearer = crate::cli::BearerToken::new(self.token.as_deref()).ok_or_else(|| {
+            BenchError::Start {
+                what: "client",
+                reason: "the token cannot be a header value".into(),
+            }
+        })?;
+        let channel = tonic::service::interceptor::InterceptedService::new(
+            connect(&self.url).await?,
+            bearer,
+        );
+        pb::experiments_client::ExperimentsClient::new(channel.clone())
+            .stop_test(pb::StopTestRequest {
+                test_id: self.test_id.clone(),
+                reason: "arbiter bench finished".into(),
+                requested_by: String::new(),
+            })
+            .await
+            .map_err(|status| BenchError::Call {
+                what: "StopTest",
+                status,
+            })?;
+        let mut registry = pb::registry_client::RegistryClient::new(channel);
+        for i in 0..2 {
+            registry
+                .delete_model(pb::DeleteModelRequest {
+                    registry_id: format!("{}-m{i}:1.0.0", self.test_id),
+                    force: false,
+                    requested_by: String::new(),
+                })
+                .await
+                .map_err(|status| BenchError::Call {
+                    what: "DeleteModel",
+                    status,
+                })?;
+        }
+        Ok(())
+    }
+
     fn request(&self) -> pb::AllocateRequest {
         pb::AllocateRequest {
             test_id: self.test_id.clone(),

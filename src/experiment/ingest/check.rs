@@ -44,6 +44,15 @@ impl Experiments {
     }
 }
 
+/// Whether `r` is attributed to a decision the test issued while it was running (the only
+/// results an ended test accepts while it settles).
+pub(super) fn made_while_running(state: &TestState, r: &ResultInput) -> bool {
+    match &r.attribution {
+        Some(Attribution::Decision(id)) => state.check_decision(*id).is_some_and(|d| d.running),
+        _ => false,
+    }
+}
+
 /// The arm a record names.
 fn attributed_arm(state: &TestState, r: &ResultInput) -> Result<usize> {
     let config = &state.config;

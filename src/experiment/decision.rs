@@ -1,0 +1,111 @@
+//! The evidence a stop was decided on: the counts and statistics of every arm and comparison at
+//! the moment the rule (or the person) decided, stored with the stop. Results applied after that
+//! moment (a batch still in flight, late fills during settlement) change the test's results but
+//! never this record, so the audit log and the final results file show exactly what the decision
+//! saw.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::StatsRecord;
+use super::stopping;
+use super::types::TestConfig;
+use crate::time::{self, UnixNanos};
+
+/// What a stop was decided on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopDecision {
+    /// "manual", "early_stop", "stop_loss" or "expiry".
+    pub kind: String,
+    /// Why, in words.
+    pub reason: String,
+    /// When it was decided.
+    pub decided_at: UnixNanos,
+    /// The declared winner, if any.
+    pub winner: Option<String>,
+    /// Every arm as the decision saw it.
+    pub arms: Vec<DecisionArm>,
+    /// Every comparison with the control as the decision saw it.
+    pub comparisons: Vec<DecisionComparison>,
+}
+
+/// One arm at the decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionArm {
+    /// `arm_<i>`.
+    pub arm_id: String,
+    /// Results recorded.
+    pub results: u64,
+    /// Mean return.
+    pub mean_return: f64,
+    /// Sample standard deviation.
+    pub std_return: f64,
+    /// Held at the floor.
+    pub suspended: bool,
+}
+
+/// One comparison at the decision (signs: treatment − control).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionComparison {
+    /// Treatment arm id.
+    pub treatment_arm: String,
+    /// Control arm id.
+    pub control_arm: String,
+    /// Difference of mean returns.
+    pub difference: f64,
+    /// The running always-valid p-value.
+    pub always_valid_p_value: f64,
+    /// Holm-adjusted across comparisons (equal to the above with one comparison): what
+    /// `significant` was judged on.
+    pub adjusted_p_value: f64,
+    /// Adjusted p ≤ α and |difference| ≥ the minimum effect.
+    pub significant: bool,
+}
+
+impl StopDecision {
+    /// The decision to stop `config`'s test now, on `stats`, for `reason`, declaring `winner`.
+    pub fn at(
+        config: &TestConfig,
+        stats: &StatsRecord,
+        kind: &str,
+        reason: String,
+        winner: Option<usize>,
+    ) -> Self {
+        let name = |i: usize| config.arms[i].arm_id.to_string();
+        let arms = stats
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| DecisionArm {
+                arm_id: name(i),
+                results: a.n,
+                mean_return: a.mean,
+                std_return: a.std(),
+                suspended: stats.suspended.get(i).copied().unwrap_or(false),
+            })
+            .collect();
+        let comparisons = stopping::evidence(config, &stats.arms, &stats.sequential)
+            .into_iter()
+            .map(|e| DecisionComparison {
+                treatment_arm: name(e.treatment),
+                control_arm: name(e.control),
+                difference: e.difference,
+                always_valid_p_value: e.always_valid_p,
+                adjusted_p_value: e.adjusted_p,
+                significant: e.significant,
+            })
+            .collect();
+        Self {
+            kind: kind.to_string(),
+            reason,
+            decided_at: time::now(),
+            winner: winner.map(name),
+            arms,
+            comparisons,
+        }
+    }
+
+    /// The evidence as compact JSON, for the audit event.
+    pub fn evidence_json(&self) -> String {
+        serde_json::json!({"arms": self.arms, "comparisons": self.comparisons}).to_string()
+    }
+}
