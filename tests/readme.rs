@@ -20,7 +20,12 @@ fn blocks(heading: &str) -> Vec<String> {
     section
         .split("```sh\n")
         .skip(1)
-        .map(|rest| rest.split("\n```").next().expect("closed block").to_string())
+        .map(|rest| {
+            rest.split("\n```")
+                .next()
+                .expect("closed block")
+                .to_string()
+        })
         .collect()
 }
 

@@ -84,10 +84,8 @@ impl Target {
                 reason: "the token cannot be a header value".into(),
             }
         })?;
-        let channel = tonic::service::interceptor::InterceptedService::new(
-            connect(&self.url).await?,
-            bearer,
-        );
+        let channel =
+            tonic::service::interceptor::InterceptedService::new(connect(&self.url).await?, bearer);
         pb::experiments_client::ExperimentsClient::new(channel.clone())
             .stop_test(pb::StopTestRequest {
                 test_id: self.test_id.clone(),
