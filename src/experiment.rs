@@ -107,6 +107,8 @@ struct Inner {
     snapshot_round: Mutex<()>,
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
+    /// Settled tests whose final results file could not be rewritten yet (retried every second).
+    settled_files_due: Mutex<std::collections::HashSet<String>>,
     results_dir: PathBuf,
     limits: IngestLimits,
     /// Keys every test's decision ids.
@@ -158,6 +160,7 @@ impl Experiments {
                 unsaved_tests: Mutex::new(Vec::new()),
                 snapshot_round: Mutex::new(()),
                 create_lock: Mutex::new(()),
+                settled_files_due: Mutex::default(),
                 results_dir,
                 limits,
                 secret,

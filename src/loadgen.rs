@@ -311,7 +311,7 @@ async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, Ben
         allocation_strategy: pb::AllocationStrategy::ThompsonSampling as i32,
         early_stopping: Some(false),
         stop_loss_threshold: Some(-1e9),
-        // Settled at its stop, so the clean-up can delete its models at once.
+        // Settled at its stop: nothing of it waits for late results after the clean-up.
         settlement_period_seconds: Some(0),
         ..Default::default()
     };

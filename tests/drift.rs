@@ -28,7 +28,12 @@ impl Noise {
 
 /// A test over two fresh models that never stops by itself and has no stop-loss.
 async fn quiet_test(server: &TestServer, id: &str, on_drift: pb::DriftAction) {
-    let models = register_models(&mut server.registry().await, 2).await;
+    let mut registry = server.registry().await;
+    let mut models = Vec::new();
+    for i in 0..2 {
+        let model = register_simple(&mut registry, &format!("{id}_m{i}"), "1.0.0").await;
+        models.push(model.registry_id);
+    }
     server
         .experiments()
         .await
@@ -57,14 +62,15 @@ async fn send(server: &TestServer, test_id: &str, arm: &str, values: &[f64]) {
         .expect("ingest");
 }
 
-/// 2000 stationary returns on arm_0; on arm_1 1000 stationary ones, then 600 shifted up by 0.5 σ.
-async fn feed(server: &TestServer, test_id: &str) {
+/// 2000 stationary returns on arm_0; on arm_1 1000 stationary ones, then 600 shifted by
+/// `shift` σ.
+async fn feed(server: &TestServer, test_id: &str, shift: f64) {
     let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
     let (mean, sd) = (2e-4, 1e-3);
     let stationary: Vec<f64> = (0..2000).map(|_| mean + sd * noise.normal()).collect();
     send(server, test_id, "arm_0", &stationary).await;
     let shifted: Vec<f64> = (0..1600)
-        .map(|i| mean + if i < 1000 { 0.0 } else { 0.5 * sd } + sd * noise.normal())
+        .map(|i| mean + if i < 1000 { 0.0 } else { shift * sd } + sd * noise.normal())
         .collect();
     send(server, test_id, "arm_1", &shifted).await;
 }
@@ -74,7 +80,7 @@ async fn drift_fires_on_a_shifted_arm_only_and_is_audited_reported_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
     quiet_test(&server, "t", pb::DriftAction::Unspecified).await;
-    feed(&server, "t").await;
+    feed(&server, "t", 0.5).await;
 
     let results = test_results(&server, "t").await;
     let (stable, moved) = (&results.arms[0], &results.arms[1]);
@@ -103,7 +109,7 @@ async fn drift_fires_on_a_shifted_arm_only_and_is_audited_reported_and_kept() {
         .registry()
         .await
         .get_model_performance(pb::GetModelPerformanceRequest {
-            model_id: "model_1".into(),
+            model_id: "t_m1".into(),
         })
         .await
         .expect("performance")
@@ -155,10 +161,12 @@ async fn a_test_that_suspends_on_drift_holds_the_arm_at_its_floor() {
         .expect("get")
         .into_inner();
     assert_eq!(test.on_drift, pb::DriftAction::Suspend as i32);
-    feed(&server, "s").await;
+    // A fall of the mean is held at the floor…
+    feed(&server, "s", -0.5).await;
     let results = test_results(&server, "s").await;
     let moved = &results.arms[1];
     assert!(moved.drift_detected && moved.suspended, "{moved:?}");
+    assert_eq!(moved.last_drift_direction, -1);
     // Held as low as the other arm's cap allows: two arms capped at 0.8 leave it 0.2.
     let held = test
         .min_allocation_per_arm
@@ -173,6 +181,12 @@ async fn a_test_that_suspends_on_drift_holds_the_arm_at_its_floor() {
         .find(|e| e.action == "test.arm_suspended")
         .expect("a suspension event");
     assert_eq!(suspended.details["cause"], "drift");
+
+    // …a rise is only reported.
+    quiet_test(&server, "r", pb::DriftAction::Suspend).await;
+    feed(&server, "r", 0.5).await;
+    let risen = &test_results(&server, "r").await.arms[1];
+    assert!(risen.drift_detected && !risen.suspended, "{risen:?}");
     server.stop().await;
 }
 

@@ -168,12 +168,15 @@ impl Timeline {
     fn of(history: &pb::TestHistory, results: &pb::TestResults) -> Self {
         let time = |p: &pb::HistoryPoint| seconds(p.time.as_ref()).unwrap_or(0.0);
         let t0 = history.points.first().map(time).unwrap_or(0.0);
+        // A settling test's axis reaches the close of settlement, so that point shows.
+        let settles = seconds(results.settles_at.as_ref()).filter(|_| !results.settled);
         let t1 = history
             .points
             .last()
             .map(time)
             .into_iter()
             .chain(seconds(results.stopped_at.as_ref()))
+            .chain(settles)
             .fold(t0, f64::max);
         Self { t0, t1 }
     }

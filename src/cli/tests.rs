@@ -40,6 +40,9 @@ fn test_json(t: &pb::Test) -> Value {
            "created_at": time(t.created_at.as_ref()), "created_by": t.created_by,
            "model_registry_ids": t.model_registry_ids, "winner": t.winner,
            "settlement_period_seconds": t.settlement_period_seconds,
+           "on_drift": pb::DriftAction::try_from(t.on_drift)
+               .map(|a| a.as_str_name().trim_start_matches("DRIFT_ACTION_"))
+               .unwrap_or("UNKNOWN"),
            "stop_reason": t.stop_reason, "stopped_at": t.stopped_at.as_ref().map(|s| s.to_string())})
 }
 
@@ -82,6 +85,7 @@ fn results_json(r: &pb::TestResults) -> Value {
                    "max_drawdown": a.max_drawdown, "sharpe_ci": a.sharpe_ci.as_ref().map(|c| [c.low, c.high]),
                    "backtest_sharpe": a.backtest_sharpe, "backtest_max_dd": a.backtest_max_dd,
                    "drift_detected": a.drift_detected, "drift_alarms": a.drift_alarms,
+                   "first_drift_at": a.first_drift_at,
                    "last_drift_at": a.last_drift_at, "last_drift_direction": a.last_drift_direction,
                    "drift_statistic": a.drift_statistic})
         })

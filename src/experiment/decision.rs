@@ -14,7 +14,7 @@ use crate::time::{self, UnixNanos};
 /// What a stop was decided on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopDecision {
-    /// "manual", "early_stop", "stop_loss" or "expiry".
+    /// "manual", "early_stop", "stop_loss", "suspended" or "expiry".
     pub kind: String,
     /// Why, in words.
     pub reason: String,

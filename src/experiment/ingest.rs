@@ -45,7 +45,7 @@ pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Cha
                 .detail("results", stats.arms[arm].n)
                 .detail("stop_loss_threshold", config.stop_loss_threshold)
         }
-        Change::Drift { arm, alarm } => {
+        Change::Drift { arm, at, alarm } => {
             AuditDraft::test("system", "test.arm_drift", &config.test_id)
                 .detail("arm_id", &config.arms[arm].arm_id)
                 .detail("model_registry_id", config.arms[arm].model.to_string())
@@ -53,7 +53,7 @@ pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Cha
                 .detail("statistic", alarm.statistic)
                 .detail("reference_mean", alarm.reference_mean)
                 .detail("reference_scale", alarm.reference_scale)
-                .detail("results", stats.arms[arm].n)
+                .detail("at_result", at)
                 .detail(
                     "on_drift",
                     match config.on_drift {
@@ -352,9 +352,13 @@ impl Experiments {
                         if duplicate {
                             RecordOutcome::Duplicate
                         } else {
-                            if let Some(alarm) = stats.add_result(arm, r.return_value, &r.metrics) {
-                                alarms.push((arm, alarm));
-                            }
+                            journal_entry::add(
+                                &mut stats,
+                                &mut alarms,
+                                arm,
+                                r.return_value,
+                                &r.metrics,
+                            );
                             accepted.push((arm, i));
                             RecordOutcome::Accepted
                         }
@@ -365,7 +369,7 @@ impl Experiments {
             if accepted.is_empty() {
                 continue;
             }
-            let changes = journal_entry::settle(&config, &mut stats, alarms);
+            let changes = journal_entry::settle(&config, &mut stats, alarms, settling);
             let drifts = changes
                 .iter()
                 .filter(|c| matches!(c, Change::Drift { .. }))
@@ -496,14 +500,34 @@ impl Experiments {
     fn stop_decision(&self, config: &TestConfig, stats: &StatsRecord) -> Option<PendingStop> {
         let test_id = config.test_id.to_string();
         if stats.suspended.iter().all(|&s| s) {
-            let reason = format!(
-                "stop-loss: every arm's mean return is below {}",
-                config.stop_loss_threshold
-            );
+            let drift = stats.tracks.iter().any(|t| t.drift_hold);
+            let (kind, reason) = if drift {
+                let causes: Vec<String> = stats
+                    .tracks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let cause = if t.drift_hold { "drift" } else { "stop-loss" };
+                        format!("{} ({cause})", config.arms[i].arm_id)
+                    })
+                    .collect();
+                (
+                    "suspended",
+                    format!("every arm is held at its floor: {}", causes.join(", ")),
+                )
+            } else {
+                (
+                    "stop_loss",
+                    format!(
+                        "stop-loss: every arm's mean return is below {}",
+                        config.stop_loss_threshold
+                    ),
+                )
+            };
             return Some(PendingStop {
                 test_id,
                 winner: None,
-                decision: StopDecision::at(config, stats, "stop_loss", reason, None),
+                decision: StopDecision::at(config, stats, kind, reason, None),
             });
         }
         if !config.early_stopping || !stopping::monitoring(config, &stats.arms) {

@@ -129,29 +129,40 @@ pub enum Change {
     Drift {
         /// The arm.
         arm: usize,
+        /// The arm's result count at the alarm.
+        at: u64,
         /// What the detector saw.
         alarm: DriftAlarm,
     },
 }
 
-/// What a batch of results does after they are added: its drift alarms (holding the arm at the
-/// floor in a test that suspends on drift), stop-loss suspensions, and one look of the
-/// sequential tests. Ingestion and replay both run it, so a replayed batch ends in the same
-/// state; the changes it returns are what the audit log must record.
+/// A drift alarm raised by one result of a batch: the arm, its result count, the alarm.
+pub type Alarm = (usize, u64, DriftAlarm);
+
+/// What a batch of results does after they are added: its drift alarms (a fall of the mean holds
+/// the arm at the floor in a test that suspends on drift), stop-loss suspensions, and one look of
+/// the sequential tests. Ingestion and replay both run it, so a replayed batch ends in the same
+/// state; the changes it returns are what the audit log must record. An `ended` test's results
+/// (late fills while it settles) still move its figures and report drift, but suspensions stay
+/// as they were at the stop and the sequential tests no longer look.
 pub fn settle(
     config: &TestConfig,
     stats: &mut StatsRecord,
-    alarms: Vec<(usize, DriftAlarm)>,
+    alarms: Vec<Alarm>,
+    ended: bool,
 ) -> Vec<Change> {
     let mut changes: Vec<Change> = alarms
         .into_iter()
-        .map(|(arm, alarm)| {
-            if config.on_drift == DriftAction::Suspend {
+        .map(|(arm, at, alarm)| {
+            if !ended && config.on_drift == DriftAction::Suspend && alarm.direction < 0 {
                 stats.tracks[arm].drift_hold = true;
             }
-            Change::Drift { arm, alarm }
+            Change::Drift { arm, at, alarm }
         })
         .collect();
+    if ended {
+        return changes;
+    }
     changes.extend(
         risk::update_suspensions(config, stats)
             .into_iter()
@@ -163,16 +174,31 @@ pub fn settle(
     changes
 }
 
+/// Folds one accepted result into `stats` and notes the drift alarm it raised, if any.
+pub fn add(
+    stats: &mut StatsRecord,
+    alarms: &mut Vec<Alarm>,
+    arm: usize,
+    value: f64,
+    metrics: &[(String, f64)],
+) {
+    if let Some(alarm) = stats.add_result(arm, value, metrics) {
+        alarms.push((arm, stats.tracks[arm].results, alarm));
+    }
+}
+
 /// Applies a journaled batch to `stats` as ingestion did, and returns the changes it made that
 /// the audit log records. Ingestion journals only batches that made none, so with the state
 /// ingestion saw this is empty; it is not when a crash lost an unacknowledged batch that went to
 /// the store between this entry's snapshot and this entry (the caller then stores the new state
-/// with its audit events).
+/// with its audit events). `ended`: the test had ended when the entry was written (a stop stores
+/// the statistics first, so every entry replayed onto an ended test's snapshot came after it).
 pub fn replay(
     config: &TestConfig,
     stats: &mut StatsRecord,
     entry: &ResultEntry,
     position: u64,
+    ended: bool,
 ) -> Result<Vec<Change>, String> {
     let mut next = stats.clone();
     let mut alarms = Vec::new();
@@ -184,11 +210,9 @@ pub fn replay(
                 config.arms.len()
             ));
         }
-        if let Some(alarm) = next.add_result(r.arm, r.value, &r.metrics) {
-            alarms.push((r.arm, alarm));
-        }
+        add(&mut next, &mut alarms, r.arm, r.value, &r.metrics);
     }
-    let changes = settle(config, &mut next, alarms);
+    let changes = settle(config, &mut next, alarms, ended);
     next.journal_position = position;
     *stats = next;
     Ok(changes)

@@ -296,6 +296,17 @@ impl Experiments {
                     action: "stop",
                 });
             }
+            // The statistics at the stop are stored first, so that every journal entry a restart
+            // replays onto an ended test's snapshot is a late result (see `journal_entry::replay`).
+            let mut ids = state.result_ids.lock();
+            self.store_stats(
+                &state,
+                &book.stats,
+                &mut ids,
+                PendingIds::default(),
+                Vec::new(),
+            )?;
+            drop(ids);
             let mut record = book.record.clone();
             record.status = TestStatus::Completed;
             record.winner = winner;
@@ -311,8 +322,9 @@ impl Experiments {
             if let Some(w) = winner {
                 draft = draft.detail("winner", &record.config.arms[w].arm_id);
             }
-            if let Some(at) = record.settles_at().filter(|_| !record.settled) {
-                draft = draft.detail("settles_at", crate::time::rfc3339(at));
+            match record.settles_at().filter(|_| !record.settled) {
+                Some(at) => draft = draft.detail("settles_at", crate::time::rfc3339(at)),
+                None => draft = draft.detail("settled", "true"),
             }
             record.decision = Some(decision);
             self.inner
@@ -389,7 +401,8 @@ impl Experiments {
                 .ok()
                 .and_then(|path| std::fs::read(path).ok())
                 .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-                .is_some_and(|file| file["settled"] != serde_json::Value::Bool(true))
+                // Files written before settlement existed have no such field: they are final.
+                .is_some_and(|file| file["settled"] == serde_json::Value::Bool(false))
     }
 
     /// After a crash between ending a test and writing its file, the file is written at start;
@@ -503,8 +516,14 @@ impl Experiments {
             })
             .map(|e| e.key().to_string())
             .collect();
-        for test_id in due {
-            self.close_settlement(&test_id).await?;
+        let retry: Vec<String> = std::mem::take(&mut *self.inner.settled_files_due.lock())
+            .into_iter()
+            .collect();
+        for test_id in due.into_iter().chain(retry) {
+            if let Err(e) = self.close_settlement(&test_id).await {
+                tracing::warn!(test_id, error = %e, "closing the settlement failed; will retry");
+                self.inner.settled_files_due.lock().insert(test_id);
+            }
         }
         Ok(())
     }
@@ -515,8 +534,14 @@ impl Experiments {
         let state = self.state(test_id)?;
         {
             let mut book = state.book.lock();
-            if !book.record.status.is_ended() || book.record.settled {
+            if !book.record.status.is_ended() {
                 return Ok(());
+            }
+            if book.record.settled {
+                // Settled before, but its file was not rewritten: only the file is left to do.
+                drop(book);
+                let results = self.results(test_id)?;
+                return self.write_final_results(&results);
             }
             let mut record = book.record.clone();
             record.settled = true;

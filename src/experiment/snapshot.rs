@@ -190,9 +190,15 @@ impl Experiments {
             if entry.position <= book.stats.journal_position {
                 continue;
             }
-            let changes =
-                journal_entry::replay(&state.config, &mut book.stats, &decoded, entry.position)
-                    .map_err(corrupt)?;
+            let ended = book.record.status.is_ended();
+            let changes = journal_entry::replay(
+                &state.config,
+                &mut book.stats,
+                &decoded,
+                entry.position,
+                ended,
+            )
+            .map_err(corrupt)?;
             let mut ids = state.result_ids.lock();
             ids.add_replayed(&decoded.fingerprints);
             if !changes.is_empty() {

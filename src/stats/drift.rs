@@ -101,6 +101,9 @@ impl DriftDetector {
             }
             self.n += 1;
             self.mean += d / self.n as f64;
+            if !(self.mean.is_finite() && self.sum_abs.is_finite()) {
+                *self = Self::default(); // overflow: see below
+            }
             return None;
         }
         let s = self.scale();
@@ -121,6 +124,12 @@ impl DriftDetector {
                 self.mean += r / self.n as f64;
                 self.sum_abs += r.abs();
             }
+        }
+        if !(self.mean.is_finite() && self.sum_abs.is_finite()) {
+            // Returns near the largest accepted magnitude can overflow the reference: start
+            // over rather than carry infinities (a detector that cannot judge raises nothing).
+            *self = Self::default();
+            return None;
         }
         let m = self.statistic();
         if m >= FREEZE_AT && self.n >= FREEZE_AFTER {
@@ -336,11 +345,20 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_values_are_ignored() {
+    fn non_finite_values_are_ignored_and_overflow_starts_over() {
         let mut d = DriftDetector::default();
         for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             assert_eq!(d.update(x), None);
         }
         assert_eq!(d, DriftDetector::default());
+        for x in [1e308, -1e308, 1e308, 1.0] {
+            d.update(x);
+            assert!(d.mean.is_finite() && d.sum_abs.is_finite(), "{d:?}");
+        }
+        for _ in 0..100 {
+            d.update(1e308);
+            d.update(-1e308);
+            assert!(d.mean.is_finite() && d.sum_abs.is_finite() && d.statistic().is_finite());
+        }
     }
 }
