@@ -78,24 +78,33 @@ impl ClientArgs {
 
 /// A model type on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[allow(missing_docs)]
 pub enum ModelTypeArg {
+    /// Produces trading signals.
     Signal,
+    /// Sizes or limits risk.
     Risk,
+    /// Decides how orders are worked.
     Execution,
+    /// Classifies market regimes.
     Regime,
+    /// Allocates across positions.
     Portfolio,
 }
 
 /// A model status on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[allow(missing_docs)]
 pub enum ModelStatusArg {
+    /// Registered, not yet tested.
     Development,
+    /// Under test.
     Testing,
+    /// Ready for approval.
     Staging,
+    /// Approved (needs an approver other than the creator).
     Production,
+    /// Retired, still fetchable by version.
     Deprecated,
+    /// Retired for good.
     Archived,
 }
 
@@ -247,19 +256,23 @@ pub struct TestsArgs {
 
 /// An allocation strategy on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[allow(missing_docs)]
 pub enum StrategyArg {
+    /// Configured weights (--weights), sticky by unit key.
     Fixed,
+    /// Thompson sampling (the default).
     Thompson,
+    /// UCB1.
     Ucb,
+    /// Epsilon-greedy (--epsilon).
     EpsilonGreedy,
 }
 
 /// A reward model on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[allow(missing_docs)]
 pub enum RewardArg {
+    /// Optimise the win rate (return > 0).
     Bernoulli,
+    /// Optimise the mean return (the default).
     Gaussian,
 }
 
@@ -334,9 +347,10 @@ pub struct CreateTestArgs {
 
 /// What drift does, on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[allow(missing_docs)]
 pub enum DriftArg {
+    /// Report drift (the default).
     Alert,
+    /// Also hold an arm whose mean fell at its floor.
     Suspend,
 }
 

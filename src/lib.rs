@@ -2,15 +2,22 @@
 //!
 //! The architecture, top to bottom (dependencies only point down):
 //!
-//! - [`grpc`]: tonic adapters; convert requests into domain calls and map domain errors to
-//!   `tonic::Status` in exactly one place.
-//! - [`registry`]: model versions, the lifecycle with approvals, artifact files.
-//! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
-//! - [`storage`]: an embedded store (redb) behind typed keys and versioned record encodings, with group commit.
 //! - [`server`] composes the services; [`config`] and [`telemetry`] serve `main.rs`.
+//! - [`grpc`]: tonic adapters; convert requests into domain calls and map domain errors to
+//!   `tonic::Status` in exactly one place; authentication, admission (rate limits, deadlines)
+//!   and TLS as tower layers.
+//! - [`auth`]: principals, roles, actors and rate limits (knows nothing of gRPC).
+//! - [`experiment`]: tests, allocation tables and policies, result ingestion into a journal,
+//!   statistics snapshots, stopping rules, settlement, drift and drawdown.
+//! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures.
+//! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
+//! - [`storage`]: an embedded store (redb) behind typed keys and versioned record encodings, with
+//!   group commit, and the result journal.
+//! - [`stats`]: pure statistics (tests, intervals, sequential tests, drift detection).
+//! - [`metrics`], [`text`], [`time`]: Prometheus metrics, client text in messages, wall-clock time.
 //! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).
-//! - [`loadgen`]: `arbiter bench`, the load generator with its echo baseline.
-//! - [`cli`]: the client subcommands (`arbiter tests …`, `arbiter audit …`).
+//! - [`loadgen`]: `arbiter bench`, the load generator with its baselines.
+//! - [`cli`]: the client subcommands (`arbiter models …`, `arbiter tests …`, `arbiter audit …`).
 
 pub mod audit;
 pub mod auth;

@@ -93,6 +93,7 @@ where
 /// and refresher threads) each allocate in bursts, so 10k tests with results held ~16 MiB more
 /// with the default than with one arena (BENCHMARKS.md); small allocations still go through
 /// per-thread caches without taking the arena's lock. Must run before any thread starts.
+#[allow(unsafe_code)] // the one FFI call to glibc; the library itself has no unsafe code
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -106,6 +107,7 @@ fn limit_malloc_arenas() {
 /// Raises the soft limit on open files to the hard limit (often 1024 → 524288): every
 /// connection and upload holds a descriptor, and the soft default is meant for interactive
 /// programs. Uploads are bounded separately (`--max-concurrent-uploads`).
+#[allow(unsafe_code)] // getrlimit/setrlimit FFI; the library itself has no unsafe code
 fn raise_open_files_limit() {
     #[cfg(unix)]
     {

@@ -50,6 +50,14 @@ async fn start_with_auth(dir: &Path) -> TestServer {
     TestServer::start_config(config).await
 }
 
+/// Sends SIGHUP to this process: every in-process server reloads its auth file.
+#[cfg(unix)]
+#[allow(unsafe_code)] // one FFI call to kill(2)
+fn reload_auth_files() {
+    // SAFETY: sends a signal to this process, whose SIGHUP handler the server installed.
+    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+}
+
 /// `message` as a request carrying `name`'s token (none for `None`).
 fn as_<T>(name: Option<&str>, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -473,13 +481,12 @@ async fn a_token_removed_from_the_auth_file_stops_working_after_sighup() {
 
     // A broken file keeps the old table.
     std::fs::write(dir.path().join("auth.toml"), "[[principal]]\nname = 3").expect("write");
-    // SAFETY: sends a signal to this process, whose SIGHUP handler the server installed.
-    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    reload_auth_files();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     registry.list_models(list()).await.expect("still valid");
 
     auth_file(dir.path(), &["analyst"]);
-    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    reload_auth_files();
     let mut revoked = false;
     for _ in 0..50 {
         if registry.list_models(list()).await.is_err() {
@@ -749,8 +756,7 @@ async fn streams_of_a_revoked_principal_end_at_their_next_message() {
     acks.message().await.expect("ack").expect("an ack");
 
     auth_file(dir.path(), &["allocator", "streamer"]);
-    // SAFETY: sends a signal to this process, whose SIGHUP handler the server installed.
-    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    reload_auth_files();
     // The reload is asynchronous: wait until a new call is refused.
     let mut reloaded = false;
     for _ in 0..100 {

@@ -13,21 +13,21 @@ use arbiter::registry::{Registry, RegistryConfig};
 use arbiter::storage::Storage;
 
 /// An engine and the directory it lives in.
-pub struct Engine {
-    pub storage: Arc<Storage>,
-    pub registry: Registry,
-    pub experiments: Experiments,
-    pub dir: tempfile::TempDir,
+pub(crate) struct Engine {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) registry: Registry,
+    pub(crate) experiments: Experiments,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// Opens storage, audit log, registry and experiments on a fresh temporary directory.
-pub async fn engine() -> Engine {
+pub(crate) async fn engine() -> Engine {
     let dir = tempfile::tempdir().expect("tempdir");
     open(dir).await
 }
 
 /// Opens the engine on an existing directory.
-pub async fn open(dir: tempfile::TempDir) -> Engine {
+pub(crate) async fn open(dir: tempfile::TempDir) -> Engine {
     let storage = Arc::new(Storage::open(dir.path()).expect("storage"));
     let audit = Arc::new(AuditLog::open(&storage).expect("audit"));
     let registry = Registry::open(storage.clone(), audit.clone(), RegistryConfig::default())
@@ -45,7 +45,7 @@ pub async fn open(dir: tempfile::TempDir) -> Engine {
 }
 
 /// Drops the engine and waits until its database is released; returns its directory.
-pub fn close(engine: Engine) -> tempfile::TempDir {
+pub(crate) fn close(engine: Engine) -> tempfile::TempDir {
     let Engine {
         storage,
         registry,
@@ -58,7 +58,7 @@ pub fn close(engine: Engine) -> tempfile::TempDir {
 }
 
 /// Waits until the storage under `dir` is released by every background task of a dropped engine.
-pub fn wait_unlocked(dir: &std::path::Path) {
+pub(crate) fn wait_unlocked(dir: &std::path::Path) {
     assert!(
         arbiter::storage::wait_until_released(dir, std::time::Duration::from_secs(2)),
         "database still held"
@@ -66,7 +66,7 @@ pub fn wait_unlocked(dir: &std::path::Path) {
 }
 
 /// Registers `n` models `m0:1.0.0` … and returns their ids.
-pub async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
+pub(crate) async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
     let mut ids = Vec::new();
     for i in 0..n {
         let id = RegistryId::parse("registry_id", &format!("m{i}:1.0.0")).expect("valid");
@@ -96,7 +96,12 @@ pub async fn models(registry: &Registry, n: usize) -> Vec<RegistryId> {
 }
 
 /// A test over the first `arms` models with the given strategy, early stopping off.
-pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strategy) -> TestConfig {
+pub(crate) fn config(
+    test_id: &str,
+    models: &[RegistryId],
+    arms: usize,
+    strategy: Strategy,
+) -> TestConfig {
     TestConfig {
         test_id: TestId::parse(test_id).expect("valid"),
         name: test_id.into(),
@@ -130,7 +135,7 @@ pub fn config(test_id: &str, models: &[RegistryId], arms: usize, strategy: Strat
 }
 
 /// A result for `test_id` on `arm`.
-pub fn result(
+pub(crate) fn result(
     test_id: &str,
     arm: usize,
     value: f64,

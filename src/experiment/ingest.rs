@@ -66,9 +66,9 @@ pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Cha
 }
 
 /// Longest accepted `result_id`.
-pub const MAX_RESULT_ID_LEN: usize = 256;
+pub(super) const MAX_RESULT_ID_LEN: usize = 256;
 /// Longest accepted metric name.
-pub const MAX_METRIC_NAME_LEN: usize = 64;
+pub(super) const MAX_METRIC_NAME_LEN: usize = 64;
 
 /// How a result names its arm.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,7 +19,7 @@ const FORMAT_VERSION: u8 = 1;
 
 /// One accepted result, as journaled.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JournaledResult {
+pub(super) struct JournaledResult {
     /// Arm index.
     pub arm: usize,
     /// Realised return.
@@ -30,7 +30,7 @@ pub struct JournaledResult {
 
 /// A decoded entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResultEntry {
+pub(super) struct ResultEntry {
     /// The test.
     pub test_id: String,
     /// Accepted results, in the order they were applied.
@@ -40,7 +40,7 @@ pub struct ResultEntry {
 }
 
 /// Encodes an entry from borrowed parts (the ingestion path builds no [`ResultEntry`]).
-pub fn encode<'a>(
+pub(super) fn encode<'a>(
     test_id: &str,
     results: impl ExactSizeIterator<Item = (usize, f64, &'a [(String, f64)])>,
     fingerprints: &[u128],
@@ -66,7 +66,7 @@ pub fn encode<'a>(
 }
 
 /// Decodes an entry; the error names what is malformed.
-pub fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
+pub(super) fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
     let (&version, body) = bytes.split_first().ok_or("empty journal entry")?;
     if version != FORMAT_VERSION {
         return Err(format!(
@@ -117,7 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
 
 /// A change a batch of results caused that the audit log records.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Change {
+pub(super) enum Change {
     /// An arm was suspended (held at the floor) or reinstated.
     Suspension {
         /// The arm.
@@ -137,7 +137,7 @@ pub enum Change {
 }
 
 /// A drift alarm raised by one result of a batch: the arm, its result count, the alarm.
-pub type Alarm = (usize, u64, DriftAlarm);
+pub(super) type Alarm = (usize, u64, DriftAlarm);
 
 /// What a batch of results does after they are added: its drift alarms (a fall of the mean holds
 /// the arm at the floor in a test that suspends on drift), stop-loss suspensions, and one look of
@@ -145,7 +145,7 @@ pub type Alarm = (usize, u64, DriftAlarm);
 /// state; the changes it returns are what the audit log must record. An `ended` test's results
 /// (late fills while it settles) still move its figures and report drift, but suspensions stay
 /// as they were at the stop and the sequential tests no longer look.
-pub fn settle(
+pub(super) fn settle(
     config: &TestConfig,
     stats: &mut StatsRecord,
     alarms: Vec<Alarm>,
@@ -175,7 +175,7 @@ pub fn settle(
 }
 
 /// Folds one accepted result into `stats` and notes the drift alarm it raised, if any.
-pub fn add(
+pub(super) fn add(
     stats: &mut StatsRecord,
     alarms: &mut Vec<Alarm>,
     arm: usize,
@@ -193,7 +193,7 @@ pub fn add(
 /// the store between this entry's snapshot and this entry (the caller then stores the new state
 /// with its audit events). `ended`: the test had ended when the entry was written (a stop stores
 /// the statistics first, so every entry replayed onto an ended test's snapshot came after it).
-pub fn replay(
+pub(super) fn replay(
     config: &TestConfig,
     stats: &mut StatsRecord,
     entry: &ResultEntry,

@@ -8,11 +8,14 @@ use super::state::StatsRecord;
 use super::types::TestConfig;
 
 /// Results an arm needs before the stop-loss can suspend it.
-pub const STOP_LOSS_MIN_RESULTS: u64 = 20;
+pub(super) const STOP_LOSS_MIN_RESULTS: u64 = 20;
 
 /// Updates the suspensions from the statistics; returns the arms whose state changed (with the
 /// new state).
-pub fn update_suspensions(config: &TestConfig, stats: &mut StatsRecord) -> Vec<(usize, bool)> {
+pub(super) fn update_suspensions(
+    config: &TestConfig,
+    stats: &mut StatsRecord,
+) -> Vec<(usize, bool)> {
     let mut changes = Vec::new();
     for (i, ((arm, suspended), track)) in stats
         .arms

@@ -80,11 +80,14 @@ impl fmt::Display for TestId {
 /// How traffic is split between arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
 pub enum Strategy {
+    /// Configured weights; sticky by unit key.
     Fixed,
+    /// Thompson sampling under the reward model.
     ThompsonSampling,
+    /// UCB1 on range-rescaled returns.
     Ucb,
+    /// The best mean with probability 1 − ε, else uniform.
     EpsilonGreedy,
 }
 
@@ -101,11 +104,14 @@ pub enum RewardModel {
 /// Where a test is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
 pub enum TestStatus {
+    /// Allocating and accepting results.
     Running,
+    /// Serving the control arm; results still accepted.
     Paused,
+    /// Ended by a stop, a rule or its maximum duration.
     Completed,
+    /// Ended without a result.
     Cancelled,
 }
 

@@ -12,7 +12,7 @@ use crate::registry::{Deletion, ModelFilter, Promotion, PromotionRights, Registr
 use crate::time::UnixNanos;
 
 /// Nanoseconds since the epoch as a protobuf timestamp.
-pub fn timestamp(ns: UnixNanos) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ns: UnixNanos) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ns.div_euclid(1_000_000_000),
         nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).expect("remainder below 1e9"),
@@ -20,7 +20,7 @@ pub fn timestamp(ns: UnixNanos) -> prost_types::Timestamp {
 }
 
 /// A protobuf `Struct` as a JSON object; non-finite numbers are rejected.
-pub fn struct_to_json(
+pub(crate) fn struct_to_json(
     field: &'static str,
     s: prost_types::Struct,
 ) -> Result<serde_json::Value, RegistryError> {
@@ -57,7 +57,7 @@ fn value_to_json(
 }
 
 /// A JSON object as a protobuf `Struct` (`None` for anything but an object).
-pub fn json_to_struct(v: &serde_json::Value) -> Option<prost_types::Struct> {
+pub(crate) fn json_to_struct(v: &serde_json::Value) -> Option<prost_types::Struct> {
     match v {
         serde_json::Value::Object(map) => Some(prost_types::Struct {
             fields: map
@@ -85,7 +85,7 @@ fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
 }
 
 /// Decodes a `ModelType` enum field; unspecified or unknown values are rejected.
-pub fn model_type(field: &'static str, raw: i32) -> Result<ModelType, RegistryError> {
+pub(crate) fn model_type(field: &'static str, raw: i32) -> Result<ModelType, RegistryError> {
     use pb::ModelType as P;
     match P::try_from(raw) {
         Ok(P::Signal) => Ok(ModelType::Signal),
@@ -102,7 +102,7 @@ pub fn model_type(field: &'static str, raw: i32) -> Result<ModelType, RegistryEr
 }
 
 /// Decodes a `ModelStatus` enum field; unspecified or unknown values are rejected.
-pub fn model_status(field: &'static str, raw: i32) -> Result<ModelStatus, RegistryError> {
+pub(crate) fn model_status(field: &'static str, raw: i32) -> Result<ModelStatus, RegistryError> {
     use pb::ModelStatus as P;
     match P::try_from(raw) {
         Ok(P::Development) => Ok(ModelStatus::Development),
@@ -130,7 +130,7 @@ fn pb_model_type(t: ModelType) -> pb::ModelType {
 }
 
 /// The protobuf value of a status.
-pub fn pb_status(s: ModelStatus) -> pb::ModelStatus {
+pub(crate) fn pb_status(s: ModelStatus) -> pb::ModelStatus {
     match s {
         ModelStatus::Development => pb::ModelStatus::Development,
         ModelStatus::Testing => pb::ModelStatus::Testing,

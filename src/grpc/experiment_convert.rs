@@ -13,7 +13,7 @@ use crate::text::shown;
 use super::convert::timestamp;
 
 /// Default significance level.
-pub const DEFAULT_SIGNIFICANCE: f64 = 0.05;
+pub(super) const DEFAULT_SIGNIFICANCE: f64 = 0.05;
 
 fn check(field: &'static str, value: f64, ok: bool, rule: &str) -> Result<f64, ExperimentError> {
     if value.is_finite() && ok {
@@ -53,7 +53,7 @@ fn drift_action(raw: i32) -> Result<DriftAction, ExperimentError> {
 }
 
 /// The protobuf value of a drift action.
-pub fn pb_drift_action(a: DriftAction) -> pb::DriftAction {
+pub(super) fn pb_drift_action(a: DriftAction) -> pb::DriftAction {
     match a {
         DriftAction::Alert => pb::DriftAction::Alert,
         DriftAction::Suspend => pb::DriftAction::Suspend,
@@ -75,7 +75,7 @@ fn reward_model(raw: i32) -> Result<RewardModel, ExperimentError> {
 }
 
 /// Decodes a `TestStatus` filter.
-pub fn test_status(field: &'static str, raw: i32) -> Result<TestStatus, ExperimentError> {
+pub(super) fn test_status(field: &'static str, raw: i32) -> Result<TestStatus, ExperimentError> {
     use pb::TestStatus as P;
     match P::try_from(raw) {
         Ok(P::Running) => Ok(TestStatus::Running),
@@ -91,7 +91,7 @@ pub fn test_status(field: &'static str, raw: i32) -> Result<TestStatus, Experime
 }
 
 /// The protobuf value of a status.
-pub fn pb_test_status(s: TestStatus) -> pb::TestStatus {
+pub(super) fn pb_test_status(s: TestStatus) -> pb::TestStatus {
     match s {
         TestStatus::Running => pb::TestStatus::Running,
         TestStatus::Paused => pb::TestStatus::Paused,

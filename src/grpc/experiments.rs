@@ -27,9 +27,9 @@ impl ExperimentsService {
 }
 
 /// Tests in a ListTests page when the request sets no size.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(super) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most tests in one ListTests page; larger sizes are reduced to it.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(super) const MAX_PAGE_SIZE: usize = 1000;
 
 #[tonic::async_trait]
 impl experiments_server::Experiments for ExperimentsService {

@@ -61,7 +61,12 @@ pub fn storage(err: &StorageError) -> Status {
             tracing::error!(error = %err, "stored data is corrupt");
             Status::data_loss(err.to_string())
         }
-        _ => internal(err),
+        StorageError::Shared(inner) => storage(inner),
+        StorageError::Store { .. }
+        | StorageError::Locked { .. }
+        | StorageError::UnknownFormat { .. }
+        | StorageError::Io { .. }
+        | StorageError::Encode(_) => internal(err),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::pb::{self, allocator_client::AllocatorClient};
 
 /// Which server a target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum System {
+pub(super) enum System {
     /// arbiter itself.
     Arbiter,
     /// The echo baseline.
@@ -28,7 +28,7 @@ pub enum System {
 
 impl System {
     /// "arbiter" or "echo".
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Arbiter => "arbiter",
             Self::Echo => "echo",
@@ -39,7 +39,7 @@ impl System {
 
 /// A server ready to be measured.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(super) struct Target {
     /// Which server.
     pub system: System,
     url: String,
@@ -50,7 +50,7 @@ pub struct Target {
 impl Target {
     /// Connects once to check the target and, for arbiter, creates the test to allocate from
     /// (as the principal whose token is `token`, when it authenticates).
-    pub async fn prepare(
+    pub(super) async fn prepare(
         system: System,
         url: &str,
         token: Option<String>,
@@ -74,7 +74,7 @@ impl Target {
 
     /// Stops the test [`Target::prepare`] created and deletes its two model versions (`<test>-m0`
     /// and `<test>-m1`, version 1.0.0). Only arbiter targets have any.
-    pub async fn clean_up(&self) -> Result<(), BenchError> {
+    pub(super) async fn clean_up(&self) -> Result<(), BenchError> {
         if self.system == System::Echo {
             return Ok(());
         }
@@ -228,7 +228,7 @@ fn histogram() -> Histogram<u64> {
 
 /// A load shape.
 #[derive(Debug, Clone, Copy)]
-pub enum Scenario {
+pub(super) enum Scenario {
     /// Unary Allocate, one call at a time on one connection.
     UnarySequential,
     /// Unary Allocate from `connections` × `in_flight` concurrent callers.
@@ -253,7 +253,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario of the benchmark, in order.
-    pub fn all(connections: usize, in_flight: usize) -> Vec<Self> {
+    pub(super) fn all(connections: usize, in_flight: usize) -> Vec<Self> {
         let ingest = |batch, streams, ids| Self::Ingest {
             batch,
             streams,
@@ -275,7 +275,7 @@ impl Scenario {
     }
 
     /// A stable name for tables and JSON.
-    pub fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         match self {
             Self::UnarySequential => "allocate_unary_sequential".into(),
             Self::UnaryClosedLoop {
@@ -302,7 +302,7 @@ impl Scenario {
     /// the time is cut into [`ROUNDS`] slices taken in the order A B, B A, A B, B A…, so that
     /// drift in the machine's speed (other load, CPU frequency, warm caches) falls on every
     /// target alike; each target's slices are merged into one measurement.
-    pub async fn run(
+    pub(super) async fn run(
         &self,
         targets: &[Target],
         duration: Duration,
@@ -359,7 +359,7 @@ impl Scenario {
 }
 
 /// Slices per scenario and target when a baseline runs.
-pub const ROUNDS: u32 = 4;
+pub(super) const ROUNDS: u32 = 4;
 
 fn merge(a: Outcome, b: Outcome) -> Outcome {
     let latencies = match (a.2, b.2) {

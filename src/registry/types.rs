@@ -235,25 +235,34 @@ impl fmt::Debug for Sha256Digest {
 /// What a model does in the trading stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
 pub enum ModelType {
+    /// Produces trading signals.
     Signal,
+    /// Sizes or limits risk.
     Risk,
+    /// Decides how orders are worked.
     Execution,
+    /// Classifies market regimes.
     Regime,
+    /// Allocates across positions.
     Portfolio,
 }
 
 /// Lifecycle state of a model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
 pub enum ModelStatus {
+    /// Registered, not yet tested.
     Development,
+    /// Under test.
     Testing,
+    /// Ready for approval.
     Staging,
+    /// Approved; at most one version per model.
     Production,
+    /// Retired, still fetchable by version.
     Deprecated,
+    /// Retired for good.
     Archived,
 }
 
@@ -297,9 +306,10 @@ impl FromStr for ModelStatus {
 /// Whether a version has been approved for PRODUCTION.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
 pub enum ApprovalStatus {
+    /// Not approved for PRODUCTION (yet).
     Pending,
+    /// Approved for PRODUCTION by someone other than its creator.
     Approved,
 }
 

@@ -30,7 +30,7 @@ const GOAWAY_KEPT: usize = 8 + 120;
 
 /// A TCP connection whose outgoing GOAWAY frames are logged.
 #[derive(Debug)]
-pub struct LoggedConnection {
+pub(super) struct LoggedConnection {
     stream: TcpStream,
     peer: Option<SocketAddr>,
     scanner: Option<FrameScanner>,
@@ -38,7 +38,7 @@ pub struct LoggedConnection {
 
 impl LoggedConnection {
     /// Wraps an accepted stream.
-    pub fn new(stream: TcpStream) -> Self {
+    pub(super) fn new(stream: TcpStream) -> Self {
         let peer = stream.peer_addr().ok();
         Self {
             stream,
@@ -127,7 +127,7 @@ impl AsyncWrite for LoggedConnection {
 
 /// A GOAWAY the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoAway {
+pub(super) struct GoAway {
     /// The HTTP/2 error code.
     pub code: u32,
     /// The debug data (h2 puts its reason there, e.g. `too_many_data_frames`), lossily as text.

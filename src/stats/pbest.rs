@@ -123,7 +123,7 @@ impl Sampler {
 }
 
 /// Shape parameters (Beta: min(α, β); NIG: α) from which a posterior counts as normal.
-pub const NORMAL_APPROXIMATION_MIN_SHAPE: f64 = 500.0;
+pub(super) const NORMAL_APPROXIMATION_MIN_SHAPE: f64 = 500.0;
 
 /// Mean and standard deviation of Beta(α, β).
 fn beta_mean_sd(alpha: f64, beta: f64) -> (f64, f64) {

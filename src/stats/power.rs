@@ -27,7 +27,7 @@ fn require(field: &'static str, ok: bool, reason: &str) -> Result<(), SampleSize
 }
 
 /// The unrounded per-arm sample size for a two-sided test at level `alpha` with `power`.
-pub fn sample_size_unrounded(
+pub(super) fn sample_size_unrounded(
     std: f64,
     effect: f64,
     alpha: f64,

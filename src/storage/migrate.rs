@@ -21,12 +21,12 @@ use super::{sync_dir, Result, StorageError, STORE_FILE};
 /// The sled directory of older builds.
 const SLED_DIR: &str = "db";
 /// Where the sled directory is kept after the conversion.
-pub const SLED_KEPT: &str = "db.sled-before-conversion";
+pub(super) const SLED_KEPT: &str = "db.sled-before-conversion";
 const CONVERTING: &str = "store.redb.converting";
 /// Entries per write transaction of the copy.
 const BATCH: usize = 4096;
 /// Written into a verified copy: how many entries it took over from sled.
-pub const CONVERTED: &[u8] = b"meta/converted_from_sled";
+pub(super) const CONVERTED: &[u8] = b"meta/converted_from_sled";
 
 fn refuse(why: String) -> StorageError {
     StorageError::Io {
@@ -47,7 +47,7 @@ fn sled_err(context: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
 }
 
 /// Converts `data_dir` if it still holds a sled table; does nothing otherwise.
-pub fn from_sled(data_dir: &Path, cache_bytes: usize) -> Result<()> {
+pub(super) fn from_sled(data_dir: &Path, cache_bytes: usize) -> Result<()> {
     let sled_dir = data_dir.join(SLED_DIR);
     if !sled_dir.join("conf").exists() {
         return Ok(());

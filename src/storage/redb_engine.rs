@@ -21,7 +21,7 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct RedbEngine {
+pub(super) struct RedbEngine {
     db: redb::Database,
     path: PathBuf,
     /// The first I/O error of a write: after one, redb refuses every write until the database
@@ -38,7 +38,7 @@ fn err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StorageErr
 
 impl RedbEngine {
     /// Opens (or creates) the database file at `path` with a page cache of `cache_bytes`.
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
+    pub(super) fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
         let db = redb::Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)

@@ -19,9 +19,9 @@ use crate::support::process::Binary;
 use crate::support::{artifact_bytes, header, promote, register, sha256_hex};
 
 /// Tests that receive results; none of them is ever stopped, so no result is rejected.
-pub const RESULT_TESTS: usize = 20;
+pub(crate) const RESULT_TESTS: usize = 20;
 /// Models registered before the load; the arms of every test.
-pub const BASE_MODELS: usize = 3;
+pub(crate) const BASE_MODELS: usize = 3;
 const INGEST_STREAMS: u64 = 4;
 /// Unacknowledged batches per stream: enough to keep the group commit busy, few enough that a
 /// trial's resend stays small.
@@ -32,43 +32,43 @@ const LIFECYCLE_WORKERS: usize = 2;
 
 /// Everything the clients sent and every answer they got.
 #[derive(Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Every batch handed to an IngestResults stream, by its campaign-unique sequence.
-    pub sent: BTreeMap<u64, pb::ResultBatch>,
+    pub(crate) sent: BTreeMap<u64, pb::ResultBatch>,
     /// Sequences of the acknowledged batches.
-    pub acked: BTreeSet<u64>,
+    pub(crate) acked: BTreeSet<u64>,
     /// Acknowledged registrations by registry id.
-    pub models: BTreeMap<String, Model>,
-    pub promotions: u64,
+    pub(crate) models: BTreeMap<String, Model>,
+    pub(crate) promotions: u64,
     /// Acknowledged creations: test id → the registry ids of its arms.
-    pub created: BTreeMap<String, Vec<String>>,
-    pub stopped: BTreeSet<String>,
-    pub allocations: u64,
+    pub(crate) created: BTreeMap<String, Vec<String>>,
+    pub(crate) stopped: BTreeSet<String>,
+    pub(crate) allocations: u64,
     /// Failures and wrong answers while the server was up: each one a bug a client would see.
-    pub unexpected: Vec<String>,
+    pub(crate) unexpected: Vec<String>,
 }
 
-pub struct Model {
-    pub checksum: String,
+pub(crate) struct Model {
+    pub(crate) checksum: String,
     /// The status of the last acknowledged promotion (DEVELOPMENT when none).
-    pub acked: ModelStatus,
+    pub(crate) acked: ModelStatus,
     /// The furthest status ever requested, acknowledged or not.
-    pub requested: ModelStatus,
+    pub(crate) requested: ModelStatus,
 }
 
 /// State shared by the load's tasks.
-pub struct Load {
-    pub ledger: Mutex<Ledger>,
+pub(crate) struct Load {
+    pub(crate) ledger: Mutex<Ledger>,
     /// Set just before the SIGKILL: failures after it are expected.
-    pub killed: AtomicBool,
+    pub(crate) killed: AtomicBool,
     /// Arm count of each result test `t0` …
-    pub arms: Vec<usize>,
+    pub(crate) arms: Vec<usize>,
     /// Registry ids of the models every test uses as arms.
-    pub base: Vec<String>,
+    pub(crate) base: Vec<String>,
 }
 
 impl Load {
-    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().expect("ledger lock")
     }
 
@@ -85,7 +85,7 @@ impl Load {
 }
 
 impl Ledger {
-    pub fn every_kind_acked(&self) -> bool {
+    pub(crate) fn every_kind_acked(&self) -> bool {
         !self.acked.is_empty()
             && self.models.len() > BASE_MODELS
             && self.created.len() > RESULT_TESTS
@@ -93,7 +93,7 @@ impl Ledger {
 }
 
 /// Registers the base models and creates the result tests `t0` … with 2 or 3 arms each.
-pub async fn setup(server: &Binary, rng: &mut Seeded) -> Load {
+pub(crate) async fn setup(server: &Binary, rng: &mut Seeded) -> Load {
     let mut ledger = Ledger::default();
     let mut registry = server.registry().await;
     let base = crate::support::register_models(&mut registry, BASE_MODELS).await;
@@ -136,7 +136,7 @@ pub async fn setup(server: &Binary, rng: &mut Seeded) -> Load {
 }
 
 /// Starts every load task, each with its own seeded RNG and connection.
-pub async fn start_load(
+pub(crate) async fn start_load(
     server: &Binary,
     load: &Arc<Load>,
     rng: &mut Seeded,

@@ -15,22 +15,22 @@ use arbiter::pb::{
 use tonic::transport::Channel;
 
 /// A running `arbiter serve` process.
-pub struct Binary {
-    pub child: Child,
-    pub url: String,
+pub(crate) struct Binary {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     /// Every line the server has logged so far.
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
 }
 
 /// Starts `arbiter serve` on 127.0.0.1:0 and reads the bound address from its log. The address is
 /// logged only after recovery, so a server that cannot start fails this call at once (its stderr
 /// closes) instead of after the timeout.
-pub fn spawn_binary(data_dir: &Path) -> Binary {
+pub(crate) fn spawn_binary(data_dir: &Path) -> Binary {
     spawn_binary_with(data_dir, &[])
 }
 
 /// [`spawn_binary`] with more flags for `arbiter serve`.
-pub fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
+pub(crate) fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args([
             "serve",
@@ -87,7 +87,7 @@ pub fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
 impl Binary {
     /// A new connection, retried briefly: the listener is bound before the address is logged,
     /// but a loaded machine may still refuse the very first attempt.
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         for _ in 0..100 {
             let endpoint = Channel::from_shared(self.url.clone()).expect("url");
             if let Ok(channel) = endpoint.connect().await {
@@ -99,27 +99,27 @@ impl Binary {
     }
 
     /// A Registry client on a new connection.
-    pub async fn registry(&self) -> RegistryClient<Channel> {
+    pub(crate) async fn registry(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel().await)
     }
 
     /// An Experiments client on a new connection.
-    pub async fn experiments(&self) -> ExperimentsClient<Channel> {
+    pub(crate) async fn experiments(&self) -> ExperimentsClient<Channel> {
         ExperimentsClient::new(self.channel().await)
     }
 
     /// An Allocator client on a new connection.
-    pub async fn allocator(&self) -> AllocatorClient<Channel> {
+    pub(crate) async fn allocator(&self) -> AllocatorClient<Channel> {
         AllocatorClient::new(self.channel().await)
     }
 
     /// An Admin client on a new connection.
-    pub async fn admin(&self) -> AdminClient<Channel> {
+    pub(crate) async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel().await)
     }
 
     /// Sends `signal` (e.g. "-TERM", "-KILL") with kill(1).
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -128,7 +128,7 @@ impl Binary {
     }
 
     /// Waits for the process to exit, letting the test's own connections run meanwhile.
-    pub async fn wait(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait(mut self) -> std::process::ExitStatus {
         for _ in 0..800 {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// The Python interpreter with grpcio: `ARBITER_TEST_PYTHON`, else `.ci/run`'s virtualenv. In CI
 /// (`CI` set) its absence fails the test; elsewhere the caller skips with a message.
-pub fn python_with_grpcio() -> Option<PathBuf> {
+pub(crate) fn python_with_grpcio() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("ARBITER_TEST_PYTHON").map(PathBuf::from),
         Some(PathBuf::from(concat!(
@@ -30,6 +30,6 @@ pub fn python_with_grpcio() -> Option<PathBuf> {
 }
 
 /// The path of a script in `tests/python/`.
-pub fn script(name: &str) -> String {
+pub(crate) fn script(name: &str) -> String {
     format!("{}/tests/python/{name}", env!("CARGO_MANIFEST_DIR"))
 }

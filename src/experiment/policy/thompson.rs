@@ -17,7 +17,7 @@ use crate::experiment::types::RewardModel;
 use crate::stats::probability_best;
 
 /// Joint posterior draws used to estimate P(best) for `arms` arms.
-pub fn draws_for(arms: usize) -> usize {
+pub(super) fn draws_for(arms: usize) -> usize {
     if arms <= 8 {
         4096
     } else {

@@ -7,11 +7,11 @@ use super::FingerprintSet;
 
 /// Largest set kept sorted: a lookup is at most 11 comparisons, a batch's merge copies at most
 /// 16 KiB.
-pub const SORTED_MAX: usize = 1024;
+pub(super) const SORTED_MAX: usize = 1024;
 
 /// Applied fingerprints of one test.
 #[derive(Debug)]
-pub enum SeenIds {
+pub(super) enum SeenIds {
     /// Ascending, no duplicates, capacity equal to length.
     Sorted(Vec<u128>),
     /// Past [`SORTED_MAX`].
@@ -26,7 +26,7 @@ impl Default for SeenIds {
 
 impl SeenIds {
     /// Whether `fp` is in the set.
-    pub fn contains(&self, fp: &u128) -> bool {
+    pub(super) fn contains(&self, fp: &u128) -> bool {
         match self {
             Self::Sorted(v) => v.binary_search(fp).is_ok(),
             Self::Hashed(h) => h.contains(fp),
@@ -34,7 +34,7 @@ impl SeenIds {
     }
 
     /// Number of fingerprints.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Self::Sorted(v) => v.len(),
             Self::Hashed(h) => h.len(),
@@ -42,7 +42,7 @@ impl SeenIds {
     }
 
     /// Adds `fps` (in any order, duplicates allowed).
-    pub fn extend(&mut self, fps: impl IntoIterator<Item = u128>) {
+    pub(super) fn extend(&mut self, fps: impl IntoIterator<Item = u128>) {
         match self {
             Self::Hashed(h) => h.extend(fps),
             Self::Sorted(v) => {

@@ -4,10 +4,8 @@
 
 #![allow(dead_code)]
 
-#[path = "support/process.rs"]
-pub mod process;
-#[path = "support/python.rs"]
-pub mod python;
+pub(crate) mod process;
+pub(crate) mod python;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,26 +22,26 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// A running server.
-pub struct TestServer {
-    pub addr: std::net::SocketAddr,
-    pub data_dir: PathBuf,
+pub(crate) struct TestServer {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), arbiter::server::ServerError>>>,
 }
 
 impl TestServer {
     /// Starts a server with default settings on `data_dir`.
-    pub async fn start(data_dir: &Path) -> Self {
+    pub(crate) async fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, RegistryConfig::default()).await
     }
 
     /// Starts a server with the given registry settings on `data_dir`.
-    pub async fn start_with(data_dir: &Path, registry: RegistryConfig) -> Self {
+    pub(crate) async fn start_with(data_dir: &Path, registry: RegistryConfig) -> Self {
         Self::start_full(data_dir, registry, None).await
     }
 
     /// Starts a server that also serves Prometheus metrics on `metrics`.
-    pub async fn start_full(
+    pub(crate) async fn start_full(
         data_dir: &Path,
         registry: RegistryConfig,
         metrics: Option<std::net::SocketAddr>,
@@ -58,7 +56,7 @@ impl TestServer {
 
     /// The configuration of [`TestServer::start`] on `data_dir`, to adjust and pass to
     /// [`TestServer::start_config`].
-    pub fn config(data_dir: &Path) -> ServerConfig {
+    pub(crate) fn config(data_dir: &Path) -> ServerConfig {
         ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             ..ServerConfig::new(data_dir)
@@ -66,7 +64,7 @@ impl TestServer {
     }
 
     /// Starts a server with `config`.
-    pub async fn start_config(config: ServerConfig) -> Self {
+    pub(crate) async fn start_config(config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -114,12 +112,12 @@ impl TestServer {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// A new connection.
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .expect("url")
             .connect()
@@ -128,34 +126,34 @@ impl TestServer {
     }
 
     /// A Registry client on a new connection.
-    pub async fn registry(&self) -> RegistryClient<Channel> {
+    pub(crate) async fn registry(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel().await).max_decoding_message_size(16 << 20)
     }
 
     /// An Admin client on a new connection.
-    pub async fn admin(&self) -> AdminClient<Channel> {
+    pub(crate) async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel().await)
     }
 
     /// An Experiments client on a new connection.
-    pub async fn experiments(&self) -> ExperimentsClient<Channel> {
+    pub(crate) async fn experiments(&self) -> ExperimentsClient<Channel> {
         ExperimentsClient::new(self.channel().await)
     }
 
     /// An Allocator client on a new connection.
-    pub async fn allocator(&self) -> AllocatorClient<Channel> {
+    pub(crate) async fn allocator(&self) -> AllocatorClient<Channel> {
         AllocatorClient::new(self.channel().await)
     }
 
     /// Starts a graceful shutdown without waiting for it.
-    pub fn begin_stop(&mut self) {
+    pub(crate) fn begin_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
 
     /// Graceful shutdown that is expected to fail (storage faults): returns the server's error.
-    pub async fn stop_with_error(mut self) -> arbiter::server::ServerError {
+    pub(crate) async fn stop_with_error(mut self) -> arbiter::server::ServerError {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -172,7 +170,7 @@ impl TestServer {
     }
 
     /// Graceful shutdown; returns once the server has flushed and released the data directory.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -192,12 +190,12 @@ impl TestServer {
 }
 
 /// Lowercase hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so artifacts do not compress to nothing.
-pub fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     (0..len)
         .map(|_| {
@@ -210,7 +208,7 @@ pub fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A header with the required fields set.
-pub fn header(model_id: &str, version: &str, created_by: &str) -> pb::RegisterModelHeader {
+pub(crate) fn header(model_id: &str, version: &str, created_by: &str) -> pb::RegisterModelHeader {
     pb::RegisterModelHeader {
         model_id: model_id.into(),
         version: version.into(),
@@ -221,7 +219,7 @@ pub fn header(model_id: &str, version: &str, created_by: &str) -> pb::RegisterMo
 }
 
 /// The request stream of a registration: the header, then `bytes` in chunks of `chunk` bytes.
-pub fn registration_messages(
+pub(crate) fn registration_messages(
     header: pb::RegisterModelHeader,
     bytes: &[u8],
     chunk: usize,
@@ -237,7 +235,7 @@ pub fn registration_messages(
 }
 
 /// Registers a model with `header` and artifact `bytes`.
-pub async fn register(
+pub(crate) async fn register(
     client: &mut RegistryClient<Channel>,
     header: pb::RegisterModelHeader,
     bytes: &[u8],
@@ -250,7 +248,7 @@ pub async fn register(
 }
 
 /// Registers `model_id:version` created by "alice" with a small artifact.
-pub async fn register_simple(
+pub(crate) async fn register_simple(
     client: &mut RegistryClient<Channel>,
     model_id: &str,
     version: &str,
@@ -261,7 +259,7 @@ pub async fn register_simple(
 }
 
 /// Promotes `registry_id` to `target` with approver "lead".
-pub async fn promote(
+pub(crate) async fn promote(
     client: &mut RegistryClient<Channel>,
     registry_id: &str,
     target: pb::ModelStatus,
@@ -279,7 +277,7 @@ pub async fn promote(
 }
 
 /// Downloads a model: its metadata and the concatenated chunks.
-pub async fn get_model(
+pub(crate) async fn get_model(
     client: &mut RegistryClient<Channel>,
     model_id: &str,
     version: &str,
@@ -311,7 +309,7 @@ pub async fn get_model(
 }
 
 /// Metadata of one version.
-pub async fn metadata(
+pub(crate) async fn metadata(
     client: &mut RegistryClient<Channel>,
     registry_id: &str,
 ) -> Result<pb::ModelMetadata, tonic::Status> {
@@ -325,7 +323,7 @@ pub async fn metadata(
 
 /// Asserts `result` failed with `code` and a message containing `needle`.
 #[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(
+pub(crate) fn assert_status<T: std::fmt::Debug>(
     result: Result<T, tonic::Status>,
     code: tonic::Code,
     needle: &str,
@@ -344,7 +342,7 @@ pub fn assert_status<T: std::fmt::Debug>(
 }
 
 /// Entries of a directory (empty when it does not exist).
-pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn dir_entries(dir: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
         Ok(entries) => entries.map(|e| e.expect("dir entry").path()).collect(),
         Err(_) => Vec::new(),
@@ -352,7 +350,7 @@ pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Registers `n` models `model_0:1.0.0` … and returns their registry ids.
-pub async fn register_models(client: &mut RegistryClient<Channel>, n: usize) -> Vec<String> {
+pub(crate) async fn register_models(client: &mut RegistryClient<Channel>, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         ids.push(
@@ -365,7 +363,7 @@ pub async fn register_models(client: &mut RegistryClient<Channel>, n: usize) -> 
 }
 
 /// A CreateTest request over `models` with everything else at its default.
-pub fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
+pub(crate) fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
     pb::CreateTestRequest {
         test_id: test_id.into(),
         created_by: "quant".into(),
@@ -376,7 +374,7 @@ pub fn test_request(test_id: &str, models: &[String]) -> pb::CreateTestRequest {
 
 /// Registers two models and creates test `test_id` over them with every setting at its
 /// default; returns the models' registry ids.
-pub async fn test_over_two_models(server: &TestServer, test_id: &str) -> Vec<String> {
+pub(crate) async fn test_over_two_models(server: &TestServer, test_id: &str) -> Vec<String> {
     let models = register_models(&mut server.registry().await, 2).await;
     server
         .experiments()
@@ -388,7 +386,7 @@ pub async fn test_over_two_models(server: &TestServer, test_id: &str) -> Vec<Str
 }
 
 /// The answer of `Admin/VerifyAuditChain`.
-pub async fn verify_audit_chain(server: &TestServer) -> pb::VerifyAuditChainResponse {
+pub(crate) async fn verify_audit_chain(server: &TestServer) -> pb::VerifyAuditChainResponse {
     server
         .admin()
         .await
@@ -399,7 +397,10 @@ pub async fn verify_audit_chain(server: &TestServer) -> pb::VerifyAuditChainResp
 }
 
 /// One unary Allocate for `test_id` without a unit key.
-pub async fn allocate(client: &mut AllocatorClient<Channel>, test_id: &str) -> pb::Allocation {
+pub(crate) async fn allocate(
+    client: &mut AllocatorClient<Channel>,
+    test_id: &str,
+) -> pb::Allocation {
     client
         .allocate(pb::AllocateRequest {
             test_id: test_id.into(),
@@ -411,7 +412,7 @@ pub async fn allocate(client: &mut AllocatorClient<Channel>, test_id: &str) -> p
 }
 
 /// Every page of ListTests (optionally only `status`), following the page tokens.
-pub async fn list_test_pages(
+pub(crate) async fn list_test_pages(
     client: &mut ExperimentsClient<Channel>,
     status: Option<pb::TestStatus>,
     page_size: u32,
@@ -437,7 +438,7 @@ pub async fn list_test_pages(
 }
 
 /// A result attributed by arm id.
-pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
+pub(crate) fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
     pb::ResultRecord {
         test_id: test_id.into(),
         attribution: Some(pb::result_record::Attribution::ArmId(arm_id.into())),
@@ -447,7 +448,7 @@ pub fn result(test_id: &str, arm_id: &str, value: f64) -> pb::ResultRecord {
 }
 
 /// GetTestResults of `test_id`.
-pub async fn test_results(server: &TestServer, test_id: &str) -> pb::TestResults {
+pub(crate) async fn test_results(server: &TestServer, test_id: &str) -> pb::TestResults {
     server
         .experiments()
         .await
@@ -460,7 +461,7 @@ pub async fn test_results(server: &TestServer, test_id: &str) -> pb::TestResults
 }
 
 /// Sends batches over one IngestResults stream and returns the acks in order.
-pub async fn ingest(
+pub(crate) async fn ingest(
     client: &mut AllocatorClient<Channel>,
     batches: Vec<pb::ResultBatch>,
 ) -> Result<Vec<pb::BatchAck>, tonic::Status> {
@@ -477,7 +478,11 @@ pub async fn ingest(
 }
 
 /// The most recent `limit` audit events about `entity` (0: the server's default of 100).
-pub async fn audit_events(server: &TestServer, entity: &str, limit: u32) -> Vec<pb::AuditEvent> {
+pub(crate) async fn audit_events(
+    server: &TestServer,
+    entity: &str,
+    limit: u32,
+) -> Vec<pb::AuditEvent> {
     server
         .admin()
         .await
