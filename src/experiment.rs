@@ -16,6 +16,7 @@
 //! of gRPC.
 
 mod allocate;
+mod background;
 pub mod decision;
 pub mod decision_id;
 mod error;
@@ -107,6 +108,8 @@ struct Inner {
     snapshot_round: Mutex<()>,
     /// Serializes test creation (existence check then write).
     create_lock: Mutex<()>,
+    /// The background threads and tasks, their stop signal and join handles.
+    background: background::Background,
     /// Settled tests whose final results file could not be rewritten yet (retried every second).
     settled_files_due: Mutex<std::collections::HashSet<String>>,
     results_dir: PathBuf,
@@ -161,6 +164,7 @@ impl Experiments {
                 snapshot_round: Mutex::new(()),
                 create_lock: Mutex::new(()),
                 settled_files_due: Mutex::default(),
+                background: Default::default(),
                 results_dir,
                 limits,
                 secret,
@@ -220,22 +224,24 @@ impl Experiments {
 
     fn start_background_tasks(&self) -> Result<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let stop = self.inner.background.stop.clone();
         // Tables are recomputed on a thread of their own: a pass over many dirty Thompson tests
         // takes milliseconds per test and must not stall a runtime worker serving requests.
-        std::thread::Builder::new()
+        let refresher = std::thread::Builder::new()
             .name("arbiter-refresh".into())
-            .spawn(move || loop {
-                std::thread::sleep(REFRESH_INTERVAL);
-                // The engine is held only to take the queue, so dropping it is never delayed
-                // by a long pass.
-                let dirty = match weak.upgrade() {
-                    Some(inner) => std::mem::take(&mut *inner.dirty_tests.lock()),
-                    None => return,
-                };
-                for state in dirty {
-                    // Refreshed inline meanwhile, or queued twice: nothing to do.
-                    if state.is_dirty() {
-                        state.refresh();
+            .spawn(move || {
+                while !stop.sleep(REFRESH_INTERVAL) {
+                    // The engine is held only to take the queue, so dropping it is never
+                    // delayed by a long pass.
+                    let dirty = match weak.upgrade() {
+                        Some(inner) => std::mem::take(&mut *inner.dirty_tests.lock()),
+                        None => return,
+                    };
+                    for state in dirty {
+                        // Refreshed inline meanwhile, or queued twice: nothing to do.
+                        if state.is_dirty() {
+                            state.refresh();
+                        }
                     }
                 }
             })
@@ -243,38 +249,49 @@ impl Experiments {
                 context: "starting the table refresher thread".into(),
                 source,
             })?;
+        self.inner.background.thread(refresher);
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let mut stopped = self.inner.background.stop.subscribe();
+        let ticker = tokio::spawn(async move {
             let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
             refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut persist_at = tokio::time::Instant::now() + ALLOCATION_PERSIST_INTERVAL;
             loop {
-                refresh.tick().await;
+                tokio::select! {
+                    _ = refresh.tick() => {}
+                    _ = stopped.wait_for(|&stop| stop) => return,
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let this = Experiments { inner };
                 COARSE_NOW.store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
                 if tokio::time::Instant::now() >= persist_at {
                     persist_at += ALLOCATION_PERSIST_INTERVAL;
-                    if let Err(e) = this.persist_allocations(false).await {
-                        tracing::warn!(error = %e, "persisting allocation counts failed");
-                    }
-                    if let Err(e) = this.expire_due_tests().await {
-                        tracing::warn!(error = %e, "expiring tests failed");
-                    }
-                    if let Err(e) = this.settle_due_tests().await {
-                        tracing::warn!(error = %e, "closing settlements failed");
-                    }
-                    let sampler = this.clone();
-                    let sampled = tokio::task::spawn_blocking(move || sampler.sample_histories());
-                    if let Ok(Err(e)) = sampled.await {
-                        tracing::warn!(error = %e, "recording test histories failed");
-                    }
-                    this.export_metrics();
-                    this.evict_idle_result_ids();
+                    this.tick().await;
                 }
             }
         });
+        self.inner.background.task(ticker);
         Ok(())
+    }
+
+    /// The once-a-second work: allocation counters, expiry, settlement, histories, metrics.
+    async fn tick(&self) {
+        if let Err(e) = self.persist_allocations(false).await {
+            tracing::warn!(error = %e, "persisting allocation counts failed");
+        }
+        if let Err(e) = self.expire_due_tests().await {
+            tracing::warn!(error = %e, "expiring tests failed");
+        }
+        if let Err(e) = self.settle_due_tests().await {
+            tracing::warn!(error = %e, "closing settlements failed");
+        }
+        let sampler = self.clone();
+        let sampled = tokio::task::spawn_blocking(move || sampler.sample_histories());
+        if let Ok(Err(e)) = sampled.await {
+            tracing::warn!(error = %e, "recording test histories failed");
+        }
+        self.export_metrics();
+        self.evict_idle_result_ids();
     }
 
     /// Writes allocation counters of every test that allocated since the last call (or of every

@@ -150,10 +150,13 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     report_serving(&health_reporter).await;
-    let storage_watch = tokio::spawn(watch_storage(
+    // The server's own background tasks end on this signal and are awaited at shutdown.
+    let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![tokio::spawn(watch_storage(
         Arc::downgrade(&storage),
         health_reporter.clone(),
-    ));
+        stopped.clone(),
+    ))];
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -180,7 +183,10 @@ pub async fn run(
         None => None,
     };
     if let Some(auth) = &auth {
-        tokio::spawn(security::reload_on_sighup(Arc::downgrade(auth)));
+        tasks.push(tokio::spawn(security::reload_on_sighup(
+            Arc::downgrade(auth),
+            stopped,
+        )));
     }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -212,7 +218,11 @@ pub async fn run(
         }
     }
 
-    storage_watch.abort();
+    stop_tasks.send_replace(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    experiments.shutdown().await;
     drop(usage);
     final_steps(experiments, storage).await
 }
@@ -333,11 +343,15 @@ pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 async fn watch_storage(
     storage: std::sync::Weak<Storage>,
     reporter: tonic_health::server::HealthReporter,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut current: Option<String> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|&stop| stop) => return,
+        }
         let Some(storage) = storage.upgrade() else {
             return;
         };

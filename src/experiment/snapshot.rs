@@ -132,22 +132,25 @@ impl Experiments {
         )
     }
 
-    /// Starts the snapshot thread; it ends with the engine.
+    /// Starts the snapshot thread; it ends at shutdown or with the engine.
     pub(super) fn start_snapshot_thread(&self) -> Result<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        std::thread::Builder::new()
+        let stop = self.inner.background.stop.clone();
+        let thread = std::thread::Builder::new()
             .name("arbiter-snapshot".into())
-            .spawn(move || loop {
-                std::thread::sleep(SNAPSHOT_INTERVAL);
-                let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (Experiments { inner }).snapshot() {
-                    tracing::warn!(error = %e, "storing statistics snapshots failed; will retry");
+            .spawn(move || {
+                while !stop.sleep(SNAPSHOT_INTERVAL) {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (Experiments { inner }).snapshot() {
+                        tracing::warn!(error = %e, "storing statistics snapshots failed; will retry");
+                    }
                 }
             })
             .map_err(|source| ExperimentError::Io {
                 context: "starting the snapshot thread".into(),
                 source,
             })?;
+        self.inner.background.thread(thread);
         Ok(())
     }
 

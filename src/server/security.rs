@@ -127,8 +127,12 @@ impl SecurityConfig {
     }
 }
 
-/// Reloads the auth file on every SIGHUP; a file that does not load keeps the current one.
-pub async fn reload_on_sighup(auth: Weak<Authenticator>) {
+/// Reloads the auth file on every SIGHUP until `stopped`; a file that does not load keeps the
+/// current one.
+pub async fn reload_on_sighup(
+    auth: Weak<Authenticator>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -139,7 +143,11 @@ pub async fn reload_on_sighup(auth: Weak<Authenticator>) {
                 return;
             }
         };
-        while hangups.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                hangup = hangups.recv() => if hangup.is_none() { return },
+                _ = stopped.wait_for(|&stop| stop) => return,
+            }
             let Some(auth) = auth.upgrade() else { return };
             match auth.reload() {
                 Ok(n) => tracing::info!(principals = n, "auth file reloaded"),
@@ -150,5 +158,5 @@ pub async fn reload_on_sighup(auth: Weak<Authenticator>) {
         }
     }
     #[cfg(not(unix))]
-    drop(auth);
+    drop((auth, stopped));
 }
