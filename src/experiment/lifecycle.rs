@@ -357,8 +357,21 @@ impl Experiments {
         let journal = self.inner.storage.journal();
         journal.sync_through(journal.next_position() - 1).await?;
         let results = self.results(test_id)?;
-        self.write_final_results(&results)?;
+        self.write_final_results_off_runtime(results.clone())
+            .await?;
         Ok(results)
+    }
+
+    /// [`Self::write_final_results`] on the blocking pool: a file write and two fsyncs must not
+    /// hold a runtime thread that answers `Allocate`.
+    async fn write_final_results_off_runtime(&self, results: TestResults) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_final_results(&results))
+            .await
+            .map_err(|e| ExperimentError::Io {
+                context: "writing the final results file".into(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     fn final_results_path(&self, test_id: &str) -> Result<std::path::PathBuf> {
@@ -537,34 +550,31 @@ impl Experiments {
             if !book.record.status.is_ended() {
                 return Ok(());
             }
-            if book.record.settled {
-                // Settled before, but its file was not rewritten: only the file is left to do.
-                drop(book);
-                let results = self.results(test_id)?;
-                return self.write_final_results(&results);
+            // A test settled before (its file rewrite failed) needs only the file.
+            if !book.record.settled {
+                let mut record = book.record.clone();
+                record.settled = true;
+                let mut batch = WriteBatch::new();
+                batch.put(keys::test(test_id), &record)?;
+                let decided = record
+                    .decision
+                    .as_ref()
+                    .map_or(0, |d| d.arms.iter().map(|a| a.results).sum::<u64>());
+                let results: u64 = book.stats.arms.iter().map(|a| a.n).sum();
+                let draft = AuditDraft::test("system", "test.settled", test_id)
+                    .detail("results", results)
+                    .detail("results_after_decision", results.saturating_sub(decided));
+                self.inner
+                    .audit
+                    .commit(&self.inner.storage, batch, vec![draft])?;
+                book.record = record;
             }
-            let mut record = book.record.clone();
-            record.settled = true;
-            let mut batch = WriteBatch::new();
-            batch.put(keys::test(test_id), &record)?;
-            let decided = record
-                .decision
-                .as_ref()
-                .map_or(0, |d| d.arms.iter().map(|a| a.results).sum::<u64>());
-            let results: u64 = book.stats.arms.iter().map(|a| a.n).sum();
-            let draft = AuditDraft::test("system", "test.settled", test_id)
-                .detail("results", results)
-                .detail("results_after_decision", results.saturating_sub(decided));
-            self.inner
-                .audit
-                .commit(&self.inner.storage, batch, vec![draft])?;
-            book.record = record;
         }
         self.inner.storage.flush().await?;
         let journal = self.inner.storage.journal();
         journal.sync_through(journal.next_position() - 1).await?;
         let results = self.results(test_id)?;
-        self.write_final_results(&results)
+        self.write_final_results_off_runtime(results).await
     }
 
     /// Expires every test whose maximum duration has passed.
