@@ -35,6 +35,7 @@ mod shared_id;
 #[cfg(test)]
 mod simulation_tests;
 mod snapshot;
+pub mod spec;
 mod state;
 pub mod stopping;
 #[cfg(test)]

@@ -148,7 +148,16 @@ async fn late_fills_count_until_settlement_closes_and_never_after() {
     }
     assert!(settled.settled, "settlement never closed: {settled:?}");
     assert_eq!(settled.status, TS::Completed as i32);
-    let file = final_file(&server, "t");
+    // The file is rewritten right after the record says settled (once every late result is
+    // durable).
+    let mut file = final_file(&server, "t");
+    for _ in 0..50 {
+        if file["settled"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        file = final_file(&server, "t");
+    }
     assert_eq!(file["settled"], true);
     assert_eq!(
         file["total_requests"], 4,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use arbiter::audit::AuditLog;
+use arbiter::experiment::spec::TestSpec;
 use arbiter::experiment::types::*;
 use arbiter::experiment::Experiments;
 use arbiter::registry::types::{ModelType, NewModel, RegistryId};
@@ -102,36 +103,21 @@ pub(crate) fn config(
     arms: usize,
     strategy: Strategy,
 ) -> TestConfig {
-    TestConfig {
-        test_id: TestId::parse(test_id).expect("valid"),
-        name: test_id.into(),
-        description: String::new(),
+    // Through the same validation as CreateTest.
+    TestConfig::try_from(TestSpec {
+        test_id: test_id.into(),
         created_by: "bench".into(),
-        arms: models[..arms]
-            .iter()
-            .enumerate()
-            .map(|(i, m)| ArmConfig {
-                arm_id: ARM_IDS[i].into(),
-                model: SharedRegistryId::new(m.clone()),
-                weight: 1.0 / arms as f64,
-            })
-            .collect(),
-        strategy,
-        reward_model: RewardModel::Bernoulli,
-        epsilon: 0.1,
-        ucb_exploration: std::f64::consts::SQRT_2,
-        significance_level: 0.05,
-        minimum_sample_size: 1000,
-        minimum_effect_size: 0.0,
-        max_duration_days: 30.0,
-        early_stopping: false,
-        stop_loss_threshold: -1e9,
-        min_allocation_per_arm: 0.5 / arms as f64 * 0.1,
-        max_allocation_per_arm: 1.0,
-        control_arm: 0,
-        on_drift: Default::default(),
-        settlement_period_secs: 0,
-    }
+        model_registry_ids: models[..arms].iter().map(|m| m.to_string()).collect(),
+        strategy: Some(strategy),
+        reward_model: Some(RewardModel::Bernoulli),
+        early_stopping: Some(false),
+        stop_loss_threshold: Some(-1e9),
+        min_allocation_per_arm: Some(0.5 / arms as f64 * 0.1),
+        max_allocation_per_arm: Some(1.0),
+        settlement_period_secs: Some(0),
+        ..Default::default()
+    })
+    .expect("a valid bench test")
 }
 
 /// A result for `test_id` on `arm`.

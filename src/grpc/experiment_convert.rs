@@ -1,38 +1,25 @@
-//! Conversions between protobuf and experiment domain types; request conversions validate every
-//! field and fill in the documented defaults (`proto/arbiter/v1/experiments.proto`).
+//! Conversions between protobuf and experiment domain types. Requests are only decoded (enums
+//! checked) into domain values such as [`TestSpec`]; the domain fills in defaults and checks
+//! invariants ([`crate::experiment::spec`]).
 
 use crate::experiment::decision::StopDecision;
+use crate::experiment::spec::TestSpec;
 use crate::experiment::types::*;
 use crate::experiment::{
     ArmResults, Attribution, ComparisonResults, ExperimentError, ResultInput, TestResults, TestView,
 };
 use crate::pb;
-use crate::registry::types::RegistryId;
-use crate::text::shown;
 
 use super::convert::timestamp;
 
-/// Default significance level.
-pub(super) const DEFAULT_SIGNIFICANCE: f64 = 0.05;
-
-fn check(field: &'static str, value: f64, ok: bool, rule: &str) -> Result<f64, ExperimentError> {
-    if value.is_finite() && ok {
-        Ok(value)
-    } else {
-        Err(ExperimentError::invalid(
-            field,
-            format!("{value} must be {rule}"),
-        ))
-    }
-}
-
-fn strategy(raw: i32) -> Result<Strategy, ExperimentError> {
+fn strategy(raw: i32) -> Result<Option<Strategy>, ExperimentError> {
     use pb::AllocationStrategy as P;
     match P::try_from(raw) {
-        Ok(P::Unspecified | P::ThompsonSampling) => Ok(Strategy::ThompsonSampling),
-        Ok(P::Fixed) => Ok(Strategy::Fixed),
-        Ok(P::Ucb) => Ok(Strategy::Ucb),
-        Ok(P::EpsilonGreedy) => Ok(Strategy::EpsilonGreedy),
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::ThompsonSampling) => Ok(Some(Strategy::ThompsonSampling)),
+        Ok(P::Fixed) => Ok(Some(Strategy::Fixed)),
+        Ok(P::Ucb) => Ok(Some(Strategy::Ucb)),
+        Ok(P::EpsilonGreedy) => Ok(Some(Strategy::EpsilonGreedy)),
         Err(_) => Err(ExperimentError::invalid(
             "allocation_strategy",
             format!("unknown value {raw}"),
@@ -40,11 +27,12 @@ fn strategy(raw: i32) -> Result<Strategy, ExperimentError> {
     }
 }
 
-fn drift_action(raw: i32) -> Result<DriftAction, ExperimentError> {
+fn drift_action(raw: i32) -> Result<Option<DriftAction>, ExperimentError> {
     use pb::DriftAction as P;
     match P::try_from(raw) {
-        Ok(P::Unspecified | P::Alert) => Ok(DriftAction::Alert),
-        Ok(P::Suspend) => Ok(DriftAction::Suspend),
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::Alert) => Ok(Some(DriftAction::Alert)),
+        Ok(P::Suspend) => Ok(Some(DriftAction::Suspend)),
         Err(_) => Err(ExperimentError::invalid(
             "on_drift",
             format!("unknown value {raw}"),
@@ -60,13 +48,12 @@ pub(super) fn pb_drift_action(a: DriftAction) -> pb::DriftAction {
     }
 }
 
-fn reward_model(raw: i32) -> Result<RewardModel, ExperimentError> {
+fn reward_model(raw: i32) -> Result<Option<RewardModel>, ExperimentError> {
     use pb::RewardModel as P;
     match P::try_from(raw) {
-        // Gaussian by default: the bandit then optimises the mean return, which is what
-        // significance and winners are judged on.
-        Ok(P::Bernoulli) => Ok(RewardModel::Bernoulli),
-        Ok(P::Unspecified | P::Gaussian) => Ok(RewardModel::Gaussian),
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::Bernoulli) => Ok(Some(RewardModel::Bernoulli)),
+        Ok(P::Gaussian) => Ok(Some(RewardModel::Gaussian)),
         Err(_) => Err(ExperimentError::invalid(
             "reward_model",
             format!("unknown value {raw}"),
@@ -100,215 +87,33 @@ pub(super) fn pb_test_status(s: TestStatus) -> pb::TestStatus {
     }
 }
 
-fn text(field: &'static str, value: String, max: usize) -> Result<String, ExperimentError> {
-    if value.len() > max {
-        return Err(ExperimentError::invalid(
-            field,
-            format!("is longer than {max} bytes"),
-        ));
-    }
-    Ok(value)
-}
-
-impl TryFrom<pb::CreateTestRequest> for TestConfig {
+/// Decodes a CreateTest request into a spec: enums checked, nothing else decided here.
+impl TryFrom<pb::CreateTestRequest> for TestSpec {
     type Error = ExperimentError;
 
     fn try_from(r: pb::CreateTestRequest) -> Result<Self, Self::Error> {
-        let test_id = TestId::parse(&r.test_id)?;
-        let k = r.model_registry_ids.len();
-        if !(2..=MAX_ARMS).contains(&k) {
-            return Err(ExperimentError::invalid(
-                "model_registry_ids",
-                format!("{k} given; a test needs 2 to {MAX_ARMS} model versions"),
-            ));
-        }
-        let mut models: Vec<RegistryId> = Vec::with_capacity(k);
-        for raw in &r.model_registry_ids {
-            let id = RegistryId::parse("model_registry_ids", raw)
-                .map_err(|e| ExperimentError::invalid("model_registry_ids", e.to_string()))?;
-            if models.contains(&id) {
-                return Err(ExperimentError::invalid(
-                    "model_registry_ids",
-                    format!("{} is listed twice", shown(raw)),
-                ));
-            }
-            models.push(id);
-        }
-        let strategy = strategy(r.allocation_strategy)?;
-        let weights = if r.weights.is_empty() {
-            vec![1.0 / k as f64; k]
-        } else {
-            if strategy != Strategy::Fixed {
-                return Err(ExperimentError::invalid(
-                    "weights",
-                    "only FIXED tests take weights",
-                ));
-            }
-            if r.weights.len() != k {
-                return Err(ExperimentError::invalid(
-                    "weights",
-                    format!("{} weights for {k} models", r.weights.len()),
-                ));
-            }
-            for &w in &r.weights {
-                check("weights", w, w > 0.0, "positive")?;
-            }
-            let total: f64 = r.weights.iter().sum();
-            let normalised: Vec<f64> = r.weights.iter().map(|w| w / total).collect();
-            // [1e308, 1e308] sums to infinity and would become [0, 0].
-            if !total.is_finite() || normalised.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
-                return Err(ExperimentError::invalid(
-                    "weights",
-                    format!("{:?} cannot be normalised to shares of traffic", r.weights),
-                ));
-            }
-            normalised
-        };
-        // The default floor of 0.05 would swallow all traffic beyond 10 arms; keep floors to at
-        // most half of it. FIXED weights are served as given: their floor (where a stop-loss
-        // holds an arm) defaults to no more than the smallest weight, their cap to 1, and limits
-        // given explicitly must contain every weight.
-        let fixed = strategy == Strategy::Fixed;
-        let smallest = weights.iter().copied().fold(f64::INFINITY, f64::min);
-        let largest = weights.iter().copied().fold(0.0, f64::max);
-        let min_default = 0.05f64.min(0.5 / k as f64);
-        let min = r.min_allocation_per_arm.unwrap_or(if fixed {
-            min_default.min(smallest)
-        } else {
-            min_default
-        });
-        let max = r
-            .max_allocation_per_arm
-            .unwrap_or(if fixed { 1.0 } else { 0.8 });
-        check(
-            "min_allocation_per_arm",
-            min,
-            (0.0..=1.0).contains(&min),
-            "in [0, 1]",
-        )?;
-        check(
-            "max_allocation_per_arm",
-            max,
-            max > 0.0 && max <= 1.0,
-            "in (0, 1]",
-        )?;
-        if k as f64 * min > 1.0 + 1e-12 {
-            return Err(ExperimentError::invalid(
-                "min_allocation_per_arm",
-                format!("{k} arms × {min} exceeds 1"),
-            ));
-        }
-        if (k as f64) * max < 1.0 - 1e-12 {
-            return Err(ExperimentError::invalid(
-                "max_allocation_per_arm",
-                format!("{k} arms × {max} is below 1"),
-            ));
-        }
-        if min > max {
-            return Err(ExperimentError::invalid(
-                "min_allocation_per_arm",
-                format!("{min} exceeds max_allocation_per_arm {max}"),
-            ));
-        }
-        if fixed && min > smallest + 1e-12 {
-            return Err(ExperimentError::invalid(
-                "min_allocation_per_arm",
-                format!("{min} is above the smallest FIXED weight {smallest}"),
-            ));
-        }
-        if fixed && max < largest - 1e-12 {
-            return Err(ExperimentError::invalid(
-                "max_allocation_per_arm",
-                format!("{max} is below the largest FIXED weight {largest}"),
-            ));
-        }
-        // Not collected from `models.into_iter()`: that would reuse its larger buffer in place,
-        // and the arms live as long as the test.
-        let mut arms: Vec<ArmConfig> = Vec::with_capacity(k);
-        for (i, (model, weight)) in models.into_iter().zip(weights).enumerate() {
-            arms.push(ArmConfig {
-                arm_id: ARM_IDS[i].into(),
-                model: SharedRegistryId::new(model),
-                weight,
-            });
-        }
-        let control_arm = match r.control_arm.as_deref() {
-            None | Some("") => 0,
-            Some(name) => arms.iter().position(|a| a.arm_id == name).ok_or_else(|| {
-                ExperimentError::invalid(
-                    "control_arm",
-                    format!("{} is not one of arm_0 … arm_{}", shown(name), k - 1),
-                )
-            })?,
-        };
-        let epsilon = r.epsilon.unwrap_or(0.1);
-        let ucb = r.ucb_exploration.unwrap_or(std::f64::consts::SQRT_2);
-        let alpha = r.significance_level.unwrap_or(DEFAULT_SIGNIFICANCE);
-        let min_n = r.minimum_sample_size.unwrap_or(1000);
-        if min_n < 10 {
-            return Err(ExperimentError::invalid(
-                "minimum_sample_size",
-                format!("{min_n} must be at least 10"),
-            ));
-        }
-        let effect = r.minimum_effect_size.unwrap_or(0.0);
-        let days = r.max_duration_days.unwrap_or(30.0);
-        let stop_loss = r.stop_loss_threshold.unwrap_or(-0.05);
-        let name = text("name", r.name, 1024)?;
-        let created_by = text("created_by", r.created_by, 256)?;
-        Ok(TestConfig {
-            name: if name.is_empty() {
-                test_id.to_string()
-            } else {
-                name
-            },
-            test_id,
-            description: text("description", r.description, 64 * 1024)?,
-            created_by: if created_by.is_empty() {
-                "anonymous".into()
-            } else {
-                created_by
-            },
-            arms,
-            strategy,
+        Ok(TestSpec {
+            strategy: strategy(r.allocation_strategy)?,
             reward_model: reward_model(r.reward_model)?,
-            epsilon: check(
-                "epsilon",
-                epsilon,
-                (0.0..=1.0).contains(&epsilon),
-                "in [0, 1]",
-            )?,
-            ucb_exploration: check("ucb_exploration", ucb, ucb > 0.0, "positive")?,
-            significance_level: check(
-                "significance_level",
-                alpha,
-                (0.001..=0.2).contains(&alpha),
-                "in [0.001, 0.2]",
-            )?,
-            minimum_sample_size: min_n,
-            minimum_effect_size: check("minimum_effect_size", effect, effect >= 0.0, "at least 0")?,
-            max_duration_days: check(
-                "max_duration_days",
-                days,
-                days > 0.0 && days <= 3650.0,
-                "in (0, 3650]",
-            )?,
-            early_stopping: r.early_stopping.unwrap_or(true),
-            stop_loss_threshold: check("stop_loss_threshold", stop_loss, true, "finite")?,
-            min_allocation_per_arm: min,
-            max_allocation_per_arm: max,
-            control_arm,
             on_drift: drift_action(r.on_drift)?,
-            settlement_period_secs: match r.settlement_period_seconds {
-                None => DEFAULT_SETTLEMENT_SECS,
-                Some(s) if s <= MAX_SETTLEMENT_SECS => s,
-                Some(s) => {
-                    return Err(ExperimentError::invalid(
-                        "settlement_period_seconds",
-                        format!("{s} exceeds {MAX_SETTLEMENT_SECS} (7 days)"),
-                    ))
-                }
-            },
+            test_id: r.test_id,
+            name: r.name,
+            description: r.description,
+            created_by: r.created_by,
+            model_registry_ids: r.model_registry_ids,
+            weights: r.weights,
+            epsilon: r.epsilon,
+            ucb_exploration: r.ucb_exploration,
+            significance_level: r.significance_level,
+            minimum_sample_size: r.minimum_sample_size,
+            minimum_effect_size: r.minimum_effect_size,
+            max_duration_days: r.max_duration_days,
+            early_stopping: r.early_stopping,
+            stop_loss_threshold: r.stop_loss_threshold,
+            min_allocation_per_arm: r.min_allocation_per_arm,
+            max_allocation_per_arm: r.max_allocation_per_arm,
+            control_arm: r.control_arm,
+            settlement_period_secs: r.settlement_period_seconds,
         })
     }
 }

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::experiment_convert::test_status;
 use super::{authn, status};
+use crate::experiment::spec::TestSpec;
 use crate::experiment::types::TestConfig;
 use crate::experiment::{Experiments, ListCursor};
 use crate::pb::{self, experiments_server};
@@ -42,7 +43,9 @@ impl experiments_server::Experiments for ExperimentsService {
         let mut request = request.into_inner();
         let actor = authn::actor(&identity, "created_by", &request.created_by)?;
         request.created_by = actor.into_string();
-        let config = TestConfig::try_from(request).map_err(status::experiment)?;
+        let config = TestSpec::try_from(request)
+            .and_then(TestConfig::try_from)
+            .map_err(status::experiment)?;
         let actor = config.created_by.clone();
         let view = self
             .experiments
