@@ -31,12 +31,14 @@ pub mod result_ids;
 mod results;
 mod risk;
 pub mod rng;
+mod series;
 mod shared_id;
 #[cfg(test)]
 mod simulation_tests;
 mod snapshot;
 pub mod spec;
 mod state;
+pub mod stats_record;
 pub mod stopping;
 #[cfg(test)]
 mod strategy_tests;

@@ -63,7 +63,7 @@ fn result_id_run_v1_decodes() {
 
 #[test]
 fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
-    use arbiter::experiment::posterior::codec;
+    use arbiter::experiment::stats_record::codec;
     use arbiter::experiment::StatsRecord;
     use arbiter::storage::Record;
     // All written by tests/data/stats_record.py, independently of the Rust encoder.

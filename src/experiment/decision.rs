@@ -4,62 +4,11 @@
 //! never this record, so the audit log and the final results file show exactly what the decision
 //! saw.
 
-use serde::{Deserialize, Serialize};
-
 use super::state::StatsRecord;
 use super::stopping;
 use super::types::TestConfig;
-use crate::time::{self, UnixNanos};
-
-/// What a stop was decided on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StopDecision {
-    /// "manual", "early_stop", "stop_loss", "suspended" or "expiry".
-    pub kind: String,
-    /// Why, in words.
-    pub reason: String,
-    /// When it was decided.
-    pub decided_at: UnixNanos,
-    /// The declared winner, if any.
-    pub winner: Option<String>,
-    /// Every arm as the decision saw it.
-    pub arms: Vec<DecisionArm>,
-    /// Every comparison with the control as the decision saw it.
-    pub comparisons: Vec<DecisionComparison>,
-}
-
-/// One arm at the decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionArm {
-    /// `arm_<i>`.
-    pub arm_id: String,
-    /// Results recorded.
-    pub results: u64,
-    /// Mean return.
-    pub mean_return: f64,
-    /// Sample standard deviation.
-    pub std_return: f64,
-    /// Held at the floor.
-    pub suspended: bool,
-}
-
-/// One comparison at the decision (signs: treatment − control).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionComparison {
-    /// Treatment arm id.
-    pub treatment_arm: String,
-    /// Control arm id.
-    pub control_arm: String,
-    /// Difference of mean returns.
-    pub difference: f64,
-    /// The running always-valid p-value.
-    pub always_valid_p_value: f64,
-    /// Holm-adjusted across comparisons (equal to the above with one comparison): what
-    /// `significant` was judged on.
-    pub adjusted_p_value: f64,
-    /// Adjusted p ≤ α and |difference| ≥ the minimum effect.
-    pub significant: bool,
-}
+pub use super::types::{DecisionArm, DecisionComparison, StopDecision};
+use crate::time;
 
 impl StopDecision {
     /// The decision to stop `config`'s test now, on `stats`, for `reason`, declaring `winner`.

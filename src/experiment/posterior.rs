@@ -6,8 +6,6 @@
 //! summation. Two summaries combine with Chan, Golub & LeVeque (1979), "Updating formulae and a
 //! pairwise algorithm for computing sample variances".
 
-pub mod codec;
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -80,8 +78,10 @@ pub struct ArmStats {
     pub mean: f64,
     /// Welford sum of squared deviations from the mean.
     pub m2: f64,
-    sum: f64,
-    sum_compensation: f64,
+    /// Neumaier-compensated sum of returns (with the next field; read through `total`).
+    pub(crate) sum: f64,
+    /// The compensation term of the sum.
+    pub(crate) sum_compensation: f64,
     /// Results with return > 0.
     pub wins: u64,
     /// Smallest return (0 when empty; JSON has no infinities).

@@ -11,102 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::decision_id::{DecisionKey, DecodedDecision};
 use super::policy::{self, Policy};
-use super::posterior::ArmStats;
 use super::rng;
-use super::stopping::SequentialState;
+pub use super::stats_record::StatsRecord;
 use super::table::{limited_shares, AllocationTable};
-use super::track::ArmTrack;
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
-use crate::storage::{BodyError, Record};
-
-/// The durable statistical state of a test: sufficient statistics, stop-loss suspensions and the
-/// sequential tests. Results reach it through the journal; the store holds snapshots of it, each
-/// stamped with the last journal entry it includes ([`StatsRecord::journal_position`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatsRecord {
-    /// One entry per arm.
-    pub arms: Vec<ArmStats>,
-    /// Arms held at the floor by the stop-loss.
-    #[serde(default)]
-    pub suspended: Vec<bool>,
-    /// One sequential test per non-control arm.
-    #[serde(default)]
-    pub sequential: Vec<SequentialState>,
-    /// The position of the last journal entry applied (0: none). Start-up replays only entries
-    /// after it.
-    #[serde(default)]
-    pub journal_position: u64,
-    /// Per arm: drawdown and drift, folded over the results in order.
-    #[serde(skip)]
-    pub tracks: Vec<ArmTrack>,
-}
-
-impl StatsRecord {
-    /// The state of a test with `arms` arms and no results.
-    pub fn new(arms: usize) -> Self {
-        Self {
-            arms: vec![ArmStats::default(); arms],
-            suspended: vec![false; arms],
-            sequential: vec![SequentialState::default(); arms.saturating_sub(1)],
-            journal_position: 0,
-            tracks: vec![ArmTrack::default(); arms],
-        }
-    }
-
-    /// Folds one accepted result into arm `arm`: its statistics, metrics and track. Returns the
-    /// drift alarm the result set off, if any. Ingestion and replay both call it.
-    pub fn add_result(
-        &mut self,
-        arm: usize,
-        value: f64,
-        metrics: &[(String, f64)],
-    ) -> Option<crate::stats::drift::DriftAlarm> {
-        let stats = &mut self.arms[arm];
-        stats.add(value);
-        for (name, metric) in metrics {
-            stats.add_metric(name, *metric);
-        }
-        self.tracks[arm].add(value)
-    }
-
-    /// Fills fields that records written before they existed lack.
-    pub fn normalized(mut self, arms: usize) -> Self {
-        self.arms.resize(arms, ArmStats::default());
-        self.suspended.resize(arms, false);
-        self.tracks.resize(arms, ArmTrack::default());
-        self.sequential
-            .resize(arms.saturating_sub(1), SequentialState::default());
-        self
-    }
-}
-
-/// Version 1: JSON. Version 2: the binary body of [`super::posterior::codec`]. Version 3: the
-/// journal position as a varint, then the version 2 body. Version 4: version 3 and the arms'
-/// tracks. Older versions read as position 0 and tracks that start at their next result.
-impl Record for StatsRecord {
-    const FORMAT_VERSION: u8 = 4;
-
-    fn encode_body(&self, out: &mut Vec<u8>) -> crate::storage::Result<()> {
-        super::posterior::codec::encode_tracked(self, out);
-        Ok(())
-    }
-
-    fn decode_body(version: u8, body: &[u8]) -> Result<Self, BodyError> {
-        use super::posterior::codec;
-        match version {
-            1 => serde_json::from_slice::<StatsRecord>(body)
-                .map(|mut r| {
-                    r.tracks = vec![ArmTrack::default(); r.arms.len()];
-                    r
-                })
-                .map_err(BodyError::Json),
-            2 => codec::decode(body).map_err(BodyError::Malformed),
-            3 => codec::decode_positioned(body).map_err(BodyError::Malformed),
-            4 => codec::decode_tracked(body).map_err(BodyError::Malformed),
-            _ => Err(BodyError::UnknownVersion),
-        }
-    }
-}
+use crate::storage::Record;
 
 /// Allocation counters, persisted periodically (a crash loses at most one interval of them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,7 +75,7 @@ pub struct TestState {
     /// Record and statistics.
     pub book: Mutex<Book>,
     /// What memory keeps of the report series (the points are in the store).
-    pub series: Mutex<super::history::SeriesState>,
+    pub series: Mutex<super::series::SeriesState>,
     /// The result_ids applied so far (loaded on first use; taken after `book` when both are).
     pub result_ids: Mutex<super::result_ids::ResultIds>,
     /// Set when journaled results are not yet in a snapshot in the store, and the test is queued for the
@@ -307,7 +216,7 @@ impl TestState {
                 .created_at
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
             expiring: AtomicBool::new(false),
-            series: Mutex::new(super::history::SeriesState::default()),
+            series: Mutex::new(super::series::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             unsaved: AtomicBool::new(false),
             store_barrier: AtomicU64::new(0),

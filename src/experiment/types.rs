@@ -5,8 +5,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::decision::StopDecision;
-
 use crate::registry::types::{identifier_problem, stored_identifier_problem};
 use crate::storage::Record;
 use crate::time::UnixNanos;
@@ -293,6 +291,56 @@ impl TestRecord {
 
 impl Record for TestRecord {
     const FORMAT_VERSION: u8 = 1;
+}
+
+/// What a stop was decided on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopDecision {
+    /// "manual", "early_stop", "stop_loss", "suspended" or "expiry".
+    pub kind: String,
+    /// Why, in words.
+    pub reason: String,
+    /// When it was decided.
+    pub decided_at: UnixNanos,
+    /// The declared winner, if any.
+    pub winner: Option<String>,
+    /// Every arm as the decision saw it.
+    pub arms: Vec<DecisionArm>,
+    /// Every comparison with the control as the decision saw it.
+    pub comparisons: Vec<DecisionComparison>,
+}
+
+/// One arm at the decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionArm {
+    /// `arm_<i>`.
+    pub arm_id: String,
+    /// Results recorded.
+    pub results: u64,
+    /// Mean return.
+    pub mean_return: f64,
+    /// Sample standard deviation.
+    pub std_return: f64,
+    /// Held at the floor.
+    pub suspended: bool,
+}
+
+/// One comparison at the decision (signs: treatment − control).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionComparison {
+    /// Treatment arm id.
+    pub treatment_arm: String,
+    /// Control arm id.
+    pub control_arm: String,
+    /// Difference of mean returns.
+    pub difference: f64,
+    /// The running always-valid p-value.
+    pub always_valid_p_value: f64,
+    /// Holm-adjusted across comparisons (equal to the above with one comparison): what
+    /// `significant` was judged on.
+    pub adjusted_p_value: f64,
+    /// Adjusted p ≤ α and |difference| ≥ the minimum effect.
+    pub significant: bool,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 """Writes the golden statistics records of tests/golden.rs, independently of the Rust encoder.
 
 stats_record.v1.bin: format version 1, JSON (serde's field names).
-stats_record.v2.bin: format version 2, binary (src/experiment/posterior/codec.rs): LEB128 varints,
+stats_record.v2.bin: format version 2, binary (src/experiment/stats_record/codec.rs): LEB128 varints,
 little-endian f64, length-prefixed strings.
 stats_record.v3.bin: format version 3: the journal position (varint, here 300) and then the
 version 2 body.

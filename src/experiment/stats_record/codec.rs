@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
-use crate::experiment::state::StatsRecord;
+use super::StatsRecord;
+use crate::experiment::posterior::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
 use crate::experiment::stopping::SequentialState;
 use crate::experiment::track::{ArmTrack, DriftRecord};
 use crate::stats::drift::DriftDetector;
