@@ -159,6 +159,33 @@ async fn connect(client: &ClientArgs) -> Result<Connection, CliError> {
     Ok(InterceptedService::new(channel, token))
 }
 
+/// A JSON object for people: `key: value` per field that is set (`skip` left out), in key
+/// order; strings bare, nested objects as indented JSON.
+fn fields_text(value: &serde_json::Value, skip: &[&str]) -> String {
+    use serde_json::Value;
+    let Value::Object(fields) = value else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (key, value) in fields {
+        let shown = match value {
+            _ if skip.contains(&key.as_str()) => continue,
+            Value::Null => continue,
+            Value::String(s) if s.is_empty() => continue,
+            Value::Array(a) if a.is_empty() => continue,
+            Value::Object(o) if o.is_empty() => continue,
+            Value::String(s) => s.clone(),
+            Value::Object(_) => {
+                let text = serde_json::to_string_pretty(value).unwrap_or_default();
+                format!("\n  {}", text.replace('\n', "\n  "))
+            }
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{key}: {shown}\n"));
+    }
+    out
+}
+
 /// Pretty JSON of a value built for output.
 fn json(value: &serde_json::Value) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values always encode");

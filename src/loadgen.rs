@@ -254,27 +254,12 @@ pub async fn create_test_on(url: &str) -> Result<String, BenchError> {
 /// [`create_test_on`] as the principal whose token is `token`, if any.
 async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, BenchError> {
     use pb::register_model_request::Part;
-    let bearer = crate::cli::BearerToken::new(token).ok_or_else(|| BenchError::Start {
-        what: "client",
-        reason: "the token cannot be a header value".into(),
-    })?;
-    let channel = tonic::transport::Channel::from_shared(url.to_string())
-        .map_err(|e| BenchError::Start {
-            what: "client",
-            reason: e.to_string(),
-        })?
-        .connect()
-        .await
-        .map_err(|source| BenchError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
+    let channel = scenarios::connect_as(url, token).await?;
     let tag = format!(
         "bench-{}-{}",
         std::process::id(),
         crate::time::now() % 1_000_000_000
     );
-    let channel = tonic::service::interceptor::InterceptedService::new(channel, bearer);
     let mut registry = pb::registry_client::RegistryClient::new(channel.clone());
     let mut models = Vec::new();
     for i in 0..2 {

@@ -73,26 +73,7 @@ fn metadata_json(m: &pb::ModelMetadata) -> Value {
 
 /// One version for people: a line per field that is set, documents as indented JSON.
 fn metadata_text(m: &pb::ModelMetadata) -> String {
-    let Value::Object(fields) = metadata_json(m) else {
-        return String::new();
-    };
-    let mut out = String::new();
-    for (key, value) in fields {
-        let shown = match &value {
-            Value::Null => continue,
-            Value::String(s) if s.is_empty() => continue,
-            Value::Array(a) if a.is_empty() => continue,
-            Value::Object(o) if o.is_empty() => continue,
-            Value::String(s) => s.clone(),
-            Value::Object(_) => {
-                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
-                format!("\n  {}", text.replace('\n', "\n  "))
-            }
-            other => other.to_string(),
-        };
-        out.push_str(&format!("{key}: {shown}\n"));
-    }
-    out
+    super::fields_text(&metadata_json(m), &[])
 }
 
 fn metadata_line(m: &pb::ModelMetadata) -> String {

@@ -190,6 +190,28 @@ impl Timeline {
     }
 }
 
+/// The frame of a panel over time (seconds since the start on x); returns the timeline.
+fn time_axis(
+    svg: &mut String,
+    line: Timeline,
+    (top, bottom): (f64, f64),
+    title: &str,
+    y: (&str, &str),
+) -> Timeline {
+    let span = line.span();
+    axis(
+        svg,
+        Frame {
+            top,
+            bottom,
+            title,
+            x: ("0 s", &span),
+            y,
+        },
+    );
+    line
+}
+
 /// Vertical lines at the stop (with its winner) and at the close of settlement, if in view.
 fn events(svg: &mut String, results: &pb::TestResults, line: Timeline, top: f64, bottom: f64) {
     let stop = seconds(results.stopped_at.as_ref());
@@ -231,17 +253,12 @@ fn share_panel(
     top: f64,
     bottom: f64,
 ) {
-    let line = Timeline::of(history, results);
-    let span = line.span();
-    axis(
+    let line = time_axis(
         svg,
-        Frame {
-            top,
-            bottom,
-            title: "Allocation share per arm (% of decisions) over time",
-            x: ("0 s", &span),
-            y: ("0%", "100%"),
-        },
+        Timeline::of(history, results),
+        (top, bottom),
+        "Allocation share per arm (% of decisions) over time",
+        ("0%", "100%"),
     );
     for (i, arm) in history.arm_ids.iter().enumerate() {
         let mut d = String::new();
@@ -274,18 +291,12 @@ fn significance_panel(
     top: f64,
     bottom: f64,
 ) {
-    let line = Timeline::of(history, results);
-    let span = line.span();
-    axis(
+    let line = time_axis(
         svg,
-        Frame {
-            top,
-            bottom,
-            title:
-                "Always-valid p-value per comparison with the control (Holm-adjusted, log scale)",
-            x: ("0 s", &span),
-            y: ("1e-6", "1"),
-        },
+        Timeline::of(history, results),
+        (top, bottom),
+        "Always-valid p-value per comparison with the control (Holm-adjusted, log scale)",
+        ("1e-6", "1"),
     );
     let y = |p: f64| {
         let p = p.clamp(P_FLOOR, 1.0);

@@ -48,20 +48,8 @@ fn test_json(t: &pb::Test) -> Value {
 
 /// A test for people: one line per setting, the arms as a small table.
 fn test_text(t: &pb::Test) -> String {
-    let Value::Object(fields) = test_json(t) else {
-        return String::new();
-    };
-    let mut out = String::new();
-    for (key, value) in &fields {
-        let shown = match value {
-            Value::Null => continue,
-            Value::String(s) if s.is_empty() => continue,
-            Value::Array(_) => continue, // arms and model ids: below
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        out.push_str(&format!("{key}: {shown}\n"));
-    }
+    // Arms and model ids: as a table below.
+    let mut out = super::fields_text(&test_json(t), &["arms", "model_registry_ids"]);
     out.push_str("arms:\n");
     for a in &t.arms {
         out.push_str(&format!(
@@ -269,6 +257,18 @@ fn create_request(a: &CreateTestArgs, created_by: String) -> pb::CreateTestReque
     }
 }
 
+async fn get_test(
+    client: &mut ExperimentsClient<Channel>,
+    test_id: &str,
+) -> Result<pb::Test, tonic::Status> {
+    client
+        .get_test(pb::GetTestRequest {
+            test_id: test_id.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, CliError> {
     let mut client = ExperimentsClient::new(channel);
     let as_json = args.client.json;
@@ -292,12 +292,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                 .into_inner(),
         )),
         TestsAction::Show { test_id } => {
-            let test = client
-                .get_test(pb::GetTestRequest {
-                    test_id: test_id.clone(),
-                })
-                .await?
-                .into_inner();
+            let test = get_test(&mut client, test_id).await?;
             Ok(if as_json {
                 super::json(&test_json(&test))
             } else {
@@ -348,12 +343,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             Ok(if as_json {
                 super::json(&results_json(&results))
             } else {
-                let test = client
-                    .get_test(pb::GetTestRequest {
-                        test_id: test_id.clone(),
-                    })
-                    .await?
-                    .into_inner();
+                let test = get_test(&mut client, test_id).await?;
                 results_table(&results, Some(&test))
             })
         }
@@ -370,13 +360,10 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
                 })
                 .await?
                 .into_inner();
-            let alpha = client
-                .get_test(pb::GetTestRequest {
-                    test_id: test_id.clone(),
-                })
+            let alpha = get_test(&mut client, test_id)
                 .await
                 .ok()
-                .map(|t| t.into_inner().significance_level);
+                .map(|t| t.significance_level);
             let svg = super::report::render(&results, &history, alpha);
             std::fs::write(out, svg).map_err(|source| CliError::File {
                 path: out.display().to_string(),
@@ -416,13 +403,7 @@ pub(super) async fn run(args: &TestsArgs, channel: Channel) -> Result<String, Cl
             } else {
                 // The stop is done: a caller who may stop but not read gets the table without
                 // the test's settings rather than an error.
-                let test = client
-                    .get_test(pb::GetTestRequest {
-                        test_id: test_id.clone(),
-                    })
-                    .await
-                    .ok()
-                    .map(|t| t.into_inner());
+                let test = get_test(&mut client, test_id).await.ok();
                 results_table(&results, test.as_ref())
             })
         }

@@ -522,6 +522,8 @@ impl Experiments {
             .inner
             .tests
             .iter()
+            // The status is an atomic: only ended tests take their lock.
+            .filter(|e| e.value().status().is_ended())
             .filter(|e| {
                 let book = e.value().book.lock();
                 let r = &book.record;

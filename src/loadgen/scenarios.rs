@@ -78,14 +78,7 @@ impl Target {
         if self.system == System::Echo {
             return Ok(());
         }
-        let bearer = crate::cli::BearerToken::new(self.token.as_deref()).ok_or_else(|| {
-            BenchError::Start {
-                what: "client",
-                reason: "the token cannot be a header value".into(),
-            }
-        })?;
-        let channel =
-            tonic::service::interceptor::InterceptedService::new(connect(&self.url).await?, bearer);
+        let channel = connect_as(&self.url, self.token.as_deref()).await?;
         pb::experiments_client::ExperimentsClient::new(channel.clone())
             .stop_test(pb::StopTestRequest {
                 test_id: self.test_id.clone(),
@@ -153,6 +146,18 @@ async fn connect(url: &str) -> Result<Channel, BenchError> {
         })
 }
 
+/// A connection to an arbiter at `url` that sends `token`, if any, with every call.
+pub(super) async fn connect_as(
+    url: &str,
+    token: Option<&str>,
+) -> Result<InterceptedService<Channel, BearerToken>, BenchError> {
+    let bearer = BearerToken::new(token).ok_or_else(|| BenchError::Start {
+        what: "client",
+        reason: "the token cannot be a header value".into(),
+    })?;
+    Ok(InterceptedService::new(connect(url).await?, bearer))
+}
+
 /// One client over either service: both expose the same three calls.
 #[derive(Debug, Clone)]
 enum Client {
@@ -162,19 +167,11 @@ enum Client {
 
 impl Client {
     async fn new(target: &Target) -> Result<Self, BenchError> {
-        let channel = connect(&target.url).await?;
         Ok(match target.system {
-            System::Arbiter | System::Unauthenticated => {
-                let token =
-                    BearerToken::new(target.token.as_deref()).ok_or_else(|| BenchError::Start {
-                        what: "client",
-                        reason: "the token cannot be a header value".into(),
-                    })?;
-                Self::Arbiter(AllocatorClient::new(InterceptedService::new(
-                    channel, token,
-                )))
-            }
-            System::Echo => Self::Echo(EchoClient::new(channel)),
+            System::Arbiter | System::Unauthenticated => Self::Arbiter(AllocatorClient::new(
+                connect_as(&target.url, target.token.as_deref()).await?,
+            )),
+            System::Echo => Self::Echo(EchoClient::new(connect(&target.url).await?)),
         })
     }
 
