@@ -173,7 +173,7 @@ impl Experiments {
                 secret,
             }),
         };
-        let replayed = experiments.replay_journal(&loaded, storage.take_journal_tail())?;
+        let replayed = experiments.replay_journal(&loaded, storage.log().read_from(0)?)?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed result journal");
         }

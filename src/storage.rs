@@ -24,6 +24,7 @@ mod error;
 mod group_commit;
 pub mod journal;
 pub mod keys;
+pub mod log;
 mod migrate;
 mod open_dirs;
 pub mod paths;
@@ -38,7 +39,8 @@ pub use codec::{decode, BodyError, Record};
 use engine::{Engine, Op};
 pub use error::StorageError;
 use group_commit::GroupCommit;
-pub use journal::{Entry as JournalEntry, Journal};
+pub use journal::Journal;
+pub use log::{Log, LogEntry};
 pub use open_dirs::wait_until_released;
 use open_dirs::Registered;
 
@@ -68,9 +70,8 @@ pub struct Storage {
     flusher: GroupCommit,
     applied_batches: Arc<AtomicU64>,
     data_dir: PathBuf,
-    journal: Arc<Journal>,
-    /// The journal's entries as found at open, until the owner takes them to replay.
-    journal_tail: parking_lot::Mutex<Option<Vec<JournalEntry>>>,
+    /// The ordered log: the journal.
+    log: Arc<dyn Log>,
     /// Why the store's last write or sync failed, until a sync succeeds again.
     store_fault: parking_lot::Mutex<Option<String>>,
     /// Declared last, so dropped last: the directory counts as released only once the engine
@@ -108,7 +109,8 @@ impl Storage {
         )?);
         let applied_batches = Arc::new(AtomicU64::new(0));
         let flusher = GroupCommit::start(Arc::downgrade(&engine), applied_batches.clone());
-        let (journal, tail) = Journal::open(&data_dir.join("journal"))?;
+        // The entries found at open are read again by the owner through `Log::read_from`.
+        let (journal, _) = Journal::open(&data_dir.join("journal"))?;
         let journal = Arc::new(journal);
         journal.start()?;
         Ok(Self {
@@ -116,21 +118,15 @@ impl Storage {
             flusher,
             applied_batches,
             data_dir: data_dir.to_path_buf(),
-            journal,
-            journal_tail: parking_lot::Mutex::new(Some(tail)),
+            log: journal,
             store_fault: parking_lot::Mutex::new(None),
             _registered: registered,
         })
     }
 
-    /// The result journal.
-    pub fn journal(&self) -> &Journal {
-        &self.journal
-    }
-
-    /// The journal's entries as found at open (empty after the first call).
-    pub fn take_journal_tail(&self) -> Vec<JournalEntry> {
-        self.journal_tail.lock().take().unwrap_or_default()
+    /// The ordered log (the result journal).
+    pub fn log(&self) -> &dyn Log {
+        &*self.log
     }
 
     /// The data directory this storage lives in.
@@ -228,7 +224,7 @@ impl Storage {
     /// What keeps storage from taking writes, if anything: a failed journal (until restart) or
     /// a store whose last write or sync failed (until one succeeds).
     pub fn fault(&self) -> Option<String> {
-        if let Some(e) = self.journal.failure() {
+        if let Some(e) = self.log.failure() {
             return Some(format!(
                 "result journal: {e}; results are refused until restart"
             ));
@@ -257,7 +253,7 @@ impl Storage {
     pub fn flush_blocking(&self) -> Result<()> {
         let synced = self.engine.sync();
         self.synced(synced)?;
-        self.journal.sync_blocking()
+        self.log.sync_blocking()
     }
 
     /// How many flushes of the engine have run through group commit.

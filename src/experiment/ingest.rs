@@ -185,7 +185,7 @@ impl Experiments {
             journal_position,
         } = applied;
         if let Some(position) = journal_position {
-            self.inner.storage.journal().sync_through(position).await?;
+            self.inner.storage.log().sync_through(position).await?;
         }
         if let Some(mark) = store_mark {
             self.inner.storage.flush_through(mark).await?;
@@ -404,7 +404,7 @@ impl Experiments {
         {
             // The first copy of a duplicate may still be on its way to the disk: a duplicate is
             // acknowledged as recorded only once everything applied before it is durable.
-            journal_through = self.inner.storage.journal().next_position() - 1;
+            journal_through = self.inner.storage.log().next_position() - 1;
             store_through = self.inner.storage.write_mark();
         }
         Ok(AppliedResults {
@@ -444,7 +444,7 @@ impl Experiments {
             // Queued before the append: a snapshot that rotates the journal after this entry
             // then finds the test in its queue (see `snapshot`).
             self.mark_unsaved(state);
-            let position = self.inner.storage.journal().append(&payload)?;
+            let position = self.inner.storage.log().append(&payload)?;
             stats.journal_position = position;
             result_ids.commit_journaled(written.new_ids);
             return Ok(Some(position));

@@ -354,8 +354,8 @@ impl Experiments {
         batch.put(keys::test_allocations(test_id), &state.allocation_record())?;
         self.inner.storage.apply(batch)?;
         self.inner.storage.flush().await?;
-        let journal = self.inner.storage.journal();
-        journal.sync_through(journal.next_position() - 1).await?;
+        let log = self.inner.storage.log();
+        log.sync_through(log.next_position() - 1).await?;
         let results = self.results(test_id)?;
         self.write_final_results_off_runtime(results.clone())
             .await?;
@@ -573,8 +573,8 @@ impl Experiments {
             }
         }
         self.inner.storage.flush().await?;
-        let journal = self.inner.storage.journal();
-        journal.sync_through(journal.next_position() - 1).await?;
+        let log = self.inner.storage.log();
+        log.sync_through(log.next_position() - 1).await?;
         let results = self.results(test_id)?;
         self.write_final_results_off_runtime(results).await
     }

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::storage::{keys, JournalEntry, StorageError, WriteBatch};
+use crate::storage::{keys, LogEntry, StorageError, WriteBatch};
 
 use super::ingest::change_event;
 use super::journal_entry;
@@ -90,12 +90,12 @@ impl Experiments {
         // thread's, say).
         let _round = self.inner.snapshot_round.lock();
         let storage = &self.inner.storage;
-        let cut = storage.journal().rotate()?;
+        let cut = storage.log().seal()?;
         let queued = std::mem::take(&mut *self.inner.unsaved_tests.lock());
         if queued.is_empty() {
             // Every entry below `cut` is in a snapshot an earlier round flushed: a test that
             // journals queues itself unless a round had it queued and has yet to read it.
-            storage.journal().remove_before(cut)?;
+            storage.log().trim_before(cut)?;
             return Ok(0);
         }
         let stored = queued.chunks(SNAPSHOT_FLUSH_CHUNK).try_for_each(|chunk| {
@@ -114,7 +114,7 @@ impl Experiments {
             self.inner.unsaved_tests.lock().extend(queued);
             return Err(e);
         }
-        storage.journal().remove_before(cut)?;
+        storage.log().trim_before(cut)?;
         Ok(queued.len())
     }
 
@@ -160,7 +160,7 @@ impl Experiments {
     pub(super) fn replay_journal(
         &self,
         tests: &[(TestId, Arc<TestState>)],
-        entries: Vec<JournalEntry>,
+        entries: Vec<LogEntry>,
     ) -> Result<usize> {
         let by_id: std::collections::HashMap<&str, &Arc<TestState>> =
             tests.iter().map(|(id, s)| (id.as_str(), s)).collect();
@@ -171,7 +171,7 @@ impl Experiments {
             .unwrap_or(0);
         // A snapshot may have reached the store while a crash cut off the journal entries it includes:
         // new positions must stay above every stamp, or their entries would be skipped.
-        self.inner.storage.journal().reserve_through(highest_stamp);
+        self.inner.storage.log().reserve_through(highest_stamp);
         let mut applied = 0;
         for entry in entries {
             let corrupt = |why: String| {

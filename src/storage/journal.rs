@@ -26,6 +26,7 @@ use std::sync::{mpsc, Arc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::log::{Log, SyncFuture};
 use super::{Result, StorageError};
 pub use segment::MAGIC;
 use segment::{checksum, create_segment, io_error, segment_path, sync_dir, Recovered};
@@ -79,13 +80,7 @@ pub struct Journal {
 }
 
 /// One entry read back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    /// Its position.
-    pub position: u64,
-    /// What was appended.
-    pub payload: Vec<u8>,
-}
+pub use super::log::LogEntry as Entry;
 
 impl Journal {
     /// Opens (or creates) the journal in `dir`: checks every segment, cuts a torn tail off the
@@ -322,6 +317,63 @@ impl Journal {
     }
 }
 
+impl Log for Journal {
+    fn append(&self, payload: &[u8]) -> Result<u64> {
+        Journal::append(self, payload)
+    }
+
+    fn sync_through(&self, position: u64) -> SyncFuture<'_> {
+        Box::pin(Journal::sync_through(self, position))
+    }
+
+    fn sync_blocking(&self) -> Result<()> {
+        Journal::sync_blocking(self)
+    }
+
+    fn next_position(&self) -> u64 {
+        Journal::next_position(self)
+    }
+
+    fn reserve_through(&self, position: u64) {
+        Journal::reserve_through(self, position)
+    }
+
+    fn read_from(&self, from: u64) -> Result<Vec<Entry>> {
+        // Under the files lock nothing is being written, rotated or removed, and what the
+        // segment files hold is exactly what was synced (a write and its sync happen under it).
+        let files = self.files.lock();
+        let mut entries = Vec::new();
+        for (i, &first) in files.segments.iter().enumerate() {
+            if files.segments.get(i + 1).is_some_and(|&next| next <= from) {
+                continue;
+            }
+            let path = segment_path(&files.dir, first);
+            let (read, _, damage) = segment::read_segment(&path)?;
+            // Nothing is torn while the journal is open: damage came from outside.
+            if let Some(why) = damage {
+                return Err(StorageError::Corrupt {
+                    key: path.display().to_string(),
+                    why,
+                });
+            }
+            entries.extend(read.into_iter().filter(|e| e.position >= from));
+        }
+        Ok(entries)
+    }
+
+    fn seal(&self) -> Result<u64> {
+        self.rotate()
+    }
+
+    fn trim_before(&self, cut: u64) -> Result<()> {
+        self.remove_before(cut).map(|_| ())
+    }
+
+    fn failure(&self) -> Option<String> {
+        Journal::failure(self).map(|e| e.to_string())
+    }
+}
+
 fn failed(why: &Arc<std::io::Error>) -> StorageError {
     StorageError::Failed {
         part: "result journal",
@@ -332,6 +384,41 @@ fn failed(why: &Arc<std::io::Error>) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::log::conformance::{log_conformance_suite, LogHarness};
+
+    /// The journal in a temporary directory.
+    struct JournalHarness(tempfile::TempDir);
+
+    impl LogHarness for JournalHarness {
+        type Log = Journal;
+
+        fn new() -> Self {
+            Self(tempfile::tempdir().expect("tempdir"))
+        }
+
+        fn open(&self) -> Arc<Journal> {
+            let journal = Arc::new(Journal::open(self.0.path()).expect("open").0);
+            journal.start().expect("start");
+            journal
+        }
+
+        fn tear_newest_entry(&self) {
+            let mut segments: Vec<_> = std::fs::read_dir(self.0.path())
+                .expect("list")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            segments.sort();
+            let newest = segments.last().expect("a segment");
+            let len = std::fs::metadata(newest).expect("stat").len();
+            OpenOptions::new()
+                .write(true)
+                .open(newest)
+                .and_then(|f| f.set_len(len - 3))
+                .expect("truncate");
+        }
+    }
+
+    log_conformance_suite!(JournalHarness);
     use std::fs::OpenOptions;
     use std::sync::Arc;
 

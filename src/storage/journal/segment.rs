@@ -46,7 +46,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 }
 
 /// The valid entries of one segment file, and the byte length they end at.
-fn read_segment(path: &Path) -> Result<(Vec<Entry>, u64, Option<String>)> {
+pub(super) fn read_segment(path: &Path) -> Result<(Vec<Entry>, u64, Option<String>)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
