@@ -97,10 +97,55 @@ impl AuditDraft {
     }
 }
 
+/// The newest event of a chain: what the next event links to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct ChainHead {
-    seq: u64,
-    hash: String,
+pub struct ChainHead {
+    /// Its sequence number (0 before the first event).
+    pub seq: u64,
+    /// Its hash ([`GENESIS_HASH`] before the first event).
+    pub hash: String,
+}
+
+impl ChainHead {
+    /// The head of an empty chain.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+/// Links `drafts` after `head`, all stamped `time`: the events with their sequence numbers and
+/// hashes, and the new head. Pure: the same head, drafts and time give the same events, hashes
+/// included, on any machine.
+pub fn chain(
+    head: &ChainHead,
+    drafts: Vec<AuditDraft>,
+    time: UnixNanos,
+) -> storage::Result<(Vec<AuditEvent>, ChainHead)> {
+    let mut next = head.clone();
+    let mut events = Vec::with_capacity(drafts.len());
+    for draft in drafts {
+        let mut event = AuditEvent {
+            seq: next.seq + 1,
+            time,
+            actor: draft.actor,
+            action: draft.action.to_string(),
+            entity_type: draft.entity_type.to_string(),
+            entity: draft.entity,
+            details: draft.details,
+            prev_hash: next.hash.clone(),
+            hash: String::new(),
+        };
+        event.hash = event_hash(&event)?;
+        next = ChainHead {
+            seq: event.seq,
+            hash: event.hash.clone(),
+        };
+        events.push(event);
+    }
+    Ok((events, next))
 }
 
 impl Record for ChainHead {
@@ -127,10 +172,7 @@ impl AuditLog {
     pub fn open(storage: &Storage) -> storage::Result<Self> {
         let head = storage
             .get::<ChainHead>(keys::AUDIT_HEAD)?
-            .unwrap_or(ChainHead {
-                seq: 0,
-                hash: GENESIS_HASH.to_string(),
-            });
+            .unwrap_or_else(ChainHead::genesis);
         Ok(Self {
             head: Mutex::new(head),
         })
@@ -146,28 +188,9 @@ impl AuditLog {
     ) -> storage::Result<Vec<AuditEvent>> {
         // The head lock orders appends; it is held only for in-memory work and one batch apply.
         let mut head = self.head.lock();
-        let mut next = head.clone();
-        let mut events = Vec::with_capacity(drafts.len());
-        let now = time::now();
-        for draft in drafts {
-            let mut event = AuditEvent {
-                seq: next.seq + 1,
-                time: now,
-                actor: draft.actor,
-                action: draft.action.to_string(),
-                entity_type: draft.entity_type.to_string(),
-                entity: draft.entity,
-                details: draft.details,
-                prev_hash: next.hash.clone(),
-                hash: String::new(),
-            };
-            event.hash = event_hash(&event)?;
-            batch.put(keys::audit(event.seq), &event)?;
-            next = ChainHead {
-                seq: event.seq,
-                hash: event.hash.clone(),
-            };
-            events.push(event);
+        let (events, next) = chain(&head, drafts, time::now())?;
+        for event in &events {
+            batch.put(keys::audit(event.seq), event)?;
         }
         if !events.is_empty() {
             batch.put(keys::AUDIT_HEAD, &next)?;

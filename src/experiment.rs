@@ -20,6 +20,8 @@ mod background;
 pub mod decision;
 pub mod decision_id;
 mod error;
+#[cfg(test)]
+mod fold_tests;
 pub mod history;
 mod ingest;
 mod journal_entry;
