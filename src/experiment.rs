@@ -4,10 +4,11 @@
 //! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
 //! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
-//! Results go to the storage journal, one entry per test and batch, and are acknowledged after a
+//! Results go to the storage log, one entry per test and batch, and are acknowledged after a
 //! (shared) sync; every second the statistics of tests with new results are stored in the store,
-//! stamped with the journal position they include, and the journal is trimmed ([`snapshot`]).
-//! Start-up reads one statistics record per test and replays at most about a second of journal.
+//! stamped with the log position they include, and the log is trimmed ([`snapshot`]). Every other
+//! change is a store batch, which goes through the same log: one order for everything.
+//! Start-up reads one statistics record per test and replays at most about a second of log.
 //! Allocation counters are persisted every
 //! [`ALLOCATION_PERSIST_INTERVAL`] and at shutdown: a crash can lose at most that interval of
 //! allocation counts, never a result.
@@ -175,9 +176,9 @@ impl Experiments {
                 secret,
             }),
         };
-        let replayed = experiments.replay_journal(&loaded, storage.log().read_from(0)?)?;
+        let replayed = experiments.replay_journal(&loaded, storage.owner_entries(0)?)?;
         if replayed > 0 {
-            tracing::info!(entries = replayed, "replayed result journal");
+            tracing::info!(entries = replayed, "replayed result entries from the log");
         }
         {
             let mut dirty = experiments.inner.dirty_tests.lock();

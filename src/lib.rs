@@ -11,8 +11,9 @@
 //!   statistics snapshots, stopping rules, settlement, drift and drawdown.
 //! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures.
 //! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
-//! - [`storage`]: an embedded store (redb) behind typed keys and versioned record encodings, with
-//!   group commit, and the result journal.
+//! - [`storage`]: one ordered log ([`storage::Log`], the journal on a single node) that every
+//!   change goes through, with group commit, folded into an embedded store (redb) behind typed
+//!   keys and versioned record encodings; checkpoints, replay, and a conformance suite for logs.
 //! - [`stats`]: pure statistics (tests, intervals, sequential tests, drift detection).
 //! - [`metrics`], [`text`], [`time`]: Prometheus metrics, client text in messages, wall-clock time.
 //! - [`pb`]: the generated protobuf types (used only by `grpc`, tests and clients).

@@ -9,8 +9,8 @@
 //!   RUNNING and PAUSED tests (at most [`MAX_LABELLED_TESTS`], so label cardinality stays bounded),
 //!   copied from the engine's own counters once a second, so the allocation hot path pays nothing.
 //! - `arbiter_tests{status}`, `arbiter_storage_bytes`, `arbiter_ingest_batch_size`,
-//!   `arbiter_storage_flush_seconds` (one observation per group-commit sync of the store),
-//!   `arbiter_journal_sync_seconds` (one per write and `fdatasync` of the result journal).
+//!   `arbiter_storage_flush_seconds` (one observation per checkpoint sync of the store),
+//!   `arbiter_journal_sync_seconds` (one per write and `fdatasync` of the log).
 //!
 //! Without a recorder installed every macro is a no-op.
 

@@ -1,27 +1,31 @@
-//! Durable storage: an embedded ordered key-value engine ([`engine`], redb underneath) behind
-//! typed keys ([`keys`]), versioned record encodings ([`Record`]), atomic write batches, and group
-//! commit ([`Storage::flush`]).
+//! Durable storage: one ordered log ([`log`], the [`journal`] on a single node) that every
+//! change goes through, folded into an embedded ordered key-value engine ([`engine`], redb
+//! underneath) behind typed keys ([`keys`]) and versioned record encodings ([`Record`]).
 //!
-//! Everything lives in one table under typed key prefixes, so a single [`WriteBatch`] can change
-//! model metadata and append audit events atomically. A write is *applied* by [`Storage::apply`]
-//! (visible to readers, atomic) and *durable* once a later [`Storage::flush`] has returned (the
-//! engine's commit, fsynced); callers acknowledge a client only after that flush. Concurrent
-//! flushes are coalesced: writers that ask while a flush is running share the next one.
+//! A [`WriteBatch`] is *applied* by [`Storage::apply`]: the engine applies it atomically (visible
+//! to readers at once, not yet durable) and its ops are appended to the log as one entry, both
+//! under one lock, so log order is apply order. It is *durable* once the log has synced its
+//! entry ([`Storage::flush`], [`Storage::flush_through`]); callers acknowledge a client only
+//! after that. Concurrent flushes share syncs (the log's group commit). The owner appends its own
+//! entries to the same log (result batches), so there is one order for everything.
 //!
-//! Result batches, too frequent and too small for the engine, go to the [`journal`] instead: an
-//! append-only log of opaque entries with its own group commit, which the owner snapshots into
-//! the engine and trims.
+//! The engine is a snapshot of the log: a [`Storage::checkpoint`] stamps it with the position of
+//! the last batch it holds and syncs it, after which the owner may trim the log below its own
+//! snapshots' positions. Opening replays the batches after the stamp onto the engine (a crash
+//! loses the engine's unsynced writes, never the log's synced entries), then hands the owner
+//! its entries to replay ([`Storage::owner_entries`]).
 //!
 //! A data directory written by builds that kept this table in sled is converted once, at open
-//! ([`migrate`]).
+//! ([`migrate`]); one written by builds that made every batch durable in the engine itself (no
+//! stamp, no batch entries in the journal) opens as it is.
 //!
 //! This module knows nothing of models, tests or gRPC.
 
+mod batch_entry;
 mod bytes;
 mod codec;
 pub mod engine;
 mod error;
-mod group_commit;
 pub mod journal;
 pub mod keys;
 pub mod log;
@@ -30,6 +34,7 @@ mod open_dirs;
 pub mod paths;
 mod redb_engine;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +43,6 @@ pub use bytes::{ByteReader, ByteWriter};
 pub use codec::{decode, BodyError, Record};
 use engine::{Engine, Op};
 pub use error::StorageError;
-use group_commit::GroupCommit;
 pub use journal::Journal;
 pub use log::{Log, LogEntry};
 pub use open_dirs::wait_until_released;
@@ -63,12 +67,34 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         })
 }
 
-/// The storage of one data directory: the engine and the result journal.
+/// Whether a log entry is a store batch (as opposed to one of the owner's own entries).
+pub fn is_store_batch(payload: &[u8]) -> bool {
+    batch_entry::is_batch(payload)
+}
+
+/// A batch the engine applied and the log may not hold durably yet.
+#[derive(Debug)]
+struct Unsynced {
+    position: u64,
+    undo: Vec<Op>,
+}
+
+/// The storage of one data directory: the log and the engine it is folded into.
 #[derive(Debug)]
 pub struct Storage {
     engine: Arc<dyn Engine>,
-    flusher: GroupCommit,
-    applied_batches: Arc<AtomicU64>,
+    /// Held while a batch is applied and appended, and while a checkpoint stamps the engine: log
+    /// order is apply order, and a stamp covers exactly the batches applied before it. Holds
+    /// what undoes each batch the engine applied whose log entry may not be durable yet, oldest
+    /// first: if the log fails, those are undone, so that no later engine commit (redb makes
+    /// the last one durable when it closes) keeps a batch the log lost.
+    order: parking_lot::Mutex<VecDeque<Unsynced>>,
+    /// The log position of the last batch applied (0: none since the log began).
+    last_batch: AtomicU64,
+    /// The position the engine's newest stamp names (what a checkpoint has covered).
+    checkpointed: AtomicU64,
+    /// Checkpoints that synced the engine.
+    checkpoints: AtomicU64,
     data_dir: PathBuf,
     /// The ordered log: the journal.
     log: Arc<dyn Log>,
@@ -107,16 +133,44 @@ impl Storage {
             &data_dir.join(STORE_FILE),
             CACHE_BYTES,
         )?);
-        let applied_batches = Arc::new(AtomicU64::new(0));
-        let flusher = GroupCommit::start(Arc::downgrade(&engine), applied_batches.clone());
-        // The entries found at open are read again by the owner through `Log::read_from`.
-        let (journal, _) = Journal::open(&data_dir.join("journal"))?;
+        let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
         let journal = Arc::new(journal);
         journal.start()?;
+        let stamp = match engine.get(keys::LOG_STAMP)? {
+            None => 0,
+            Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StorageError::Corrupt {
+                    key: String::from_utf8_lossy(keys::LOG_STAMP).into_owned(),
+                    why: format!("{} bytes, not 8", bytes.len()),
+                }
+            })?),
+        };
+        // The engine may hold batches whose entries a crash cut off the log: their positions
+        // must not be handed out again.
+        journal.reserve_through(stamp);
+        let mut last_batch = stamp;
+        let mut replayed = 0usize;
+        for entry in entries.iter().filter(|e| batch_entry::is_batch(&e.payload)) {
+            last_batch = last_batch.max(entry.position);
+            if entry.position <= stamp {
+                continue;
+            }
+            let ops = batch_entry::decode(&entry.payload).map_err(|why| StorageError::Corrupt {
+                key: format!("log entry {}", entry.position),
+                why,
+            })?;
+            engine.apply(&ops)?;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(batches = replayed, "replayed store batches from the log");
+        }
         Ok(Self {
             engine,
-            flusher,
-            applied_batches,
+            order: parking_lot::Mutex::new(VecDeque::new()),
+            last_batch: AtomicU64::new(last_batch),
+            checkpointed: AtomicU64::new(stamp),
+            checkpoints: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
             log: journal,
             store_fault: parking_lot::Mutex::new(None),
@@ -124,9 +178,17 @@ impl Storage {
         })
     }
 
-    /// The ordered log (the result journal).
+    /// The ordered log, for the owner's own entries (see [`Storage::owner_entries`]).
     pub fn log(&self) -> &dyn Log {
         &*self.log
+    }
+
+    /// The durable log entries from `from` on that are the owner's (not store batches), in
+    /// position order. Blocks on I/O.
+    pub fn owner_entries(&self, from: u64) -> Result<Vec<LogEntry>> {
+        let mut entries = self.log.read_from(from)?;
+        entries.retain(|e| !batch_entry::is_batch(&e.payload));
+        Ok(entries)
     }
 
     /// The data directory this storage lives in.
@@ -180,24 +242,81 @@ impl Storage {
         self.scan_rev(prefix).next().transpose()
     }
 
-    /// Applies a batch atomically: readers see all of it or none of it. Not yet durable; call
-    /// [`Storage::flush`] before acknowledging.
-    pub fn apply(&self, batch: WriteBatch) -> Result<()> {
+    /// Applies a batch atomically: readers see all of it or none of it, and its entry is in the
+    /// log. Not yet durable; call [`Storage::flush`] (or [`Storage::flush_through`] with the
+    /// [`Storage::write_mark`] taken after it) before acknowledging. Returns the batch's log
+    /// position (0 for an empty batch, which changes nothing).
+    pub fn apply(&self, batch: WriteBatch) -> Result<u64> {
         if batch.ops.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        self.engine
+        let entry = batch_entry::encode(&batch.ops);
+        if entry.len() > journal::MAX_ENTRY {
+            return Err(StorageError::Corrupt {
+                key: "store batch".into(),
+                why: format!(
+                    "{} bytes exceed the log's limit of {}",
+                    entry.len(),
+                    journal::MAX_ENTRY
+                ),
+            });
+        }
+        // A failed log refuses the append; checked first, so the engine is not changed either.
+        if let Some(why) = self.log.failure() {
+            self.roll_back_unsynced();
+            return Err(StorageError::Failed {
+                part: "log",
+                source: Arc::new(std::io::Error::other(why)),
+            });
+        }
+        let mut unsynced = self.order.lock();
+        let undo = self
+            .engine
             .apply(&batch.ops)
             .map_err(|e| self.store_failed(e))?;
-        // After the apply: a flush that reads this count covers the batch (group_commit).
-        self.applied_batches.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        match self.log.append(&entry) {
+            Ok(position) => {
+                unsynced.push_back(Unsynced { position, undo });
+                self.last_batch.store(position, Ordering::Release);
+                Ok(position)
+            }
+            // The log failed since the check above.
+            Err(e) => {
+                if let Err(undo_failed) = self.engine.apply(&undo) {
+                    tracing::error!(error = %undo_failed, "undoing a batch the log refused failed");
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Makes every batch applied before this call durable. Concurrent callers share flushes.
+    /// Undoes, newest first, every batch the engine applied whose log entry is not durable:
+    /// after the log failed, the engine must not keep what the log lost.
+    fn roll_back_unsynced(&self) {
+        let mut unsynced = self.order.lock();
+        let durable = self.log.durable_through();
+        while let Some(batch) = unsynced.pop_back() {
+            if batch.position <= durable {
+                break;
+            }
+            if let Err(e) = self.engine.apply(&batch.undo) {
+                tracing::error!(error = %e, position = batch.position, "undoing a batch the log lost failed");
+            }
+        }
+        unsynced.clear();
+    }
+
+    /// Forgets the undo of every batch whose log entry is durable through `position`.
+    fn synced_through(&self, position: u64) {
+        let mut unsynced = self.order.lock();
+        while unsynced.front().is_some_and(|b| b.position <= position) {
+            unsynced.pop_front();
+        }
+    }
+
+    /// Makes every batch applied before this call durable. Concurrent callers share syncs.
     pub async fn flush(&self) -> Result<()> {
-        let synced = self.flusher.flush().await;
-        self.synced(synced)
+        self.flush_through(self.write_mark()).await
     }
 
     /// Records a failure of the store (for [`Storage::fault`]) and returns it.
@@ -221,54 +340,112 @@ impl Storage {
         }
     }
 
-    /// What keeps storage from taking writes, if anything: a failed journal (until restart) or
-    /// a store whose last write or sync failed (until one succeeds).
+    /// What keeps storage from taking writes, if anything: a failed log (until restart) or
+    /// an engine whose last write or sync failed (until one succeeds).
     pub fn fault(&self) -> Option<String> {
         if let Some(e) = self.log.failure() {
-            return Some(format!(
-                "result journal: {e}; results are refused until restart"
-            ));
+            return Some(format!("log: {e}; writes are refused until restart"));
         }
         self.store_fault.lock().clone()
     }
 
-    /// A mark covering every batch applied so far, for [`Storage::flush_through`].
+    /// A mark covering every batch applied so far, for [`Storage::flush_through`]: the log
+    /// position of the last one.
     pub fn write_mark(&self) -> u64 {
-        self.applied_batches.load(Ordering::Acquire)
+        self.last_batch.load(Ordering::Acquire)
     }
 
-    /// Makes every batch applied before `mark` was taken durable; free when a flush since then
+    /// Makes every batch applied before `mark` was taken durable; free when a sync since then
     /// already covered them (a pipelining writer's earlier wait usually did).
     pub async fn flush_through(&self, mark: u64) -> Result<()> {
-        // May return without a sync (an earlier one covered the mark), so a success here says
-        // nothing about the store now: it never clears a fault.
-        self.flusher
-            .flush_through(mark)
-            .await
-            .map_err(|e| self.store_failed(e))
+        if mark == 0 {
+            return Ok(());
+        }
+        match self.log.sync_through(mark).await {
+            Ok(()) => {
+                self.synced_through(mark);
+                Ok(())
+            }
+            Err(e) => {
+                self.roll_back_unsynced();
+                Err(e)
+            }
+        }
     }
 
-    /// Syncs the engine and the journal synchronously (for shutdown and tools outside the
-    /// request path).
+    /// Makes everything applied or appended so far durable and checkpoints the engine, on the
+    /// calling thread (shutdown, tools outside the request path).
     pub fn flush_blocking(&self) -> Result<()> {
+        self.checkpoint()
+    }
+
+    /// Stamps the engine with the position of the last batch applied and syncs it, so that
+    /// opening replays only the batches after it; the log may then be trimmed below that
+    /// position (as far as the owner's entries allow). Does nothing when no batch was applied
+    /// since the last checkpoint. Blocks on I/O.
+    ///
+    /// The log is synced first and batches wait meanwhile, so the engine never makes durable a
+    /// batch the log does not hold durably: after a crash, or a log that failed (refusing every
+    /// write and checkpoint until restart), the engine's state is always the fold of a prefix of
+    /// the log, and a batch whose writer was told it failed never comes back.
+    pub fn checkpoint(&self) -> Result<()> {
+        // Most of the log's sync happens before batches are held up.
+        if let Err(e) = self.log.sync_blocking() {
+            self.roll_back_unsynced();
+            return Err(e);
+        }
+        let mut unsynced = self.order.lock();
+        let through = self.last_batch.load(Ordering::Acquire);
+        if through == self.checkpointed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Err(e) = self.log.sync_blocking() {
+            drop(unsynced);
+            self.roll_back_unsynced();
+            return Err(e);
+        }
+        unsynced.clear();
+        let stamp = [Op::Put(
+            keys::LOG_STAMP.to_vec(),
+            through.to_le_bytes().to_vec(),
+        )];
+        self.engine
+            .apply(&stamp)
+            .map_err(|e| self.store_failed(e))?;
+        let started = std::time::Instant::now();
         let synced = self.engine.sync();
+        metrics::histogram!("arbiter_storage_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.synced(synced)?;
-        self.log.sync_blocking()
+        self.checkpointed.store(through, Ordering::Release);
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// How many flushes of the engine have run through group commit.
-    pub fn flush_count(&self) -> u64 {
-        self.flusher.flushes()
+    /// The position the engine's newest durable stamp names: every batch at or below it is in
+    /// the engine's synced state.
+    pub fn checkpointed_through(&self) -> u64 {
+        self.checkpointed.load(Ordering::Acquire)
     }
 
-    /// How many batches have been applied since open.
-    pub fn applied_batches(&self) -> u64 {
-        self.applied_batches.load(Ordering::Relaxed)
+    /// How many checkpoints synced the engine since open.
+    pub fn checkpoint_count(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
     }
 
     /// Bytes the engine occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.engine.size_on_disk()
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // The engine makes its last commit durable when it closes: after a log failure it must
+        // not keep batches the log lost, whether or not a writer noticed the failure.
+        if self.log.failure().is_some() {
+            self.roll_back_unsynced();
+        }
     }
 }
 
@@ -335,64 +512,133 @@ mod tests {
         const FORMAT_VERSION: u8 = 1;
     }
 
-    #[tokio::test]
-    async fn concurrent_writers_share_flushes() {
+    fn put(storage: &Storage, n: u64) -> u64 {
+        let mut batch = WriteBatch::new();
+        batch
+            .put(format!("k/{n:03}"), &Counter { n })
+            .expect("encode");
+        let position = storage.apply(batch).expect("apply");
+        assert!(storage.write_mark() >= position);
+        position
+    }
+
+    fn counters(storage: &Storage) -> Vec<u64> {
+        storage
+            .scan::<Counter>(b"k/")
+            .map(|e| e.expect("decode").1.n)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_get_increasing_marks_and_all_become_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = std::sync::Arc::new(Storage::open(dir.path()).expect("open"));
+        let storage = Arc::new(Storage::open(dir.path()).expect("open"));
         let writers: Vec<_> = (0..64u64)
             .map(|n| {
                 let storage = storage.clone();
                 tokio::spawn(async move {
-                    let mut batch = WriteBatch::new();
-                    batch
-                        .put(format!("k/{n:03}"), &Counter { n })
-                        .expect("encode");
-                    storage.apply(batch).expect("apply");
-                    storage.flush().await.expect("flush");
+                    let mark = put(&storage, n);
+                    storage.flush_through(mark).await.expect("flush");
+                    mark
                 })
             })
             .collect();
+        let mut marks = Vec::new();
         for writer in writers {
-            writer.await.expect("writer");
+            marks.push(writer.await.expect("writer"));
         }
-        // On this single-threaded runtime all 64 requests queue behind the first flush.
-        assert!(
-            storage.flush_count() < 8,
-            "{} flushes for 64 writers",
-            storage.flush_count()
-        );
-        let all: Vec<_> = storage
-            .scan::<Counter>(b"k/")
-            .collect::<Result<_>>()
-            .expect("scan");
-        assert_eq!(all.len(), 64);
-        assert_eq!(all[63].1, Counter { n: 63 });
-        assert_eq!(storage.applied_batches(), 64);
+        marks.sort_unstable();
+        marks.dedup();
+        assert_eq!(marks.len(), 64, "two batches share a log position");
+        assert_eq!(counters(&storage), (0..64).collect::<Vec<_>>());
+        // Nothing was checkpointed: the engine's copy is not durable, the log's is.
+        assert_eq!(storage.checkpoint_count(), 0);
+        drop(storage);
+        std::fs::remove_file(dir.path().join(STORE_FILE)).expect("engine lost");
+        let storage = Storage::open(dir.path()).expect("reopen");
+        assert_eq!(counters(&storage), (0..64).collect::<Vec<_>>());
+    }
+
+    /// Rewinds the engine under `dir` to what it held at its last checkpoint, as a crash before
+    /// its next sync would: `undo` restores the keys later batches changed.
+    fn rewind_engine(dir: &Path, undo: &[Op]) {
+        let engine =
+            redb_engine::RedbEngine::open(&dir.join(STORE_FILE), CACHE_BYTES).expect("engine");
+        engine.apply(undo).expect("rewind");
+        engine.sync().expect("sync");
     }
 
     #[tokio::test]
-    async fn a_flush_after_the_mark_makes_a_later_wait_free() {
+    async fn batches_after_the_checkpoint_are_replayed_from_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(dir.path()).expect("open");
-        let write = |n: u64| {
-            let mut batch = WriteBatch::new();
-            batch.put(format!("k/{n}"), &Counter { n }).expect("encode");
-            storage.apply(batch).expect("apply");
-            storage.write_mark()
-        };
-        let first = write(1);
-        let second = write(2);
-        assert!(second > first);
-        storage.flush_through(first).await.expect("flush");
-        let flushes = storage.flush_count();
-        assert!(flushes >= 1);
-        // The flush for the first mark started after the second batch was applied: it covers it.
-        storage.flush_through(second).await.expect("covered");
-        assert_eq!(storage.flush_count(), flushes);
-        // A batch applied after that flush needs one of its own.
-        let third = write(3);
-        storage.flush_through(third).await.expect("flush");
-        assert_eq!(storage.flush_count(), flushes + 1);
+        put(&storage, 1);
+        storage.flush_blocking().expect("checkpoint");
+        let stamp = storage.checkpointed_through();
+        assert!(stamp > 0);
+        let mut batch = WriteBatch::new();
+        batch.remove("k/001");
+        batch.put("k/002", &Counter { n: 2 }).expect("encode");
+        storage.apply(batch).expect("apply");
+        let mark = storage.write_mark();
+        assert!(mark > stamp);
+        storage.flush_through(mark).await.expect("flush");
+        drop(storage);
+        // The engine lost the second batch (and kept its stamp); the log has it.
+        let mut one = Vec::new();
+        Counter { n: 1 }.encode_body(&mut one).expect("encode");
+        let mut record = vec![Counter::FORMAT_VERSION];
+        record.extend(one);
+        rewind_engine(
+            dir.path(),
+            &[
+                Op::Put(b"k/001".to_vec(), record),
+                Op::Remove(b"k/002".to_vec()),
+            ],
+        );
+        let storage = Storage::open(dir.path()).expect("reopen");
+        assert_eq!(counters(&storage), [2]);
+        assert_eq!(storage.write_mark(), mark);
+        // New batches go after everything the log and the engine hold.
+        assert!(put(&storage, 3) > mark);
+    }
+
+    #[tokio::test]
+    async fn a_checkpointed_engine_opens_without_its_log_and_positions_stay_above_its_stamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        for n in 0..5 {
+            put(&storage, n);
+        }
+        storage.flush_blocking().expect("checkpoint");
+        let stamp = storage.checkpointed_through();
+        drop(storage);
+        std::fs::remove_dir_all(dir.path().join("journal")).expect("log lost");
+        let storage = Storage::open(dir.path()).expect("reopen");
+        assert_eq!(counters(&storage), [0, 1, 2, 3, 4]);
+        assert!(put(&storage, 5) > stamp);
+        storage.flush().await.expect("flush");
+        drop(storage);
+        let storage = Storage::open(dir.path()).expect("reopen");
+        assert_eq!(counters(&storage), [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn the_owner_reads_only_its_own_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        put(&storage, 1);
+        let own = storage.log().append(&[1, 42]).expect("append");
+        put(&storage, 2);
+        storage.flush().await.expect("flush");
+        let entries = storage.owner_entries(0).expect("read");
+        assert_eq!(
+            entries,
+            [LogEntry {
+                position: own,
+                payload: vec![1, 42]
+            }]
+        );
     }
 
     #[tokio::test]

@@ -1,22 +1,22 @@
-//! Statistics snapshots and journal replay. Results reach a test's statistics through the journal
-//! (`ingest`); every [`SNAPSHOT_INTERVAL`] a writer thread stores the statistics of each test with
-//! journaled results in the store, together with its unsaved result ids and stamped with the journal
-//! position they include, then removes the journal segments those snapshots cover. Start-up
-//! replays only the entries after each test's snapshot ([`Experiments::replay_journal`]), so its
-//! time is bounded by one interval of results, not by all results ever recorded.
+//! Statistics snapshots and log replay. Results reach a test's statistics through the storage
+//! log (`ingest`); every [`SNAPSHOT_INTERVAL`] a writer thread stores the statistics of each test
+//! with logged results, together with its unsaved result ids and stamped with the log position
+//! they include, checkpoints the store, then trims the log below the round's cut. Start-up
+//! replays only the entries after each test's snapshot ([`Experiments::replay_journal`]), so
+//! its time is bounded by one interval of results, not by all results ever recorded.
 //!
-//! Why no journaled result is lost: ingestion queues a test ([`Experiments::mark_unsaved`]) and
-//! then appends its entry, both under the test's book lock. A round first rotates the journal at
-//! position `cut`; every entry below `cut` was appended before that, so its test was queued before
-//! the round takes the queue. The round then stores each queued test's statistics under its lock,
-//! which include every entry of the test appended so far, and removes the segments below `cut`
-//! only after the store has synced those stores. Rounds never overlap, and a failed round queues all
-//! its tests again.
+//! Why no logged result is lost: ingestion queues a test ([`Experiments::mark_unsaved`]) and
+//! then appends its entry, both under the test's book lock. A round first seals the log at
+//! position `cut`; every entry below `cut` was appended before that, so its test was queued
+//! before the round takes the queue. The round then stores each queued test's statistics under
+//! its lock, which include every entry of the test appended so far, and trims below `cut` only
+//! after a checkpoint made those stores (and every store batch below `cut`) durable in the store.
+//! Rounds never overlap, and a failed round queues all its tests again.
 //!
-//! A journaled batch may depend on a store batch not yet durable: the test's creation, or an
-//! earlier result batch that changed a suspension. Each test keeps the write mark of the last
-//! such batch ([`TestState::store_barrier`]), and a result batch is acknowledged only once the store
-//! is durable through it, so an acknowledged entry is never replayed without what it built on.
+//! Store batches (a test's creation, a batch of results that changed a suspension) go through the
+//! same log, so a result entry is never durable without every change before it: the barrier a
+//! test keeps ([`TestState::store_barrier`]) is the log position of its last such batch, and a
+//! sync through a result entry's position covers it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -93,8 +93,10 @@ impl Experiments {
         let cut = storage.log().seal()?;
         let queued = std::mem::take(&mut *self.inner.unsaved_tests.lock());
         if queued.is_empty() {
-            // Every entry below `cut` is in a snapshot an earlier round flushed: a test that
-            // journals queues itself unless a round had it queued and has yet to read it.
+            // Every result entry below `cut` is in a snapshot an earlier round stored: a test
+            // that journals queues itself unless a round had it queued and has yet to read it.
+            // The store batches below it are durable in the engine once it is checkpointed.
+            storage.checkpoint()?;
             storage.log().trim_before(cut)?;
             return Ok(0);
         }
@@ -102,7 +104,7 @@ impl Experiments {
             chunk
                 .iter()
                 .try_for_each(|state| self.store_snapshot(state))?;
-            Ok(storage.flush_blocking()?)
+            Ok(storage.checkpoint()?)
         });
         if let Err(e) = stored {
             // The journal still holds everything; the next round tries again. Queued directly:

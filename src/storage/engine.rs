@@ -30,8 +30,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn scan(&self, prefix: &[u8], reverse: bool) -> Result<Entries<'_>>;
 
     /// Applies `ops` atomically: readers see all of them or none. Not durable until
-    /// [`Engine::sync`].
-    fn apply(&self, ops: &[Op]) -> Result<()>;
+    /// [`Engine::sync`]. Returns the ops that undo them (applied in order, they restore every
+    /// key the batch touched).
+    fn apply(&self, ops: &[Op]) -> Result<Vec<Op>>;
 
     /// Makes every batch applied before this call durable (fsync).
     fn sync(&self) -> Result<()>;

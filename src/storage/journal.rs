@@ -19,7 +19,7 @@
 //! anywhere else is reported and the journal does not open.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
@@ -174,18 +174,29 @@ impl Journal {
 
     /// Returns once every entry up to `position` is durable, sharing the sync with every other
     /// waiter. An error means the journal failed: nothing unsynced may be acknowledged.
+    /// A wait that sees the failure happen gets the I/O error itself (a full disk is told as
+    /// such); one that begins after it gets the refusal.
     pub async fn sync_through(&self, position: u64) -> Result<()> {
         let mut durable = self.durable.subscribe();
+        let mut waited = false;
         loop {
             {
                 let now = durable.borrow_and_update();
                 if let Some(why) = &now.failed {
-                    return Err(failed(why));
+                    return Err(if waited {
+                        StorageError::Io {
+                            context: "writing the log".into(),
+                            source: std::io::Error::new(why.kind(), why.to_string()),
+                        }
+                    } else {
+                        failed(why)
+                    });
                 }
                 if now.through >= position {
                     return Ok(());
                 }
             }
+            waited = true;
             self.request_sync()?;
             durable.changed().await.map_err(|_| StorageError::Closed)?;
         }
@@ -233,10 +244,25 @@ impl Journal {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         files.current_has_entries = true;
         let started = std::time::Instant::now();
+        let before = files.current.stream_position();
         let written = files
             .current
             .write_all(&buf)
             .and_then(|()| files.current.sync_data());
+        if written.is_err() {
+            // A write cut short (a full disk) may have left whole entries of the buffer in the
+            // file, which a restart would read back although their writers were told they
+            // failed: cut them off. Best effort; the journal refuses writes from here on anyway.
+            if let Ok(before) = before {
+                let cut = files
+                    .current
+                    .set_len(before)
+                    .and_then(|()| files.current.sync_data());
+                if let Err(e) = cut {
+                    tracing::error!(error = %e, "cutting a failed write off the journal failed");
+                }
+            }
+        }
         metrics::histogram!("arbiter_journal_sync_seconds").record(started.elapsed().as_secs_f64());
         (written, next)
     }
@@ -330,6 +356,10 @@ impl Log for Journal {
         Journal::sync_blocking(self)
     }
 
+    fn durable_through(&self) -> u64 {
+        self.durable.borrow().through
+    }
+
     fn next_position(&self) -> u64 {
         Journal::next_position(self)
     }
@@ -376,7 +406,7 @@ impl Log for Journal {
 
 fn failed(why: &Arc<std::io::Error>) -> StorageError {
     StorageError::Failed {
-        part: "result journal",
+        part: "log",
         source: why.clone(),
     }
 }

@@ -76,6 +76,10 @@ pub fn legacy_result_ids(test_id: &str) -> Vec<u8> {
 /// The recorded head (last sequence number and hash) of the audit chain.
 pub const AUDIT_HEAD: &[u8] = b"meta/audit_head";
 
+/// The log position of the last store batch the engine holds (u64 LE), written by each
+/// checkpoint; opening replays the batches after it.
+pub const LOG_STAMP: &[u8] = b"meta/log_stamp";
+
 /// The metadata record of `<model_id>:<version>`.
 pub fn model(registry_id: &str) -> Vec<u8> {
     [MODEL_PREFIX, registry_id.as_bytes()].concat()

@@ -55,6 +55,9 @@ pub trait Log: Send + Sync + Debug {
     /// Makes everything appended so far durable, on the calling thread.
     fn sync_blocking(&self) -> Result<()>;
 
+    /// Every entry up to this position is durable.
+    fn durable_through(&self) -> u64;
+
     /// The position the next append gets at least; every position below it is taken.
     fn next_position(&self) -> u64;
 

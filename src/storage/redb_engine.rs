@@ -131,28 +131,40 @@ impl Engine for RedbEngine {
         })
     }
 
-    fn apply(&self, ops: &[Op]) -> Result<()> {
+    fn apply(&self, ops: &[Op]) -> Result<Vec<Op>> {
         let mut txn = self.db.begin_write().map_err(self.write_err("writing"))?;
         txn.set_durability(Durability::None)
             .map_err(self.write_err("writing"))?;
+        let mut undo = Vec::with_capacity(ops.len());
         {
             let mut table = txn.open_table(KV).map_err(self.write_err("writing"))?;
             for op in ops {
-                match op {
-                    Op::Put(k, v) => {
+                let (key, old) = match op {
+                    Op::Put(k, v) => (
+                        k,
                         table
                             .insert(k.as_slice(), v.as_slice())
-                            .map_err(self.write_err("writing"))?;
-                    }
-                    Op::Remove(k) => {
+                            .map_err(self.write_err("writing"))?
+                            .map(|old| old.value().to_vec()),
+                    ),
+                    Op::Remove(k) => (
+                        k,
                         table
                             .remove(k.as_slice())
-                            .map_err(self.write_err("writing"))?;
-                    }
-                }
+                            .map_err(self.write_err("writing"))?
+                            .map(|old| old.value().to_vec()),
+                    ),
+                };
+                undo.push(match old {
+                    Some(value) => Op::Put(key.clone(), value),
+                    None => Op::Remove(key.clone()),
+                });
             }
         }
-        txn.commit().map_err(self.write_err("writing"))
+        txn.commit().map_err(self.write_err("writing"))?;
+        // Later ops of the batch may touch a key an earlier one did: undo newest first.
+        undo.reverse();
+        Ok(undo)
     }
 
     fn sync(&self) -> Result<()> {
