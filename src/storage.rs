@@ -314,9 +314,10 @@ impl Storage {
         }
     }
 
-    /// Makes every batch applied before this call durable. Concurrent callers share syncs.
+    /// Makes every batch applied and every entry appended before this call durable. Concurrent
+    /// callers share syncs.
     pub async fn flush(&self) -> Result<()> {
-        self.flush_through(self.write_mark()).await
+        self.flush_through(self.log.next_position() - 1).await
     }
 
     /// Records a failure of the store (for [`Storage::fault`]) and returns it.

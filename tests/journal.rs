@@ -4,7 +4,8 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use arbiter::experiment::types::{RewardModel, Strategy};
+use arbiter::experiment::spec::TestSpec;
+use arbiter::experiment::types::{RewardModel, Strategy, TestConfig};
 use arbiter::experiment::{RecordOutcome, ResultInput, StatsRecord};
 use arbiter::storage::Journal;
 
@@ -69,12 +70,14 @@ fn stats(engine: &support::Engine, ids: &[&str]) -> Vec<StatsRecord> {
 async fn journaled_results_come_back_after_a_crash_bit_for_bit_and_snapshots_trim_the_journal() {
     let engine = support::engine().await;
     let models = support::models(&engine.registry, 3).await;
-    let mut thompson = support::config("thompson", &models, 3, Strategy::ThompsonSampling);
-    thompson.reward_model = RewardModel::Gaussian;
+    let thompson = TestConfig::try_from(TestSpec {
+        reward_model: Some(RewardModel::Gaussian),
+        ..support::spec("thompson", &models, 3, Strategy::ThompsonSampling)
+    })
+    .expect("valid");
     // The stop-loss suspends the losing arm 1 after 20 results: that batch goes to sled with its
     // audit event, the batches around it to the journal.
-    let mut guarded = support::config("guarded", &models, 3, Strategy::Fixed);
-    guarded.stop_loss_threshold = 0.0;
+    let guarded = guarded(&models);
     for config in [thompson, guarded] {
         engine
             .experiments
@@ -126,6 +129,15 @@ async fn journaled_results_come_back_after_a_crash_bit_for_bit_and_snapshots_tri
     support::close(engine);
 }
 
+/// A FIXED test of three arms whose stop-loss suspends an arm once its mean is below 0.
+fn guarded(models: &[arbiter::registry::types::RegistryId]) -> TestConfig {
+    TestConfig::try_from(TestSpec {
+        stop_loss_threshold: Some(0.0),
+        ..support::spec("guarded", models, 3, Strategy::Fixed)
+    })
+    .expect("valid")
+}
+
 /// `n` results of `value` on arm 1 of `test_id`, with ids `<tag>-<i>`.
 fn losing(test_id: &str, tag: &str, n: usize, value: f64) -> Vec<ResultInput> {
     (0..n)
@@ -139,8 +151,7 @@ async fn a_journaled_batch_replayed_without_a_lost_sled_batch_stores_its_own_sus
     use arbiter::storage::{keys, Storage, WriteBatch};
     let engine = support::engine().await;
     let models = support::models(&engine.registry, 3).await;
-    let mut guarded = support::config("guarded", &models, 3, Strategy::Fixed);
-    guarded.stop_loss_threshold = 0.0;
+    let guarded = guarded(&models);
     engine
         .experiments
         .create(guarded, "test")
@@ -224,11 +235,17 @@ async fn replayed_results_that_cross_a_stopping_rule_stop_the_test_at_start() {
     use arbiter::experiment::types::TestStatus;
     let engine = support::engine().await;
     let models = support::models(&engine.registry, 2).await;
-    let mut early = support::config("early", &models, 2, Strategy::Fixed);
-    early.early_stopping = true;
-    early.minimum_sample_size = 10;
-    let mut doomed = support::config("doomed", &models, 2, Strategy::Fixed);
-    doomed.stop_loss_threshold = 0.0;
+    let early = TestConfig::try_from(TestSpec {
+        early_stopping: Some(true),
+        minimum_sample_size: Some(10),
+        ..support::spec("early", &models, 2, Strategy::Fixed)
+    })
+    .expect("valid");
+    let doomed = TestConfig::try_from(TestSpec {
+        stop_loss_threshold: Some(0.0),
+        ..support::spec("doomed", &models, 2, Strategy::Fixed)
+    })
+    .expect("valid");
     for config in [early, doomed] {
         engine
             .experiments

@@ -104,7 +104,17 @@ pub(crate) fn config(
     strategy: Strategy,
 ) -> TestConfig {
     // Through the same validation as CreateTest.
-    TestConfig::try_from(TestSpec {
+    TestConfig::try_from(spec(test_id, models, arms, strategy)).expect("a valid bench test")
+}
+
+/// The settings of [`config`], to change before validating them.
+pub(crate) fn spec(
+    test_id: &str,
+    models: &[RegistryId],
+    arms: usize,
+    strategy: Strategy,
+) -> TestSpec {
+    TestSpec {
         test_id: test_id.into(),
         created_by: "bench".into(),
         model_registry_ids: models[..arms].iter().map(|m| m.to_string()).collect(),
@@ -116,8 +126,7 @@ pub(crate) fn config(
         max_allocation_per_arm: Some(1.0),
         settlement_period_secs: Some(0),
         ..Default::default()
-    })
-    .expect("a valid bench test")
+    }
 }
 
 /// A result for `test_id` on `arm`.

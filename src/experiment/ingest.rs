@@ -9,7 +9,6 @@
 mod check;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::time::UnixNanos;
@@ -155,11 +154,9 @@ pub struct AppliedResults {
     outcomes: Vec<Option<RecordOutcome>>,
     touched: Vec<Arc<TestState>>,
     stops: Vec<PendingStop>,
-    /// Storage write mark the store must be durable through: what this batch wrote there, and what
-    /// its journaled entries build on (`None`: nothing).
-    store_mark: Option<u64>,
-    /// The last journal entry written (`None`: none was).
-    journal_position: Option<u64>,
+    /// The log position the batch is durable through once synced: its last entry, or for
+    /// duplicates everything appended before (`None`: it wrote nothing).
+    durable_through: Option<u64>,
 }
 
 impl Experiments {
@@ -181,14 +178,12 @@ impl Experiments {
             outcomes,
             touched,
             stops,
-            store_mark,
-            journal_position,
+            durable_through,
         } = applied;
-        if let Some(position) = journal_position {
-            self.inner.storage.log().sync_through(position).await?;
-        }
-        if let Some(mark) = store_mark {
-            self.inner.storage.flush_through(mark).await?;
+        // One log holds the batch's entries and every change they build on (the test's
+        // creation, earlier suspensions): one sync through the last of them covers all.
+        if let Some(position) = durable_through {
+            self.inner.storage.flush_through(position).await?;
         }
         // Refreshed before the acknowledgement (reflected in allocations within 10 ms
         // of it). A Thompson refresh of eight arms is ~10 µs of numerical integration, ~1 ms when
@@ -291,8 +286,7 @@ impl Experiments {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
         let mut touched = Vec::new();
         let mut stops = Vec::new();
-        let mut journal_through = 0u64;
-        let mut store_through = 0u64;
+        let mut through = 0u64;
         for (test_id, indices) in groups {
             let state = match self.state(&test_id) {
                 Ok(s) => s,
@@ -387,12 +381,9 @@ impl Experiments {
                 records: &records,
                 new_ids,
             };
-            if let Some(position) =
-                self.write_group(&state, &mut stats, changes, written, &mut result_ids)?
-            {
-                journal_through = journal_through.max(position);
-            }
-            store_through = store_through.max(state.store_barrier.load(Ordering::Acquire));
+            let position =
+                self.write_group(&state, &mut stats, changes, written, &mut result_ids)?;
+            through = through.max(position);
             drop(result_ids);
             book.stats = stats;
             drop(book);
@@ -404,22 +395,21 @@ impl Experiments {
         {
             // The first copy of a duplicate may still be on its way to the disk: a duplicate is
             // acknowledged as recorded only once everything applied before it is durable.
-            journal_through = self.inner.storage.log().next_position() - 1;
-            store_through = self.inner.storage.write_mark();
+            through = self.inner.storage.log().next_position() - 1;
         }
         Ok(AppliedResults {
             outcomes,
             touched,
             stops,
-            store_mark: (store_through > 0).then_some(store_through),
-            journal_position: (journal_through > 0).then_some(journal_through),
+            durable_through: (through > 0).then_some(through),
         })
     }
 
-    /// Writes one test's share of a batch: one journal entry (the common case; returns its
-    /// position), or, when a stop-loss suspension changed, statistics, every unsaved result id
-    /// and the audit events in one atomic store batch, as the audit chain requires. Called with
-    /// the test's book and result ids locked; `stats` is the test's new state.
+    /// Writes one test's share of a batch: one result entry in the log (the common case), or,
+    /// when a stop-loss suspension changed, statistics, every unsaved result id and the audit
+    /// events in one atomic store batch, as the audit chain requires. Returns the log position
+    /// that covers what it wrote. Called with the test's book and result ids locked; `stats` is
+    /// the test's new state.
     fn write_group(
         &self,
         state: &Arc<TestState>,
@@ -427,7 +417,7 @@ impl Experiments {
         changes: Vec<Change>,
         written: Written<'_>,
         result_ids: &mut ResultIds,
-    ) -> Result<Option<u64>> {
+    ) -> Result<u64> {
         let config = &state.config;
         let test_id = config.test_id.as_str();
         if changes.is_empty() {
@@ -447,10 +437,9 @@ impl Experiments {
             let position = self.inner.storage.log().append(&payload)?;
             stats.journal_position = position;
             result_ids.commit_journaled(written.new_ids);
-            return Ok(Some(position));
+            return Ok(position);
         }
-        self.store_stats(state, stats, result_ids, written.new_ids, changes)?;
-        Ok(None)
+        self.store_stats(state, stats, result_ids, written.new_ids, changes)
     }
 
     /// Stops the tests the statistics call for.

@@ -1,7 +1,6 @@
 //! Test lifecycle: create, read, pause, resume, stop, and the final results file.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::audit::AuditDraft;
@@ -101,11 +100,8 @@ impl Experiments {
             self.inner.registry.while_unchanged(|| {
                 self.check_models(&record.config)?;
                 self.commit_creation(&record, actor)?;
-                // Visible to results only once its record is applied, and results are
-                // acknowledged only once that record is durable too.
-                state
-                    .store_barrier
-                    .store(self.inner.storage.write_mark(), Ordering::Release);
+                // Visible to results only once its record is applied: their log entries follow
+                // it, so none is durable without it.
                 self.inner.tests.insert(id.clone(), state);
                 Ok::<_, ExperimentError>(())
             })?;
@@ -354,8 +350,6 @@ impl Experiments {
         batch.put(keys::test_allocations(test_id), &state.allocation_record())?;
         self.inner.storage.apply(batch)?;
         self.inner.storage.flush().await?;
-        let log = self.inner.storage.log();
-        log.sync_through(log.next_position() - 1).await?;
         let results = self.results(test_id)?;
         self.write_final_results_off_runtime(results.clone())
             .await?;
@@ -573,8 +567,6 @@ impl Experiments {
             }
         }
         self.inner.storage.flush().await?;
-        let log = self.inner.storage.log();
-        log.sync_through(log.next_position() - 1).await?;
         let results = self.results(test_id)?;
         self.write_final_results_off_runtime(results).await
     }

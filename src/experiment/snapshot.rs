@@ -14,9 +14,8 @@
 //! Rounds never overlap, and a failed round queues all its tests again.
 //!
 //! Store batches (a test's creation, a batch of results that changed a suspension) go through the
-//! same log, so a result entry is never durable without every change before it: the barrier a
-//! test keeps ([`TestState::store_barrier`]) is the log position of its last such batch, and a
-//! sync through a result entry's position covers it.
+//! same log, so a result entry is never durable without every change before it: a sync through
+//! its position covers them all.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -47,10 +46,10 @@ impl Experiments {
     }
 
     /// Writes `stats` to the store in one atomic batch with every unsaved result id of the test (and
-    /// `extra`), so a crash keeps the ids of every journal entry the statistics include, and
-    /// with the audit events of `suspensions` (stop-loss changes the statistics made). A batch
-    /// with suspensions becomes the test's [`TestState::store_barrier`]: later journaled results
-    /// build on it. Called with the test's book and `ids` locked.
+    /// `extra`), so a crash keeps the ids of every log entry the statistics include, and
+    /// with the audit events of `changes` (stop-loss and drift changes the statistics made).
+    /// Returns a log position that covers the batch. Called with the test's book and `ids`
+    /// locked.
     pub(super) fn store_stats(
         &self,
         state: &TestState,
@@ -58,7 +57,7 @@ impl Experiments {
         ids: &mut ResultIds,
         extra: PendingIds,
         changes: Vec<Change>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let test_id = state.config.test_id.as_str();
         let storage = &self.inner.storage;
         let mut batch = WriteBatch::new();
@@ -72,14 +71,11 @@ impl Experiments {
                 .map(|change| change_event(&state.config, stats, change))
                 .collect();
             self.inner.audit.commit(storage, batch, drafts)?;
-            state
-                .store_barrier
-                .store(storage.write_mark(), Ordering::Release);
         }
         if let Some(staged) = staged {
             ids.commit(staged);
         }
-        Ok(())
+        Ok(storage.write_mark())
     }
 
     /// One snapshot round: stores every queued test and trims the journal. Returns how many tests
@@ -132,6 +128,7 @@ impl Experiments {
             PendingIds::default(),
             Vec::new(),
         )
+        .map(|_| ())
     }
 
     /// Starts the snapshot thread; it ends at shutdown or with the engine.

@@ -81,10 +81,6 @@ pub struct TestState {
     /// Set when journaled results are not yet in a snapshot in the store, and the test is queued for the
     /// snapshot writer.
     pub unsaved: AtomicBool,
-    /// The storage write mark of the last store batch the test's journaled results build on (its
-    /// creation, a result batch that changed a suspension): results are acknowledged only once
-    /// the store is durable through it. Set and read under the book lock.
-    pub store_barrier: AtomicU64,
 }
 
 /// Allocation counts per arm and their expected counts (SRM), of the tables folded so far.
@@ -219,7 +215,6 @@ impl TestState {
             series: Mutex::new(super::series::SeriesState::default()),
             result_ids: Mutex::new(super::result_ids::ResultIds::default()),
             unsaved: AtomicBool::new(false),
-            store_barrier: AtomicU64::new(0),
             book: Mutex::new(Book {
                 stats: stats.normalized(k),
                 record,

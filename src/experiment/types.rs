@@ -175,52 +175,54 @@ fn static_arm_id<'de, D: serde::Deserializer<'de>>(
         })
 }
 
-/// A validated test configuration with every default filled in.
+/// A validated test configuration with every default filled in. Only
+/// [`TestConfig::try_from`] a [`super::spec::TestSpec`] (or a stored record) makes one, so every
+/// configuration the engine runs has passed the same checks; readers use the accessors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestConfig {
     /// Identifier.
-    pub test_id: TestId,
+    pub(super) test_id: TestId,
     /// Display name.
-    pub name: String,
+    pub(super) name: String,
     /// Free text.
-    pub description: String,
+    pub(super) description: String,
     /// Who created it.
-    pub created_by: String,
+    pub(super) created_by: String,
     /// The arms, in order.
-    pub arms: Vec<ArmConfig>,
+    pub(super) arms: Vec<ArmConfig>,
     /// Allocation strategy.
-    pub strategy: Strategy,
+    pub(super) strategy: Strategy,
     /// Thompson reward model.
-    pub reward_model: RewardModel,
+    pub(super) reward_model: RewardModel,
     /// Exploration rate of EPSILON_GREEDY.
-    pub epsilon: f64,
+    pub(super) epsilon: f64,
     /// Exploration constant of UCB.
-    pub ucb_exploration: f64,
+    pub(super) ucb_exploration: f64,
     /// Significance level of the statistics.
-    pub significance_level: f64,
+    pub(super) significance_level: f64,
     /// Results per arm before early stopping is considered.
-    pub minimum_sample_size: u64,
+    pub(super) minimum_sample_size: u64,
     /// Smallest absolute difference of mean return worth stopping for.
-    pub minimum_effect_size: f64,
+    pub(super) minimum_effect_size: f64,
     /// The test completes by itself after this many days.
-    pub max_duration_days: f64,
+    pub(super) max_duration_days: f64,
     /// Whether the test may stop itself early.
-    pub early_stopping: bool,
+    pub(super) early_stopping: bool,
     /// Mean return per result below which an arm is suspended.
-    pub stop_loss_threshold: f64,
+    pub(super) stop_loss_threshold: f64,
     /// Allocation floor per arm.
-    pub min_allocation_per_arm: f64,
+    pub(super) min_allocation_per_arm: f64,
     /// Allocation cap per arm.
-    pub max_allocation_per_arm: f64,
+    pub(super) max_allocation_per_arm: f64,
     /// Index of the control arm.
-    pub control_arm: usize,
+    pub(super) control_arm: usize,
     /// What drift in an arm's returns does.
     #[serde(default)]
-    pub on_drift: DriftAction,
+    pub(super) on_drift: DriftAction,
     /// Seconds after the test ends during which results for decisions made while it ran are
     /// still accepted (late fills). 0 in tests stored before settlement existed.
     #[serde(default)]
-    pub settlement_period_secs: u64,
+    pub(super) settlement_period_secs: u64,
 }
 
 /// The default settlement period: an hour.
@@ -240,6 +242,107 @@ pub enum DriftAction {
 }
 
 impl TestConfig {
+    /// Identifier.
+    pub fn test_id(&self) -> &TestId {
+        &self.test_id
+    }
+
+    /// Display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Free text.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Who created it.
+    pub fn created_by(&self) -> &str {
+        &self.created_by
+    }
+
+    /// The arms, in order.
+    pub fn arms(&self) -> &[ArmConfig] {
+        &self.arms
+    }
+
+    /// Allocation strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Thompson reward model.
+    pub fn reward_model(&self) -> RewardModel {
+        self.reward_model
+    }
+
+    /// Exploration rate of EPSILON_GREEDY.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
+    /// Exploration constant of UCB.
+    pub fn ucb_exploration(&self) -> f64 {
+        self.ucb_exploration
+    }
+
+    /// Significance level of the statistics.
+    pub fn significance_level(&self) -> f64 {
+        self.significance_level
+    }
+
+    /// Results per arm before early stopping is considered.
+    pub fn minimum_sample_size(&self) -> u64 {
+        self.minimum_sample_size
+    }
+
+    /// Smallest absolute difference of mean return worth stopping for.
+    pub fn minimum_effect_size(&self) -> f64 {
+        self.minimum_effect_size
+    }
+
+    /// The test completes by itself after this many days.
+    pub fn max_duration_days(&self) -> f64 {
+        self.max_duration_days
+    }
+
+    /// Whether the test may stop itself early.
+    pub fn early_stopping(&self) -> bool {
+        self.early_stopping
+    }
+
+    /// Mean return per result below which an arm is suspended.
+    pub fn stop_loss_threshold(&self) -> f64 {
+        self.stop_loss_threshold
+    }
+
+    /// Allocation floor per arm.
+    pub fn min_allocation_per_arm(&self) -> f64 {
+        self.min_allocation_per_arm
+    }
+
+    /// Allocation cap per arm.
+    pub fn max_allocation_per_arm(&self) -> f64 {
+        self.max_allocation_per_arm
+    }
+
+    /// Index of the control arm.
+    pub fn control_arm(&self) -> usize {
+        self.control_arm
+    }
+
+    /// What drift in an arm's returns does.
+    pub fn on_drift(&self) -> DriftAction {
+        self.on_drift
+    }
+
+    /// Seconds after the test ends during which results for decisions made while it ran are
+    /// still accepted (late fills). 0 in tests stored before settlement existed.
+    pub fn settlement_period_secs(&self) -> u64 {
+        self.settlement_period_secs
+    }
+
     /// The arm index named `arm_id`.
     pub fn arm_index(&self, arm_id: &str) -> Option<usize> {
         self.arms.iter().position(|a| a.arm_id == arm_id)

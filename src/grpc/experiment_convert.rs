@@ -121,45 +121,43 @@ impl TryFrom<pb::CreateTestRequest> for TestSpec {
 impl From<TestView> for pb::Test {
     fn from(view: TestView) -> Self {
         let r = view.record;
-        let c = std::sync::Arc::unwrap_or_clone(r.config);
+        let c = &*r.config;
+        let arm_id = |i: usize| c.arms()[i].arm_id.to_string();
         pb::Test {
-            on_drift: pb_drift_action(c.on_drift) as i32,
-            settlement_period_seconds: c.settlement_period_secs,
-            test_id: c.test_id.to_string(),
-            name: c.name,
-            description: c.description,
-            created_by: c.created_by,
-            allocation_strategy: match c.strategy {
+            on_drift: pb_drift_action(c.on_drift()) as i32,
+            settlement_period_seconds: c.settlement_period_secs(),
+            test_id: c.test_id().to_string(),
+            name: c.name().to_string(),
+            description: c.description().to_string(),
+            created_by: c.created_by().to_string(),
+            allocation_strategy: match c.strategy() {
                 Strategy::Fixed => pb::AllocationStrategy::Fixed,
                 Strategy::ThompsonSampling => pb::AllocationStrategy::ThompsonSampling,
                 Strategy::Ucb => pb::AllocationStrategy::Ucb,
                 Strategy::EpsilonGreedy => pb::AllocationStrategy::EpsilonGreedy,
             } as i32,
-            reward_model: match c.reward_model {
+            reward_model: match c.reward_model() {
                 RewardModel::Bernoulli => pb::RewardModel::Bernoulli,
                 RewardModel::Gaussian => pb::RewardModel::Gaussian,
             } as i32,
-            epsilon: c.epsilon,
-            ucb_exploration: c.ucb_exploration,
-            significance_level: c.significance_level,
-            minimum_sample_size: c.minimum_sample_size,
-            minimum_effect_size: c.minimum_effect_size,
-            max_duration_days: c.max_duration_days,
-            early_stopping: c.early_stopping,
-            stop_loss_threshold: c.stop_loss_threshold,
-            min_allocation_per_arm: c.min_allocation_per_arm,
-            max_allocation_per_arm: c.max_allocation_per_arm,
-            control_arm: c.arms[c.control_arm].arm_id.to_string(),
+            epsilon: c.epsilon(),
+            ucb_exploration: c.ucb_exploration(),
+            significance_level: c.significance_level(),
+            minimum_sample_size: c.minimum_sample_size(),
+            minimum_effect_size: c.minimum_effect_size(),
+            max_duration_days: c.max_duration_days(),
+            early_stopping: c.early_stopping(),
+            stop_loss_threshold: c.stop_loss_threshold(),
+            min_allocation_per_arm: c.min_allocation_per_arm(),
+            max_allocation_per_arm: c.max_allocation_per_arm(),
+            control_arm: arm_id(c.control_arm()),
             status: pb_test_status(r.status) as i32,
             created_at: Some(timestamp(r.created_at)),
-            model_registry_ids: c.arms.iter().map(|a| a.model.to_string()).collect(),
-            winner: r
-                .winner
-                .map(|w| c.arms[w].arm_id.to_string())
-                .unwrap_or_default(),
+            model_registry_ids: c.arms().iter().map(|a| a.model.to_string()).collect(),
+            winner: r.winner.map(arm_id).unwrap_or_default(),
             arms: c
-                .arms
-                .into_iter()
+                .arms()
+                .iter()
                 .map(|a| pb::Arm {
                     arm_id: a.arm_id.to_string(),
                     model_registry_id: a.model.to_string(),

@@ -46,7 +46,7 @@ impl experiments_server::Experiments for ExperimentsService {
         let config = TestSpec::try_from(request)
             .and_then(TestConfig::try_from)
             .map_err(status::experiment)?;
-        let actor = config.created_by.clone();
+        let actor = config.created_by().to_string();
         let view = self
             .experiments
             .create(config, &actor)
