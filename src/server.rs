@@ -303,6 +303,9 @@ async fn final_steps(experiments: Experiments, storage: Arc<Storage>) -> Result<
     let final_steps = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
         experiments.persist_allocations_blocking()?;
         experiments.snapshot()?;
+        // The round's own store batches are in the log after its cut; a second round, with
+        // nothing queued, checkpoints and trims them, so a clean stop leaves an empty log.
+        experiments.snapshot()?;
         drop(experiments);
         storage.flush_blocking()?;
         Ok(())

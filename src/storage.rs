@@ -109,7 +109,7 @@ impl Storage {
     /// Opens (or creates) the store `<data_dir>/store.redb` and the journal under
     /// `<data_dir>/journal`, converting a directory written by an older build first.
     ///
-    /// Must be called within a tokio runtime: it starts the group-commit task.
+    /// Replays the log's store batches after the engine's last checkpoint before it returns.
     pub fn open(data_dir: &Path) -> Result<Self> {
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {

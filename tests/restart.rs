@@ -643,3 +643,41 @@ async fn models_stored_with_a_leading_dot_keep_their_artifacts() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     server.stop().await;
 }
+
+/// A clean stop checkpoints the store and trims the log behind it: the next start replays
+/// nothing, and the log holds no entry at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_an_empty_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let models = register_models(&mut server.registry().await, 2).await;
+    server
+        .experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create");
+    let mut allocator = server.allocator().await;
+    let batch = pb::ResultBatch {
+        sequence: 0,
+        results: (0..50)
+            .map(|i| {
+                let mut r = result("t", if i % 2 == 0 { "arm_0" } else { "arm_1" }, 0.001);
+                r.result_id = format!("r-{i}");
+                r
+            })
+            .collect(),
+    };
+    assert_eq!(
+        ingest(&mut allocator, vec![batch]).await.expect("ingest")[0].accepted,
+        50
+    );
+    drop(allocator);
+    server.stop().await;
+    let (_, entries) =
+        arbiter::storage::Journal::open(&dir.path().join("journal")).expect("journal");
+    assert!(entries.is_empty(), "{} entries left", entries.len());
+    let server = TestServer::start(dir.path()).await;
+    assert_eq!(test_results(&server, "t").await.total_requests, 50);
+    server.stop().await;
+}

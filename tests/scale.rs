@@ -148,6 +148,8 @@ fn spawn_server(port: u16, data_dir: &std::path::Path) -> std::process::Child {
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
+        // Creating 10k tests is far beyond the default change rate limit.
+        .env("ARBITER_CHANGE_RATE_LIMIT", "0")
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn")
