@@ -35,7 +35,7 @@ async fn stopping_the_server_joins_the_engine_threads() {
     // Right after the stop: the snapshot thread sleeps a second between rounds, so it is gone
     // only if the shutdown woke and joined it.
     let left = threads();
-    for name in ["arbiter-refresh", "arbiter-snapsho"] {
+    for name in ["arbiter-refresh", "arbiter-snapsho", "arbiter-journal"] {
         assert!(
             !left.iter().any(|t| t == name),
             "{name} still runs: {left:?}"

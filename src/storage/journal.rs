@@ -75,6 +75,8 @@ pub struct Journal {
     files: Mutex<Files>,
     durable: watch::Sender<Durable>,
     wake: Mutex<Option<mpsc::Sender<()>>>,
+    /// The sync thread, joined when the journal is dropped.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Writes of buffered entries that reached the disk (each with its `fdatasync`).
     syncs: std::sync::atomic::AtomicU64,
 }
@@ -112,17 +114,18 @@ impl Journal {
             }),
             durable,
             wake: Mutex::new(None),
+            thread: Mutex::new(None),
             syncs: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((journal, entries))
     }
 
-    /// Starts the sync thread; it ends when the journal is dropped.
+    /// Starts the sync thread; dropping the journal ends and joins it.
     pub fn start(self: &std::sync::Arc<Self>) -> Result<()> {
         let (wake, requests) = mpsc::channel::<()>();
         *self.wake.lock() = Some(wake);
         let journal = std::sync::Arc::downgrade(self);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("arbiter-journal".into())
             .spawn(move || {
                 while requests.recv().is_ok() {
@@ -134,6 +137,7 @@ impl Journal {
                 }
             })
             .map_err(io_error("starting the journal thread".into()))?;
+        *self.thread.lock() = Some(thread);
         Ok(())
     }
 
@@ -340,6 +344,19 @@ impl Journal {
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.files.lock().segments.len()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's wait; it holds the journal only weakly, so it
+        // cannot be inside a write unless it is the thread dropping the journal.
+        self.wake.get_mut().take();
+        if let Some(thread) = self.thread.get_mut().take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
