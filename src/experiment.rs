@@ -79,6 +79,8 @@ pub type Result<T, E = ExperimentError> = std::result::Result<T, E>;
 pub const ALLOCATION_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Allocation records per store batch when persisting them.
 const ALLOCATION_PERSIST_CHUNK: usize = 256;
+/// Store batches of allocation records between two log syncs when persisting them.
+const ALLOCATION_PERSIST_SYNC_CHUNKS: usize = 8;
 /// How often tests with new results get their tables recomputed (when not done inline).
 const REFRESH_INTERVAL: Duration = Duration::from_millis(5);
 /// Inline table refreshes of one test happen at most this often; the rest wait for the refresher
@@ -329,9 +331,12 @@ impl Experiments {
     /// every test when `all`); returns how many. Blocks on the store.
     fn write_allocations(&self, all: bool) -> Result<usize> {
         // Records are independent, so they are applied in chunks: one store batch of 10k
-        // records (every test allocating) made a transient peak of ~20 MB that the allocator kept.
+        // records (every test allocating) made a transient peak of ~20 MB that the allocator
+        // kept. For the same reason the log is synced every few chunks: until then it buffers
+        // each chunk's entry and the store keeps what undoes it.
         let mut batch = WriteBatch::new();
         let mut written = 0usize;
+        let mut chunks = 0usize;
         for entry in self.inner.tests.iter() {
             let state = entry.value();
             if state.take_allocations_dirty() || all {
@@ -342,6 +347,10 @@ impl Experiments {
                 written += 1;
                 if batch.len() >= ALLOCATION_PERSIST_CHUNK {
                     self.inner.storage.apply(std::mem::take(&mut batch))?;
+                    chunks += 1;
+                    if chunks.is_multiple_of(ALLOCATION_PERSIST_SYNC_CHUNKS) {
+                        self.inner.storage.sync_blocking()?;
+                    }
                 }
             }
         }

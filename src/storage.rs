@@ -136,6 +136,18 @@ impl Storage {
         let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
         let journal = Arc::new(journal);
         journal.start()?;
+        Self::assemble(data_dir, registered, engine, journal, entries)
+    }
+
+    /// The storage of `engine` and `log`, whose entries at open are `entries`: replays the store
+    /// batches after the engine's checkpoint.
+    fn assemble(
+        data_dir: &Path,
+        registered: Registered,
+        engine: Arc<dyn Engine>,
+        log: Arc<dyn Log>,
+        entries: Vec<LogEntry>,
+    ) -> Result<Self> {
         let stamp = match engine.get(keys::LOG_STAMP)? {
             None => 0,
             Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
@@ -147,7 +159,7 @@ impl Storage {
         };
         // The engine may hold batches whose entries a crash cut off the log: their positions
         // must not be handed out again.
-        journal.reserve_through(stamp);
+        log.reserve_through(stamp);
         let mut last_batch = stamp;
         let mut replayed = 0usize;
         for entry in entries.iter().filter(|e| batch_entry::is_batch(&e.payload)) {
@@ -172,7 +184,7 @@ impl Storage {
             checkpointed: AtomicU64::new(stamp),
             checkpoints: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
-            log: journal,
+            log,
             store_fault: parking_lot::Mutex::new(None),
             _registered: registered,
         })
@@ -374,6 +386,22 @@ impl Storage {
         }
     }
 
+    /// Makes everything applied or appended so far durable, on the calling thread, without a
+    /// checkpoint: frees the log's buffer and the batches' undo, for a writer of many batches
+    /// that would otherwise hold them all until one sync at its end.
+    pub fn sync_blocking(&self) -> Result<()> {
+        match self.log.sync_blocking() {
+            Ok(()) => {
+                self.synced_through(self.log.durable_through());
+                Ok(())
+            }
+            Err(e) => {
+                self.roll_back_unsynced();
+                Err(e)
+            }
+        }
+    }
+
     /// Makes everything applied or appended so far durable and checkpoints the engine, on the
     /// calling thread (shutdown, tools outside the request path).
     pub fn flush_blocking(&self) -> Result<()> {
@@ -499,6 +527,9 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 }
+
+#[cfg(test)]
+mod rollback_tests;
 
 #[cfg(test)]
 mod tests {

@@ -47,9 +47,9 @@ macro_rules! log_conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_appenders_get_distinct_positions_and_all_become_durable() {
                 suite::concurrent_appenders_get_distinct_positions_and_all_become_durable::<
-                                                                            $harness,
-                                                                        >()
-                                                                        .await;
+                                                                                    $harness,
+                                                                                >()
+                                                                                .await;
             }
 
             #[tokio::test]
