@@ -1,6 +1,12 @@
 //! A/B tests and bandits: test lifecycle, allocation policies (one file per strategy), exact
 //! sufficient statistics, the allocation table, and durable result ingestion.
 //!
+//! Parts: [`engine`] decides (policies, posteriors, tables, stopping rules, stop-loss, drift
+//! tracks, decision ids; no storage, no clock); [`types`], [`spec`] and [`limits`] are the
+//! domain's data and invariants; `journal_entry` (the result entry and the results fold),
+//! [`stats_record`], [`result_ids`], `snapshot` and `history` persist it; `lifecycle`,
+//! `ingest`, `allocate` and `results` serve the calls; `state` holds a test in memory.
+//!
 //! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
 //! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
@@ -18,8 +24,7 @@
 
 mod allocate;
 mod background;
-pub mod decision;
-pub mod decision_id;
+pub mod engine;
 mod error;
 #[cfg(test)]
 mod fold_tests;
@@ -28,26 +33,18 @@ mod ingest;
 mod journal_entry;
 mod lifecycle;
 pub mod limits;
-pub mod policy;
-pub mod posterior;
 pub mod result_ids;
 mod results;
-mod risk;
-pub mod rng;
 mod series;
 mod shared_id;
-#[cfg(test)]
-mod simulation_tests;
 mod snapshot;
 pub mod spec;
 mod state;
 pub mod stats_record;
-pub mod stopping;
-#[cfg(test)]
-mod strategy_tests;
-pub mod table;
-pub mod track;
 pub mod types;
+
+// The engine's modules under the names the rest of the experiment module uses.
+use engine::{decision, decision_id, policy, posterior, risk, rng, stopping, table, track};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};

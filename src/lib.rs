@@ -7,8 +7,9 @@
 //!   `tonic::Status` in exactly one place; authentication, admission (rate limits, deadlines)
 //!   and TLS as tower layers.
 //! - [`auth`]: principals, roles, actors and rate limits (knows nothing of gRPC).
-//! - [`experiment`]: tests, allocation tables and policies, result ingestion into a journal,
-//!   statistics snapshots, stopping rules, settlement, drift and drawdown.
+//! - [`experiment`]: tests, result ingestion into the log, statistics snapshots, settlement;
+//!   its [`experiment::engine`] decides (allocation tables and policies, stopping rules,
+//!   stop-loss, drift and drawdown) without storage or clock.
 //! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures.
 //! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
 //! - [`storage`]: one ordered log ([`storage::Log`], the journal on a single node) that every

@@ -273,7 +273,7 @@ async fn kill_dash_nine_mid_stream_loses_no_acknowledged_result_and_counts_none_
         "every result exactly once"
     );
     let mut expected = [
-        arbiter::experiment::posterior::ArmStats::default(),
+        arbiter::experiment::engine::posterior::ArmStats::default(),
         Default::default(),
     ];
     for n in 0..BATCHES * SIZE {

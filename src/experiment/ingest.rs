@@ -516,7 +516,7 @@ impl Experiments {
             return Some(PendingStop {
                 test_id,
                 winner: None,
-                decision: StopDecision::at(config, stats, kind, reason, None),
+                decision: StopDecision::at(config, stats, kind, reason, None, crate::time::now()),
             });
         }
         if !config.early_stopping || !stopping::monitoring(config, &stats.arms) {
@@ -528,7 +528,14 @@ impl Experiments {
         Some(PendingStop {
             test_id,
             winner: Some(winner),
-            decision: StopDecision::at(config, stats, "early_stop", reason, Some(winner)),
+            decision: StopDecision::at(
+                config,
+                stats,
+                "early_stop",
+                reason,
+                Some(winner),
+                crate::time::now(),
+            ),
         })
     }
 }

@@ -462,7 +462,14 @@ impl Experiments {
             } else {
                 reason.to_string()
             };
-            let decision = StopDecision::at(&state.config, stats, "manual", reason, winner);
+            let decision = StopDecision::at(
+                &state.config,
+                stats,
+                "manual",
+                reason,
+                winner,
+                crate::time::now(),
+            );
             (winner, decision)
         };
         self.stop(test_id, actor, winner, decision).await
@@ -499,7 +506,7 @@ impl Experiments {
                 ),
                 None => format!("max duration of {days} days reached; no significant difference"),
             };
-            let decision = StopDecision::at(config, &stats, "expiry", reason, winner);
+            let decision = StopDecision::at(config, &stats, "expiry", reason, winner, time::now());
             book.stats = stats;
             (winner, decision)
         };

@@ -402,12 +402,15 @@ mod tests {
     use crate::experiment::types::RewardModel;
 
     fn test_key() -> DecisionKey {
-        DecisionKey::derive(&crate::experiment::decision_id::ServerSecret([1; 32]), "t")
+        DecisionKey::derive(
+            &crate::experiment::engine::decision_id::ServerSecret([1; 32]),
+            "t",
+        )
     }
 
     /// A RUNNING two-arm Bernoulli Thompson test where arm 1 wins 50 of 60 and arm 0 10 of 60.
     fn lopsided() -> (TestRecord, StatsRecord) {
-        let mut config = crate::experiment::simulation_tests::config(100, 0.05);
+        let mut config = crate::experiment::engine::simulation_tests::config(100, 0.05);
         config.strategy = Strategy::ThompsonSampling;
         config.reward_model = RewardModel::Bernoulli;
         config.min_allocation_per_arm = 0.05;

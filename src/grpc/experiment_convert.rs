@@ -2,7 +2,7 @@
 //! checked) into domain values such as [`TestSpec`]; the domain fills in defaults and checks
 //! invariants ([`crate::experiment::spec`]).
 
-use crate::experiment::decision::StopDecision;
+use crate::experiment::engine::decision::StopDecision;
 use crate::experiment::spec::TestSpec;
 use crate::experiment::types::*;
 use crate::experiment::{

@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 
 use super::StatsRecord;
-use crate::experiment::posterior::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
-use crate::experiment::stopping::SequentialState;
-use crate::experiment::track::{ArmTrack, DriftRecord};
+use crate::experiment::engine::posterior::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
+use crate::experiment::engine::stopping::SequentialState;
+use crate::experiment::engine::track::{ArmTrack, DriftRecord};
 use crate::stats::drift::DriftDetector;
 use crate::storage::{ByteReader, ByteWriter};
 

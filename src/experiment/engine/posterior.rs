@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::RewardModel;
+use crate::experiment::types::RewardModel;
 use crate::stats::{Posterior, Summary};
 
 /// The posterior of each arm's mean reward under `model`:

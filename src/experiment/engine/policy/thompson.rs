@@ -7,12 +7,12 @@
 //! decision known exactly.
 //!
 //! The posteriors (Beta for BERNOULLI, Normal-Inverse-Gamma for GAUSSIAN, with their update
-//! equations) are built by [`crate::experiment::posterior::posteriors`].
+//! equations) are built by [`crate::experiment::engine::posterior::posteriors`].
 
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::Policy;
-use crate::experiment::posterior::{posteriors, ArmStats};
+use crate::experiment::engine::posterior::{posteriors, ArmStats};
 use crate::experiment::types::RewardModel;
 use crate::stats::probability_best;
 

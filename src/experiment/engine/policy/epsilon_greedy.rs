@@ -5,7 +5,7 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::{split_ties, Policy};
-use crate::experiment::posterior::ArmStats;
+use crate::experiment::engine::posterior::ArmStats;
 
 /// ε-greedy.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::policy::{EpsilonGreedy, Fixed, Policy, Thompson, Ucb};
 use super::posterior::ArmStats;
 use super::table::{apply_limits, AllocationTable};
-use super::types::{RewardModel, TestStatus};
+use crate::experiment::types::{RewardModel, TestStatus};
 
 /// Table of `policy` over `arms` with no floor and no cap.
 fn table(policy: &dyn Policy, arms: &[ArmStats], rng: &mut Xoshiro256PlusPlus) -> AllocationTable {

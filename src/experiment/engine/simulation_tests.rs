@@ -12,7 +12,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::posterior::ArmStats;
 use super::stopping::{self, SequentialState};
-use super::types::*;
+use crate::experiment::types::*;
 use crate::registry::types::RegistryId;
 use crate::stats::{self, Summary};
 
@@ -21,7 +21,7 @@ const MAX_PER_ARM: u64 = 5000;
 const SD: f64 = 0.01;
 
 /// A two-arm FIXED Gaussian test without allocation limits.
-pub(super) fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
+pub(in crate::experiment) fn config(minimum_sample_size: u64, alpha: f64) -> TestConfig {
     let arm = |i: usize| ArmConfig {
         arm_id: crate::experiment::types::ARM_IDS[i].into(),
         model: SharedRegistryId::new(

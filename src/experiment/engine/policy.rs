@@ -10,7 +10,7 @@ mod ucb;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::posterior::ArmStats;
-use super::types::{Strategy, TestConfig};
+use crate::experiment::types::{Strategy, TestConfig};
 
 pub use epsilon_greedy::EpsilonGreedy;
 pub use fixed::Fixed;

@@ -4,20 +4,22 @@
 //! never this record, so the audit log and the final results file show exactly what the decision
 //! saw.
 
-use super::state::StatsRecord;
 use super::stopping;
-use super::types::TestConfig;
-pub use super::types::{DecisionArm, DecisionComparison, StopDecision};
-use crate::time;
+use crate::experiment::state::StatsRecord;
+use crate::experiment::types::TestConfig;
+pub use crate::experiment::types::{DecisionArm, DecisionComparison, StopDecision};
+use crate::time::UnixNanos;
 
 impl StopDecision {
-    /// The decision to stop `config`'s test now, on `stats`, for `reason`, declaring `winner`.
+    /// The decision, taken at `decided_at`, to stop `config`'s test on `stats`, for `reason`,
+    /// declaring `winner`.
     pub fn at(
         config: &TestConfig,
         stats: &StatsRecord,
         kind: &str,
         reason: String,
         winner: Option<usize>,
+        decided_at: UnixNanos,
     ) -> Self {
         let name = |i: usize| config.arms[i].arm_id.to_string();
         let arms = stats
@@ -46,7 +48,7 @@ impl StopDecision {
         Self {
             kind: kind.to_string(),
             reason,
-            decided_at: time::now(),
+            decided_at,
             winner: winner.map(name),
             arms,
             comparisons,

@@ -8,7 +8,7 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::{split_ties, Policy};
-use crate::experiment::posterior::ArmStats;
+use crate::experiment::engine::posterior::ArmStats;
 
 /// UCB1 on range-rescaled returns.
 #[derive(Debug, Clone)]

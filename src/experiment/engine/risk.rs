@@ -4,15 +4,15 @@
 //! on drift, an arm whose returns drifted is held at the floor for the rest of the test. Floors and caps are
 //! applied to every strategy's vector in [`super::table::limited_shares`].
 
-use super::state::StatsRecord;
-use super::types::TestConfig;
+use crate::experiment::state::StatsRecord;
+use crate::experiment::types::TestConfig;
 
 /// Results an arm needs before the stop-loss can suspend it.
-pub(super) const STOP_LOSS_MIN_RESULTS: u64 = 20;
+pub(in crate::experiment) const STOP_LOSS_MIN_RESULTS: u64 = 20;
 
 /// Updates the suspensions from the statistics; returns the arms whose state changed (with the
 /// new state).
-pub(super) fn update_suspensions(
+pub(in crate::experiment) fn update_suspensions(
     config: &TestConfig,
     stats: &mut StatsRecord,
 ) -> Vec<(usize, bool)> {

@@ -3,7 +3,7 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::Policy;
-use crate::experiment::posterior::ArmStats;
+use crate::experiment::engine::posterior::ArmStats;
 
 /// Constant split.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::posterior::ArmStats;
-use super::types::TestConfig;
+use crate::experiment::types::TestConfig;
 use crate::stats::{self, Welch};
 
 /// Mixing standard deviation relative to the pooled standard deviation.

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::types::{Strategy, TestConfig, TestStatus};
+use crate::experiment::types::{Strategy, TestConfig, TestStatus};
 
 /// The shares a test serves for its policy's vector `raw`: FIXED weights exactly as configured
 /// ([`fixed_shares`]), every other strategy's vector after the floor and cap ([`apply_limits`]).
