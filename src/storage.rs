@@ -84,11 +84,14 @@ struct Unsynced {
 pub struct Storage {
     engine: Arc<dyn Engine>,
     /// Held while a batch is applied and appended, and while a checkpoint stamps the engine: log
-    /// order is apply order, and a stamp covers exactly the batches applied before it. Holds
-    /// what undoes each batch the engine applied whose log entry may not be durable yet, oldest
+    /// order is apply order, and a stamp covers exactly the batches applied before it.
+    order: parking_lot::Mutex<()>,
+    /// What undoes each batch the engine applied whose log entry may not be durable yet, oldest
     /// first: if the log fails, those are undone, so that no later engine commit (redb makes
-    /// the last one durable when it closes) keeps a batch the log lost.
-    order: parking_lot::Mutex<VecDeque<Unsynced>>,
+    /// the last one durable when it closes) keeps a batch the log lost. Its own lock (taken
+    /// after `order`, and briefly), so that an acknowledgement that prunes it never waits for
+    /// a checkpoint's syncs.
+    unsynced: parking_lot::Mutex<VecDeque<Unsynced>>,
     /// The log position of the last batch applied (0: none since the log began).
     last_batch: AtomicU64,
     /// The position the engine's newest stamp names (what a checkpoint has covered).
@@ -179,7 +182,8 @@ impl Storage {
         }
         Ok(Self {
             engine,
-            order: parking_lot::Mutex::new(VecDeque::new()),
+            order: parking_lot::Mutex::new(()),
+            unsynced: parking_lot::Mutex::new(VecDeque::new()),
             last_batch: AtomicU64::new(last_batch),
             checkpointed: AtomicU64::new(stamp),
             checkpoints: AtomicU64::new(0),
@@ -281,14 +285,14 @@ impl Storage {
                 source: Arc::new(std::io::Error::other(why)),
             });
         }
-        let mut unsynced = self.order.lock();
+        let _order = self.order.lock();
         let undo = self
             .engine
             .apply(&batch.ops)
             .map_err(|e| self.store_failed(e))?;
         match self.log.append(&entry) {
             Ok(position) => {
-                unsynced.push_back(Unsynced { position, undo });
+                self.unsynced.lock().push_back(Unsynced { position, undo });
                 self.last_batch.store(position, Ordering::Release);
                 Ok(position)
             }
@@ -305,7 +309,8 @@ impl Storage {
     /// Undoes, newest first, every batch the engine applied whose log entry is not durable:
     /// after the log failed, the engine must not keep what the log lost.
     fn roll_back_unsynced(&self) {
-        let mut unsynced = self.order.lock();
+        let _order = self.order.lock();
+        let mut unsynced = self.unsynced.lock();
         let durable = self.log.durable_through();
         while let Some(batch) = unsynced.pop_back() {
             if batch.position <= durable {
@@ -320,7 +325,7 @@ impl Storage {
 
     /// Forgets the undo of every batch whose log entry is durable through `position`.
     fn synced_through(&self, position: u64) {
-        let mut unsynced = self.order.lock();
+        let mut unsynced = self.unsynced.lock();
         while unsynced.front().is_some_and(|b| b.position <= position) {
             unsynced.pop_front();
         }
@@ -423,17 +428,18 @@ impl Storage {
             self.roll_back_unsynced();
             return Err(e);
         }
-        let mut unsynced = self.order.lock();
+        let order = self.order.lock();
         let through = self.last_batch.load(Ordering::Acquire);
         if through == self.checkpointed.load(Ordering::Acquire) {
             return Ok(());
         }
         if let Err(e) = self.log.sync_blocking() {
-            drop(unsynced);
+            drop(order);
             self.roll_back_unsynced();
             return Err(e);
         }
-        unsynced.clear();
+        // Every batch applied so far was applied under `order`: all are durable in the log.
+        self.unsynced.lock().clear();
         let stamp = [Op::Put(
             keys::LOG_STAMP.to_vec(),
             through.to_le_bytes().to_vec(),
@@ -470,9 +476,10 @@ impl Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // The engine makes its last commit durable when it closes: after a log failure it must
-        // not keep batches the log lost, whether or not a writer noticed the failure.
-        if self.log.failure().is_some() {
+        // The engine makes its last commit durable when it closes, so the log must hold every
+        // batch applied first; a batch it cannot hold (it failed) is undone instead, whether or
+        // not a writer noticed the failure.
+        if self.log.sync_blocking().is_err() {
             self.roll_back_unsynced();
         }
     }

@@ -77,6 +77,9 @@ pub struct Journal {
     wake: Mutex<Option<mpsc::Sender<()>>>,
     /// The sync thread, joined when the journal is dropped.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Test builds make every write fail while this is set, as a full or failing disk would.
+    #[cfg(test)]
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
     /// Writes of buffered entries that reached the disk (each with its `fdatasync`).
     syncs: std::sync::atomic::AtomicU64,
 }
@@ -115,6 +118,8 @@ impl Journal {
             durable,
             wake: Mutex::new(None),
             thread: Mutex::new(None),
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicBool::new(false),
             syncs: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((journal, entries))
@@ -228,17 +233,22 @@ impl Journal {
 
     /// Writes the buffered entries to the current segment and syncs it.
     fn write_pending(&self) {
+        // Published before the files are released: no other write or sync may run between a
+        // failed write and the failure becoming visible.
         let mut files = self.files.lock();
         let (outcome, next) = self.write_buffered(&mut files);
-        drop(files);
         self.publish(next - 1, outcome);
     }
 
     /// Takes the buffered entries and writes and syncs them to the current segment. Returns the
     /// outcome and the next position when the buffer was taken: every entry below it is covered.
+    /// After a failure it writes nothing: the failed entries are never written later.
     fn write_buffered(&self, files: &mut Files) -> (std::io::Result<()>, u64) {
         let (buf, next) = {
             let mut pending = self.pending.lock();
+            if pending.failed.is_some() {
+                return (Ok(()), pending.next);
+            }
             (std::mem::take(&mut pending.buf), pending.next)
         };
         if buf.is_empty() {
@@ -249,9 +259,9 @@ impl Journal {
         files.current_has_entries = true;
         let started = std::time::Instant::now();
         let before = files.current.stream_position();
-        let written = files
-            .current
-            .write_all(&buf)
+        let written = self
+            .injected_write_failure()
+            .and_then(|()| files.current.write_all(&buf))
             .and_then(|()| files.current.sync_data());
         if written.is_err() {
             // A write cut short (a full disk) may have left whole entries of the buffer in the
@@ -261,7 +271,8 @@ impl Journal {
                 let cut = files
                     .current
                     .set_len(before)
-                    .and_then(|()| files.current.sync_data());
+                    .and_then(|()| files.current.seek(std::io::SeekFrom::Start(before)))
+                    .and_then(|_| files.current.sync_data());
                 if let Err(e) = cut {
                     tracing::error!(error = %e, "cutting a failed write off the journal failed");
                 }
@@ -271,11 +282,27 @@ impl Journal {
         (written, next)
     }
 
+    /// A failure test builds inject before a write (see `fail_writes`).
+    fn injected_write_failure(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected write failure",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the outcome of a write visible to waiters. Called with the files locked. After a
+    /// failure `through` never moves again: nothing written since can be trusted durable.
     fn publish(&self, through: u64, outcome: std::io::Result<()>) {
         match outcome {
-            Ok(()) => self
-                .durable
-                .send_modify(|d| d.through = d.through.max(through)),
+            Ok(()) => self.durable.send_modify(|d| {
+                if d.failed.is_none() {
+                    d.through = d.through.max(through);
+                }
+            }),
             Err(e) => {
                 tracing::error!(
                     error = %e,
@@ -303,19 +330,17 @@ impl Journal {
         }
         let (written, cut) = self.write_buffered(&mut files);
         if let Err(e) = written {
-            drop(files);
             self.publish(cut - 1, Err(e));
             return Err(self
                 .failure()
                 .map_or(StorageError::Closed, |why| failed(&why)));
         }
+        self.publish(cut - 1, Ok(()));
         if files.current_has_entries {
             files.current = create_segment(&files.dir, cut)?;
             files.segments.push(cut);
             files.current_has_entries = false;
         }
-        drop(files);
-        self.publish(cut - 1, Ok(()));
         Ok(cut)
     }
 
@@ -466,6 +491,34 @@ mod tests {
     }
 
     log_conformance_suite!(JournalHarness);
+
+    #[tokio::test]
+    async fn after_a_failed_write_nothing_more_counts_as_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Arc::new(Journal::open(dir.path()).expect("open").0);
+        journal.start().expect("start");
+        let a = journal.append(b"a").expect("append");
+        journal.sync_through(a).await.expect("sync");
+        let b = journal.append(b"b").expect("append");
+        journal
+            .fail_writes
+            .store(true, std::sync::atomic::Ordering::Release);
+        let err = journal.sync_through(b).await.expect_err("the write fails");
+        assert!(err.is_disk_full(), "{err}");
+        journal
+            .fail_writes
+            .store(false, std::sync::atomic::Ordering::Release);
+        // Later syncs (with nothing left to write, or a disk that works again) neither succeed
+        // nor move the durable position over the failed entry.
+        journal.sync_blocking().expect_err("refused");
+        journal.rotate().expect_err("refused");
+        journal.append(b"c").expect_err("refused");
+        assert_eq!(Log::durable_through(&*journal), a);
+        journal.sync_through(b).await.expect_err("still failed");
+        drop(journal);
+        let (_, entries) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(payloads(&entries), [&b"a"[..]]);
+    }
     use std::fs::OpenOptions;
     use std::sync::Arc;
 

@@ -178,3 +178,39 @@ async fn an_undone_batch_restores_the_values_it_replaced() {
     }
     assert_eq!(keys_in(dir.path()), ["k/kept", "k/removed"]);
 }
+
+/// Storage on `dir` over the real journal, kept to make its writes fail.
+fn open_with_journal(dir: &Path) -> (Storage, Arc<Journal>) {
+    let (journal, entries) = Journal::open(&dir.join("journal")).expect("journal");
+    let journal = Arc::new(journal);
+    journal.start().expect("start");
+    let registered = open_dirs::Registered::claim(dir).expect("unclaimed");
+    let engine: Arc<dyn Engine> = Arc::new(
+        redb_engine::RedbEngine::open(&dir.join(STORE_FILE), CACHE_BYTES).expect("engine"),
+    );
+    let storage =
+        Storage::assemble(dir, registered, engine, journal.clone(), entries).expect("open");
+    (storage, journal)
+}
+
+#[tokio::test]
+async fn a_failed_journal_write_undoes_its_batches_and_later_syncs_do_not_cover_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (storage, journal) = open_with_journal(dir.path());
+        let a = put(&storage, "k/acked").expect("apply");
+        storage.flush_through(a).await.expect("durable");
+        put(&storage, "k/unwaited").expect("apply");
+        let b = put(&storage, "k/failed").expect("apply");
+        journal.fail_writes.store(true, Ordering::Release);
+        let err = storage.flush_through(b).await.expect_err("the write fails");
+        assert!(err.is_disk_full(), "{err}");
+        // The disk works again; the journal still refuses, and nothing it lost comes back.
+        journal.fail_writes.store(false, Ordering::Release);
+        storage.sync_blocking().expect_err("refused");
+        storage.checkpoint().expect_err("refused");
+        assert!(storage.get_raw(b"k/failed").expect("read").is_none());
+        assert!(storage.get_raw(b"k/unwaited").expect("read").is_none());
+    }
+    assert_eq!(keys_in(dir.path()), ["k/acked"]);
+}
