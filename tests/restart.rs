@@ -650,13 +650,7 @@ async fn models_stored_with_a_leading_dot_keep_their_artifacts() {
 async fn a_clean_stop_leaves_an_empty_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
-    let models = register_models(&mut server.registry().await, 2).await;
-    server
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create");
+    test_over_two_models(&server, "t").await;
     let mut allocator = server.allocator().await;
     let batch = pb::ResultBatch {
         sequence: 0,

@@ -76,21 +76,43 @@ impl Log for FailingLog {
     }
 }
 
-/// Storage on `dir` over a journal that fails on demand.
-fn open_failing(dir: &Path) -> (Storage, Arc<FailingLog>) {
-    let (journal, entries) = Journal::open(&dir.join("journal")).expect("journal");
-    let journal = Arc::new(journal);
-    journal.start().expect("start");
-    let log = Arc::new(FailingLog {
-        journal,
-        fail: AtomicBool::new(false),
-    });
+/// Storage on `dir` over `log`, whose entries at open are `entries`.
+fn storage_over(dir: &Path, log: Arc<dyn Log>, entries: Vec<LogEntry>) -> Storage {
     let registered = open_dirs::Registered::claim(dir).expect("unclaimed");
     let engine: Arc<dyn Engine> = Arc::new(
         redb_engine::RedbEngine::open(&dir.join(STORE_FILE), CACHE_BYTES).expect("engine"),
     );
-    let storage = Storage::assemble(dir, registered, engine, log.clone(), entries).expect("open");
-    (storage, log)
+    Storage::assemble(dir, registered, engine, log, entries).expect("open")
+}
+
+/// The journal of `dir`, started, and the entries it holds.
+fn journal(dir: &Path) -> (Arc<Journal>, Vec<LogEntry>) {
+    let (journal, entries) = Journal::open(&dir.join("journal")).expect("journal");
+    let journal = Arc::new(journal);
+    journal.start().expect("start");
+    (journal, entries)
+}
+
+/// Storage on `dir` over a journal that fails on demand.
+fn open_failing(dir: &Path) -> (Storage, Arc<FailingLog>) {
+    let (journal, entries) = journal(dir);
+    let log = Arc::new(FailingLog {
+        journal,
+        fail: AtomicBool::new(false),
+    });
+    (storage_over(dir, log.clone(), entries), log)
+}
+
+/// Storage on `dir` over the real journal, kept to make its writes fail.
+fn open_with_journal(dir: &Path) -> (Storage, Arc<Journal>) {
+    let (journal, entries) = journal(dir);
+    (storage_over(dir, journal.clone(), entries), journal)
+}
+
+/// Applies a batch writing `key` and waits until it is durable.
+async fn put_acked(storage: &Storage, key: &str) {
+    let position = put(storage, key).expect("apply");
+    storage.flush_through(position).await.expect("durable");
 }
 
 fn put(storage: &Storage, key: &str) -> Result<u64> {
@@ -113,8 +135,7 @@ async fn a_batch_whose_sync_failed_is_gone_after_a_clean_close() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (storage, log) = open_failing(dir.path());
-        let a = put(&storage, "k/acked").expect("apply");
-        storage.flush_through(a).await.expect("durable");
+        put_acked(&storage, "k/acked").await;
         let b = put(&storage, "k/failed").expect("apply");
         log.fail.store(true, Ordering::Release);
         storage.flush_through(b).await.expect_err("the log failed");
@@ -137,8 +158,7 @@ async fn batches_nobody_waited_for_are_undone_when_the_storage_closes() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (storage, log) = open_failing(dir.path());
-        let a = put(&storage, "k/acked").expect("apply");
-        storage.flush_through(a).await.expect("durable");
+        put_acked(&storage, "k/acked").await;
         put(&storage, "k/pending-1").expect("apply");
         put(&storage, "k/pending-2").expect("apply");
         log.fail.store(true, Ordering::Release);
@@ -179,27 +199,12 @@ async fn an_undone_batch_restores_the_values_it_replaced() {
     assert_eq!(keys_in(dir.path()), ["k/kept", "k/removed"]);
 }
 
-/// Storage on `dir` over the real journal, kept to make its writes fail.
-fn open_with_journal(dir: &Path) -> (Storage, Arc<Journal>) {
-    let (journal, entries) = Journal::open(&dir.join("journal")).expect("journal");
-    let journal = Arc::new(journal);
-    journal.start().expect("start");
-    let registered = open_dirs::Registered::claim(dir).expect("unclaimed");
-    let engine: Arc<dyn Engine> = Arc::new(
-        redb_engine::RedbEngine::open(&dir.join(STORE_FILE), CACHE_BYTES).expect("engine"),
-    );
-    let storage =
-        Storage::assemble(dir, registered, engine, journal.clone(), entries).expect("open");
-    (storage, journal)
-}
-
 #[tokio::test]
 async fn a_failed_journal_write_undoes_its_batches_and_later_syncs_do_not_cover_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (storage, journal) = open_with_journal(dir.path());
-        let a = put(&storage, "k/acked").expect("apply");
-        storage.flush_through(a).await.expect("durable");
+        put_acked(&storage, "k/acked").await;
         put(&storage, "k/unwaited").expect("apply");
         let b = put(&storage, "k/failed").expect("apply");
         journal.fail_writes.store(true, Ordering::Release);
