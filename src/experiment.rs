@@ -442,12 +442,12 @@ impl ModelUsage for Experiments {
             for i in arms {
                 pooled.merge(&book.stats.arms[i]);
                 let track = &book.stats.tracks[i];
-                if let Some(last) = track.last_drift {
+                if let Some(last) = track.last_drift() {
                     drift.push(ArmDrift {
                         test_id: state.config.test_id.to_string(),
                         arm_id: state.config.arms[i].arm_id.to_string(),
                         registry_id: state.config.arms[i].model.to_string(),
-                        alarms: track.drift_alarms,
+                        alarms: track.drift_alarms(),
                         last_at: last.at,
                         last_direction: last.direction,
                     });

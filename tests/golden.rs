@@ -97,16 +97,16 @@ fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
     );
     let (t0, t1) = (&tracked.tracks[0], &tracked.tracks[1]);
     assert_eq!(
-        (t0.max_drawdown, t0.last_drift, t0.drift_hold),
+        (t0.max_drawdown, t0.last_drift(), t0.drift_hold()),
         (0.004, None, false)
     );
     assert_eq!(
-        (t1.detector.n, t1.detector.frozen, t1.drift_alarms),
+        (t1.detector.n, t1.detector.frozen, t1.drift_alarms()),
         (70, true, 1)
     );
-    let last = t1.last_drift.expect("an alarm");
+    let last = t1.last_drift().expect("an alarm");
     assert_eq!((last.at, last.direction, last.statistic), (2, -1, 24.5));
-    assert!(t1.drift_hold);
+    assert!(t1.drift_hold());
     let mut body = vec![StatsRecord::FORMAT_VERSION];
     tracked.encode_body(&mut body).expect("encode");
     assert_eq!(body, v4, "the encoder writes the same bytes");

@@ -32,7 +32,7 @@ pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Cha
             } else {
                 "test.arm_reinstated"
             };
-            let cause = if stats.tracks[arm].drift_hold {
+            let cause = if stats.tracks[arm].drift_hold() {
                 "drift"
             } else {
                 "stop_loss"
@@ -489,14 +489,14 @@ impl Experiments {
     fn stop_decision(&self, config: &TestConfig, stats: &StatsRecord) -> Option<PendingStop> {
         let test_id = config.test_id.to_string();
         if stats.suspended.iter().all(|&s| s) {
-            let drift = stats.tracks.iter().any(|t| t.drift_hold);
+            let drift = stats.tracks.iter().any(|t| t.drift_hold());
             let (kind, reason) = if drift {
                 let causes: Vec<String> = stats
                     .tracks
                     .iter()
                     .enumerate()
                     .map(|(i, t)| {
-                        let cause = if t.drift_hold { "drift" } else { "stop-loss" };
+                        let cause = if t.drift_hold() { "drift" } else { "stop-loss" };
                         format!("{} ({cause})", config.arms[i].arm_id)
                     })
                     .collect();

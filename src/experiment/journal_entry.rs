@@ -155,7 +155,7 @@ pub(super) fn settle(
         .into_iter()
         .map(|(arm, at, alarm)| {
             if !ended && config.on_drift == DriftAction::Suspend && alarm.direction < 0 {
-                stats.tracks[arm].drift_hold = true;
+                stats.tracks[arm].hold_for_drift();
             }
             Change::Drift { arm, at, alarm }
         })

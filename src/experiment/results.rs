@@ -95,10 +95,10 @@ pub struct DriftSummary {
 impl DriftSummary {
     fn of(track: &ArmTrack) -> Self {
         Self {
-            alarms: track.drift_alarms,
-            first_at: track.first_drift_at,
-            last_at: track.last_drift.map_or(0, |d| d.at),
-            last_direction: track.last_drift.map_or(0, |d| d.direction),
+            alarms: track.drift_alarms(),
+            first_at: track.first_drift_at(),
+            last_at: track.last_drift().map_or(0, |d| d.at),
+            last_direction: track.last_drift().map_or(0, |d| d.direction),
             statistic: track.detector.statistic(),
         }
     }

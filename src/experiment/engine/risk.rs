@@ -25,7 +25,7 @@ pub(in crate::experiment) fn update_suspensions(
         .enumerate()
     {
         let below = arm.n >= STOP_LOSS_MIN_RESULTS && arm.mean < config.stop_loss_threshold;
-        let held = below || track.drift_hold;
+        let held = below || track.drift_hold();
         if held != *suspended {
             *suspended = held;
             changes.push((i, held));

@@ -18,14 +18,23 @@ pub struct ArmTrack {
     pub max_drawdown: f64,
     /// The change-point detector.
     pub detector: DriftDetector,
+    /// What drift has been found, boxed: most arms never raise an alarm, and a track is kept
+    /// for every arm of every test (80k of them at 10k tests × 8 arms), so the 48 bytes live
+    /// only where an alarm happened.
+    drift: Option<Box<DriftHistory>>,
+}
+
+/// The drift found in an arm so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DriftHistory {
     /// Alarms so far.
-    pub drift_alarms: u64,
+    pub alarms: u64,
     /// The result count at the first alarm (0: none).
-    pub first_drift_at: u64,
+    pub first_at: u64,
     /// The last alarm: its result count, direction and statistic.
-    pub last_drift: Option<DriftRecord>,
+    pub last: Option<DriftRecord>,
     /// Held at the allocation floor because drift was found in a test that suspends on drift.
-    pub drift_hold: bool,
+    pub hold: bool,
 }
 
 /// A drift alarm as kept with the arm.
@@ -40,6 +49,56 @@ pub struct DriftRecord {
 }
 
 impl ArmTrack {
+    /// A track with these figures and drift history.
+    pub fn new(
+        results: u64,
+        cumulative: f64,
+        peak: f64,
+        max_drawdown: f64,
+        detector: DriftDetector,
+        drift: DriftHistory,
+    ) -> Self {
+        Self {
+            results,
+            cumulative,
+            peak,
+            max_drawdown,
+            detector,
+            drift: (drift != DriftHistory::default()).then(|| Box::new(drift)),
+        }
+    }
+
+    /// The drift found so far.
+    pub fn drift(&self) -> DriftHistory {
+        self.drift.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Alarms so far.
+    pub fn drift_alarms(&self) -> u64 {
+        self.drift.as_ref().map_or(0, |d| d.alarms)
+    }
+
+    /// The result count at the first alarm (0: none).
+    pub fn first_drift_at(&self) -> u64 {
+        self.drift.as_ref().map_or(0, |d| d.first_at)
+    }
+
+    /// The last alarm.
+    pub fn last_drift(&self) -> Option<DriftRecord> {
+        self.drift.as_ref().and_then(|d| d.last)
+    }
+
+    /// Whether drift holds the arm at the allocation floor.
+    pub fn drift_hold(&self) -> bool {
+        self.drift.as_ref().is_some_and(|d| d.hold)
+    }
+
+    /// Holds the arm at the allocation floor for drift (called on an alarm of a fall in a test
+    /// that suspends on drift).
+    pub fn hold_for_drift(&mut self) {
+        self.drift.get_or_insert_with(Box::default).hold = true;
+    }
+
     /// Folds in one return; returns the drift alarm it set off, if any.
     pub fn add(&mut self, x: f64) -> Option<DriftAlarm> {
         self.results += 1;
@@ -49,12 +108,14 @@ impl ArmTrack {
         self.peak = self.peak.max(self.cumulative);
         self.max_drawdown = self.max_drawdown.max(self.peak - self.cumulative);
         let alarm = self.detector.update(x)?;
-        self.drift_alarms += 1;
-        if self.first_drift_at == 0 {
-            self.first_drift_at = self.results;
+        let results = self.results;
+        let drift = self.drift.get_or_insert_with(Box::default);
+        drift.alarms += 1;
+        if drift.first_at == 0 {
+            drift.first_at = results;
         }
-        self.last_drift = Some(DriftRecord {
-            at: self.results,
+        drift.last = Some(DriftRecord {
+            at: results,
             direction: alarm.direction,
             statistic: alarm.statistic,
         });

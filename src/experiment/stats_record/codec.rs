@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use super::StatsRecord;
 use crate::experiment::engine::posterior::{ArmStats, MetricStats, MAX_METRICS_PER_ARM};
 use crate::experiment::engine::stopping::SequentialState;
-use crate::experiment::engine::track::{ArmTrack, DriftRecord};
+use crate::experiment::engine::track::{ArmTrack, DriftHistory, DriftRecord};
 use crate::stats::drift::DriftDetector;
 use crate::storage::{ByteReader, ByteWriter};
 
@@ -86,9 +86,10 @@ pub fn encode_tracked(record: &StatsRecord, out: &mut Vec<u8>) {
             .into_iter()
             .for_each(|x| w.f64(x));
         w.0.push(u8::from(d.frozen));
-        w.varint(t.drift_alarms);
-        w.varint(t.first_drift_at);
-        match t.last_drift {
+        let drift = t.drift();
+        w.varint(drift.alarms);
+        w.varint(drift.first_at);
+        match drift.last {
             None => w.0.push(0),
             Some(last) => {
                 w.0.push(if last.direction > 0 { 1 } else { 2 });
@@ -96,7 +97,7 @@ pub fn encode_tracked(record: &StatsRecord, out: &mut Vec<u8>) {
                 w.f64(last.statistic);
             }
         }
-        w.0.push(u8::from(t.drift_hold));
+        w.0.push(u8::from(drift.hold));
     }
 }
 
@@ -149,17 +150,20 @@ fn read_track(r: &mut ByteReader<'_>) -> Result<ArmTrack, String> {
         }),
         b => return Err(format!("last drift tag {b} is not 0, 1 or 2")),
     };
-    Ok(ArmTrack {
+    let drift = DriftHistory {
+        alarms: drift_alarms,
+        first_at: first_drift_at,
+        last: last_drift,
+        hold: flag(r, "drift hold")?,
+    };
+    Ok(ArmTrack::new(
         results,
         cumulative,
         peak,
         max_drawdown,
         detector,
-        drift_alarms,
-        first_drift_at,
-        last_drift,
-        drift_hold: flag(r, "drift hold")?,
-    })
+        drift,
+    ))
 }
 
 /// Reads a version 2 body; the error says which field is malformed.
