@@ -1,16 +1,15 @@
-//! An append-only, group-committed journal of opaque entries, for writes too frequent and too
-//! small for the store's B-tree: result batches. Each entry gets a *position* (increasing, never reused), is
-//! buffered in memory by [`Journal::append`], and is durable once [`Journal::sync_through`] has
-//! returned for its position. One background thread writes and `fdatasync`s the buffer on behalf
-//! of every waiter, so concurrent writers share syncs.
+//! An append-only, group-committed journal of opaque entries: the single-node [`Log`], which every
+//! change goes through (store batches and result batches). Each entry gets a *position*
+//! (increasing; a durable one is never reused), is buffered in memory by [`Journal::append`], and
+//! is durable once [`Journal::sync_through`] has returned for its position. One background thread
+//! writes and `fdatasync`s the buffer on behalf of every waiter, so concurrent writers share syncs.
 //!
-//! Why not the store: results spread over 10k tests make a B-tree rewrite a page (kilobytes) per
-//! updated key, far more than the ~25 bytes of a result, which capped durable ingestion near 50k
-//! results/s. Here a result costs its own bytes, written sequentially. The owner snapshots its
-//! state to the store
-//! periodically, stamped with the position it includes, and then removes segments the snapshots
-//! cover ([`Journal::rotate`], [`Journal::remove_before`]), so the journal stays short and start-up
-//! replays only its tail.
+//! Why a journal in front of the store: results spread over 10k tests make a B-tree rewrite a page
+//! (kilobytes) per updated key, far more than the ~25 bytes of a result, which capped durable
+//! ingestion near 50k results/s. Here a result costs its own bytes, written sequentially. The
+//! owner checkpoints the store and snapshots its state to it periodically, stamped with the
+//! position they include, and then removes segments they cover ([`Journal::rotate`],
+//! [`Journal::remove_before`]), so the journal stays short and start-up replays only its tail.
 //!
 //! Files: `<dir>/<first position, 20 digits>.journal`, each starting with [`MAGIC`]. Entry: payload
 //! length (u32 LE), CRC-32 (IEEE, via `crc32fast`) of position and payload, position (u64 LE),
