@@ -331,14 +331,21 @@ impl Experiments {
         // records (every test allocating) made a transient peak of ~20 MB that the allocator
         // kept. For the same reason the log is synced every few chunks: until then it buffers
         // each chunk's entry and the store keeps what undoes it.
+        // The tests are listed first: a log sync must not run while the map's shard locks are
+        // held (a test creation would wait for it on a runtime thread).
+        let tests: Vec<Arc<TestState>> = self
+            .inner
+            .tests
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect();
         let mut batch = WriteBatch::new();
         let mut written = 0usize;
         let mut chunks = 0usize;
-        for entry in self.inner.tests.iter() {
-            let state = entry.value();
+        for state in tests {
             if state.take_allocations_dirty() || all {
                 batch.put(
-                    keys::test_allocations(entry.key().as_str()),
+                    keys::test_allocations(state.config.test_id.as_str()),
                     &state.allocation_record(),
                 )?;
                 written += 1;

@@ -183,13 +183,17 @@ impl Journal {
     /// Returns once every entry up to `position` is durable, sharing the sync with every other
     /// waiter. An error means the journal failed: nothing unsynced may be acknowledged.
     /// A wait that sees the failure happen gets the I/O error itself (a full disk is told as
-    /// such); one that begins after it gets the refusal.
+    /// such); one that begins after it gets the refusal. Entries made durable before a failure
+    /// are reported durable: their writers must not be told they failed, since they come back.
     pub async fn sync_through(&self, position: u64) -> Result<()> {
         let mut durable = self.durable.subscribe();
         let mut waited = false;
         loop {
             {
                 let now = durable.borrow_and_update();
+                if now.through >= position {
+                    return Ok(());
+                }
                 if let Some(why) = &now.failed {
                     return Err(if waited {
                         StorageError::Io {
@@ -199,9 +203,6 @@ impl Journal {
                     } else {
                         failed(why)
                     });
-                }
-                if now.through >= position {
-                    return Ok(());
                 }
             }
             waited = true;
@@ -514,6 +515,11 @@ mod tests {
         journal.append(b"c").expect_err("refused");
         assert_eq!(Log::durable_through(&*journal), a);
         journal.sync_through(b).await.expect_err("still failed");
+        // What was durable before the failure is still reported durable.
+        journal
+            .sync_through(a)
+            .await
+            .expect("durable before the failure");
         drop(journal);
         let (_, entries) = Journal::open(dir.path()).expect("reopen");
         assert_eq!(payloads(&entries), [&b"a"[..]]);
