@@ -175,7 +175,7 @@ impl Experiments {
                 secret,
             }),
         };
-        let replayed = experiments.replay_journal(&loaded, storage.owner_entries(0)?)?;
+        let replayed = experiments.replay_journal(&loaded, storage.take_owner_entries())?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed result entries from the log");
         }

@@ -13,7 +13,7 @@
 //! the last batch it holds and syncs it, after which the owner may trim the log below its own
 //! snapshots' positions. Opening replays the batches after the stamp onto the engine (a crash
 //! loses the engine's unsynced writes, never the log's synced entries), then hands the owner
-//! its entries to replay ([`Storage::owner_entries`]).
+//! its entries to replay ([`Storage::take_owner_entries`]).
 //!
 //! A data directory written by builds that kept this table in sled is converted once, at open
 //! ([`migrate`]); one written by builds that made every batch durable in the engine itself (no
@@ -101,6 +101,8 @@ pub struct Storage {
     data_dir: PathBuf,
     /// The ordered log: the journal.
     log: Arc<dyn Log>,
+    /// The owner's entries found at open, until the owner takes them to replay.
+    owner_entries: parking_lot::Mutex<Vec<LogEntry>>,
     /// Why the store's last write or sync failed, until a sync succeeds again.
     store_fault: parking_lot::Mutex<Option<String>>,
     /// Declared last, so dropped last: the directory counts as released only once the engine
@@ -180,6 +182,8 @@ impl Storage {
         if replayed > 0 {
             tracing::info!(batches = replayed, "replayed store batches from the log");
         }
+        let mut owner_entries = entries;
+        owner_entries.retain(|e| !batch_entry::is_batch(&e.payload));
         Ok(Self {
             engine,
             order: parking_lot::Mutex::new(()),
@@ -189,22 +193,22 @@ impl Storage {
             checkpoints: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
             log,
+            owner_entries: parking_lot::Mutex::new(owner_entries),
             store_fault: parking_lot::Mutex::new(None),
             _registered: registered,
         })
     }
 
-    /// The ordered log, for the owner's own entries (see [`Storage::owner_entries`]).
+    /// The ordered log, for the owner's own entries (see [`Storage::take_owner_entries`]).
     pub fn log(&self) -> &dyn Log {
         &*self.log
     }
 
-    /// The durable log entries from `from` on that are the owner's (not store batches), in
-    /// position order. Blocks on I/O.
-    pub fn owner_entries(&self, from: u64) -> Result<Vec<LogEntry>> {
-        let mut entries = self.log.read_from(from)?;
-        entries.retain(|e| !batch_entry::is_batch(&e.payload));
-        Ok(entries)
+    /// The owner's entries (not store batches) the log held at open, in position order, for
+    /// the owner to replay; empty after the first call. They were read once, when the log was
+    /// opened and checked.
+    pub fn take_owner_entries(&self) -> Vec<LogEntry> {
+        std::mem::take(&mut *self.owner_entries.lock())
     }
 
     /// The data directory this storage lives in.
@@ -670,7 +674,9 @@ mod tests {
         let own = storage.log().append(&[1, 42]).expect("append");
         put(&storage, 2);
         storage.flush().await.expect("flush");
-        let entries = storage.owner_entries(0).expect("read");
+        drop(storage);
+        let storage = Storage::open(dir.path()).expect("reopen");
+        let entries = storage.take_owner_entries();
         assert_eq!(
             entries,
             [LogEntry {

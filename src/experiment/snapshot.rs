@@ -33,7 +33,7 @@ use super::{ExperimentError, Experiments, Inner, Result};
 
 /// How often journaled statistics are stored in the store and the journal trimmed.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
-/// Tests stored between two store syncs of a round. On ext4 (`data=ordered`) a journal sync can
+/// Tests stored between two checkpoints of a round. On ext4 (`data=ordered`) a journal sync can
 /// wait for the store's dirty data to be written; smaller syncs keep that wait short.
 const SNAPSHOT_FLUSH_CHUNK: usize = 250;
 
