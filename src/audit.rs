@@ -1,8 +1,9 @@
 //! The append-only, hash-chained audit log.
 //!
-//! Every change that must be audited is committed through [`AuditLog::commit`], which appends the
-//! events to the same [`WriteBatch`] as the change, so the change and its record appear together or
-//! not at all. Each event stores `prev_hash` and `hash = SHA-256(prev_hash ‖ "\n" ‖ canonical JSON
+//! Every change that must be audited is committed through [`AuditLog::commit`] (a batch) or
+//! [`AuditLog::execute`] (a command, whose fold chains its events with [`append`]); either way
+//! the events are in the same [`WriteBatch`] as the change, so the change and its record appear
+//! together or not at all. Each event stores `prev_hash` and `hash = SHA-256(prev_hash ‖ "\n" ‖ canonical JSON
 //! of {seq, time, actor, action, entity_type, entity, details})`, where the canonical JSON has
 //! fields in that order and `details` sorted by key. The chain's head is also recorded under
 //! [`keys::AUDIT_HEAD`], so truncating the tail is detected too.
@@ -161,52 +162,87 @@ pub struct ChainReport {
     pub first_bad: Option<(u64, String)>,
 }
 
-/// The audit log of one storage.
+/// Links `drafts` after the chain head `store` holds, stamped `time`, and adds the events and
+/// the new head to `batch`. Deterministic: a command's fold calls it to chain its events, with
+/// the command's time, so replaying the command chains the same events.
+pub fn append(
+    store: &Storage,
+    batch: &mut WriteBatch,
+    drafts: Vec<AuditDraft>,
+    time: UnixNanos,
+) -> storage::Result<Vec<AuditEvent>> {
+    if drafts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = store
+        .get::<ChainHead>(keys::AUDIT_HEAD)?
+        .unwrap_or_else(ChainHead::genesis);
+    let (events, next) = chain(&head, drafts, time)?;
+    for event in &events {
+        batch.put(keys::audit(event.seq), event)?;
+    }
+    batch.put(keys::AUDIT_HEAD, &next)?;
+    Ok(events)
+}
+
+/// Logs committed events: every lifecycle change is audited, so this is the one place that
+/// logs them all.
+pub fn log_events(events: &[AuditEvent]) {
+    for event in events {
+        let details = serde_json::to_string(&event.details).unwrap_or_default();
+        if event.action.contains("suspend") || event.action.contains("drift") {
+            tracing::warn!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
+        } else {
+            tracing::info!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
+        }
+    }
+}
+
+/// The audit log of one storage. The chain's head lives in the store; appends read it where
+/// they commit, so a change written as a batch and one executed as a command link in log order.
 #[derive(Debug)]
 pub struct AuditLog {
-    head: Mutex<ChainHead>,
+    /// Held by every append and by [`AuditLog::verify`], so a walk sees a whole chain.
+    appends: Mutex<()>,
 }
 
 impl AuditLog {
-    /// Loads the chain head from storage.
+    /// The audit log of `storage`, checking that its chain head decodes.
     pub fn open(storage: &Storage) -> storage::Result<Self> {
-        let head = storage
-            .get::<ChainHead>(keys::AUDIT_HEAD)?
-            .unwrap_or_else(ChainHead::genesis);
+        storage.get::<ChainHead>(keys::AUDIT_HEAD)?;
         Ok(Self {
-            head: Mutex::new(head),
+            appends: Mutex::new(()),
         })
     }
 
-    /// Appends `drafts` to `batch` and applies it atomically. The caller must still
-    /// [`Storage::flush`] before acknowledging.
+    /// Appends `drafts` to `batch`, stamped now, and applies it atomically. The caller must
+    /// still [`Storage::flush`] before acknowledging.
     pub fn commit(
         &self,
         storage: &Storage,
-        mut batch: WriteBatch,
+        batch: WriteBatch,
         drafts: Vec<AuditDraft>,
     ) -> storage::Result<Vec<AuditEvent>> {
-        // The head lock orders appends; it is held only for in-memory work and one batch apply.
-        let mut head = self.head.lock();
-        let (events, next) = chain(&head, drafts, time::now())?;
-        for event in &events {
-            batch.put(keys::audit(event.seq), event)?;
-        }
-        if !events.is_empty() {
-            batch.put(keys::AUDIT_HEAD, &next)?;
-        }
-        storage.apply(batch)?;
-        *head = next;
-        // Every lifecycle change is audited, so this is the one place that logs them all.
-        for event in &events {
-            let details = serde_json::to_string(&event.details).unwrap_or_default();
-            if event.action.contains("suspend") || event.action.contains("drift") {
-                tracing::warn!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
-            } else {
-                tracing::info!(seq = event.seq, action = %event.action, entity = %event.entity, actor = %event.actor, %details, "audit");
-            }
-        }
+        let _appending = self.appends.lock();
+        let (_, events) = storage.apply_with(|store| {
+            let mut batch = batch;
+            let events = append(store, &mut batch, drafts, time::now())?;
+            Ok::<_, StorageError>((batch, events))
+        })?;
+        log_events(&events);
         Ok(events)
+    }
+
+    /// Executes a command whose batch may extend the chain (its `decide` calls [`append`]);
+    /// see [`Storage::execute`]. The caller logs the events it chained ([`log_events`]).
+    pub fn execute<T, E: From<StorageError>>(
+        &self,
+        storage: &Storage,
+        command: &[u8],
+        decide: impl FnOnce(&Storage) -> std::result::Result<(WriteBatch, T), E>,
+    ) -> std::result::Result<(u64, T), E> {
+        let _appending = self.appends.lock();
+        storage.execute(command, decide)
     }
 
     /// The most recent `limit` events about `entity` (all when empty), oldest first. An event
@@ -233,8 +269,11 @@ impl AuditLog {
 
     /// Recomputes the whole chain and reports the first event that does not verify.
     pub fn verify(&self, storage: &Storage) -> storage::Result<ChainReport> {
-        // Hold the head so no append races the walk.
-        let head = self.head.lock().clone();
+        // Hold appends off so that the walk and the head agree.
+        let _appending = self.appends.lock();
+        let head = storage
+            .get::<ChainHead>(keys::AUDIT_HEAD)?
+            .unwrap_or_else(ChainHead::genesis);
         let mut expected_prev = GENESIS_HASH.to_string();
         let mut expected_seq = 1u64;
         let mut checked = 0u64;

@@ -65,7 +65,7 @@ pub use state::{AllocationRecord, Decision, StatsRecord};
 use types::*;
 
 use crate::audit::AuditLog;
-use crate::registry::types::{ArmDrift, LivePerformance, ModelId, RegistryId};
+use crate::registry::types::{ArmDrift, LivePerformance, ModelId};
 use crate::registry::{ModelUsage, Registry};
 use crate::storage::{keys, Storage, WriteBatch};
 
@@ -142,9 +142,19 @@ impl Experiments {
             source,
         })?;
         let secret = Self::decision_secret(&storage)?;
+        // Data written before the index of model versions in use has none: built here, in
+        // batches, before any registry command can read it.
+        let indexed = storage.get_raw(keys::MODEL_USE_INDEXED)?.is_some();
+        let mut index = WriteBatch::new();
         let mut loaded = Vec::new();
         for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
             let (_, record) = entry?;
+            if !indexed {
+                lifecycle::index_model_uses(&mut index, &record);
+                if index.len() >= 10_000 {
+                    storage.apply(std::mem::take(&mut index))?;
+                }
+            }
             let id = record.config.test_id.clone();
             let k = record.config.arms.len();
             let stats = storage
@@ -157,6 +167,10 @@ impl Experiments {
                 id,
                 Arc::new(TestState::restored(record, stats, allocations, key)),
             ));
+        }
+        if !indexed {
+            index.put_raw(keys::MODEL_USE_INDEXED, Vec::new());
+            storage.apply(index)?;
         }
         let experiments = Self {
             inner: Arc::new(Inner {
@@ -423,15 +437,6 @@ impl Experiments {
 }
 
 impl ModelUsage for Experiments {
-    fn active_test_using(&self, id: &RegistryId) -> Option<String> {
-        self.inner.tests.iter().find_map(|entry| {
-            let state = entry.value();
-            let active = matches!(state.status(), TestStatus::Running | TestStatus::Paused);
-            (active && state.config.arms.iter().any(|a| a.model.id() == id))
-                .then(|| entry.key().to_string())
-        })
-    }
-
     fn live_performance(&self, model_id: &ModelId) -> LivePerformance {
         let mut pooled = posterior::ArmStats::default();
         let mut tests = 0;

@@ -7,10 +7,13 @@
 //!   `tonic::Status` in exactly one place; authentication, admission (rate limits, deadlines)
 //!   and TLS as tower layers.
 //! - [`auth`]: principals, roles, actors and rate limits (knows nothing of gRPC).
+//! - [`state`]: the fold that applies the log's commands (each domain's, dispatched by its
+//!   first byte) to the store, when they are executed and when they are replayed.
 //! - [`experiment`]: tests, result ingestion into the log, statistics snapshots, settlement;
 //!   its [`experiment::engine`] decides (allocation tables and policies, stopping rules,
 //!   stop-loss, drift and drawdown) without storage or clock.
-//! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures.
+//! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures;
+//!   its changes are logged as commands ([`registry::command`]) that the fold applies.
 //! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
 //! - [`storage`]: one ordered log ([`storage::Log`], the journal on a single node) that every
 //!   change goes through, with group commit, folded into an embedded store (redb) behind typed
@@ -32,6 +35,7 @@ pub mod metrics;
 pub mod pb;
 pub mod registry;
 pub mod server;
+pub mod state;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;

@@ -2,14 +2,17 @@
 //! lifecycle and retention.
 //!
 //! Main types: [`Registry`] (the operations), [`types::ModelMetadata`] (the stored record),
-//! [`artifacts::ArtifactStore`] (files), [`RegistryError`]. Mutations are serialized by one
-//! in-process lock held only for a check-then-write on the store (never across an `.await`), then made
-//! durable by a shared flush before the caller acknowledges. Depends on `storage` and `audit`;
-//! knows nothing of gRPC. Knowledge of tests comes in through [`ModelUsage`].
+//! [`artifacts::ArtifactStore`] (files), [`RegistryError`]. Registrations, promotions and
+//! deletions are logged as commands whose outcome is folded from the store at their position
+//! ([`command`]); they are serialized by one in-process lock (never held across an `.await`),
+//! then made durable by a shared flush before the caller acknowledges. Depends on `storage` and `audit`;
+//! knows nothing of gRPC. Which tests use a version comes from the store's index (see
+//! [`command`]); live figures of tests through [`ModelUsage`].
 
 pub mod artifacts;
 mod change;
 pub use change::{Deletion, Promotion, PromotionRights};
+pub mod command;
 mod error;
 pub mod lifecycle;
 mod register;
@@ -26,7 +29,7 @@ pub use register::Registration;
 use types::*;
 
 use crate::audit::AuditLog;
-use crate::storage::{keys, Storage};
+use crate::storage::{keys, Storage, WriteBatch};
 use artifacts::ArtifactStore;
 
 /// Result alias of the registry.
@@ -34,8 +37,6 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// What the registry needs to know about tests (implemented by the experiment layer).
 pub trait ModelUsage: Send + Sync + std::fmt::Debug {
-    /// One RUNNING or PAUSED test that has `id` as an arm, if any.
-    fn active_test_using(&self, id: &RegistryId) -> Option<String>;
     /// Live figures of every version of `model_id` across all tests.
     fn live_performance(&self, model_id: &ModelId) -> LivePerformance;
 }
@@ -200,12 +201,27 @@ impl Registry {
         f()
     }
 
-    fn active_test_using(&self, id: &RegistryId) -> Option<String> {
-        self.usage()?.active_test_using(id)
+    /// Executes a registry command whose log entry is `entry`: `change` computes its writes
+    /// and audit drafts from the store at the command's position (see [`command`]); the
+    /// events are chained at `time`. Not yet durable. Blocking.
+    fn execute<T>(
+        &self,
+        entry: &[u8],
+        time: crate::time::UnixNanos,
+        change: impl FnOnce(&Storage, &mut WriteBatch) -> command::Change<T>,
+    ) -> Result<T> {
+        let (_, (answer, events)) =
+            self.inner
+                .audit
+                .execute(&self.inner.storage, entry, |store| {
+                    command::fold(store, time, |batch| change(store, batch))
+                })?;
+        crate::audit::log_events(&events);
+        Ok(answer)
     }
 
     pub(crate) fn load(&self, id: &RegistryId) -> Result<Option<ModelMetadata>> {
-        Ok(self.inner.storage.get(&keys::model(&id.to_string()))?)
+        command::load(&self.inner.storage, id)
     }
 
     fn load_existing(&self, id: &RegistryId) -> Result<ModelMetadata> {
@@ -233,11 +249,7 @@ impl Registry {
 
     /// Every version of `model_id`, in key order.
     fn versions(&self, model_id: &ModelId) -> Result<Vec<ModelMetadata>> {
-        self.inner
-            .storage
-            .scan::<ModelMetadata>(&keys::model_versions(model_id.as_str()))
-            .map(|entry| entry.map(|(_, m)| m).map_err(Into::into))
-            .collect()
+        command::versions(&self.inner.storage, model_id)
     }
 
     /// The metadata of one version.

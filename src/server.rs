@@ -129,7 +129,7 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
-    let storage = Arc::new(Storage::open(&config.data_dir)?);
+    let storage = Arc::new(crate::state::open_storage(&config.data_dir)?);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), registry_config)?;
 

@@ -4,16 +4,20 @@
 //!
 //! A [`WriteBatch`] is *applied* by [`Storage::apply`]: the engine applies it atomically (visible
 //! to readers at once, not yet durable) and its ops are appended to the log as one entry, both
-//! under one lock, so log order is apply order. It is *durable* once the log has synced its
+//! under one lock, so log order is apply order. A domain command is *executed* by
+//! [`Storage::execute`]: the same, except that the log holds the command, and its batch is
+//! computed from the command and the store by the domain's [`CommandFold`] ([`command`]).
+//! Each such store entry carries a sequence number that the engine records in the same commit,
+//! so the engine always says exactly which entries it holds. It is *durable* once the log has synced its
 //! entry ([`Storage::flush`], [`Storage::flush_through`]); callers acknowledge a client only
 //! after that. Concurrent flushes share syncs (the log's group commit). The owner appends its own
 //! entries to the same log (result batches), so there is one order for everything.
 //!
 //! The engine is a snapshot of the log: a [`Storage::checkpoint`] stamps it with the position of
 //! the last batch it holds and syncs it, after which the owner may trim the log below its own
-//! snapshots' positions. Opening replays the batches after the stamp onto the engine (a crash
-//! loses the engine's unsynced writes, never the log's synced entries), then hands the owner
-//! its entries to replay ([`Storage::take_owner_entries`]).
+//! snapshots' positions. Opening replays the batches and commands the engine does not hold
+//! (a crash loses the engine's unsynced writes, never the log's synced entries), then hands
+//! the owner its entries to replay ([`Storage::take_owner_entries`]).
 //!
 //! A data directory written by builds that kept this table in sled is converted once, at open
 //! ([`migrate`]); one written by builds that made every batch durable in the engine itself (no
@@ -24,6 +28,7 @@
 mod batch_entry;
 mod bytes;
 mod codec;
+mod command;
 pub mod engine;
 mod error;
 pub mod journal;
@@ -40,7 +45,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use bytes::{ByteReader, ByteWriter};
-pub use codec::{decode, BodyError, Record};
+pub use codec::{decode, encode, BodyError, Record};
+pub use command::{CommandFold, NoCommands};
 use engine::{Engine, Op};
 pub use error::StorageError;
 pub use journal::Journal;
@@ -67,9 +73,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         })
 }
 
-/// Whether a log entry is a store batch (as opposed to one of the owner's own entries).
-pub fn is_store_batch(payload: &[u8]) -> bool {
-    batch_entry::is_batch(payload)
+/// Whether a log entry is the store's (a batch or a command), as opposed to one of the
+/// owner's own entries.
+pub fn is_store_entry(payload: &[u8]) -> bool {
+    batch_entry::is_batch(payload) || command::is_command(payload)
 }
 
 /// A batch the engine applied and the log may not hold durably yet.
@@ -94,6 +101,13 @@ pub struct Storage {
     unsynced: parking_lot::Mutex<VecDeque<Unsynced>>,
     /// The log position of the last batch applied (0: none since the log began).
     last_batch: AtomicU64,
+    /// The store sequence number of the last batch or command applied: each store entry
+    /// carries the next one, and the engine records it in the same commit
+    /// ([`keys::STORE_SEQ`]), so that whatever state the engine comes back with (its last
+    /// checkpoint after a crash, everything after a clean close) says exactly which entries
+    /// it holds. Replaying a command onto a store that already holds it would refuse it.
+    /// Changed only under `order`.
+    seq: AtomicU64,
     /// The position the engine's newest stamp names (what a checkpoint has covered).
     checkpointed: AtomicU64,
     /// Checkpoints that synced the engine.
@@ -112,10 +126,16 @@ pub struct Storage {
 
 impl Storage {
     /// Opens (or creates) the store `<data_dir>/store.redb` and the journal under
-    /// `<data_dir>/journal`, converting a directory written by an older build first.
-    ///
-    /// Replays the log's store batches after the engine's last checkpoint before it returns.
+    /// `<data_dir>/journal`, converting a directory written by an older build first, for a
+    /// caller that executes no commands (a log holding commands after the last checkpoint
+    /// does not open: see [`Storage::open_with`]).
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, &NoCommands)
+    }
+
+    /// Opens the storage of `data_dir`, replaying the log's batches and commands after the
+    /// engine's last checkpoint (commands through `fold`) before it returns.
+    pub fn open_with(data_dir: &Path, fold: &dyn CommandFold) -> Result<Self> {
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
                 context: format!("creating data directory {}", data_dir.display()),
@@ -129,10 +149,6 @@ impl Storage {
         let registered = Registered::claim(data_dir).ok_or_else(|| StorageError::Locked {
             path: data_dir.join(STORE_FILE),
         })?;
-        Self::open_registered(data_dir, registered)
-    }
-
-    fn open_registered(data_dir: &Path, registered: Registered) -> Result<Self> {
         migrate::from_sled(data_dir, CACHE_BYTES)?;
         let engine: Arc<dyn Engine> = Arc::new(redb_engine::RedbEngine::open(
             &data_dir.join(STORE_FILE),
@@ -141,62 +157,95 @@ impl Storage {
         let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
         let journal = Arc::new(journal);
         journal.start()?;
-        Self::assemble(data_dir, registered, engine, journal, entries)
+        Self::assemble(data_dir, registered, engine, journal, entries, fold)
     }
 
     /// The storage of `engine` and `log`, whose entries at open are `entries`: replays the store
-    /// batches after the engine's checkpoint.
+    /// batches and commands after the engine's checkpoint, in log order.
     fn assemble(
         data_dir: &Path,
         registered: Registered,
         engine: Arc<dyn Engine>,
         log: Arc<dyn Log>,
         entries: Vec<LogEntry>,
+        fold: &dyn CommandFold,
     ) -> Result<Self> {
-        let stamp = match engine.get(keys::LOG_STAMP)? {
-            None => 0,
-            Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StorageError::Corrupt {
-                    key: String::from_utf8_lossy(keys::LOG_STAMP).into_owned(),
-                    why: format!("{} bytes, not 8", bytes.len()),
-                }
-            })?),
-        };
+        let stamp = read_u64(&*engine, keys::LOG_STAMP)?;
+        let engine_seq = read_u64(&*engine, keys::STORE_SEQ)?;
         // The engine may hold batches whose entries a crash cut off the log: their positions
         // must not be handed out again.
         log.reserve_through(stamp);
-        let mut last_batch = stamp;
-        let mut replayed = 0usize;
-        for entry in entries.iter().filter(|e| batch_entry::is_batch(&e.payload)) {
-            last_batch = last_batch.max(entry.position);
-            if entry.position <= stamp {
-                continue;
-            }
-            let ops = batch_entry::decode(&entry.payload).map_err(|why| StorageError::Corrupt {
-                key: format!("log entry {}", entry.position),
-                why,
-            })?;
-            engine.apply(&ops)?;
-            replayed += 1;
-        }
-        if replayed > 0 {
-            tracing::info!(batches = replayed, "replayed store batches from the log");
-        }
-        let mut owner_entries = entries;
-        owner_entries.retain(|e| !batch_entry::is_batch(&e.payload));
-        Ok(Self {
+        let storage = Self {
             engine,
             order: parking_lot::Mutex::new(()),
             unsynced: parking_lot::Mutex::new(VecDeque::new()),
-            last_batch: AtomicU64::new(last_batch),
+            last_batch: AtomicU64::new(stamp),
+            seq: AtomicU64::new(engine_seq),
             checkpointed: AtomicU64::new(stamp),
             checkpoints: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
             log,
-            owner_entries: parking_lot::Mutex::new(owner_entries),
+            owner_entries: parking_lot::Mutex::new(Vec::new()),
             store_fault: parking_lot::Mutex::new(None),
             _registered: registered,
-        })
+        };
+        let mut owner_entries = Vec::new();
+        let mut last_batch = stamp;
+        let mut seq = engine_seq;
+        let mut replayed = 0usize;
+        for entry in entries {
+            if !is_store_entry(&entry.payload) {
+                owner_entries.push(entry);
+                continue;
+            }
+            last_batch = last_batch.max(entry.position);
+            let corrupt = |why: String| StorageError::Corrupt {
+                key: format!("log entry {}", entry.position),
+                why,
+            };
+            let (entry_seq, mut ops) = if command::is_command(&entry.payload) {
+                let (entry_seq, body) = command::decode(&entry.payload).map_err(corrupt)?;
+                if entry_seq <= engine_seq {
+                    seq = seq.max(entry_seq);
+                    continue;
+                }
+                let batch = fold
+                    .replay(&storage, body)
+                    .map_err(|why| corrupt(format!("command not replayed: {why}")))?;
+                (Some(entry_seq), batch.ops)
+            } else {
+                batch_entry::decode(&entry.payload).map_err(corrupt)?
+            };
+            match entry_seq {
+                Some(entry_seq) if entry_seq <= engine_seq => {
+                    seq = seq.max(entry_seq);
+                    continue;
+                }
+                Some(entry_seq) => {
+                    seq = seq.max(entry_seq);
+                    ops.push(Op::Put(
+                        keys::STORE_SEQ.to_vec(),
+                        entry_seq.to_le_bytes().to_vec(),
+                    ));
+                }
+                // Written by a build without sequence numbers (and without commands): every
+                // batch after the checkpoint is replayed, which redoes the same writes.
+                None if entry.position <= stamp => continue,
+                None => {}
+            }
+            storage.engine.apply(&ops)?;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(
+                entries = replayed,
+                "replayed store batches and commands from the log"
+            );
+        }
+        storage.last_batch.store(last_batch, Ordering::Release);
+        storage.seq.store(seq, Ordering::Release);
+        *storage.owner_entries.lock() = owner_entries;
+        Ok(storage)
     }
 
     /// The ordered log, for the owner's own entries (see [`Storage::take_owner_entries`]).
@@ -270,26 +319,62 @@ impl Storage {
         if batch.ops.is_empty() {
             return Ok(0);
         }
-        let entry = batch_entry::encode(&batch.ops);
-        if entry.len() > journal::MAX_ENTRY {
-            return Err(StorageError::Corrupt {
-                key: "store batch".into(),
-                why: format!(
-                    "{} bytes exceed the log's limit of {}",
-                    entry.len(),
-                    journal::MAX_ENTRY
-                ),
-            });
-        }
+        self.apply_with(|_| Ok((batch, ())))
+            .map(|(position, ())| position)
+    }
+
+    /// Like [`Storage::apply`], with the batch made by `decide` from the store as every earlier
+    /// entry left it, while no other change can come between (for a write that depends on what
+    /// it reads, such as the next link of the audit chain). Nothing is applied when `decide`
+    /// fails. An empty batch is not logged (position 0).
+    pub fn apply_with<T, E: From<StorageError>>(
+        &self,
+        decide: impl FnOnce(&Self) -> std::result::Result<(WriteBatch, T), E>,
+    ) -> std::result::Result<(u64, T), E> {
+        self.commit_entry(decide, |seq, batch| {
+            (!batch.ops.is_empty()).then(|| batch_entry::encode(seq, &batch.ops))
+        })
+    }
+
+    /// Runs `decide` against the store under the order lock, applies its batch to the engine
+    /// and appends the entry `entry` makes of it with the next store sequence number (none:
+    /// nothing is logged, and the batch must be empty). Returns the entry's position (0
+    /// without one).
+    fn commit_entry<T, E: From<StorageError>>(
+        &self,
+        decide: impl FnOnce(&Self) -> std::result::Result<(WriteBatch, T), E>,
+        entry: impl FnOnce(u64, &WriteBatch) -> Option<Vec<u8>>,
+    ) -> std::result::Result<(u64, T), E> {
         // A failed log refuses the append; checked first, so the engine is not changed either.
         if let Some(why) = self.log.failure() {
             self.roll_back_unsynced();
             return Err(StorageError::Failed {
                 part: "log",
                 source: Arc::new(std::io::Error::other(why)),
-            });
+            }
+            .into());
         }
         let _order = self.order.lock();
+        let (mut batch, answer) = decide(self)?;
+        let seq = self.seq.load(Ordering::Acquire) + 1;
+        let Some(entry) = entry(seq, &batch) else {
+            return Ok((0, answer));
+        };
+        if entry.len() > journal::MAX_ENTRY {
+            return Err(StorageError::Corrupt {
+                key: "log entry".into(),
+                why: format!(
+                    "{} bytes exceed the log's limit of {}",
+                    entry.len(),
+                    journal::MAX_ENTRY
+                ),
+            }
+            .into());
+        }
+        batch.ops.push(Op::Put(
+            keys::STORE_SEQ.to_vec(),
+            seq.to_le_bytes().to_vec(),
+        ));
         let undo = self
             .engine
             .apply(&batch.ops)
@@ -298,14 +383,15 @@ impl Storage {
             Ok(position) => {
                 self.unsynced.lock().push_back(Unsynced { position, undo });
                 self.last_batch.store(position, Ordering::Release);
-                Ok(position)
+                self.seq.store(seq, Ordering::Release);
+                Ok((position, answer))
             }
             // The log failed since the check above.
             Err(e) => {
                 if let Err(undo_failed) = self.engine.apply(&undo) {
                     tracing::error!(error = %undo_failed, "undoing a batch the log refused failed");
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -489,6 +575,19 @@ impl Drop for Storage {
     }
 }
 
+/// A u64 (LE) the engine holds under `key`; 0 when absent.
+fn read_u64(engine: &dyn Engine, key: &[u8]) -> Result<u64> {
+    match engine.get(key)? {
+        None => Ok(0),
+        Some(bytes) => Ok(u64::from_le_bytes(bytes.as_slice().try_into().map_err(
+            |_| StorageError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                why: format!("{} bytes, not 8", bytes.len()),
+            },
+        )?)),
+    }
+}
+
 fn decoded<'a, T: Record>(
     entries: engine::Entries<'a>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + 'a {
@@ -627,7 +726,8 @@ mod tests {
         assert!(mark > stamp);
         storage.flush_through(mark).await.expect("flush");
         drop(storage);
-        // The engine lost the second batch (and kept its stamp); the log has it.
+        // The engine lost the second batch (and kept its stamp and the first batch's sequence
+        // number); the log has it.
         let mut one = Vec::new();
         Counter { n: 1 }.encode_body(&mut one).expect("encode");
         let mut record = vec![Counter::FORMAT_VERSION];
@@ -637,6 +737,7 @@ mod tests {
             &[
                 Op::Put(b"k/001".to_vec(), record),
                 Op::Remove(b"k/002".to_vec()),
+                Op::Put(keys::STORE_SEQ.to_vec(), 1u64.to_le_bytes().to_vec()),
             ],
         );
         let storage = Storage::open(dir.path()).expect("reopen");

@@ -131,8 +131,12 @@ async fn a_full_disk_fails_writes_clearly_keeps_allocating_and_loses_nothing_ack
     // write met the full disk, UNAVAILABLE naming it when a background write (a statistics
     // snapshot) met it first and the log already refuses writes.
     let mut experiments = server.experiments().await;
+    // Larger than a page, so that it cannot fit in the slack of the log file's last page.
     let err = experiments
-        .create_test(test_request("while-full", &models))
+        .create_test(pb::CreateTestRequest {
+            description: "x".repeat(16 * 1024),
+            ..test_request("while-full", &models)
+        })
         .await
         .expect_err("disk full");
     match err.code() {

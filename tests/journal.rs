@@ -56,7 +56,7 @@ fn journal_entries(dir: &std::path::Path) -> usize {
         .expect("journal")
         .1
         .iter()
-        .filter(|e| !arbiter::storage::is_store_batch(&e.payload))
+        .filter(|e| !arbiter::storage::is_store_entry(&e.payload))
         .count()
 }
 
@@ -186,7 +186,7 @@ async fn a_journaled_batch_replayed_without_a_lost_sled_batch_stores_its_own_sus
             .count()
     };
     {
-        let storage = Storage::open(dir.path()).expect("storage");
+        let storage = arbiter::state::open_storage(dir.path()).expect("storage");
         assert_eq!(suspensions(&storage), 1);
         // S's statistics and result ids were one atomic batch: both are lost.
         let mut batch = WriteBatch::new();

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use arbiter::pb::{self, ModelStatus as S};
-use arbiter::storage::{Storage, WriteBatch};
+use arbiter::storage::WriteBatch;
 use support::*;
 
 #[tokio::test]
@@ -173,7 +173,7 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
     }
     // Rewrite the actor of event 3 directly in the store while the server is down.
     let original = {
-        let storage = Storage::open(dir.path()).expect("open the store");
+        let storage = arbiter::state::open_storage(dir.path()).expect("open the store");
         let key = [&b"audit/"[..], &3u64.to_be_bytes()].concat();
         let stored = storage
             .get_raw(&key)
@@ -202,7 +202,7 @@ async fn tampering_with_an_audit_event_is_reported_at_its_sequence_number() {
 
     // Restore event 3 and remove the newest event: truncation is caught by the recorded head.
     {
-        let storage = Storage::open(dir.path()).expect("open the store");
+        let storage = arbiter::state::open_storage(dir.path()).expect("open the store");
         let mut batch = WriteBatch::new();
         batch.put_raw([&b"audit/"[..], &3u64.to_be_bytes()].concat(), original);
         batch.remove([&b"audit/"[..], &4u64.to_be_bytes()].concat());
@@ -462,7 +462,7 @@ async fn a_missing_final_results_file_is_rewritten_at_start() {
 #[tokio::test]
 async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
     use arbiter::experiment::history::{History, HistoryPoint};
-    use arbiter::storage::{Storage, WriteBatch};
+    use arbiter::storage::WriteBatch;
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let server = TestServer::start(dir.path()).await;
@@ -478,7 +478,7 @@ async fn series_and_result_ids_of_the_older_layouts_are_still_read() {
     }
     // What an older version wrote: the series as one record, one key per applied result id.
     {
-        let storage = Storage::open(dir.path()).expect("open");
+        let storage = arbiter::state::open_storage(dir.path()).expect("open");
         let mut batch = WriteBatch::new();
         let old_point = HistoryPoint {
             time: 1_000,
@@ -587,7 +587,7 @@ async fn models_stored_with_a_leading_dot_keep_their_artifacts() {
     server.stop().await;
     // What an older build left: the records under the dotted ids, the files where it wrote them.
     {
-        let storage = Storage::open(dir.path()).expect("open the store");
+        let storage = arbiter::state::open_storage(dir.path()).expect("open the store");
         let mut batch = WriteBatch::new();
         for (old, new) in [("xfoo", ".foo"), ("xdd", "..")] {
             let key = format!("model/{old}:1.0.0");

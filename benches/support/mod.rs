@@ -29,7 +29,7 @@ pub(crate) async fn engine() -> Engine {
 
 /// Opens the engine on an existing directory.
 pub(crate) async fn open(dir: tempfile::TempDir) -> Engine {
-    let storage = Arc::new(Storage::open(dir.path()).expect("storage"));
+    let storage = Arc::new(arbiter::state::open_storage(dir.path()).expect("storage"));
     let audit = Arc::new(AuditLog::open(&storage).expect("audit"));
     let registry = Registry::open(storage.clone(), audit.clone(), RegistryConfig::default())
         .expect("registry");

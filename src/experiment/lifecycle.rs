@@ -140,7 +140,7 @@ impl Experiments {
     fn commit_creation(&self, record: &TestRecord, actor: &str) -> Result<()> {
         let id = record.config.test_id.as_str();
         let mut batch = WriteBatch::new();
-        batch.put(keys::test(id), record)?;
+        put_test_record(&mut batch, record)?;
         batch.put(
             keys::test_stats(id),
             &StatsRecord::new(record.config.arms.len()),
@@ -254,7 +254,7 @@ impl Experiments {
             let mut record = book.record.clone();
             record.status = to;
             let mut batch = WriteBatch::new();
-            batch.put(keys::test(test_id), &record)?;
+            put_test_record(&mut batch, &record)?;
             let audit_action = if to == TestStatus::Paused {
                 "test.pause"
             } else {
@@ -310,7 +310,7 @@ impl Experiments {
             record.stopped_at = Some(time::now());
             record.settled = record.config.settlement_period_secs == 0;
             let mut batch = WriteBatch::new();
-            batch.put(keys::test(test_id), &record)?;
+            put_test_record(&mut batch, &record)?;
             let mut draft = AuditDraft::test(actor, "test.stop", test_id)
                 .detail("kind", &decision.kind)
                 .detail("reason", &record.stop_reason)
@@ -558,7 +558,7 @@ impl Experiments {
                 let mut record = book.record.clone();
                 record.settled = true;
                 let mut batch = WriteBatch::new();
-                batch.put(keys::test(test_id), &record)?;
+                put_test_record(&mut batch, &record)?;
                 let decided = record
                     .decision
                     .as_ref()
@@ -617,5 +617,30 @@ impl Experiments {
     /// A copy of a test's statistics as held in memory (for tests and tools).
     pub fn stats_record(&self, test_id: &str) -> Result<StatsRecord> {
         Ok(self.state(test_id)?.book.lock().stats.clone())
+    }
+}
+
+/// Adds `record` to `batch`, with the index of model versions in use in step with its
+/// status. Every write of a test record goes through here.
+pub(super) fn put_test_record(
+    batch: &mut WriteBatch,
+    record: &TestRecord,
+) -> crate::storage::Result<()> {
+    batch.put(keys::test(record.config.test_id.as_str()), record)?;
+    index_model_uses(batch, record);
+    Ok(())
+}
+
+/// Adds the index entries of `record` ([`keys::model_use`]) to `batch`: one per arm while the
+/// test is RUNNING or PAUSED, none once it has ended.
+pub(super) fn index_model_uses(batch: &mut WriteBatch, record: &TestRecord) {
+    let test_id = record.config.test_id.as_str();
+    for arm in &record.config.arms {
+        let key = keys::model_use(arm.model.as_str(), test_id);
+        if record.status.is_ended() {
+            batch.remove(key);
+        } else {
+            batch.put_raw(key, Vec::new());
+        }
     }
 }

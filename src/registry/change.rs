@@ -1,15 +1,15 @@
 //! Changes to registered versions: promotion through the lifecycle and deletion.
 
-use crate::audit::AuditDraft;
-use crate::storage::{keys, WriteBatch};
+use serde::{Deserialize, Serialize};
+
 use crate::time;
 
-use super::lifecycle;
+use super::command::{self, Command, Delete, Promote, SignatureCheck};
 use super::types::*;
 use super::{Registry, RegistryError, Result};
 
 /// A request to move a version to another status.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Promotion {
     /// The version.
     pub registry_id: RegistryId,
@@ -31,7 +31,7 @@ pub struct Promotion {
 
 /// Which moves a caller may make: below PRODUCTION (the `publisher` role), to or out of it
 /// (`approver`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromotionRights {
     /// Moves that neither reach nor leave PRODUCTION.
     pub below_production: bool,
@@ -57,7 +57,7 @@ pub struct Promoted {
 }
 
 /// A request to delete a version.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deletion {
     /// The version.
     pub registry_id: RegistryId,
@@ -70,15 +70,9 @@ impl Registry {
     /// model's previous PRODUCTION version, which becomes DEPRECATED in the same atomic write;
     /// the answer names it.
     pub async fn promote(&self, promotion: Promotion) -> Result<Promoted> {
-        if promotion.target == ModelStatus::Production && promotion.approved_by.trim().is_empty() {
-            return Err(RegistryError::invalid(
-                "approved_by",
-                "is required to promote to PRODUCTION",
-            ));
-        }
         let this = self.clone();
         let (metadata, demoted) =
-            tokio::task::spawn_blocking(move || this.commit_promotion(&promotion))
+            tokio::task::spawn_blocking(move || this.commit_promotion(promotion))
                 .await
                 .map_err(|e| {
                     RegistryError::io("committing promotion")(std::io::Error::other(e))
@@ -90,102 +84,41 @@ impl Registry {
         })
     }
 
-    fn commit_promotion(&self, p: &Promotion) -> Result<(ModelMetadata, Option<RegistryId>)> {
+    fn commit_promotion(
+        &self,
+        promotion: Promotion,
+    ) -> Result<(ModelMetadata, Option<RegistryId>)> {
         let _guard = self.inner.write_lock.lock();
-        let mut metadata = self.load_existing(&p.registry_id)?;
-        let from = metadata.status;
-        if let Some(expected) = p.expected_status {
-            if expected != from {
-                return Err(RegistryError::StatusChanged {
-                    registry_id: p.registry_id.to_string(),
-                    expected,
-                    actual: from,
-                });
-            }
-        }
-        if !lifecycle::is_allowed(from, p.target) {
-            return Err(RegistryError::InvalidTransition {
-                registry_id: p.registry_id.to_string(),
-                from,
-                to: p.target,
-            });
-        }
-        let touches_production =
-            from == ModelStatus::Production || p.target == ModelStatus::Production;
-        let (allowed, role) = if touches_production {
-            (p.rights.production, "approver")
-        } else {
-            (p.rights.below_production, "publisher")
+        let config = &self.inner.config;
+        // The signature is checked here, against this node's trusted signers; the fold
+        // refuses the move if the check failed or the artifact changed since.
+        let signature =
+            if promotion.target == ModelStatus::Production && config.require_signed_production {
+                match self.load(&promotion.registry_id)? {
+                    Some(metadata) => Some(SignatureCheck {
+                        model_checksum: metadata.model_checksum,
+                        problem: match self.check_signature(&metadata) {
+                            Ok(true) => None,
+                            Ok(false) => Some("it is not signed".into()),
+                            Err(problem) => Some(problem.to_string()),
+                        },
+                    }),
+                    // The fold reports the missing version.
+                    None => None,
+                }
+            } else {
+                None
+            };
+        let change = Promote {
+            promotion,
+            time: time::now(),
+            allow_self_approval: config.allow_self_approval,
+            signature,
         };
-        if !allowed {
-            return Err(RegistryError::NotPermitted {
-                what: format!("moving {} from {from} to {}", p.registry_id, p.target),
-                role,
-            });
-        }
-        let actor = p.actor.clone();
-        let mut batch = WriteBatch::new();
-        let mut drafts = Vec::new();
-        let mut demoted = None;
-        if p.target == ModelStatus::Production {
-            if !self.inner.config.allow_self_approval
-                && crate::auth::actor::same_person(&p.approved_by, &metadata.created_by)
-            {
-                return Err(RegistryError::SelfApproval {
-                    registry_id: p.registry_id.to_string(),
-                    approver: p.approved_by.clone(),
-                });
-            }
-            if self.inner.config.require_signed_production {
-                match self.check_signature(&metadata) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(RegistryError::Unsigned {
-                            registry_id: p.registry_id.to_string(),
-                            why: "it is not signed".into(),
-                        })
-                    }
-                    Err(problem) => {
-                        return Err(RegistryError::Unsigned {
-                            registry_id: p.registry_id.to_string(),
-                            why: problem.to_string(),
-                        })
-                    }
-                }
-            }
-            metadata.approval_status = ApprovalStatus::Approved;
-            metadata.approved_by = p.approved_by.clone();
-            metadata.approved_at = Some(time::now());
-            for mut previous in self.versions(&p.registry_id.model_id)? {
-                if previous.status == ModelStatus::Production
-                    && previous.registry_id != p.registry_id
-                {
-                    previous.status = ModelStatus::Deprecated;
-                    batch.put(keys::model(&previous.registry_id.to_string()), &previous)?;
-                    drafts.push(
-                        AuditDraft::model(&actor, "model.promote", &previous.registry_id)
-                            .detail("from", ModelStatus::Production)
-                            .detail("to", ModelStatus::Deprecated)
-                            .detail("reason", format!("replaced by {}", p.registry_id)),
-                    );
-                    demoted = Some(previous.registry_id.clone());
-                }
-            }
-        }
-        metadata.status = p.target;
-        batch.put(keys::model(&p.registry_id.to_string()), &metadata)?;
-        let mut draft = AuditDraft::model(&actor, "model.promote", &p.registry_id)
-            .detail("from", from)
-            .detail("to", p.target)
-            .detail("reason", &p.reason);
-        if !p.approved_by.is_empty() {
-            draft = draft.detail("approved_by", &p.approved_by);
-        }
-        drafts.push(draft);
-        self.inner
-            .audit
-            .commit(&self.inner.storage, batch, drafts)?;
-        Ok((metadata, demoted))
+        let entry = command::encode(&Command::Promote(change.clone()))?;
+        self.execute(&entry, change.time, |store, batch| {
+            command::promote(store, &change, batch)
+        })
     }
 
     /// Deletes a version: metadata and policy at once, then its file.
@@ -193,38 +126,22 @@ impl Registry {
         let this = self.clone();
         let actor = actor.to_string();
         let id = deletion.registry_id.clone();
-        tokio::task::spawn_blocking(move || this.commit_deletion(&deletion, &actor))
-            .await
-            .map_err(|e| RegistryError::io("committing deletion")(std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || {
+            let _guard = this.inner.write_lock.lock();
+            let change = Delete {
+                deletion,
+                actor,
+                time: time::now(),
+            };
+            let entry = command::encode(&Command::Delete(change.clone()))?;
+            this.execute(&entry, change.time, |store, batch| {
+                command::delete(store, &change, batch)
+            })
+        })
+        .await
+        .map_err(|e| RegistryError::io("committing deletion")(std::io::Error::other(e)))??;
         self.inner.storage.flush().await?;
         self.remove_files(vec![id]).await;
-        Ok(())
-    }
-
-    fn commit_deletion(&self, d: &Deletion, actor: &str) -> Result<()> {
-        let _guard = self.inner.write_lock.lock();
-        let metadata = self.load_existing(&d.registry_id)?;
-        if metadata.status == ModelStatus::Production && !d.force {
-            return Err(RegistryError::ProductionDelete {
-                registry_id: d.registry_id.to_string(),
-            });
-        }
-        if let Some(test_id) = self.active_test_using(&d.registry_id) {
-            return Err(RegistryError::InUse {
-                registry_id: d.registry_id.to_string(),
-                test_id,
-            });
-        }
-        let key = d.registry_id.to_string();
-        let mut batch = WriteBatch::new();
-        batch.remove(keys::model(&key));
-        batch.remove(keys::policy(&key));
-        let draft = AuditDraft::model(actor, "model.delete", &d.registry_id)
-            .detail("status", metadata.status)
-            .detail("force", d.force);
-        self.inner
-            .audit
-            .commit(&self.inner.storage, batch, vec![draft])?;
         Ok(())
     }
 }

@@ -1,11 +1,10 @@
 //! Registration: stream an artifact into a temporary file, then commit file, policy, metadata,
 //! retention and audit events together.
 
-use crate::audit::AuditDraft;
-use crate::storage::{keys, WriteBatch};
 use crate::time;
 
 use super::artifacts::{FinishedUpload, Upload};
+use super::command::{self, Command, Register};
 use super::types::*;
 use super::{Registry, RegistryError, Result};
 
@@ -100,9 +99,9 @@ impl Registration {
                 });
             }
         }
-        let policy_bytes = match &model.policy_config {
+        let policy = match &model.policy_config {
             // serde_json's map is ordered by key, so this is a canonical encoding.
-            Some(policy) => Some(serde_json::to_vec(policy).map_err(|e| {
+            Some(policy) => Some(serde_json::to_string(policy).map_err(|e| {
                 RegistryError::invalid("policy_config", format!("cannot be encoded: {e}"))
             })?),
             None => None,
@@ -111,7 +110,10 @@ impl Registration {
             let message = super::signing::signed_message(
                 &model.registry_id,
                 &finished.digest,
-                policy_bytes.as_deref().map(Sha256Digest::of).as_ref(),
+                policy
+                    .as_deref()
+                    .map(|p| Sha256Digest::of(p.as_bytes()))
+                    .as_ref(),
             );
             registry
                 .inner
@@ -121,11 +123,12 @@ impl Registration {
                 .map_err(|e| RegistryError::invalid("signature", e.to_string()))?;
         }
         let this = registry.clone();
-        let (view, retired) = tokio::task::spawn_blocking(move || {
-            this.commit_registration(model, finished, policy_bytes)
-        })
-        .await
-        .map_err(|e| RegistryError::io("committing registration")(std::io::Error::other(e)))??;
+        let (view, retired) =
+            tokio::task::spawn_blocking(move || this.commit_registration(model, finished, policy))
+                .await
+                .map_err(|e| {
+                    RegistryError::io("committing registration")(std::io::Error::other(e))
+                })??;
         registry.inner.storage.flush().await?;
         registry.remove_files(retired).await;
         Ok(view)
@@ -138,10 +141,11 @@ impl Registry {
         &self,
         model: NewModel,
         upload: FinishedUpload,
-        policy_bytes: Option<Vec<u8>>,
+        policy: Option<String>,
     ) -> Result<(ModelView, Vec<RegistryId>)> {
         let _guard = self.inner.write_lock.lock();
         let id = model.registry_id.clone();
+        // Checked before the file is installed, which would replace the existing version's.
         if self.load(&id)?.is_some() {
             return Err(RegistryError::AlreadyExists {
                 registry_id: id.to_string(),
@@ -165,77 +169,38 @@ impl Registry {
             approved_by: String::new(),
             approved_at: None,
             model_checksum: upload.digest,
-            policy_checksum: policy_bytes.as_deref().map(Sha256Digest::of),
+            policy_checksum: policy.as_deref().map(|p| Sha256Digest::of(p.as_bytes())),
             artifact_size_bytes: upload.size,
             feature_spec: model.feature_spec,
             signature: model.signature,
         };
-        let key = id.to_string();
-        let mut batch = WriteBatch::new();
-        batch.put(keys::model(&key), &metadata)?;
-        if let Some(bytes) = &policy_bytes {
-            batch.put_raw(keys::policy(&key), bytes.clone());
-        }
-        let mut drafts = vec![
-            AuditDraft::model(&metadata.created_by, "model.register", &id)
-                .detail(
-                    "model_type",
-                    format!("{:?}", metadata.model_type).to_uppercase(),
-                )
-                .detail("model_checksum", metadata.model_checksum)
-                .detail("artifact_size_bytes", metadata.artifact_size_bytes),
-        ];
-        let retired = self.retention_victims(&id)?;
-        for victim in &retired {
-            let victim_key = victim.registry_id.to_string();
-            batch.remove(keys::model(&victim_key));
-            batch.remove(keys::policy(&victim_key));
-            drafts.push(
-                AuditDraft::model("system", "model.retention_delete", &victim.registry_id)
-                    .detail("status", victim.status)
-                    .detail(
-                        "max_versions_per_model",
-                        self.inner.config.max_versions_per_model,
-                    ),
-            );
-        }
-        self.inner.artifacts.install(upload, &id)?;
-        if let Err(e) = self.inner.audit.commit(&self.inner.storage, batch, drafts) {
-            // Nothing refers to the file yet; take it back so the failure leaves no trace.
-            let _ = self.inner.artifacts.remove(&id);
-            return Err(e.into());
-        }
-        let view = ModelView {
+        let change = Register {
             metadata,
-            policy_config: policy_bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+            policy,
+            max_versions_per_model: self.inner.config.max_versions_per_model,
         };
-        Ok((view, retired.into_iter().map(|m| m.registry_id).collect()))
-    }
-
-    /// Retention: while the model has more versions than allowed (counting `new`),
-    /// pick its oldest DEVELOPMENT or TESTING version that no active test uses.
-    fn retention_victims(&self, new: &RegistryId) -> Result<Vec<ModelMetadata>> {
-        let mut versions = self.versions(&new.model_id)?;
-        let max = self.inner.config.max_versions_per_model;
-        let mut count = versions.len() + 1;
-        versions.retain(|m| {
-            matches!(m.status, ModelStatus::Development | ModelStatus::Testing)
-                && self.active_test_using(&m.registry_id).is_none()
+        let entry = command::encode(&Command::Register(Box::new(change.clone())))?;
+        self.inner.artifacts.install(upload, &id)?;
+        let registered = self.execute(&entry, change.metadata.created_at, |store, batch| {
+            command::register(store, &change, batch)
         });
-        versions.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.registry_id.version.cmp(&b.registry_id.version))
-        });
-        let mut victims = Vec::new();
-        for candidate in versions {
-            if count <= max {
-                break;
+        match registered {
+            Ok((metadata, retired)) => {
+                let view = ModelView {
+                    metadata,
+                    policy_config: change
+                        .policy
+                        .as_deref()
+                        .and_then(|p| serde_json::from_str(p).ok()),
+                };
+                Ok((view, retired))
             }
-            victims.push(candidate);
-            count -= 1;
+            Err(e) => {
+                // Nothing refers to the file yet; take it back so the failure leaves no trace.
+                let _ = self.inner.artifacts.remove(&id);
+                Err(e)
+            }
         }
-        Ok(victims)
     }
 
     /// Deletes the files of versions whose records are gone (already durable). A failure only

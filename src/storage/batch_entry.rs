@@ -1,26 +1,31 @@
 //! The log entry of one store batch: the engine's writes, in order, so that replaying the entry
-//! onto the engine's last checkpoint redoes the batch.
+//! redoes the batch.
 //!
-//! Layout ([`ByteWriter`]): the tag [`TAG`]; op count; per op: kind (0 put, 1 remove), key,
-//! and for a put the value. The owner's own entries share the log and must never begin with
-//! [`TAG`] (the experiment journal's entries begin with their format version, a small number).
+//! Layout ([`ByteWriter`]): the tag [`TAG`]; the batch's store sequence number (varint, see
+//! [`super::Storage`]); op count; per op: kind (0 put, 1 remove), key, and for a put the
+//! value. Entries tagged [`TAG_UNSEQUENCED`] (no sequence number) were written by builds that
+//! logged nothing but batches, and are replayed by log position. The owner's own entries share
+//! the log and must never begin with either tag (the experiment journal's entries begin with
+//! their format version, a small number).
 
 use super::engine::Op;
 use super::{ByteReader, ByteWriter};
 
 /// First byte of a store-batch entry.
-pub(super) const TAG: u8 = 0xB5;
+pub(super) const TAG: u8 = 0xB6;
+/// First byte of a store-batch entry without a sequence number.
+const TAG_UNSEQUENCED: u8 = 0xB5;
 
 const PUT: u8 = 0;
 const REMOVE: u8 = 1;
 
 /// Whether `payload` is a store-batch entry.
 pub(super) fn is_batch(payload: &[u8]) -> bool {
-    payload.first() == Some(&TAG)
+    matches!(payload.first(), Some(&TAG | &TAG_UNSEQUENCED))
 }
 
-/// The entry of `ops`.
-pub(super) fn encode(ops: &[Op]) -> Vec<u8> {
+/// The entry of `ops`, the batch with store sequence number `seq`.
+pub(super) fn encode(seq: u64, ops: &[Op]) -> Vec<u8> {
     let size: usize = ops
         .iter()
         .map(|op| match op {
@@ -28,9 +33,10 @@ pub(super) fn encode(ops: &[Op]) -> Vec<u8> {
             Op::Remove(k) => 6 + k.len(),
         })
         .sum();
-    let mut out = Vec::with_capacity(8 + size);
+    let mut out = Vec::with_capacity(18 + size);
     out.push(TAG);
     let mut w = ByteWriter(&mut out);
+    w.varint(seq);
     w.len(ops.len());
     for op in ops {
         match op {
@@ -48,13 +54,20 @@ pub(super) fn encode(ops: &[Op]) -> Vec<u8> {
     out
 }
 
-/// The ops of an entry; the error names what is malformed.
-pub(super) fn decode(payload: &[u8]) -> Result<Vec<Op>, String> {
-    let body = match payload.split_first() {
-        Some((&TAG, body)) => body,
+/// The store sequence number (none in an entry without one) and ops of an entry; the error
+/// names what is malformed.
+pub(super) fn decode(payload: &[u8]) -> Result<(Option<u64>, Vec<Op>), String> {
+    let (sequenced, body) = match payload.split_first() {
+        Some((&TAG, body)) => (true, body),
+        Some((&TAG_UNSEQUENCED, body)) => (false, body),
         _ => return Err("not a store batch".into()),
     };
     let mut r = ByteReader::new(body);
+    let seq = if sequenced {
+        Some(r.varint("sequence number")?)
+    } else {
+        None
+    };
     // An op takes at least two bytes: its kind and an empty key's length.
     let count = r.len("op count", 2)?;
     let mut ops = Vec::with_capacity(count);
@@ -68,7 +81,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<Vec<Op>, String> {
         });
     }
     r.finish()?;
-    Ok(ops)
+    Ok((seq, ops))
 }
 
 #[cfg(test)]
@@ -82,15 +95,19 @@ mod tests {
             Op::Remove(b"model/x".to_vec()),
             Op::Put(Vec::new(), Vec::new()),
         ];
-        let bytes = encode(&ops);
+        let bytes = encode(300, &ops);
         assert!(is_batch(&bytes));
-        assert_eq!(decode(&bytes).expect("decodes"), ops);
+        assert_eq!(decode(&bytes).expect("decodes"), (Some(300), ops.clone()));
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len]).is_err(), "truncated to {len}");
         }
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode(&extra).is_err());
+        // An entry of an older build has no sequence number.
+        let mut unsequenced = vec![TAG_UNSEQUENCED];
+        unsequenced.extend_from_slice(&bytes[3..]);
+        assert_eq!(decode(&unsequenced).expect("decodes"), (None, ops));
         // A result entry of the experiment journal is not a batch.
         assert!(!is_batch(&[1, 0]));
     }

@@ -104,6 +104,11 @@ impl<'a> ByteReader<'a> {
         Ok(taken)
     }
 
+    /// The bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     /// Succeeds only if every byte was read.
     pub fn finish(&self) -> Result<(), String> {
         if self.rest.is_empty() {

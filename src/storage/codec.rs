@@ -42,7 +42,8 @@ pub enum BodyError {
     UnknownVersion,
 }
 
-pub(super) fn encode<T: Record>(record: &T) -> Result<Vec<u8>> {
+/// Encodes `record` with its format version.
+pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>> {
     let mut bytes = vec![T::FORMAT_VERSION];
     record.encode_body(&mut bytes)?;
     Ok(bytes)

@@ -80,6 +80,10 @@ pub const AUDIT_HEAD: &[u8] = b"meta/audit_head";
 /// checkpoint; opening replays the batches after it.
 pub const LOG_STAMP: &[u8] = b"meta/log_stamp";
 
+/// The store sequence number (u64 LE) of the last store entry (batch or command) the engine
+/// holds, written with each: opening replays only the entries after it.
+pub const STORE_SEQ: &[u8] = b"meta/store_seq";
+
 /// The metadata record of `<model_id>:<version>`.
 pub fn model(registry_id: &str) -> Vec<u8> {
     [MODEL_PREFIX, registry_id.as_bytes()].concat()
@@ -93,6 +97,25 @@ pub fn model_versions(model_id: &str) -> Vec<u8> {
 /// The policy document of `<model_id>:<version>`.
 pub fn policy(registry_id: &str) -> Vec<u8> {
     [POLICY_PREFIX, registry_id.as_bytes()].concat()
+}
+
+/// Prefix of the index of model versions in use: `model_use/<model_id>:<version>/<test_id>`
+/// exists while that test is RUNNING or PAUSED with the version as an arm, so that a
+/// registry command finds the tests using a version in the store itself.
+pub const MODEL_USE_PREFIX: &[u8] = b"model_use/";
+
+/// Set once the index of model versions in use covers every test (builds before the index
+/// wrote none; the first open that finds it missing builds it).
+pub const MODEL_USE_INDEXED: &[u8] = b"meta/model_use_indexed";
+
+/// The prefix of the index entries of `<model_id>:<version>`.
+pub fn model_uses(registry_id: &str) -> Vec<u8> {
+    [MODEL_USE_PREFIX, registry_id.as_bytes(), b"/"].concat()
+}
+
+/// The index entry saying that `test_id` uses `<model_id>:<version>`.
+pub fn model_use(registry_id: &str, test_id: &str) -> Vec<u8> {
+    [&model_uses(registry_id)[..], test_id.as_bytes()].concat()
 }
 
 /// The audit event with sequence number `seq`.

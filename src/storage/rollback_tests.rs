@@ -82,7 +82,7 @@ fn storage_over(dir: &Path, log: Arc<dyn Log>, entries: Vec<LogEntry>) -> Storag
     let engine: Arc<dyn Engine> = Arc::new(
         redb_engine::RedbEngine::open(&dir.join(STORE_FILE), CACHE_BYTES).expect("engine"),
     );
-    Storage::assemble(dir, registered, engine, log, entries).expect("open")
+    Storage::assemble(dir, registered, engine, log, entries, &NoCommands).expect("open")
 }
 
 /// The journal of `dir`, started, and the entries it holds.
