@@ -710,6 +710,95 @@ mod tests {
         engine.sync().expect("sync");
     }
 
+    /// A fold that is not idempotent: each command adds its byte to a sum, and a command that
+    /// would take the sum past 60 is refused.
+    struct Sums;
+
+    fn add(store: &Storage, command: &[u8]) -> Result<WriteBatch> {
+        let sum = store.get::<Counter>(b"sum")?.map_or(0, |c| c.n) + u64::from(command[0]);
+        if sum > 60 {
+            return Err(StorageError::Corrupt {
+                key: "sum".into(),
+                why: format!("{sum} is past 60"),
+            });
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(b"sum", &Counter { n: sum })?;
+        Ok(batch)
+    }
+
+    impl CommandFold for Sums {
+        fn replay(
+            &self,
+            store: &Storage,
+            command: &[u8],
+        ) -> std::result::Result<WriteBatch, String> {
+            add(store, command).map_err(|e| e.to_string())
+        }
+    }
+
+    fn execute(storage: &Storage, by: u8) -> Result<u64> {
+        storage
+            .execute(&[by], |store| add(store, &[by]).map(|b| (b, ())))
+            .map(|(position, ())| position)
+    }
+
+    fn sum(dir: &Path) -> u64 {
+        let storage = Storage::open_with(dir, &Sums).expect("open");
+        let sum = storage
+            .get::<Counter>(b"sum")
+            .expect("read")
+            .map_or(0, |c| c.n);
+        drop(storage);
+        assert!(wait_until_released(dir, std::time::Duration::from_secs(5)));
+        sum
+    }
+
+    #[tokio::test]
+    async fn commands_are_replayed_exactly_once_whatever_the_engine_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open_with(dir.path(), &Sums).expect("open");
+        execute(&storage, 10).expect("execute");
+        storage.checkpoint().expect("checkpoint");
+        std::fs::copy(
+            dir.path().join(STORE_FILE),
+            checkpoint.path().join(STORE_FILE),
+        )
+        .expect("copy the checkpoint");
+        execute(&storage, 20).expect("execute");
+        put(&storage, 7);
+        execute(&storage, 30).expect("execute");
+        // Refused: nothing applied, nothing logged.
+        let before = storage.log.next_position();
+        assert!(execute(&storage, 5).is_err());
+        assert_eq!(storage.log.next_position(), before);
+        storage.flush().await.expect("flush");
+        drop(storage);
+        assert!(wait_until_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+
+        // A clean close kept every command in the engine, past its checkpoint's stamp: none
+        // is applied again (the first would be refused, and the open fail).
+        assert_eq!(sum(dir.path()), 60);
+        // A crash leaves the engine at its checkpoint: the commands after it are replayed.
+        std::fs::copy(
+            checkpoint.path().join(STORE_FILE),
+            dir.path().join(STORE_FILE),
+        )
+        .expect("restore the checkpoint");
+        assert_eq!(sum(dir.path()), 60);
+        // Without its engine, the log alone gives the same.
+        std::fs::remove_file(dir.path().join(STORE_FILE)).expect("remove the engine");
+        assert_eq!(sum(dir.path()), 60);
+        // A storage opened without the fold refuses commands it cannot apply.
+        std::fs::remove_file(dir.path().join(STORE_FILE)).expect("remove the engine");
+        let err = Storage::open(dir.path()).expect_err("commands need their fold");
+        assert!(err.to_string().contains("command not replayed"), "{err}");
+    }
+
     #[tokio::test]
     async fn batches_after_the_checkpoint_are_replayed_from_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,6 +1,7 @@
 //! The store is a deterministic fold of the log: random sequences of audited store batches,
 //! folded from the whole log onto an empty store, and from a checkpoint taken in the middle plus
-//! the replay of the rest, give exactly the store that served them, audit chain included.
+//! the replay of the rest, give exactly the store that served them, audit chain included; and
+//! so do random sequences of registry commands, whose outcome the fold computes.
 
 use std::path::Path;
 
@@ -112,6 +113,226 @@ proptest! {
 
         // The checkpoint from the middle plus the replay of the log after its stamp.
         if mid < changes.len() {
+            std::fs::copy(snapshot.path().join(STORE_FILE), dir.path().join(STORE_FILE))
+                .expect("restore the checkpoint");
+            let from_checkpoint = folded(dir.path());
+            prop_assert_eq!(&from_checkpoint.0, &served);
+            prop_assert_eq!(from_checkpoint.1, events);
+        }
+    }
+}
+
+mod registry_commands {
+    //! Registry commands (registrations, promotions, deletions) are logged as what was asked
+    //! and applied by the fold: random sequences of them, mixed with test records starting and
+    //! ending their use of versions, give the same store (audit chain included) when they are
+    //! served, after a clean restart, folded twice from the whole log, and folded from a
+    //! checkpoint in the middle plus replay.
+
+    use super::*;
+    use arbiter::registry::command::{self, Command, Delete, Promote, Register, SignatureCheck};
+    use arbiter::registry::types::*;
+    use arbiter::registry::{Deletion, Promotion, PromotionRights};
+    use arbiter::storage::keys;
+
+    const STATUSES: [ModelStatus; 6] = [
+        ModelStatus::Development,
+        ModelStatus::Testing,
+        ModelStatus::Staging,
+        ModelStatus::Production,
+        ModelStatus::Deprecated,
+        ModelStatus::Archived,
+    ];
+    const PEOPLE: [&str; 3] = ["", "alice", "bob"];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Command(Command),
+        /// Test `test` starts (true) or ends its use of a version.
+        Use(RegistryId, u8, bool),
+    }
+
+    fn registry_id(model: u8, version: u8) -> RegistryId {
+        RegistryId::parse("registry_id", &format!("m{model}:{version}.0.0")).expect("valid")
+    }
+
+    fn metadata(id: RegistryId, creator: &str, time: i64, sharpe: f64) -> ModelMetadata {
+        ModelMetadata {
+            name: id.model_id.as_str().to_string(),
+            model_type: ModelType::Signal,
+            status: ModelStatus::Development,
+            created_at: time,
+            created_by: creator.to_string(),
+            description: String::new(),
+            framework: "onnx".into(),
+            input_features: vec!["spread".into()],
+            output_schema: Default::default(),
+            // Arbitrary floats: the fold must see them exactly as they were logged.
+            figures: BacktestFigures {
+                backtest_sharpe: Some(sharpe),
+                backtest_returns: Some(sharpe / 3.0),
+                backtest_max_dd: None,
+                validation_score: Some(0.1 + sharpe),
+            },
+            resource_requirements: Default::default(),
+            latency_requirements_ms: Some(sharpe.abs() * 7.0),
+            approval_status: ApprovalStatus::Pending,
+            approved_by: String::new(),
+            approved_at: None,
+            model_checksum: Sha256Digest::of(id.to_string().as_bytes()),
+            policy_checksum: None,
+            artifact_size_bytes: 10,
+            feature_spec: None,
+            signature: None,
+            registry_id: id,
+        }
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let id = (0u8..2, 1u8..5).prop_map(|(m, v)| registry_id(m, v));
+        prop_oneof![
+            3 => (id.clone(), 1usize..3, -5.0f64..5.0, 2usize..5).prop_map(
+                |(id, creator, sharpe, max)| {
+                    Step::Command(Command::Register(Box::new(Register {
+                        metadata: metadata(id, PEOPLE[creator], 1_000 + i64::from(max as u8), sharpe),
+                        policy: (max == 3).then(|| "{\"k\":1}".to_string()),
+                        max_versions_per_model: max,
+                    })))
+                }
+            ),
+            4 => (
+                id.clone(),
+                0usize..6,
+                0usize..3,
+                any::<(bool, bool, bool)>(),
+                prop::option::of(0usize..6),
+                prop::option::of(any::<(bool, bool)>()),
+            )
+                .prop_map(|(id, target, approver, (production, below, self_ok), expected, signature)| {
+                    let checksum = Sha256Digest::of(id.to_string().as_bytes());
+                    Step::Command(Command::Promote(Promote {
+                        promotion: Promotion {
+                            registry_id: id,
+                            target: STATUSES[target],
+                            approved_by: PEOPLE[approver].to_string(),
+                            actor: "carol".into(),
+                            rights: PromotionRights {
+                                below_production: below,
+                                production,
+                            },
+                            reason: "prop".into(),
+                            expected_status: expected.map(|i| STATUSES[i]),
+                        },
+                        time: 2_000,
+                        allow_self_approval: self_ok,
+                        signature: signature.map(|(same, good)| SignatureCheck {
+                            model_checksum: if same { checksum } else { Sha256Digest::of(b"other") },
+                            problem: (!good).then(|| "it is not signed".to_string()),
+                        }),
+                    }))
+                }),
+            2 => (id.clone(), any::<bool>()).prop_map(|(id, force)| {
+                Step::Command(Command::Delete(Delete {
+                    deletion: Deletion {
+                        registry_id: id,
+                        force,
+                    },
+                    actor: "dave".into(),
+                    time: 3_000,
+                }))
+            }),
+            2 => (id, 0u8..3, any::<bool>()).prop_map(|(id, test, active)| Step::Use(id, test, active)),
+        ]
+    }
+
+    fn folded(dir: &Path) -> (Dump, u64) {
+        let storage = arbiter::state::open_storage(dir).expect("open");
+        let audit = AuditLog::open(&storage).expect("audit");
+        let report = audit.verify(&storage).expect("verify");
+        assert!(report.first_bad.is_none(), "{report:?}");
+        let state = (dump(&storage), report.events_checked);
+        drop((audit, storage));
+        wait_released(dir);
+        state
+    }
+
+    /// Runs `step`: whether it changed the store.
+    fn serve(storage: &Storage, audit: &AuditLog, step: &Step) -> bool {
+        match step {
+            Step::Command(c) => {
+                let entry = command::encode(c).expect("encode");
+                audit
+                    .execute(storage, &entry, |store| {
+                        command::apply(store, c).map(|batch| (batch, ()))
+                    })
+                    .is_ok()
+            }
+            Step::Use(id, test, active) => {
+                let key = keys::model_use(&id.to_string(), &format!("t{test}"));
+                let mut batch = WriteBatch::new();
+                if *active {
+                    batch.put_raw(key, Vec::new());
+                } else {
+                    batch.remove(key);
+                }
+                let draft = AuditDraft::test("prop", "test.use", format!("t{test}"));
+                audit.commit(storage, batch, vec![draft]).expect("commit");
+                true
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn registry_commands_fold_to_the_store_that_served_them(
+            steps in prop::collection::vec(step(), 1..60),
+            split in 0.0f64..1.0,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let snapshot = tempfile::tempdir().expect("tempdir");
+            let mid = ((steps.len() as f64 * split) as usize).min(steps.len());
+            let (served, changed) = runtime.block_on(async {
+                let storage = arbiter::state::open_storage(dir.path()).expect("open");
+                let audit = AuditLog::open(&storage).expect("audit");
+                let mut changed = 0;
+                for (i, step) in steps.iter().enumerate() {
+                    if i == mid {
+                        storage.checkpoint().expect("checkpoint");
+                        std::fs::copy(dir.path().join(STORE_FILE), snapshot.path().join(STORE_FILE))
+                            .expect("copy the checkpointed store");
+                    }
+                    changed += usize::from(serve(&storage, &audit, step));
+                    storage.flush().await.expect("flush");
+                }
+                let served = dump(&storage);
+                drop((audit, storage));
+                (served, changed)
+            });
+            wait_released(dir.path());
+            prop_assert!(changed > 0);
+
+            // After a clean restart (the engine kept everything; nothing is applied twice).
+            let restarted = folded(dir.path());
+            prop_assert_eq!(&restarted.0, &served);
+            let events = restarted.1;
+
+            // The whole log folded onto an empty store, twice.
+            let saved = dir.path().join("served.redb");
+            std::fs::rename(dir.path().join(STORE_FILE), &saved).expect("set the store aside");
+            for _ in 0..2 {
+                let from_log = folded(dir.path());
+                prop_assert_eq!(&from_log.0, &served);
+                prop_assert_eq!(from_log.1, events);
+                std::fs::remove_file(dir.path().join(STORE_FILE)).expect("remove the fold");
+            }
+
+            // The checkpoint from the middle plus the replay of the log after it.
             std::fs::copy(snapshot.path().join(STORE_FILE), dir.path().join(STORE_FILE))
                 .expect("restore the checkpoint");
             let from_checkpoint = folded(dir.path());
