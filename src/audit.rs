@@ -1,7 +1,7 @@
 //! The append-only, hash-chained audit log.
 //!
 //! Every change that must be audited is committed through [`AuditLog::commit`] (a batch) or
-//! [`AuditLog::execute`] (a command, whose fold chains its events with [`append`]); either way
+//! [`AuditLog::execute`] (a command, whose fold chains its events with [`fold`]); either way
 //! the events are in the same [`WriteBatch`] as the change, so the change and its record appear
 //! together or not at all. Each event stores `prev_hash` and `hash = SHA-256(prev_hash ‖ "\n" ‖ canonical JSON
 //! of {seq, time, actor, action, entity_type, entity, details})`, where the canonical JSON has
@@ -163,8 +163,7 @@ pub struct ChainReport {
 }
 
 /// Links `drafts` after the chain head `store` holds, stamped `time`, and adds the events and
-/// the new head to `batch`. Deterministic: a command's fold calls it to chain its events, with
-/// the command's time, so replaying the command chains the same events.
+/// the new head to `batch`. Deterministic: the same store, drafts and time give the same events.
 pub fn append(
     store: &Storage,
     batch: &mut WriteBatch,
@@ -183,6 +182,21 @@ pub fn append(
     }
     batch.put(keys::AUDIT_HEAD, &next)?;
     Ok(events)
+}
+
+/// The batch of one command: what `change` writes and answers, with its audit drafts chained
+/// at `time` after the head `store` holds; the events are returned with the answer. A domain's
+/// fold computes a command's batch with it, when the command is executed and when it is
+/// replayed.
+pub fn fold<T, E: From<StorageError>>(
+    store: &Storage,
+    time: UnixNanos,
+    change: impl FnOnce(&mut WriteBatch) -> std::result::Result<(T, Vec<AuditDraft>), E>,
+) -> std::result::Result<(WriteBatch, (T, Vec<AuditEvent>)), E> {
+    let mut batch = WriteBatch::new();
+    let (answer, drafts) = change(&mut batch)?;
+    let events = append(store, &mut batch, drafts, time)?;
+    Ok((batch, (answer, events)))
 }
 
 /// Logs committed events: every lifecycle change is audited, so this is the one place that
@@ -233,16 +247,22 @@ impl AuditLog {
         Ok(events)
     }
 
-    /// Executes a command whose batch may extend the chain (its `decide` calls [`append`]);
-    /// see [`Storage::execute`]. The caller logs the events it chained ([`log_events`]).
+    /// Executes a command (`command`, its log entry; see [`Storage::execute`]): `change`
+    /// computes its writes, answer and audit drafts from the store at the command's position,
+    /// and the drafts are chained at `time` ([`fold`]). Returns the answer. Not yet durable.
     pub fn execute<T, E: From<StorageError>>(
         &self,
         storage: &Storage,
         command: &[u8],
-        decide: impl FnOnce(&Storage) -> std::result::Result<(WriteBatch, T), E>,
-    ) -> std::result::Result<(u64, T), E> {
+        time: UnixNanos,
+        change: impl FnOnce(&Storage, &mut WriteBatch) -> std::result::Result<(T, Vec<AuditDraft>), E>,
+    ) -> std::result::Result<T, E> {
         let _appending = self.appends.lock();
-        storage.execute(command, decide)
+        let (_, (answer, events)) = storage.execute(command, |store| {
+            fold(store, time, |batch| change(store, batch))
+        })?;
+        log_events(&events);
+        Ok(answer)
     }
 
     /// The most recent `limit` events about `entity` (all when empty), oldest first. An event

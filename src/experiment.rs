@@ -24,6 +24,7 @@
 
 mod allocate;
 mod background;
+pub mod command;
 pub mod engine;
 mod error;
 #[cfg(test)]

@@ -210,14 +210,9 @@ impl Registry {
         time: crate::time::UnixNanos,
         change: impl FnOnce(&Storage, &mut WriteBatch) -> command::Change<T>,
     ) -> Result<T> {
-        let (_, (answer, events)) =
-            self.inner
-                .audit
-                .execute(&self.inner.storage, entry, |store| {
-                    command::fold(store, time, |batch| change(store, batch))
-                })?;
-        crate::audit::log_events(&events);
-        Ok(answer)
+        self.inner
+            .audit
+            .execute(&self.inner.storage, entry, time, change)
     }
 
     pub(crate) fn load(&self, id: &RegistryId) -> Result<Option<ModelMetadata>> {

@@ -4,12 +4,13 @@
 //! is executed and whenever it is replayed.
 //!
 //! A command's entry begins with its domain's byte: [`registry::command::DOMAIN`] for model
-//! registrations, promotions and deletions.
+//! registrations, promotions and deletions, [`experiment::command::DOMAIN`] for the creation,
+//! pause, resume and stop of tests and the close of their settlement.
 
 use std::path::Path;
 
-use crate::registry;
 use crate::storage::{self, CommandFold, Storage, WriteBatch};
+use crate::{experiment, registry};
 
 /// Applies every domain's commands.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,6 +20,7 @@ impl CommandFold for Fold {
     fn replay(&self, store: &Storage, command: &[u8]) -> Result<WriteBatch, String> {
         match command.split_first() {
             Some((&registry::command::DOMAIN, body)) => registry::command::replay(store, body),
+            Some((&experiment::command::DOMAIN, body)) => experiment::command::replay(store, body),
             Some((domain, _)) => Err(format!("unknown command domain {domain:#04x}")),
             None => Err("an empty command".into()),
         }

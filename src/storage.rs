@@ -228,10 +228,15 @@ impl Storage {
                         entry_seq.to_le_bytes().to_vec(),
                     ));
                 }
-                // Written by a build without sequence numbers (and without commands): every
-                // batch after the checkpoint is replayed, which redoes the same writes.
+                // Written by a build without sequence numbers (and without commands): replayed
+                // by position after the checkpoint's stamp, which moves with each, so that an
+                // engine closed before its next checkpoint does not redo them over newer
+                // entries.
                 None if entry.position <= stamp => continue,
-                None => {}
+                None => ops.push(Op::Put(
+                    keys::LOG_STAMP.to_vec(),
+                    entry.position.to_le_bytes().to_vec(),
+                )),
             }
             storage.engine.apply(&ops)?;
             replayed += 1;
@@ -388,9 +393,7 @@ impl Storage {
             }
             // The log failed since the check above.
             Err(e) => {
-                if let Err(undo_failed) = self.engine.apply(&undo) {
-                    tracing::error!(error = %undo_failed, "undoing a batch the log refused failed");
-                }
+                self.undo(&undo, "a batch the log refused");
                 Err(e.into())
             }
         }
@@ -406,11 +409,21 @@ impl Storage {
             if batch.position <= durable {
                 break;
             }
-            if let Err(e) = self.engine.apply(&batch.undo) {
-                tracing::error!(error = %e, position = batch.position, "undoing a batch the log lost failed");
-            }
+            self.undo(&batch.undo, "a batch the log lost");
         }
         unsynced.clear();
+    }
+
+    /// Applies the undo of `what`. If even that fails, the engine holds a change the log does
+    /// not, and closing the engine would make it durable (a change its writer was told failed,
+    /// and a store ahead of its log): the process aborts instead, which leaves the engine at
+    /// its last checkpoint, and a restart replays the log onto it.
+    fn undo(&self, undo: &[Op], what: &str) {
+        if let Err(e) = self.engine.apply(undo) {
+            tracing::error!(error = %e, "undoing {what} failed; aborting so that a restart recovers the store from its checkpoint and the log");
+            eprintln!("arbiter: undoing {what} failed ({e}); aborting so that a restart recovers the store from its checkpoint and the log");
+            std::process::abort();
+        }
     }
 
     /// Forgets the undo of every batch whose log entry is durable through `position`.
@@ -797,6 +810,41 @@ mod tests {
         std::fs::remove_file(dir.path().join(STORE_FILE)).expect("remove the engine");
         let err = Storage::open(dir.path()).expect_err("commands need their fold");
         assert!(err.to_string().contains("command not replayed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn entries_of_an_older_build_are_replayed_once_before_newer_commands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A batch an older build logged (no sequence number) that its store never got.
+        let storage = Storage::open_with(dir.path(), &Sums).expect("open");
+        let mut old = WriteBatch::new();
+        old.put(b"sum", &Counter { n: 5 }).expect("encode");
+        storage
+            .log
+            .append(&batch_entry::encode_unsequenced(&old.ops))
+            .expect("append");
+        storage.log.sync_blocking().expect("sync");
+        drop(storage);
+        assert!(wait_until_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+        // Replayed at open; then a command changes the same key and the storage closes
+        // before any checkpoint.
+        let storage = Storage::open_with(dir.path(), &Sums).expect("open");
+        assert_eq!(
+            storage.get::<Counter>(b"sum").expect("read"),
+            Some(Counter { n: 5 })
+        );
+        execute(&storage, 10).expect("execute");
+        storage.flush().await.expect("flush");
+        drop(storage);
+        assert!(wait_until_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+        // The old batch is not redone over the command.
+        assert_eq!(sum(dir.path()), 15);
     }
 
     #[tokio::test]

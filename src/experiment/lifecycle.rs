@@ -3,13 +3,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::audit::AuditDraft;
-use crate::registry::types::ModelStatus;
-use crate::registry::RegistryError;
 use crate::storage::{keys, paths, WriteBatch};
 use crate::text::shown;
 use crate::time::{self, UnixNanos};
 
+use super::command::{self, Command};
 use super::decision::StopDecision;
 use super::result_ids::PendingIds;
 use super::state::{AllocationRecord, StatsRecord, TestState};
@@ -97,9 +95,17 @@ impl Experiments {
                 None,
                 self.decision_key(id.as_str()),
             ));
+            let create = command::Create {
+                record: record.clone(),
+                actor: actor.to_string(),
+            };
             self.inner.registry.while_unchanged(|| {
-                self.check_models(&record.config)?;
-                self.commit_creation(&record, actor)?;
+                // Refused at its position in the log if the test exists or a model is gone.
+                self.execute(
+                    &Command::Create(Box::new(create.clone())),
+                    record.created_at,
+                    |store, batch| command::create(store, &create, batch),
+                )?;
                 // Visible to results only once its record is applied: their log entries follow
                 // it, so none is durable without it.
                 self.inner.tests.insert(id.clone(), state);
@@ -111,53 +117,19 @@ impl Experiments {
         Ok(TestView { record })
     }
 
-    /// Every arm's model exists and is not DEPRECATED or ARCHIVED.
-    fn check_models(&self, config: &TestConfig) -> Result<()> {
-        for arm in &config.arms {
-            match self.inner.registry.metadata(arm.model.id()) {
-                Ok(view) => {
-                    let status = view.metadata.status;
-                    if matches!(status, ModelStatus::Deprecated | ModelStatus::Archived) {
-                        return Err(ExperimentError::ModelUnavailable {
-                            registry_id: arm.model.to_string(),
-                            status: status.to_string(),
-                        });
-                    }
-                }
-                Err(RegistryError::NotFound { registry_id }) => {
-                    return Err(ExperimentError::ModelNotFound {
-                        field: "model_registry_ids",
-                        registry_id,
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes a new test's record, empty statistics and audit event in one batch.
-    fn commit_creation(&self, record: &TestRecord, actor: &str) -> Result<()> {
-        let id = record.config.test_id.as_str();
-        let mut batch = WriteBatch::new();
-        put_test_record(&mut batch, record)?;
-        batch.put(
-            keys::test_stats(id),
-            &StatsRecord::new(record.config.arms.len()),
-        )?;
-        let models: Vec<String> = record
-            .config
-            .arms
-            .iter()
-            .map(|a| a.model.to_string())
-            .collect();
-        let draft = AuditDraft::test(actor, "test.create", id)
-            .detail("models", models.join(","))
-            .detail("strategy", format!("{:?}", record.config.strategy));
+    /// Executes a test command (see [`command`]): `change` computes its writes, answer and
+    /// audit event from the store at the command's position; the event is chained at `time`.
+    /// Not yet durable.
+    fn execute<T>(
+        &self,
+        command: &Command,
+        time: UnixNanos,
+        change: impl FnOnce(&crate::storage::Storage, &mut WriteBatch) -> command::Change<T>,
+    ) -> Result<T> {
+        let entry = command::encode(command)?;
         self.inner
             .audit
-            .commit(&self.inner.storage, batch, vec![draft])?;
-        Ok(())
+            .execute(&self.inner.storage, &entry, time, change)
     }
 
     /// One test.
@@ -251,19 +223,26 @@ impl Experiments {
                     action,
                 });
             }
-            let mut record = book.record.clone();
-            record.status = to;
-            let mut batch = WriteBatch::new();
-            put_test_record(&mut batch, &record)?;
-            let audit_action = if to == TestStatus::Paused {
-                "test.pause"
-            } else {
-                "test.resume"
+            let change = command::Transition {
+                test_id: test_id.to_string(),
+                actor: actor.to_string(),
+                reason: reason.to_string(),
+                time: time::now(),
             };
-            let draft = AuditDraft::test(actor, audit_action, test_id).detail("reason", reason);
-            self.inner
-                .audit
-                .commit(&self.inner.storage, batch, vec![draft])?;
+            let record = if to == TestStatus::Paused {
+                self.execute(
+                    &Command::Pause(change.clone()),
+                    change.time,
+                    |store, batch| command::pause(store, &change, batch),
+                )?
+            } else {
+                self.execute(
+                    &Command::Resume(change.clone()),
+                    change.time,
+                    |store, batch| command::resume(store, &change, batch),
+                )?
+            };
+            let record = command::sharing_config(record, &book.record.config);
             book.record = record.clone();
             record
         };
@@ -303,30 +282,19 @@ impl Experiments {
                 Vec::new(),
             )?;
             drop(ids);
-            let mut record = book.record.clone();
-            record.status = TestStatus::Completed;
-            record.winner = winner;
-            record.stop_reason = decision.reason.clone();
-            record.stopped_at = Some(time::now());
-            record.settled = record.config.settlement_period_secs == 0;
-            let mut batch = WriteBatch::new();
-            put_test_record(&mut batch, &record)?;
-            let mut draft = AuditDraft::test(actor, "test.stop", test_id)
-                .detail("kind", &decision.kind)
-                .detail("reason", &record.stop_reason)
-                .detail("evidence", decision.evidence_json());
-            if let Some(w) = winner {
-                draft = draft.detail("winner", &record.config.arms[w].arm_id);
-            }
-            match record.settles_at().filter(|_| !record.settled) {
-                Some(at) => draft = draft.detail("settles_at", crate::time::rfc3339(at)),
-                None => draft = draft.detail("settled", "true"),
-            }
-            record.decision = Some(decision);
-            self.inner
-                .audit
-                .commit(&self.inner.storage, batch, vec![draft])?;
-            book.record = record;
+            let change = command::Stop {
+                test_id: test_id.to_string(),
+                actor: actor.to_string(),
+                winner,
+                decision,
+                time: time::now(),
+            };
+            let record = self.execute(
+                &Command::Stop(Box::new(change.clone())),
+                change.time,
+                |store, batch| command::stop(store, &change, batch),
+            )?;
+            book.record = command::sharing_config(record, &book.record.config);
         }
         state.refresh();
         // The ended table is published; decisions drawn from the RUNNING one may still be
@@ -555,22 +523,24 @@ impl Experiments {
             }
             // A test settled before (its file rewrite failed) needs only the file.
             if !book.record.settled {
-                let mut record = book.record.clone();
-                record.settled = true;
-                let mut batch = WriteBatch::new();
-                put_test_record(&mut batch, &record)?;
-                let decided = record
+                let decided = book
+                    .record
                     .decision
                     .as_ref()
                     .map_or(0, |d| d.arms.iter().map(|a| a.results).sum::<u64>());
                 let results: u64 = book.stats.arms.iter().map(|a| a.n).sum();
-                let draft = AuditDraft::test("system", "test.settled", test_id)
-                    .detail("results", results)
-                    .detail("results_after_decision", results.saturating_sub(decided));
-                self.inner
-                    .audit
-                    .commit(&self.inner.storage, batch, vec![draft])?;
-                book.record = record;
+                let change = command::Settle {
+                    test_id: test_id.to_string(),
+                    results,
+                    results_after_decision: results.saturating_sub(decided),
+                    time: time::now(),
+                };
+                let record = self.execute(
+                    &Command::Settle(change.clone()),
+                    change.time,
+                    |store, batch| command::settle(store, &change, batch),
+                )?;
+                book.record = command::sharing_config(record, &book.record.config);
             }
         }
         self.inner.storage.flush().await?;

@@ -8,10 +8,15 @@
 //! when it is executed and when it is replayed: the registry's state is a fold of the log.
 //! Which tests use a version comes from the store's index of model versions in use, which every
 //! write of a test record keeps in step.
+//!
+//! Replay runs the fold of the build that opens the data directory over the commands logged
+//! since the last checkpoint (none after a clean stop). A change to how a command is applied
+//! (its checks, the records or audit details it writes) must therefore keep applying commands
+//! of the current [`Command`] format version as before, and take effect under a new version.
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, AuditDraft, AuditEvent};
+use crate::audit::{self, AuditDraft};
 use crate::storage::{self, keys, Record, Storage, WriteBatch};
 use crate::time::UnixNanos;
 
@@ -109,24 +114,13 @@ pub fn replay(store: &Storage, bytes: &[u8]) -> std::result::Result<WriteBatch, 
 /// the change, with its audit events chained; or why it is refused. Deterministic.
 pub fn apply(store: &Storage, command: &Command) -> Result<WriteBatch> {
     let batch = match command {
-        Command::Register(c) => fold(store, c.metadata.created_at, |b| register(store, c, b))?.0,
-        Command::Promote(c) => fold(store, c.time, |b| promote(store, c, b))?.0,
-        Command::Delete(c) => fold(store, c.time, |b| delete(store, c, b))?.0,
+        Command::Register(c) => {
+            audit::fold(store, c.metadata.created_at, |b| register(store, c, b))?.0
+        }
+        Command::Promote(c) => audit::fold(store, c.time, |b| promote(store, c, b))?.0,
+        Command::Delete(c) => audit::fold(store, c.time, |b| delete(store, c, b))?.0,
     };
     Ok(batch)
-}
-
-/// The batch of one command: what `change` writes and answers, and its audit events chained
-/// at `time` (also returned).
-pub(super) fn fold<T>(
-    store: &Storage,
-    time: UnixNanos,
-    change: impl FnOnce(&mut WriteBatch) -> Change<T>,
-) -> Result<(WriteBatch, (T, Vec<AuditEvent>))> {
-    let mut batch = WriteBatch::new();
-    let (answer, drafts) = change(&mut batch)?;
-    let events = audit::append(store, &mut batch, drafts, time)?;
-    Ok((batch, (answer, events)))
 }
 
 /// A registration: the new version, and the versions retention removed to make room.
@@ -321,8 +315,8 @@ pub(super) fn delete(store: &Storage, c: &Delete, batch: &mut WriteBatch) -> Cha
     Ok((metadata, vec![draft]))
 }
 
-/// The stored record of `id`.
-pub(super) fn load(store: &Storage, id: &RegistryId) -> Result<Option<ModelMetadata>> {
+/// The stored record of `id` (also read by the fold of test creation).
+pub fn load(store: &Storage, id: &RegistryId) -> Result<Option<ModelMetadata>> {
     Ok(store.get(&keys::model(&id.to_string()))?)
 }
 

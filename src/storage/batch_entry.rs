@@ -54,6 +54,15 @@ pub(super) fn encode(seq: u64, ops: &[Op]) -> Vec<u8> {
     out
 }
 
+/// The entry of `ops` as builds without sequence numbers wrote it.
+#[cfg(test)]
+pub(super) fn encode_unsequenced(ops: &[Op]) -> Vec<u8> {
+    let mut entry = encode(0, ops);
+    // The tag, then the one-byte varint 0 to drop.
+    entry.splice(0..2, [TAG_UNSEQUENCED]);
+    entry
+}
+
 /// The store sequence number (none in an entry without one) and ops of an entry; the error
 /// names what is malformed.
 pub(super) fn decode(payload: &[u8]) -> Result<(Option<u64>, Vec<Op>), String> {
