@@ -3,17 +3,21 @@
 //!
 //! Parts: [`engine`] decides (policies, posteriors, tables, stopping rules, stop-loss, drift
 //! tracks, decision ids; no storage, no clock); [`types`], [`spec`] and [`limits`] are the
-//! domain's data and invariants; `journal_entry` (the result entry and the results fold),
-//! [`stats_record`], [`result_ids`], `snapshot` and `history` persist it; `lifecycle`,
-//! `ingest`, `allocate` and `results` serve the calls; `state` holds a test in memory.
+//! domain's data and invariants; [`command`] (the lifecycle commands and their fold),
+//! `journal_entry` (the result entry and the results fold), [`stats_record`], [`result_ids`],
+//! `snapshot` and `history` persist it; `lifecycle`, `ingest`, `allocate` and `results` serve
+//! the calls; `state` holds a test in memory.
 //!
 //! Hot state lives in a sharded map (`DashMap<TestId, Arc<TestState>>`): an allocation reads one
 //! shard without any global lock, loads the test's table through `ArcSwap`, draws with the
 //! thread's xoshiro generator and bumps atomic counters; no disk, no logging, no heap allocation.
 //! Results go to the storage log, one entry per test and batch, and are acknowledged after a
 //! (shared) sync; every second the statistics of tests with new results are stored in the store,
-//! stamped with the log position they include, and the log is trimmed ([`snapshot`]). Every other
-//! change is a store batch, which goes through the same log: one order for everything.
+//! stamped with the log position they include, and the log is trimmed (`snapshot`). Creating,
+//! pausing, resuming and stopping a test and closing its settlement are commands in the same
+//! log, whose outcome the fold computes from the store at their position ([`command`]);
+//! suspensions, drift alarms and allocation counts are store batches in it: one order for
+//! everything.
 //! Start-up reads one statistics record per test and replays at most about a second of log.
 //! Allocation counters are persisted every
 //! [`ALLOCATION_PERSIST_INTERVAL`] and at shutdown: a crash can lose at most that interval of

@@ -9,7 +9,8 @@
 //! - [`auth`]: principals, roles, actors and rate limits (knows nothing of gRPC).
 //! - [`state`]: the fold that applies the log's commands (each domain's, dispatched by its
 //!   first byte) to the store, when they are executed and when they are replayed.
-//! - [`experiment`]: tests, result ingestion into the log, statistics snapshots, settlement;
+//! - [`experiment`]: tests (their lifecycle logged as commands, [`experiment::command`]), result
+//!   ingestion into the log, statistics snapshots, settlement;
 //!   its [`experiment::engine`] decides (allocation tables and policies, stopping rules,
 //!   stop-loss, drift and drawdown) without storage or clock.
 //! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures;

@@ -6,9 +6,9 @@
 //! to readers at once, not yet durable) and its ops are appended to the log as one entry, both
 //! under one lock, so log order is apply order. A domain command is *executed* by
 //! [`Storage::execute`]: the same, except that the log holds the command, and its batch is
-//! computed from the command and the store by the domain's [`CommandFold`] ([`command`]).
-//! Each such store entry carries a sequence number that the engine records in the same commit,
-//! so the engine always says exactly which entries it holds. It is *durable* once the log has synced its
+//! computed from the command and the store by the domain's [`CommandFold`]. Each such store
+//! entry carries a sequence number that the engine records in the same commit, so the engine
+//! always says exactly which entries it holds. A change is *durable* once the log has synced its
 //! entry ([`Storage::flush`], [`Storage::flush_through`]); callers acknowledge a client only
 //! after that. Concurrent flushes share syncs (the log's group commit). The owner appends its own
 //! entries to the same log (result batches), so there is one order for everything.
