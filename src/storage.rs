@@ -38,6 +38,7 @@ mod migrate;
 mod open_dirs;
 pub mod paths;
 mod redb_engine;
+pub mod snapshot_store;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use journal::Journal;
 pub use log::{Log, LogEntry};
 pub use open_dirs::wait_until_released;
 use open_dirs::Registered;
+pub use snapshot_store::{DirSnapshots, SnapshotMeta, SnapshotStore};
 
 /// The engine's file inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -136,6 +138,25 @@ impl Storage {
     /// Opens the storage of `data_dir`, replaying the log's batches and commands after the
     /// engine's last checkpoint (commands through `fold`) before it returns.
     pub fn open_with(data_dir: &Path, fold: &dyn CommandFold) -> Result<Self> {
+        Self::open_inner(data_dir, fold, None)
+    }
+
+    /// Like [`Storage::open_with`]; a data directory without a store first gets one made from
+    /// the newest of `snapshots`, onto which the log after the snapshot's position is then
+    /// replayed. Refused when the log no longer reaches back to that position.
+    pub fn open_restoring(
+        data_dir: &Path,
+        fold: &dyn CommandFold,
+        snapshots: &dyn SnapshotStore,
+    ) -> Result<Self> {
+        Self::open_inner(data_dir, fold, Some(snapshots))
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        fold: &dyn CommandFold,
+        snapshots: Option<&dyn SnapshotStore>,
+    ) -> Result<Self> {
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
                 context: format!("creating data directory {}", data_dir.display()),
@@ -150,11 +171,13 @@ impl Storage {
             path: data_dir.join(STORE_FILE),
         })?;
         migrate::from_sled(data_dir, CACHE_BYTES)?;
-        let engine: Arc<dyn Engine> = Arc::new(redb_engine::RedbEngine::open(
-            &data_dir.join(STORE_FILE),
-            CACHE_BYTES,
-        )?);
         let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
+        let store_path = data_dir.join(STORE_FILE);
+        if let Some(snapshots) = snapshots.filter(|_| !store_path.exists()) {
+            snapshot_store::restore(&store_path, snapshots, &journal, &entries, CACHE_BYTES)?;
+        }
+        let engine: Arc<dyn Engine> =
+            Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);
         let journal = Arc::new(journal);
         journal.start()?;
         Self::assemble(data_dir, registered, engine, journal, entries, fold)
@@ -571,6 +594,26 @@ impl Storage {
         self.checkpoints.load(Ordering::Relaxed)
     }
 
+    /// Puts a snapshot of the store into `snapshots`: the state after every store entry
+    /// applied so far, read from one consistent view of the engine (writes go on meanwhile),
+    /// and made durable in the log before it is kept, so that a snapshot never holds a change
+    /// the log could lose. Blocks on I/O.
+    pub fn put_snapshot(&self, snapshots: &dyn SnapshotStore) -> Result<SnapshotMeta> {
+        let (position, seq, entries) = {
+            let _order = self.order.lock();
+            (
+                self.last_batch.load(Ordering::Acquire),
+                self.seq.load(Ordering::Acquire),
+                self.engine.scan(b"", false)?,
+            )
+        };
+        self.sync_blocking()?;
+        // The stamp is the engine's own; a restored store is stamped with the position.
+        let mut entries = entries
+            .filter(|entry| !matches!(entry, Ok((key, _)) if key.as_slice() == keys::LOG_STAMP));
+        snapshots.put(position, seq, &mut entries)
+    }
+
     /// Bytes the engine occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.engine.size_on_disk()
@@ -845,6 +888,51 @@ mod tests {
         ));
         // The old batch is not redone over the command.
         assert_eq!(sum(dir.path()), 15);
+    }
+
+    #[tokio::test]
+    async fn a_lost_store_is_restored_from_a_snapshot_only_while_the_log_reaches_back_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = tempfile::tempdir().expect("tempdir");
+        let snapshots = DirSnapshots::open(kept.path()).expect("snapshots");
+        let storage = Storage::open_with(dir.path(), &Sums).expect("open");
+        execute(&storage, 10).expect("execute");
+        put(&storage, 1);
+        let meta = storage.put_snapshot(&snapshots).expect("snapshot");
+        assert_eq!(meta.position, storage.write_mark());
+        execute(&storage, 20).expect("execute");
+        storage.flush().await.expect("flush");
+        drop(storage);
+        assert!(wait_until_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+
+        // The store is lost: made from the snapshot, then the command after it replayed.
+        std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
+        let storage = Storage::open_restoring(dir.path(), &Sums, &snapshots).expect("restore");
+        assert_eq!(
+            storage.get::<Counter>(b"sum").expect("read"),
+            Some(Counter { n: 30 })
+        );
+        assert_eq!(counters(&storage), [1]);
+        // Entries after the snapshot are trimmed away once a checkpoint holds them.
+        let cut = storage.log.seal().expect("seal");
+        storage.checkpoint().expect("checkpoint");
+        storage.log.trim_before(cut).expect("trim");
+        drop(storage);
+        assert!(wait_until_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+
+        // With the store present, the snapshot is not used.
+        assert_eq!(sum(dir.path()), 30);
+        // Lost again: the snapshot is older than the log, and restoring it would lose a change.
+        std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
+        let err = Storage::open_restoring(dir.path(), &Sums, &snapshots).expect_err("refused");
+        assert!(err.to_string().contains("no longer"), "{err}");
+        assert!(!dir.path().join(STORE_FILE).exists());
     }
 
     #[tokio::test]

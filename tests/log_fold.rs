@@ -129,8 +129,9 @@ mod domain_commands {
     //! Registry commands (registrations, promotions, deletions) and test commands (creation,
     //! pause, resume, stop, settlement) are logged as what was asked and applied by the fold:
     //! random sequences of them give the same store (audit chain included) when they are
-    //! served, after a clean restart, folded twice from the whole log, and folded from a
-    //! checkpoint in the middle plus replay.
+    //! served, after a clean restart, folded twice from the whole log, folded from a
+    //! checkpoint in the middle plus replay, and restored from a snapshot taken while serving
+    //! plus replay.
 
     use std::sync::Arc;
 
@@ -377,6 +378,8 @@ mod domain_commands {
                 .expect("runtime");
             let dir = tempfile::tempdir().expect("tempdir");
             let snapshot = tempfile::tempdir().expect("tempdir");
+            let snapshots = arbiter::storage::DirSnapshots::open(&snapshot.path().join("snapshots"))
+                .expect("snapshots");
             let mid = ((steps.len() as f64 * split) as usize).min(steps.len());
             let served = runtime.block_on(async {
                 let storage = arbiter::state::open_storage(dir.path()).expect("open");
@@ -386,6 +389,10 @@ mod domain_commands {
                         storage.checkpoint().expect("checkpoint");
                         std::fs::copy(dir.path().join(STORE_FILE), snapshot.path().join(STORE_FILE))
                             .expect("copy the checkpointed store");
+                    }
+                    if i == steps.len() / 2 {
+                        // A snapshot taken while serving, without a checkpoint before it.
+                        storage.put_snapshot(&snapshots).expect("snapshot");
                     }
                     serve(&storage, step);
                     storage.flush().await.expect("flush");
@@ -417,6 +424,15 @@ mod domain_commands {
             let from_checkpoint = folded(dir.path());
             prop_assert_eq!(&from_checkpoint.0, &served);
             prop_assert_eq!(from_checkpoint.1, events);
+
+            // No store: made from the snapshot, then the log after it replayed.
+            std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
+            let storage =
+                Storage::open_restoring(dir.path(), &arbiter::state::Fold, &snapshots)
+                    .expect("restore");
+            prop_assert_eq!(&dump(&storage), &served);
+            drop(storage);
+            wait_released(dir.path());
         }
     }
 }
