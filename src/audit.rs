@@ -27,7 +27,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub struct AuditEvent {
     /// Position in the chain, from 1.
     pub seq: u64,
-    /// When the change was committed.
+    /// When the change was committed; never earlier than the event before it.
     pub time: UnixNanos,
     /// Who made the change ("system" for automatic actions).
     pub actor: String,
@@ -162,8 +162,9 @@ pub struct ChainReport {
     pub first_bad: Option<(u64, String)>,
 }
 
-/// Links `drafts` after the chain head `store` holds, stamped `time`, and adds the events and
-/// the new head to `batch`. Deterministic: the same store, drafts and time give the same events.
+/// Links `drafts` after the chain head `store` holds, stamped `time` (or the time of the event
+/// before them, if later), and adds the events and the new head to `batch`. Deterministic: the
+/// same store, drafts and time give the same events.
 pub fn append(
     store: &Storage,
     batch: &mut WriteBatch,
@@ -176,6 +177,14 @@ pub fn append(
     let head = store
         .get::<ChainHead>(keys::AUDIT_HEAD)?
         .unwrap_or_else(ChainHead::genesis);
+    // A command carries the time it was taken, which may precede the event another writer
+    // chained meanwhile, and a wall clock can step back: events keep their order in time.
+    let time = match head.seq {
+        0 => time,
+        seq => store
+            .get::<AuditEvent>(&keys::audit(seq))?
+            .map_or(time, |previous| time.max(previous.time)),
+    };
     let (events, next) = chain(&head, drafts, time)?;
     for event in &events {
         batch.put(keys::audit(event.seq), event)?;

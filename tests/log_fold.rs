@@ -306,7 +306,7 @@ mod domain_commands {
                     _ => test_command::Command::Settle(test_command::Settle {
                         test_id: format!("t{test}"),
                         results: 7,
-                        results_after_decision: 2,
+                        results_after_decision: Some(2),
                         time: 6_000,
                     }),
                 })

@@ -98,8 +98,9 @@ pub struct Settle {
     pub test_id: String,
     /// Results the test holds at the close.
     pub results: u64,
-    /// Of those, results that arrived after its decision.
-    pub results_after_decision: u64,
+    /// Of those, results that arrived after its decision (unknown for tests stopped by builds
+    /// that did not store the decision).
+    pub results_after_decision: Option<u64>,
     /// When.
     pub time: UnixNanos,
 }
@@ -272,9 +273,11 @@ pub(super) fn settle(store: &Storage, c: &Settle, batch: &mut WriteBatch) -> Cha
     }
     record.settled = true;
     put_test_record(batch, &record)?;
-    let draft = AuditDraft::test("system", "test.settled", &c.test_id)
-        .detail("results", c.results)
-        .detail("results_after_decision", c.results_after_decision);
+    let mut draft =
+        AuditDraft::test("system", "test.settled", &c.test_id).detail("results", c.results);
+    if let Some(after) = c.results_after_decision {
+        draft = draft.detail("results_after_decision", after);
+    }
     Ok((record, vec![draft]))
 }
 

@@ -523,16 +523,15 @@ impl Experiments {
             }
             // A test settled before (its file rewrite failed) needs only the file.
             if !book.record.settled {
-                let decided = book
-                    .record
-                    .decision
-                    .as_ref()
-                    .map_or(0, |d| d.arms.iter().map(|a| a.results).sum::<u64>());
                 let results: u64 = book.stats.arms.iter().map(|a| a.n).sum();
+                let results_after_decision = book.record.decision.as_ref().map(|d| {
+                    let decided: u64 = d.arms.iter().map(|a| a.results).sum();
+                    results.saturating_sub(decided)
+                });
                 let change = command::Settle {
                     test_id: test_id.to_string(),
                     results,
-                    results_after_decision: results.saturating_sub(decided),
+                    results_after_decision,
                     time: time::now(),
                 };
                 let record = self.execute(
