@@ -805,9 +805,15 @@ mod tests {
             .get::<Counter>(b"sum")
             .expect("read")
             .map_or(0, |c| c.n);
-        drop(storage);
-        assert!(wait_until_released(dir, std::time::Duration::from_secs(5)));
+        close(storage);
         sum
+    }
+
+    /// Drops `storage` and waits until its directory may be opened again.
+    fn close(storage: Storage) {
+        let dir = storage.data_dir().to_path_buf();
+        drop(storage);
+        assert!(wait_until_released(&dir, std::time::Duration::from_secs(5)));
     }
 
     #[tokio::test]
@@ -830,11 +836,7 @@ mod tests {
         assert!(execute(&storage, 5).is_err());
         assert_eq!(storage.log.next_position(), before);
         storage.flush().await.expect("flush");
-        drop(storage);
-        assert!(wait_until_released(
-            dir.path(),
-            std::time::Duration::from_secs(5)
-        ));
+        close(storage);
 
         // A clean close kept every command in the engine, past its checkpoint's stamp: none
         // is applied again (the first would be refused, and the open fail).
@@ -867,11 +869,7 @@ mod tests {
             .append(&batch_entry::encode_unsequenced(&old.ops))
             .expect("append");
         storage.log.sync_blocking().expect("sync");
-        drop(storage);
-        assert!(wait_until_released(
-            dir.path(),
-            std::time::Duration::from_secs(5)
-        ));
+        close(storage);
         // Replayed at open; then a command changes the same key and the storage closes
         // before any checkpoint.
         let storage = Storage::open_with(dir.path(), &Sums).expect("open");
@@ -881,11 +879,7 @@ mod tests {
         );
         execute(&storage, 10).expect("execute");
         storage.flush().await.expect("flush");
-        drop(storage);
-        assert!(wait_until_released(
-            dir.path(),
-            std::time::Duration::from_secs(5)
-        ));
+        close(storage);
         // The old batch is not redone over the command.
         assert_eq!(sum(dir.path()), 15);
     }
@@ -902,11 +896,7 @@ mod tests {
         assert_eq!(meta.position, storage.write_mark());
         execute(&storage, 20).expect("execute");
         storage.flush().await.expect("flush");
-        drop(storage);
-        assert!(wait_until_released(
-            dir.path(),
-            std::time::Duration::from_secs(5)
-        ));
+        close(storage);
 
         // The store is lost: made from the snapshot, then the command after it replayed.
         std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
@@ -920,11 +910,7 @@ mod tests {
         let cut = storage.log.seal().expect("seal");
         storage.checkpoint().expect("checkpoint");
         storage.log.trim_before(cut).expect("trim");
-        drop(storage);
-        assert!(wait_until_released(
-            dir.path(),
-            std::time::Duration::from_secs(5)
-        ));
+        close(storage);
 
         // With the store present, the snapshot is not used.
         assert_eq!(sum(dir.path()), 30);

@@ -43,9 +43,10 @@ fn wait_released(dir: &Path) {
     ));
 }
 
-/// The store opened on `dir` (replaying the log), and the length of its verified audit chain.
+/// The store opened on `dir` (replaying the log, commands included), and the length of its
+/// verified audit chain.
 fn folded(dir: &Path) -> (Dump, u64) {
-    let storage = Storage::open(dir).expect("open");
+    let storage = arbiter::state::open_storage(dir).expect("open");
     let audit = AuditLog::open(&storage).expect("audit");
     let report = audit.verify(&storage).expect("verify");
     assert!(report.first_bad.is_none(), "{report:?}");
@@ -323,17 +324,6 @@ mod domain_commands {
         }
     }
 
-    fn folded(dir: &Path) -> (Dump, u64) {
-        let storage = arbiter::state::open_storage(dir).expect("open");
-        let audit = AuditLog::open(&storage).expect("audit");
-        let report = audit.verify(&storage).expect("verify");
-        assert!(report.first_bad.is_none(), "{report:?}");
-        let state = (dump(&storage), report.events_checked);
-        drop((audit, storage));
-        wait_released(dir);
-        state
-    }
-
     /// Runs `step` (a refused command changes nothing).
     fn serve(storage: &Storage, step: &Step) {
         match step {
@@ -383,7 +373,6 @@ mod domain_commands {
             let mid = ((steps.len() as f64 * split) as usize).min(steps.len());
             let served = runtime.block_on(async {
                 let storage = arbiter::state::open_storage(dir.path()).expect("open");
-                let audit = AuditLog::open(&storage).expect("audit");
                 for (i, step) in steps.iter().enumerate() {
                     if i == mid {
                         storage.checkpoint().expect("checkpoint");
@@ -398,7 +387,7 @@ mod domain_commands {
                     storage.flush().await.expect("flush");
                 }
                 let served = dump(&storage);
-                drop((audit, storage));
+                drop(storage);
                 served
             });
             wait_released(dir.path());
