@@ -132,7 +132,32 @@ impl Experiments {
             .execute(&self.inner.storage, &entry, time, change)
     }
 
-    /// One test.
+    /// A test as it is now: one past its maximum duration is ended first, whoever asks.
+    pub async fn current(&self, test_id: &str) -> Result<TestView> {
+        self.expire_if_due(test_id).await?;
+        self.get(test_id)
+    }
+
+    /// The results of a test as they are now (see [`Self::current`]).
+    pub async fn current_results(&self, test_id: &str) -> Result<TestResults> {
+        self.expire_if_due(test_id).await?;
+        self.results(test_id)
+    }
+
+    /// A page of tests as they are now (see [`Self::list_page`]): every test past its maximum
+    /// duration is ended first.
+    pub async fn current_page(
+        &self,
+        status: Option<TestStatus>,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<(Vec<TestView>, Option<ListCursor>)> {
+        self.expire_due_tests().await?;
+        Ok(self.list_page(status, after, limit))
+    }
+
+    /// One test, as last changed (a test past its maximum duration may not be ended yet: see
+    /// [`Self::current`]).
     pub fn get(&self, test_id: &str) -> Result<TestView> {
         let state = self.state(test_id)?;
         let record = state.book.lock().record.clone();
@@ -446,7 +471,7 @@ impl Experiments {
     /// Completes a RUNNING or PAUSED test whose maximum duration has passed; called lazily on
     /// access and by the periodic sweep. The winner is declared only if significant, after one
     /// final look of the sequential tests.
-    pub async fn expire_if_due(&self, test_id: &str) -> Result<()> {
+    pub(super) async fn expire_if_due(&self, test_id: &str) -> Result<()> {
         let Ok(state) = self.state(test_id) else {
             return Ok(());
         };
@@ -548,7 +573,7 @@ impl Experiments {
     }
 
     /// Expires every test whose maximum duration has passed.
-    pub async fn expire_due_tests(&self) -> Result<()> {
+    pub(super) async fn expire_due_tests(&self) -> Result<()> {
         let now = time::now();
         let due: Vec<String> = self
             .inner

@@ -61,11 +61,11 @@ impl experiments_server::Experiments for ExperimentsService {
         request: Request<pb::GetTestRequest>,
     ) -> Result<Response<pb::Test>, Status> {
         let test_id = request.into_inner().test_id;
-        self.experiments
-            .expire_if_due(&test_id)
+        let view = self
+            .experiments
+            .current(&test_id)
             .await
             .map_err(status::experiment)?;
-        let view = self.experiments.get(&test_id).map_err(status::experiment)?;
         Ok(Response::new(view.into()))
     }
 
@@ -87,11 +87,11 @@ impl experiments_server::Experiments for ExperimentsService {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
-        self.experiments
-            .expire_due_tests()
+        let (tests, next) = self
+            .experiments
+            .current_page(filter, after.as_ref(), limit)
             .await
             .map_err(status::experiment)?;
-        let (tests, next) = self.experiments.list_page(filter, after.as_ref(), limit);
         Ok(Response::new(pb::ListTestsResponse {
             tests: tests.into_iter().map(Into::into).collect(),
             next_page_token: next.map(|c| c.to_token()).unwrap_or_default(),
@@ -152,13 +152,10 @@ impl experiments_server::Experiments for ExperimentsService {
         request: Request<pb::GetTestResultsRequest>,
     ) -> Result<Response<pb::TestResults>, Status> {
         let test_id = request.into_inner().test_id;
-        self.experiments
-            .expire_if_due(&test_id)
-            .await
-            .map_err(status::experiment)?;
         let results = self
             .experiments
-            .results(&test_id)
+            .current_results(&test_id)
+            .await
             .map_err(status::experiment)?;
         Ok(Response::new(results.into()))
     }
