@@ -167,14 +167,25 @@ impl Storage {
             }
         }
         // Released again if the open fails.
-        let registered = Registered::claim(data_dir).ok_or_else(|| StorageError::Locked {
+        let mut registered = Registered::claim(data_dir).ok_or_else(|| StorageError::Locked {
             path: data_dir.join(STORE_FILE),
         })?;
+        // Before anything in the directory is read or repaired.
+        registered.lock(data_dir)?;
         migrate::from_sled(data_dir, CACHE_BYTES)?;
         let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
         let store_path = data_dir.join(STORE_FILE);
-        if let Some(snapshots) = snapshots.filter(|_| !store_path.exists()) {
-            snapshot_store::restore(&store_path, snapshots, &journal, &entries, CACHE_BYTES)?;
+        if !store_path.exists() {
+            let restored = match snapshots {
+                Some(snapshots) => {
+                    snapshot_store::restore(&store_path, snapshots, &journal, CACHE_BYTES)?
+                }
+                None => false,
+            };
+            // A new store is the fold of the whole log: the log must still hold all of it.
+            if !restored {
+                snapshot_store::check_log_reaches(&journal, 0, "a new store")?;
+            }
         }
         let engine: Arc<dyn Engine> =
             Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);
@@ -599,19 +610,20 @@ impl Storage {
     /// and made durable in the log before it is kept, so that a snapshot never holds a change
     /// the log could lose. Blocks on I/O.
     pub fn put_snapshot(&self, snapshots: &dyn SnapshotStore) -> Result<SnapshotMeta> {
-        let (position, seq, entries) = {
+        let (at, entries) = {
             let _order = self.order.lock();
-            (
-                self.last_batch.load(Ordering::Acquire),
-                self.seq.load(Ordering::Acquire),
-                self.engine.scan(b"", false)?,
-            )
+            let at = SnapshotMeta {
+                position: self.last_batch.load(Ordering::Acquire),
+                seq: self.seq.load(Ordering::Acquire),
+                entries: 0,
+            };
+            (at, self.engine.scan(b"", false)?)
         };
         self.sync_blocking()?;
         // The stamp is the engine's own; a restored store is stamped with the position.
         let mut entries = entries
             .filter(|entry| !matches!(entry, Ok((key, _)) if key.as_slice() == keys::LOG_STAMP));
-        snapshots.put(position, seq, &mut entries)
+        snapshots.put(at, &mut entries)
     }
 
     /// Bytes the engine occupies on disk.
@@ -917,7 +929,14 @@ mod tests {
         // Lost again: the snapshot is older than the log, and restoring it would lose a change.
         std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
         let err = Storage::open_restoring(dir.path(), &Sums, &snapshots).expect_err("refused");
-        assert!(err.to_string().contains("no longer"), "{err}");
+        assert!(err.to_string().contains("would lose"), "{err}");
+        assert!(!dir.path().join(STORE_FILE).exists());
+        // Nor is a new store made from what is left of the log.
+        let err = Storage::open_with(dir.path(), &Sums).expect_err("refused");
+        assert!(
+            err.to_string().contains("needs the log from position 1"),
+            "{err}"
+        );
         assert!(!dir.path().join(STORE_FILE).exists());
     }
 

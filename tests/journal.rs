@@ -292,3 +292,53 @@ async fn replayed_results_that_cross_a_stopping_rule_stop_the_test_at_start() {
     );
     support::close(engine);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_comes_back_from_a_snapshot_and_the_log_with_every_result() {
+    use arbiter::storage::{DirSnapshots, Log, Storage, STORE_FILE};
+    let engine = support::engine().await;
+    let models = support::models(&engine.registry, 2).await;
+    let config = support::config("t", &models, 2, Strategy::ThompsonSampling);
+    engine
+        .experiments
+        .create(config, "quant")
+        .await
+        .expect("create");
+    record(&engine, batch("t", 0, 2)).await;
+    // The statistics so far are stored; the next batch is only in the log when the snapshot of
+    // the store is taken, and the one after it comes later still.
+    engine.experiments.snapshot().expect("statistics");
+    record(&engine, batch("t", 1, 2)).await;
+    let kept = engine.dir.path().join("snapshots");
+    let snapshots = DirSnapshots::open(&kept).expect("snapshots");
+    let meta = engine.storage.put_snapshot(&snapshots).expect("snapshot");
+    record(&engine, batch("t", 2, 2)).await;
+    let served = stats(&engine, &["t"]);
+    let dir = support::close(engine);
+
+    std::fs::remove_file(dir.path().join(STORE_FILE)).expect("lose the store");
+    let first = Journal::open(&dir.path().join("journal"))
+        .expect("journal")
+        .0
+        .first_position();
+    match Storage::open_restoring(dir.path(), &arbiter::state::Fold, &snapshots) {
+        Ok(storage) => {
+            let engine = support::open_on(dir, storage).await;
+            assert_eq!(stats(&engine, &["t"]), served);
+            // The resent batches are all duplicates: their ids came back too.
+            for b in 0..3 {
+                assert_eq!(record(&engine, batch("t", b, 2)).await, (0, 40));
+            }
+            support::close(engine);
+        }
+        // A statistics round of the engine's own trimmed the log between the snapshot and
+        // the close: restoring would lose results, so it is refused.
+        Err(e) => {
+            assert!(
+                first > meta.position + 1,
+                "refused although the log reaches back: {e}"
+            );
+            assert!(e.to_string().contains("would lose"), "{e}");
+        }
+    }
+}

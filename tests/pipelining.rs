@@ -172,8 +172,14 @@ async fn a_flood_of_empty_frames_is_still_refused_and_the_close_is_logged() {
         .await
         .expect("the server closes the connection");
     let err = closed.expect("join").expect_err("closed with an error");
-    assert!(err.is_go_away(), "{err}");
-    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err}");
+    // The client sees the GOAWAY, or, when the server closes the socket while the client is
+    // still writing its flood, the broken pipe; the server's log below says which reason it
+    // sent either way.
+    if err.is_go_away() {
+        assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err}");
+    } else {
+        assert!(err.is_io(), "neither a GOAWAY nor a closed socket: {err}");
+    }
     // The server logs the close on its connection task, which may run after the client has
     // seen the GOAWAY: wait for the line (bounded).
     let logged = |text: &str| {

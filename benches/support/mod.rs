@@ -29,7 +29,13 @@ pub(crate) async fn engine() -> Engine {
 
 /// Opens the engine on an existing directory.
 pub(crate) async fn open(dir: tempfile::TempDir) -> Engine {
-    let storage = Arc::new(arbiter::state::open_storage(dir.path()).expect("storage"));
+    let storage = arbiter::state::open_storage(dir.path()).expect("storage");
+    open_on(dir, storage).await
+}
+
+/// Opens the engine on `storage`, opened on `dir`.
+pub(crate) async fn open_on(dir: tempfile::TempDir, storage: Storage) -> Engine {
+    let storage = Arc::new(storage);
     let audit = Arc::new(AuditLog::open(&storage).expect("audit"));
     let registry = Registry::open(storage.clone(), audit.clone(), RegistryConfig::default())
         .expect("registry");

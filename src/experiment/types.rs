@@ -465,8 +465,29 @@ mod any_f64 {
         }
     }
 
+    /// A figure as stored: a number, `null`, or the text some builds wrote for a non-finite
+    /// one.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+        match Stored::deserialize(d)? {
+            Stored::Number(value) => Ok(value),
+            Stored::Null(()) => Ok(f64::NAN),
+            Stored::Text(text) => match text.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not a figure"
+                ))),
+            },
+        }
     }
 }
 
@@ -497,6 +518,14 @@ mod tests {
             // Encoded again, the same bytes: replaying a stop writes what executing it wrote.
             assert_eq!(serde_json::to_string(&back).expect("encode"), json);
         }
+        let text = serde_json::to_string(&arm(0.5))
+            .expect("encode")
+            .replace("0.5", "\"-inf\"");
+        let back: DecisionArm = serde_json::from_str(&text).expect("decode text");
+        assert_eq!(back.mean_return, f64::NEG_INFINITY);
+        let bad = text.replace("-inf", "lots");
+        let err = serde_json::from_str::<DecisionArm>(&bad).expect_err("not a figure");
+        assert!(err.to_string().contains("lots"), "{err}");
     }
 
     #[test]

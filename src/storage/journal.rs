@@ -406,6 +406,12 @@ impl Log for Journal {
         Journal::next_position(self)
     }
 
+    fn first_position(&self) -> u64 {
+        // Segments are removed whole, oldest first, and named by their first position.
+        let oldest = self.files.lock().segments.first().copied();
+        oldest.unwrap_or_else(|| Journal::next_position(self))
+    }
+
     fn reserve_through(&self, position: u64) {
         Journal::reserve_through(self, position)
     }

@@ -61,6 +61,10 @@ pub trait Log: Send + Sync + Debug {
     /// The position the next append gets at least; every position below it is taken.
     fn next_position(&self) -> u64;
 
+    /// The oldest position the log still holds: every durable entry at or after it is kept
+    /// (trimming raises it; at most [`Log::next_position`]).
+    fn first_position(&self) -> u64;
+
     /// Makes sure future positions exceed `position` (a snapshot's stamp, which a crash may have
     /// left ahead of the log).
     fn reserve_through(&self, position: u64);

@@ -1,10 +1,13 @@
 //! Data directories open in this process: a second [`super::Storage::open`] of one is refused,
-//! and tests wait for a closed one to be released ([`wait_until_released`]). (Other processes are
-//! kept out by the store's file lock.)
+//! and tests wait for a closed one to be released ([`wait_until_released`]). Other processes are
+//! kept out by an exclusive lock on the directory's `lock` file, taken before anything in the
+//! directory is read or repaired.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+
+use super::{Result, StorageError};
 
 /// The set itself.
 fn open_dirs() -> &'static Mutex<HashSet<PathBuf>> {
@@ -36,9 +39,16 @@ fn dir_key(data_dir: &Path) -> PathBuf {
     std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())
 }
 
-/// A data directory's entry in [`open_dirs`], removed when dropped.
+/// The lock file of a data directory.
+pub(super) const LOCK_FILE: &str = "lock";
+
+/// A data directory's entry in [`open_dirs`], with its lock file once taken; both are given up
+/// when it is dropped.
 #[derive(Debug)]
-pub(super) struct Registered(PathBuf);
+pub(super) struct Registered {
+    key: PathBuf,
+    lock: Option<std::fs::File>,
+}
 
 impl Registered {
     /// Claims `data_dir` for this process; `None` when it is held already.
@@ -48,15 +58,42 @@ impl Registered {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone());
-        claimed.then_some(Self(key))
+        claimed.then_some(Self { key, lock: None })
+    }
+
+    /// Takes the exclusive lock on `data_dir`'s lock file, which keeps other processes out.
+    pub(super) fn lock(&mut self, data_dir: &Path) -> Result<()> {
+        let path = data_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StorageError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                self.lock = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StorageError::Io {
+                context: format!("locking {}", path.display()),
+                source,
+            }),
+        }
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        // Unlocked first: a waiter told the directory is released may lock it at once.
+        drop(self.lock.take());
         open_dirs()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.0);
+            .remove(&self.key);
     }
 }

@@ -53,6 +53,10 @@ impl Log for FailingLog {
         Log::next_position(&*self.journal)
     }
 
+    fn first_position(&self) -> u64 {
+        Log::first_position(&*self.journal)
+    }
+
     fn reserve_through(&self, position: u64) {
         Log::reserve_through(&*self.journal, position)
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::engine::{Engine, Entry, Op};
-use super::log::{Log, LogEntry};
+use super::log::Log;
 use super::{keys, redb_engine, sync_dir, ByteReader, ByteWriter, Result, StorageError};
 
 /// What a snapshot covers.
@@ -32,13 +32,12 @@ pub struct SnapshotMeta {
 
 /// A place that keeps snapshots of the store.
 pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
-    /// Keeps `entries` (every key and value of the store at `position`, in key order) as the
-    /// snapshot at `position`. Atomic: after a crash the snapshot is whole or absent. Durable
-    /// when it returns.
+    /// Keeps `entries` (every key and value of the store at `at.position`, in key order) as
+    /// the snapshot `at` describes (its `entries` count is ignored and counted anew).
+    /// Atomic: after a crash the snapshot is whole or absent. Durable when it returns.
     fn put(
         &self,
-        position: u64,
-        seq: u64,
+        at: SnapshotMeta,
         entries: &mut dyn Iterator<Item = Result<Entry>>,
     ) -> Result<SnapshotMeta>;
 
@@ -54,31 +53,61 @@ pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
 ///
 /// A file is the magic `ARBSNAP1`, then position, store sequence number and entry count (u64
 /// LE each), then each entry as key and value (varint length and bytes), then the SHA-256 of
-/// everything before it. It is written under a temporary name, fsynced, renamed and its
-/// directory fsynced.
+/// everything before it. It is written under a temporary name of its own, fsynced, renamed and
+/// its directory fsynced. One process writes a directory's snapshots.
 #[derive(Debug)]
 pub struct DirSnapshots {
     dir: PathBuf,
+    /// Makes each write's temporary name unique.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 const MAGIC: &[u8; 8] = b"ARBSNAP1";
+/// The magic and three u64s.
+const HEADER: usize = 8 + 24;
 const SUFFIX: &str = ".snapshot";
+
+/// Whether `name` is the temporary file of a write: `<20 digits>.snapshot.<n>.tmp`.
+fn is_temporary(name: &str) -> bool {
+    name.strip_suffix(".tmp")
+        .and_then(|rest| rest.split_once(SUFFIX))
+        .is_some_and(|(position, n)| {
+            position.len() == 20
+                && position.bytes().all(|b| b.is_ascii_digit())
+                && n.strip_prefix('.')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
 impl DirSnapshots {
-    /// The snapshots in `dir`, created if missing.
+    /// The snapshots in `dir`, created if missing; the temporary files of writes that did not
+    /// finish (a crash) are removed.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let listing = std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
+        for entry in listing {
+            let path = entry
+                .map_err(io(format!("listing {}", dir.display())))?
+                .path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if is_temporary(name) {
+                std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
+            writes: Default::default(),
         })
     }
 
-    /// The snapshot files, oldest first, with their positions; leftovers of interrupted
-    /// writes are removed.
+    /// The snapshot files, oldest first, with their positions (other files are left alone).
     fn files(&self) -> Result<Vec<(u64, PathBuf)>> {
         let mut files = Vec::new();
         let listing =
@@ -91,10 +120,7 @@ impl DirSnapshots {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name.ends_with(".tmp") {
-                // Never renamed: the write did not finish.
-                let _ = std::fs::remove_file(&path);
-            } else if let Some(position) = name
+            if let Some(position) = name
                 .strip_suffix(SUFFIX)
                 .and_then(|stem| stem.parse::<u64>().ok())
             {
@@ -107,7 +133,7 @@ impl DirSnapshots {
 
     fn read(path: &Path) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        if bytes.len() < MAGIC.len() + 24 + 32 || &bytes[..MAGIC.len()] != MAGIC {
+        if bytes.len() < HEADER + 32 || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a snapshot".into());
         }
         let (body, digest) = bytes.split_at(bytes.len() - 32);
@@ -123,8 +149,21 @@ impl DirSnapshots {
             seq: word(1),
             entries: word(2),
         };
-        let mut r = ByteReader::new(&body[MAGIC.len() + 24..]);
-        let mut entries = Vec::with_capacity(meta.entries.min(1 << 20) as usize);
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if named != Some(meta.position) {
+            return Err(format!(
+                "it holds the store at position {}, not the one its name gives",
+                meta.position
+            ));
+        }
+        let mut r = ByteReader::new(&body[HEADER..]);
+        // An entry takes at least two bytes: a count beyond that is refused below, unallocated.
+        let capacity = meta.entries.min((body.len() / 2) as u64);
+        let mut entries = Vec::with_capacity(capacity as usize);
         for _ in 0..meta.entries {
             let key = r.bytes("key")?.to_vec();
             let value = r.bytes("value")?.to_vec();
@@ -138,8 +177,7 @@ impl DirSnapshots {
 /// Writes the file of a snapshot to `tmp` and syncs it; returns its entry count.
 fn write_snapshot(
     tmp: &Path,
-    position: u64,
-    seq: u64,
+    at: &SnapshotMeta,
     entries: &mut dyn Iterator<Item = Result<Entry>>,
 ) -> Result<u64> {
     let context = || format!("writing snapshot {}", tmp.display());
@@ -153,11 +191,11 @@ fn write_snapshot(
         w.bytes(&value);
         count += 1;
     }
-    let mut header = Vec::with_capacity(MAGIC.len() + 24);
+    let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&position.to_le_bytes());
-    header.extend_from_slice(&seq.to_le_bytes());
-    header.extend_from_slice(&count.to_le_bytes());
+    for word in [at.position, at.seq, count] {
+        header.extend_from_slice(&word.to_le_bytes());
+    }
     let mut hash = Sha256::new();
     hash.update(&header);
     hash.update(&body);
@@ -177,13 +215,17 @@ fn write_snapshot(
 impl SnapshotStore for DirSnapshots {
     fn put(
         &self,
-        position: u64,
-        seq: u64,
+        at: SnapshotMeta,
         entries: &mut dyn Iterator<Item = Result<Entry>>,
     ) -> Result<SnapshotMeta> {
-        let path = self.dir.join(format!("{position:020}{SUFFIX}"));
-        let tmp = path.with_extension("snapshot.tmp");
-        let written = write_snapshot(&tmp, position, seq, entries);
+        let path = self.dir.join(format!("{:020}{SUFFIX}", at.position));
+        let write = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{:020}{SUFFIX}.{write}.tmp", at.position));
+        let written = write_snapshot(&tmp, &at, entries);
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -191,9 +233,8 @@ impl SnapshotStore for DirSnapshots {
         std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
         sync_dir(&self.dir)?;
         Ok(SnapshotMeta {
-            position,
-            seq,
             entries: count,
+            ..at
         })
     }
 
@@ -210,46 +251,73 @@ impl SnapshotStore for DirSnapshots {
     }
 
     fn retain_newest(&self, keep: usize) -> Result<()> {
+        // Only snapshots that read back count as kept: a damaged newer one never costs the
+        // newest good one.
         let files = self.files()?;
-        let excess = files.len().saturating_sub(keep);
-        for (_, path) in &files[..excess] {
+        let mut good = 0;
+        let mut oldest_kept = files.len();
+        for (i, (_, path)) in files.iter().enumerate().rev() {
+            if good == keep {
+                break;
+            }
+            if Self::read(path).is_ok() {
+                good += 1;
+                oldest_kept = i;
+            }
+        }
+        if keep == 0 {
+            oldest_kept = files.len();
+        }
+        for (_, path) in &files[..oldest_kept] {
             std::fs::remove_file(path).map_err(io(format!("removing {}", path.display())))?;
         }
-        if excess > 0 {
+        if oldest_kept > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(())
     }
 }
 
-/// Makes the store file `path` from the newest of `snapshots`, if there is one, after checking
-/// that `log` (whose entries are `entries`) still holds every entry after its position. The
-/// file appears only once whole and synced.
+/// Checks that `log` holds every entry after `position` (0: since its beginning), which a store
+/// at `position` needs replayed; the error says what is missing.
+pub(super) fn check_log_reaches(log: &dyn Log, position: u64, store: &str) -> Result<()> {
+    let (first, next) = (log.first_position(), log.next_position());
+    // A log that has not reached the position yet (a new one) lacks what came after it too.
+    let reaches = position.checked_add(1).is_some_and(|after| first <= after) && next > position;
+    if reaches {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt {
+        key: STORE_NAME.into(),
+        why: format!(
+            "{store} needs the log from position {}, but the log holds positions {first} to {}; \
+             opening it would lose what is missing (restore the data directory from a backup)",
+            position.saturating_add(1),
+            next.saturating_sub(1)
+        ),
+    })
+}
+
+/// The store's file, as errors name it.
+const STORE_NAME: &str = "store.redb";
+
+/// Makes the missing store file `path` from the newest of `snapshots`, after checking that `log`
+/// still holds every entry after its position; `false` when there is no snapshot. The file
+/// appears only once whole and synced. The caller holds the data directory's lock.
 pub(super) fn restore(
     path: &Path,
     snapshots: &dyn SnapshotStore,
     log: &dyn Log,
-    entries: &[LogEntry],
     cache_bytes: usize,
-) -> Result<()> {
+) -> Result<bool> {
     let Some((meta, snapshot)) = snapshots.latest()? else {
-        return Ok(());
+        return Ok(false);
     };
-    let reaches_back = match entries.first() {
-        Some(first) => first.position <= meta.position + 1,
-        None => log.next_position() <= meta.position + 1,
-    };
-    if !reaches_back {
-        return Err(StorageError::Corrupt {
-            key: "snapshot".into(),
-            why: format!(
-                "the newest snapshot holds the store at log position {}, but the log no longer \
-                 holds the entries after it (it begins at {}); restoring it would lose them",
-                meta.position,
-                entries.first().map_or(log.next_position(), |e| e.position)
-            ),
-        });
-    }
+    check_log_reaches(
+        log,
+        meta.position,
+        &format!("the newest snapshot (log position {})", meta.position),
+    )?;
     let partial = path.with_extension("redb.restoring");
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(|source| StorageError::Io {
@@ -285,7 +353,7 @@ pub(super) fn restore(
         entries = meta.entries,
         "restored the store from a snapshot"
     );
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -309,7 +377,7 @@ mod tests {
         fn interrupt_next_put(&self, position: u64) {
             // What a crash during a write leaves: a temporary file, part written.
             std::fs::write(
-                self.0.path().join(format!("{position:020}.snapshot.tmp")),
+                self.0.path().join(format!("{position:020}.snapshot.0.tmp")),
                 b"ARBSNAP1 partial",
             )
             .expect("write");
@@ -330,4 +398,31 @@ mod tests {
     }
 
     snapshot_conformance_suite!(DirHarness);
+
+    #[test]
+    fn only_its_own_temporary_files_are_cleared_and_names_must_match_contents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = dir.path().join("notes.tmp");
+        std::fs::write(&other, b"someone else's").expect("write");
+        let stale = dir.path().join(format!("{:020}.snapshot.3.tmp", 7));
+        std::fs::write(&stale, b"ARBSNAP1").expect("write");
+        let store = DirSnapshots::open(dir.path()).expect("open");
+        assert!(other.exists() && !stale.exists());
+        let at = SnapshotMeta {
+            position: 9,
+            seq: 1,
+            entries: 0,
+        };
+        store
+            .put(at, &mut std::iter::once(Ok((b"k".to_vec(), b"v".to_vec()))))
+            .expect("put");
+        // Renamed to another position, it no longer reads back.
+        std::fs::rename(
+            dir.path().join(format!("{:020}.snapshot", 9)),
+            dir.path().join(format!("{:020}.snapshot", 12)),
+        )
+        .expect("rename");
+        assert!(store.latest().expect("latest").is_none());
+        assert!(other.exists());
+    }
 }

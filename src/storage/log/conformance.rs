@@ -99,7 +99,9 @@ pub(crate) async fn positions_increase_and_entries_read_back_in_order<H: LogHarn
     let harness = H::new();
     let log = harness.open();
     assert!(log.read_from(0).expect("read").is_empty());
+    assert!(log.first_position() <= log.next_position());
     let a = log.append(b"first").expect("append");
+    assert!(log.first_position() <= a);
     let b = log.append(b"").expect("append");
     let c = log.append(&[0xff; 1000]).expect("append");
     assert!(a < b && b < c, "positions {a}, {b}, {c}");
@@ -238,12 +240,23 @@ pub(crate) async fn trimming_keeps_every_entry_at_or_after_the_cut<H: LogHarness
         assert!(read.windows(2).all(|w| w[0].position < w[1].position));
     };
     check(log.read_from(0).expect("read"));
+    let first = log.first_position();
+    assert!(
+        first <= cut,
+        "the log starts at {first}, after the cut {cut}"
+    );
+    assert!(log
+        .read_from(0)
+        .expect("read")
+        .iter()
+        .all(|e| e.position >= first));
     // Everything trimmed: positions still go on after a reopen.
     let cut = log.seal().expect("seal");
     log.trim_before(cut).expect("trim");
     drop(log);
     let log = harness.open();
     assert!(log.read_from(cut).expect("read").is_empty());
+    assert!(log.first_position() <= log.next_position());
     let d = append_synced(&*log, b"d").await;
     assert!(d >= cut && d > c);
 }

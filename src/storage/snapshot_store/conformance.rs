@@ -80,9 +80,17 @@ fn entries(n: usize, tag: u8) -> Vec<Entry> {
         .collect()
 }
 
+fn at(position: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        position,
+        seq: position * 2,
+        entries: 0,
+    }
+}
+
 fn put<S: SnapshotStore>(store: &S, position: u64, entries: &[Entry]) -> SnapshotMeta {
     store
-        .put(position, position * 2, &mut entries.iter().cloned().map(Ok))
+        .put(at(position), &mut entries.iter().cloned().map(Ok))
         .expect("put")
 }
 
@@ -95,9 +103,8 @@ pub(crate) fn a_snapshot_reads_back_whole_and_the_newest_wins<H: SnapshotHarness
     assert_eq!(
         meta,
         SnapshotMeta {
-            position: 10,
-            seq: 20,
-            entries: 50
+            entries: 50,
+            ..at(10)
         }
     );
     put(&store, 25, &new);
@@ -107,7 +114,13 @@ pub(crate) fn a_snapshot_reads_back_whole_and_the_newest_wins<H: SnapshotHarness
         .latest()
         .expect("latest")
         .expect("a snapshot");
-    assert_eq!((meta.position, meta.seq, meta.entries), (25, 50, 70));
+    assert_eq!(
+        meta,
+        SnapshotMeta {
+            entries: 70,
+            ..at(25)
+        }
+    );
     assert_eq!(read, new);
 }
 
@@ -187,7 +200,7 @@ pub(crate) fn a_failing_source_leaves_no_snapshot<H: SnapshotHarness>() {
         .into_iter()
         .map(Ok)
         .chain(std::iter::once(Err(crate::storage::StorageError::Closed)));
-    assert!(store.put(8, 1, &mut failing).is_err());
+    assert!(store.put(at(8), &mut failing).is_err());
     drop(store);
     assert!(harness.open().latest().expect("latest").is_none());
 }
