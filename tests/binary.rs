@@ -29,6 +29,46 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     assert_eq!(server.wait().await.code(), Some(0));
 }
 
+/// A second server on a data directory in use refuses to start, naming it, and touches nothing:
+/// the running server's log files are unchanged and it keeps serving what it acknowledged.
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_refuses_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn_binary(dir.path());
+    let mut client = server.registry().await;
+    register_simple(&mut client, "m", "1.0.0").await;
+    let journal = |dir: &std::path::Path| {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.join("journal"))
+            .expect("journal")
+            .map(|e| {
+                let e = e.expect("entry");
+                let len = e.metadata().expect("stat").len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = journal(dir.path());
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run a second server");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another arbiter process"),
+        "{stderr}"
+    );
+    assert_eq!(journal(dir.path()), before);
+    metadata(&mut client, "m:1.0.0")
+        .await
+        .expect("the first server still serves");
+    server.signal("-TERM");
+    assert_eq!(server.wait().await.code(), Some(0));
+}
+
 /// A data directory removed underneath a running server: SIGTERM still ends the process, within
 /// the drain grace period plus the bounded final flush, with a non-zero code and the cause logged.
 #[tokio::test]
