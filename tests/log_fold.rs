@@ -43,6 +43,14 @@ fn wait_released(dir: &Path) {
     ));
 }
 
+/// A runtime for one case's flushes.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The store opened on `dir` (replaying the log, commands included), and the length of its
 /// verified audit chain.
 fn folded(dir: &Path) -> (Dump, u64) {
@@ -64,10 +72,7 @@ proptest! {
         changes in prop::collection::vec(change(), 1..40),
         split in 0.0f64..1.0,
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = runtime();
         let dir = tempfile::tempdir().expect("tempdir");
         let snapshot = tempfile::tempdir().expect("tempdir");
         let mid = ((changes.len() as f64 * split) as usize).min(changes.len());
@@ -362,10 +367,7 @@ mod domain_commands {
                 })
                 .chain(steps)
                 .collect();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = runtime();
             let dir = tempfile::tempdir().expect("tempdir");
             let snapshot = tempfile::tempdir().expect("tempdir");
             let snapshots = arbiter::storage::DirSnapshots::open(&snapshot.path().join("snapshots"))
