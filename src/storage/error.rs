@@ -17,7 +17,7 @@ pub enum StorageError {
     /// Another process (or this one) has the data directory open.
     #[error("{} is in use by another arbiter process", .path.display())]
     Locked {
-        /// The database file.
+        /// The file that is locked.
         path: PathBuf,
     },
     /// A failure shared by several waiters (a failed group sync).

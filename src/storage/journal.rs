@@ -352,11 +352,11 @@ impl Journal {
             let path = segment_path(&files.dir, files.segments[0]);
             std::fs::remove_file(&path)
                 .map_err(io_error(format!("removing {}", path.display())))?;
+            // Each removal durable before the next: after a crash the log may begin later than
+            // it did, never have a hole in it.
+            sync_dir(&files.dir)?;
             files.segments.remove(0);
             removed += 1;
-        }
-        if removed > 0 {
-            sync_dir(&files.dir)?;
         }
         Ok(removed)
     }

@@ -79,12 +79,27 @@ impl Registered {
                 Ok(())
             }
             Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+            // A file system without file locks: the store's own lock still refuses a second
+            // server, but only after that server has read the log.
+            Err(std::fs::TryLockError::Error(e)) if locks_unsupported(&e) => {
+                tracing::warn!(path = %path.display(), error = %e, "file locks are not supported here; a second server on this directory is refused only by the store's lock");
+                Ok(())
+            }
             Err(std::fs::TryLockError::Error(source)) => Err(StorageError::Io {
                 context: format!("locking {}", path.display()),
                 source,
             }),
         }
     }
+}
+
+/// Whether `e` says the file system does not lock files at all.
+fn locks_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::ENOLCK | libc::EOPNOTSUPP)
+        )
 }
 
 impl Drop for Registered {

@@ -54,12 +54,11 @@ pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
 /// A file is the magic `ARBSNAP1`, then position, store sequence number and entry count (u64
 /// LE each), then each entry as key and value (varint length and bytes), then the SHA-256 of
 /// everything before it. It is written under a temporary name of its own, fsynced, renamed and
-/// its directory fsynced. One process writes a directory's snapshots.
+/// its directory fsynced. One process at a time writes a directory's snapshots: opening clears
+/// the temporary files that interrupted writes left.
 #[derive(Debug)]
 pub struct DirSnapshots {
     dir: PathBuf,
-    /// Makes each write's temporary name unique.
-    writes: std::sync::atomic::AtomicU64,
 }
 
 const MAGIC: &[u8; 8] = b"ARBSNAP1";
@@ -103,7 +102,6 @@ impl DirSnapshots {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            writes: Default::default(),
         })
     }
 
@@ -219,12 +217,14 @@ impl SnapshotStore for DirSnapshots {
         entries: &mut dyn Iterator<Item = Result<Entry>>,
     ) -> Result<SnapshotMeta> {
         let path = self.dir.join(format!("{:020}{SUFFIX}", at.position));
-        let write = self
-            .writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!("{:020}{SUFFIX}.{write}.tmp", at.position));
+        // Unique across writers in this process and across processes (by the pid).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(
+            "{:020}{SUFFIX}.{}{write:06}.tmp",
+            at.position,
+            std::process::id()
+        ));
         let written = write_snapshot(&tmp, &at, entries);
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -287,13 +287,17 @@ pub(super) fn check_log_reaches(log: &dyn Log, position: u64, store: &str) -> Re
     if reaches {
         return Ok(());
     }
+    let held = if first >= next {
+        format!("the log is empty (its next position is {next})")
+    } else {
+        format!("the log holds positions {first} to {}", next - 1)
+    };
     Err(StorageError::Corrupt {
         key: STORE_NAME.into(),
         why: format!(
-            "{store} needs the log from position {}, but the log holds positions {first} to {}; \
-             opening it would lose what is missing (restore the data directory from a backup)",
-            position.saturating_add(1),
-            next.saturating_sub(1)
+            "{store} needs the log from position {}, but {held}; opening it would lose what \
+             is missing (restore the data directory from a backup)",
+            position.saturating_add(1)
         ),
     })
 }
