@@ -167,10 +167,20 @@ async fn a_test_that_suspends_on_drift_holds_the_arm_at_its_floor() {
     let moved = &results.arms[1];
     assert!(moved.drift_detected && moved.suspended, "{moved:?}");
     assert_eq!(moved.last_drift_direction, -1);
-    // Held as low as the other arm's cap allows: two arms capped at 0.8 leave it 0.2.
+    // Held as low as the other arm's cap allows: two arms capped at 0.8 leave it 0.2. A batch
+    // acknowledged within 2 ms of the last refresh leaves the table to the refresher, which
+    // runs every 5 ms, later on a loaded machine: wait for it (bounded).
     let held = test
         .min_allocation_per_arm
         .max(1.0 - test.max_allocation_per_arm);
+    let mut moved = moved.clone();
+    for _ in 0..200 {
+        if (moved.allocation_weight - held).abs() < 1e-12 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        moved = test_results(&server, "s").await.arms[1].clone();
+    }
     assert!(
         (moved.allocation_weight - held).abs() < 1e-12,
         "held at {held}: {moved:?}"
