@@ -193,26 +193,19 @@ impl Registry {
         Ok(())
     }
 
-    /// Runs `f` while no registration, promotion or deletion can commit. The experiment layer
-    /// checks a new test's models and makes the test visible inside it, so that DeleteModel
-    /// (which checks for active tests under the same lock) can never remove an arm of a test.
-    pub fn while_unchanged<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self.inner.write_lock.lock();
-        f()
-    }
-
-    /// Executes a registry command whose log entry is `entry`: `change` computes its writes
-    /// and audit drafts from the store at the command's position (see [`command`]); the
-    /// events are chained at `time`. Not yet durable. Blocking.
+    /// Executes a registry command: `change` computes its writes and audit drafts from the
+    /// store at the command's position (see [`command`]); the events are chained at `time`.
+    /// Not yet durable. Blocking.
     fn execute<T>(
         &self,
-        entry: &[u8],
+        command: &command::Command,
         time: crate::time::UnixNanos,
         change: impl FnOnce(&Storage, &mut WriteBatch) -> command::Change<T>,
     ) -> Result<T> {
+        let entry = command::encode(command)?;
         self.inner
             .audit
-            .execute(&self.inner.storage, entry, time, change)
+            .execute(&self.inner.storage, &entry, time, change)
     }
 
     pub(crate) fn load(&self, id: &RegistryId) -> Result<Option<ModelMetadata>> {

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 pub use bytes::{ByteReader, ByteWriter};
 pub use codec::{decode, encode, BodyError, Record};
-pub use command::{CommandFold, NoCommands};
+pub use command::{encode_command, replay_command, CommandFold, NoCommands};
 use engine::{Engine, Op};
 pub use error::StorageError;
 pub use journal::Journal;
@@ -237,41 +237,38 @@ impl Storage {
                 key: format!("log entry {}", entry.position),
                 why,
             };
-            let (entry_seq, mut ops) = if command::is_command(&entry.payload) {
-                let (entry_seq, body) = command::decode(&entry.payload).map_err(corrupt)?;
-                if entry_seq <= engine_seq {
-                    seq = seq.max(entry_seq);
-                    continue;
-                }
-                let batch = fold
-                    .replay(&storage, body)
-                    .map_err(|why| corrupt(format!("command not replayed: {why}")))?;
-                (Some(entry_seq), batch.ops)
+            let is_command = command::is_command(&entry.payload);
+            let entry_seq = if is_command {
+                Some(command::decode(&entry.payload).map_err(corrupt)?.0)
             } else {
-                batch_entry::decode(&entry.payload).map_err(corrupt)?
+                batch_entry::sequence(&entry.payload).map_err(corrupt)?
             };
-            match entry_seq {
-                Some(entry_seq) if entry_seq <= engine_seq => {
-                    seq = seq.max(entry_seq);
-                    continue;
-                }
+            // Sequenced entries the engine holds are skipped by number. Entries of a build
+            // without sequence numbers (and without commands) are replayed by position after
+            // the checkpoint's stamp, which moves with each, so that an engine closed before
+            // its next checkpoint does not redo them over newer entries.
+            let (due, marker) = match entry_seq {
                 Some(entry_seq) => {
                     seq = seq.max(entry_seq);
-                    ops.push(Op::Put(
-                        keys::STORE_SEQ.to_vec(),
-                        entry_seq.to_le_bytes().to_vec(),
-                    ));
+                    (entry_seq > engine_seq, put_u64(keys::STORE_SEQ, entry_seq))
                 }
-                // Written by a build without sequence numbers (and without commands): replayed
-                // by position after the checkpoint's stamp, which moves with each, so that an
-                // engine closed before its next checkpoint does not redo them over newer
-                // entries.
-                None if entry.position <= stamp => continue,
-                None => ops.push(Op::Put(
-                    keys::LOG_STAMP.to_vec(),
-                    entry.position.to_le_bytes().to_vec(),
-                )),
+                None => (
+                    entry.position > stamp,
+                    put_u64(keys::LOG_STAMP, entry.position),
+                ),
+            };
+            if !due {
+                continue;
             }
+            let mut ops = if is_command {
+                let (_, body) = command::decode(&entry.payload).map_err(corrupt)?;
+                fold.replay(&storage, body)
+                    .map_err(|why| corrupt(format!("command not replayed: {why}")))?
+                    .ops
+            } else {
+                batch_entry::decode(&entry.payload).map_err(corrupt)?.1
+            };
+            ops.push(marker);
             storage.engine.apply(&ops)?;
             replayed += 1;
         }
@@ -410,10 +407,7 @@ impl Storage {
             }
             .into());
         }
-        batch.ops.push(Op::Put(
-            keys::STORE_SEQ.to_vec(),
-            seq.to_le_bytes().to_vec(),
-        ));
+        batch.ops.push(put_u64(keys::STORE_SEQ, seq));
         let undo = self
             .engine
             .apply(&batch.ops)
@@ -577,10 +571,7 @@ impl Storage {
         }
         // Every batch applied so far was applied under `order`: all are durable in the log.
         self.unsynced.lock().clear();
-        let stamp = [Op::Put(
-            keys::LOG_STAMP.to_vec(),
-            through.to_le_bytes().to_vec(),
-        )];
+        let stamp = [put_u64(keys::LOG_STAMP, through)];
         self.engine
             .apply(&stamp)
             .map_err(|e| self.store_failed(e))?;
@@ -641,6 +632,11 @@ impl Drop for Storage {
             self.roll_back_unsynced();
         }
     }
+}
+
+/// The write of `value` (u64 LE) under `key`, as [`read_u64`] reads it.
+pub(super) fn put_u64(key: &[u8], value: u64) -> Op {
+    Op::Put(key.to_vec(), value.to_le_bytes().to_vec())
 }
 
 /// A u64 (LE) the engine holds under `key`; 0 when absent.
@@ -967,7 +963,7 @@ mod tests {
             &[
                 Op::Put(b"k/001".to_vec(), record),
                 Op::Remove(b"k/002".to_vec()),
-                Op::Put(keys::STORE_SEQ.to_vec(), 1u64.to_le_bytes().to_vec()),
+                put_u64(keys::STORE_SEQ, 1),
             ],
         );
         let storage = Storage::open(dir.path()).expect("reopen");

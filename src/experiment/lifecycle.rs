@@ -64,11 +64,9 @@ pub struct TestView {
 }
 
 impl Experiments {
-    /// Creates a test over registered, non-retired model versions.
-    ///
-    /// The models are checked and the test made visible to DeleteModel's "arm of an active test"
-    /// check while the registry cannot change, so a test can never be created over a deleted
-    /// model.
+    /// Creates a test over registered, non-retired model versions. Creation and DeleteModel
+    /// are ordered by the log: whichever comes first decides (a test over a deleted model is
+    /// refused; a model an active test uses cannot be deleted).
     pub async fn create(&self, config: TestConfig, actor: &str) -> Result<TestView> {
         let id = config.test_id.clone();
         let record = TestRecord {
@@ -99,18 +97,16 @@ impl Experiments {
                 record: record.clone(),
                 actor: actor.to_string(),
             };
-            self.inner.registry.while_unchanged(|| {
-                // Refused at its position in the log if the test exists or a model is gone.
-                self.execute(
-                    &Command::Create(Box::new(create.clone())),
-                    record.created_at,
-                    |store, batch| command::create(store, &create, batch),
-                )?;
-                // Visible to results only once its record is applied: their log entries follow
-                // it, so none is durable without it.
-                self.inner.tests.insert(id.clone(), state);
-                Ok::<_, ExperimentError>(())
-            })?;
+            // Refused at its position in the log if the test exists or a model is gone; a
+            // deletion after it finds the test in the store's index of versions in use.
+            self.execute(
+                &Command::Create(Box::new(create.clone())),
+                record.created_at,
+                |store, batch| command::create(store, &create, batch),
+            )?;
+            // Visible to results only once its record is applied: their log entries follow it,
+            // so none is durable without it.
+            self.inner.tests.insert(id.clone(), state);
         }
         self.record_history(id.as_str(), false)?;
         self.inner.storage.flush().await?;
@@ -205,68 +201,42 @@ impl Experiments {
 
     /// Pauses a RUNNING test: all traffic goes to the control arm.
     pub async fn pause(&self, test_id: &str, actor: &str, reason: &str) -> Result<TestView> {
-        self.transition(
-            test_id,
-            actor,
-            reason,
-            "pause",
-            TestStatus::Running,
-            TestStatus::Paused,
-        )
-        .await
+        self.transition(test_id, actor, reason, TestStatus::Paused)
+            .await
     }
 
     /// Resumes a PAUSED test.
     pub async fn resume(&self, test_id: &str, actor: &str, reason: &str) -> Result<TestView> {
-        self.transition(
-            test_id,
-            actor,
-            reason,
-            "resume",
-            TestStatus::Paused,
-            TestStatus::Running,
-        )
-        .await
+        self.transition(test_id, actor, reason, TestStatus::Running)
+            .await
     }
 
+    /// Pauses or resumes (`to`); the fold refuses a test not in the status it leaves.
     async fn transition(
         &self,
         test_id: &str,
         actor: &str,
         reason: &str,
-        action: &'static str,
-        from: TestStatus,
         to: TestStatus,
     ) -> Result<TestView> {
         let state = self.state(test_id)?;
         let record = {
             let mut book = state.book.lock();
-            if book.record.status != from {
-                return Err(ExperimentError::WrongStatus {
-                    test_id: test_id.to_string(),
-                    status: book.record.status,
-                    action,
-                });
-            }
             let change = command::Transition {
                 test_id: test_id.to_string(),
                 actor: actor.to_string(),
                 reason: reason.to_string(),
                 time: time::now(),
             };
-            let record = if to == TestStatus::Paused {
-                self.execute(
-                    &Command::Pause(change.clone()),
-                    change.time,
-                    |store, batch| command::pause(store, &change, batch),
-                )?
-            } else {
-                self.execute(
-                    &Command::Resume(change.clone()),
-                    change.time,
-                    |store, batch| command::resume(store, &change, batch),
-                )?
-            };
+            let (logged, apply): (Command, fn(&_, &_, &mut _) -> command::Change<TestRecord>) =
+                if to == TestStatus::Paused {
+                    (Command::Pause(change.clone()), command::pause)
+                } else {
+                    (Command::Resume(change.clone()), command::resume)
+                };
+            let record = self.execute(&logged, change.time, |store, batch| {
+                apply(store, &change, batch)
+            })?;
             let record = command::sharing_config(record, &book.record.config);
             book.record = record.clone();
             record

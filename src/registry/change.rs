@@ -115,10 +115,11 @@ impl Registry {
             allow_self_approval: config.allow_self_approval,
             signature,
         };
-        let entry = command::encode(&Command::Promote(change.clone()))?;
-        self.execute(&entry, change.time, |store, batch| {
-            command::promote(store, &change, batch)
-        })
+        self.execute(
+            &Command::Promote(change.clone()),
+            change.time,
+            |store, batch| command::promote(store, &change, batch),
+        )
     }
 
     /// Deletes a version: metadata and policy at once, then its file.
@@ -133,10 +134,11 @@ impl Registry {
                 actor,
                 time: time::now(),
             };
-            let entry = command::encode(&Command::Delete(change.clone()))?;
-            this.execute(&entry, change.time, |store, batch| {
-                command::delete(store, &change, batch)
-            })
+            this.execute(
+                &Command::Delete(change.clone()),
+                change.time,
+                |store, batch| command::delete(store, &change, batch),
+            )
         })
         .await
         .map_err(|e| RegistryError::io("committing deletion")(std::io::Error::other(e)))??;

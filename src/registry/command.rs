@@ -94,20 +94,12 @@ pub(super) type Change<T> = Result<(T, Vec<AuditDraft>)>;
 
 /// The log entry of `command`: [`DOMAIN`], then the versioned record.
 pub fn encode(command: &Command) -> storage::Result<Vec<u8>> {
-    let mut bytes = vec![DOMAIN];
-    bytes.extend(storage::encode(command)?);
-    Ok(bytes)
-}
-
-/// Reads a command from its log entry (after [`DOMAIN`]).
-pub fn decode(bytes: &[u8]) -> storage::Result<Command> {
-    storage::decode(b"registry command", bytes)
+    storage::encode_command(DOMAIN, command)
 }
 
 /// The batch of a command (without [`DOMAIN`]) replayed from the log: see [`apply`].
 pub fn replay(store: &Storage, bytes: &[u8]) -> std::result::Result<WriteBatch, String> {
-    let command = decode(bytes).map_err(|e| e.to_string())?;
-    apply(store, &command).map_err(|e| e.to_string())
+    storage::replay_command(store, bytes, "registry command", apply)
 }
 
 /// Applies `command` to the store as the log's earlier entries left it: the batch that makes

@@ -179,9 +179,9 @@ impl Registry {
             policy,
             max_versions_per_model: self.inner.config.max_versions_per_model,
         };
-        let entry = command::encode(&Command::Register(Box::new(change.clone())))?;
+        let logged = Command::Register(Box::new(change.clone()));
         self.inner.artifacts.install(upload, &id)?;
-        let registered = self.execute(&entry, change.metadata.created_at, |store, batch| {
+        let registered = self.execute(&logged, change.metadata.created_at, |store, batch| {
             command::register(store, &change, batch)
         });
         match registered {

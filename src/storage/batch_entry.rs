@@ -63,6 +63,15 @@ pub(super) fn encode_unsequenced(ops: &[Op]) -> Vec<u8> {
     entry
 }
 
+/// The store sequence number of an entry (none in an entry without one), read without its ops.
+pub(super) fn sequence(payload: &[u8]) -> Result<Option<u64>, String> {
+    match payload.split_first() {
+        Some((&TAG, body)) => ByteReader::new(body).varint("sequence number").map(Some),
+        Some((&TAG_UNSEQUENCED, _)) => Ok(None),
+        _ => Err("not a store batch".into()),
+    }
+}
+
 /// The store sequence number (none in an entry without one) and ops of an entry; the error
 /// names what is malformed.
 pub(super) fn decode(payload: &[u8]) -> Result<(Option<u64>, Vec<Op>), String> {

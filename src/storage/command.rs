@@ -9,7 +9,7 @@
 //! [`super::Storage`]), then the domain's bytes. The owner's own entries share the log and
 //! never begin with [`TAG`] (see [`super::batch_entry`]).
 
-use super::{ByteReader, ByteWriter, Storage, StorageError, WriteBatch};
+use super::{ByteReader, ByteWriter, Record, Storage, StorageError, WriteBatch};
 
 /// First byte of a command entry.
 pub(super) const TAG: u8 = 0xC3;
@@ -38,6 +38,26 @@ pub(super) fn decode(payload: &[u8]) -> Result<(u64, &[u8]), String> {
     let seq = r.varint("sequence number")?;
     let consumed = body.len() - r.remaining();
     Ok((seq, &body[consumed..]))
+}
+
+/// A domain's command as its entry carries it (what [`Storage::execute`] takes): the domain's
+/// byte, then the versioned record.
+pub fn encode_command<T: Record>(domain: u8, command: &T) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = vec![domain];
+    bytes.extend(super::encode(command)?);
+    Ok(bytes)
+}
+
+/// The batch of a domain's command replayed from the log (`bytes`: after the domain's byte):
+/// decodes it (named `what` in errors) and applies it with `apply`.
+pub fn replay_command<T: Record, E: std::fmt::Display>(
+    store: &Storage,
+    bytes: &[u8],
+    what: &str,
+    apply: impl FnOnce(&Storage, &T) -> Result<WriteBatch, E>,
+) -> Result<WriteBatch, String> {
+    let command: T = super::decode(what.as_bytes(), bytes).map_err(|e| e.to_string())?;
+    apply(store, &command).map_err(|e| e.to_string())
 }
 
 /// How the domain applies its commands.

@@ -82,21 +82,28 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
+/// The files in `dir`, with their names.
+fn listing(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let context = || format!("listing {}", dir.display());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(context()))? {
+        let path = entry.map_err(io(context()))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        files.push((name.to_string(), path));
+    }
+    Ok(files)
+}
+
 impl DirSnapshots {
     /// The snapshots in `dir`, created if missing; the temporary files of writes that did not
     /// finish (a crash) are removed.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let listing = std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
-        for entry in listing {
-            let path = entry
-                .map_err(io(format!("listing {}", dir.display())))?
-                .path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if is_temporary(name) {
+        for (name, path) in listing(dir)? {
+            if is_temporary(&name) {
                 std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
             }
         }
@@ -105,31 +112,22 @@ impl DirSnapshots {
         })
     }
 
-    /// The snapshot files, oldest first, with their positions (other files are left alone).
+    /// The snapshot files, oldest first, with the positions their names give (other files
+    /// are left alone).
     fn files(&self) -> Result<Vec<(u64, PathBuf)>> {
-        let mut files = Vec::new();
-        let listing =
-            std::fs::read_dir(&self.dir).map_err(io(format!("listing {}", self.dir.display())))?;
-        for entry in listing {
-            let path = entry
-                .map_err(io(format!("listing {}", self.dir.display())))?
-                .path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if let Some(position) = name
-                .strip_suffix(SUFFIX)
-                .and_then(|stem| stem.parse::<u64>().ok())
-            {
-                files.push((position, path));
-            }
-        }
+        let mut files: Vec<(u64, PathBuf)> = listing(&self.dir)?
+            .into_iter()
+            .filter_map(|(name, path)| {
+                let position = name.strip_suffix(SUFFIX)?.parse::<u64>().ok()?;
+                Some((position, path))
+            })
+            .collect();
         files.sort();
         Ok(files)
     }
 
-    fn read(path: &Path) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
+    /// The snapshot in `path`, whose name gives `named` as its position.
+    fn read(named: u64, path: &Path) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
         if bytes.len() < HEADER + 32 || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a snapshot".into());
@@ -147,12 +145,7 @@ impl DirSnapshots {
             seq: word(1),
             entries: word(2),
         };
-        let named = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
-            .and_then(|stem| stem.parse::<u64>().ok());
-        if named != Some(meta.position) {
+        if named != meta.position {
             return Err(format!(
                 "it holds the store at position {}, not the one its name gives",
                 meta.position
@@ -239,8 +232,8 @@ impl SnapshotStore for DirSnapshots {
     }
 
     fn latest(&self) -> Result<Option<(SnapshotMeta, Vec<Entry>)>> {
-        for (_, path) in self.files()?.into_iter().rev() {
-            match Self::read(&path) {
+        for (position, path) in self.files()?.into_iter().rev() {
+            match Self::read(position, &path) {
                 Ok(snapshot) => return Ok(Some(snapshot)),
                 Err(why) => {
                     tracing::warn!(path = %path.display(), %why, "skipping a snapshot that does not read back")
@@ -256,11 +249,11 @@ impl SnapshotStore for DirSnapshots {
         let files = self.files()?;
         let mut good = 0;
         let mut oldest_kept = files.len();
-        for (i, (_, path)) in files.iter().enumerate().rev() {
+        for (i, (position, path)) in files.iter().enumerate().rev() {
             if good == keep {
                 break;
             }
-            if Self::read(path).is_ok() {
+            if Self::read(*position, path).is_ok() {
                 good += 1;
                 oldest_kept = i;
             }
@@ -324,33 +317,25 @@ pub(super) fn restore(
     )?;
     let partial = path.with_extension("redb.restoring");
     if partial.exists() {
-        std::fs::remove_file(&partial).map_err(|source| StorageError::Io {
-            context: format!("removing {}", partial.display()),
-            source,
-        })?;
+        std::fs::remove_file(&partial).map_err(io(format!("removing {}", partial.display())))?;
     }
     {
         let engine = redb_engine::RedbEngine::open(&partial, cache_bytes)?;
-        for chunk in snapshot.chunks(4096) {
-            let ops: Vec<Op> = chunk
-                .iter()
-                .map(|(key, value)| Op::Put(key.clone(), value.clone()))
-                .collect();
-            engine.apply(&ops)?;
+        let mut ops = snapshot.into_iter().map(|(key, value)| Op::Put(key, value));
+        loop {
+            let chunk: Vec<Op> = ops.by_ref().take(4096).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            engine.apply(&chunk)?;
         }
         engine.apply(&[
-            Op::Put(
-                keys::LOG_STAMP.to_vec(),
-                meta.position.to_le_bytes().to_vec(),
-            ),
-            Op::Put(keys::STORE_SEQ.to_vec(), meta.seq.to_le_bytes().to_vec()),
+            super::put_u64(keys::LOG_STAMP, meta.position),
+            super::put_u64(keys::STORE_SEQ, meta.seq),
         ])?;
         engine.sync()?;
     }
-    std::fs::rename(&partial, path).map_err(|source| StorageError::Io {
-        context: format!("renaming {}", partial.display()),
-        source,
-    })?;
+    std::fs::rename(&partial, path).map_err(io(format!("renaming {}", partial.display())))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     tracing::info!(
         position = meta.position,
