@@ -16,6 +16,8 @@
 //! - [`registry`]: model versions, the lifecycle with approvals, artifact files, signatures;
 //!   its changes are logged as commands ([`registry::command`]) that the fold applies.
 //! - [`audit`]: the hash-chained audit log, written in the same batch as the change it records.
+//! - [`cluster`]: cluster mode's replicated log, a NATS JetStream stream behind the same
+//!   [`storage::Log`] trait as the journal.
 //! - [`storage`]: one ordered log ([`storage::Log`], the journal on a single node) that every
 //!   change goes through, with group commit, folded into an embedded store (redb) behind typed
 //!   keys and versioned record encodings; checkpoints, replay, and a conformance suite for logs.
@@ -28,6 +30,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod experiment;
 pub mod grpc;

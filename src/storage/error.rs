@@ -62,6 +62,9 @@ pub enum StorageError {
     /// A record could not be encoded.
     #[error("record could not be encoded: {0}")]
     Encode(serde_json::Error),
+    /// The replicated log (a NATS JetStream stream) failed or refused an operation.
+    #[error("replicated log: {0}")]
+    Replicated(String),
     /// The background flusher is gone (the storage is shutting down).
     #[error("storage is shutting down")]
     Closed,

