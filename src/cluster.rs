@@ -54,7 +54,7 @@ impl ClusterOptions {
             credentials: None,
             tls_ca: None,
             tls_client: None,
-            ack_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(2),
         }
     }
 
