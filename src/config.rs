@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::auth::RateLimits;
+use crate::cluster::ClusterOptions;
 use crate::experiment::limits::{self, IngestLimits};
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
@@ -596,6 +597,32 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_MAX_BATCH_TESTS", default_value_t = limits::DEFAULT_MAX_BATCH_TESTS,
           value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub max_batch_tests: usize,
+    /// Cluster mode: keep the log in NATS JetStream on these servers (comma-separated
+    /// `nats://host:port` URLs) instead of under the data directory, so that a node whose disk
+    /// is lost rebuilds everything from the stream. Needs nats-server 2.12 or newer with
+    /// `jetstream { sync_interval: always }`.
+    #[arg(long, env = "ARBITER_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// The cluster's name: arbiters with the same name share one log (stream
+    /// `ARBITER_<name>`).
+    #[arg(long, env = "ARBITER_CLUSTER_NAME", default_value = "arbiter")]
+    pub cluster_name: String,
+    /// NATS servers that keep a copy of each log entry (1, 3 or 5).
+    #[arg(long, env = "ARBITER_CLUSTER_REPLICAS", default_value_t = 3)]
+    pub cluster_replicas: usize,
+    /// NATS credentials file (JWT and NKey seed) for cluster mode.
+    #[arg(long, env = "ARBITER_CLUSTER_CREDENTIALS")]
+    pub cluster_credentials: Option<PathBuf>,
+    /// PEM CA certificate to verify the NATS servers with (requires TLS to them).
+    #[arg(long, env = "ARBITER_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients (needs
+    /// --cluster-tls-key).
+    #[arg(long, env = "ARBITER_CLUSTER_TLS_CERT", requires = "cluster_tls_key")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "ARBITER_CLUSTER_TLS_KEY", requires = "cluster_tls_cert")]
+    pub cluster_tls_key: Option<PathBuf>,
 }
 
 /// A magnitude limit: a positive finite number at most 1e100, so that squares (1e200) and their
@@ -662,6 +689,13 @@ pub struct FileConfig {
     max_result_magnitude: Option<f64>,
     max_batch_records: Option<usize>,
     max_batch_tests: Option<usize>,
+    cluster: Option<Vec<String>>,
+    cluster_name: Option<String>,
+    cluster_replicas: Option<usize>,
+    cluster_credentials: Option<PathBuf>,
+    cluster_tls_ca: Option<PathBuf>,
+    cluster_tls_cert: Option<PathBuf>,
+    cluster_tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -703,6 +737,11 @@ impl FileConfig {
         }
         if file.tls_cert.is_some() != file.tls_key.is_some() {
             return Err(invalid("tls-cert and tls-key go together".into()));
+        }
+        if file.cluster_tls_cert.is_some() != file.cluster_tls_key.is_some() {
+            return Err(invalid(
+                "cluster-tls-cert and cluster-tls-key go together".into(),
+            ));
         }
         if file.tls_client_ca.is_some() && file.tls_cert.is_none() {
             return Err(invalid("tls-client-ca needs tls-cert and tls-key".into()));
@@ -771,6 +810,13 @@ impl ServeArgs {
         take!(max_result_magnitude);
         take!(max_batch_records);
         take!(max_batch_tests);
+        take!(cluster_name);
+        take!(cluster_replicas);
+        if let Some(servers) = file.cluster {
+            if self.cluster.is_empty() {
+                self.cluster = servers;
+            }
+        }
         for (flag, from_file, value) in [
             ("auth_file", file.auth_file, &mut self.auth_file),
             (
@@ -781,6 +827,26 @@ impl ServeArgs {
             ("tls_cert", file.tls_cert, &mut self.tls_cert),
             ("tls_key", file.tls_key, &mut self.tls_key),
             ("tls_client_ca", file.tls_client_ca, &mut self.tls_client_ca),
+            (
+                "cluster_credentials",
+                file.cluster_credentials,
+                &mut self.cluster_credentials,
+            ),
+            (
+                "cluster_tls_ca",
+                file.cluster_tls_ca,
+                &mut self.cluster_tls_ca,
+            ),
+            (
+                "cluster_tls_cert",
+                file.cluster_tls_cert,
+                &mut self.cluster_tls_cert,
+            ),
+            (
+                "cluster_tls_key",
+                file.cluster_tls_key,
+                &mut self.cluster_tls_key,
+            ),
         ] {
             if value.is_none() || is_default(flag) {
                 if let Some(path) = from_file {
@@ -840,6 +906,21 @@ impl ServeArgs {
                 lines.push(format!("{key} = {:?}", path.display().to_string()));
             }
         }
+        if !self.cluster.is_empty() {
+            lines.push(format!("cluster = {:?}", self.cluster));
+            lines.push(format!("cluster-name = {:?}", self.cluster_name));
+            lines.push(format!("cluster-replicas = {}", self.cluster_replicas));
+            for (key, path) in [
+                ("cluster-credentials", &self.cluster_credentials),
+                ("cluster-tls-ca", &self.cluster_tls_ca),
+                ("cluster-tls-cert", &self.cluster_tls_cert),
+                ("cluster-tls-key", &self.cluster_tls_key),
+            ] {
+                if let Some(path) = path {
+                    lines.push(format!("{key} = {:?}", path.display().to_string()));
+                }
+            }
+        }
         lines.push(format!(
             "insecure-allow-unauthenticated = {}",
             self.insecure_allow_unauthenticated
@@ -851,9 +932,26 @@ impl ServeArgs {
         lines.iter().map(|l| format!("{l}\n")).collect()
     }
 
+    /// Cluster mode's options, when `--cluster` names servers.
+    pub fn cluster_options(&self) -> Option<ClusterOptions> {
+        if self.cluster.is_empty() {
+            return None;
+        }
+        let mut options = ClusterOptions::new(self.cluster.clone(), &self.cluster_name);
+        options.replicas = self.cluster_replicas;
+        options.credentials = self.cluster_credentials.clone();
+        options.tls_ca = self.cluster_tls_ca.clone();
+        options.tls_client = self
+            .cluster_tls_cert
+            .clone()
+            .zip(self.cluster_tls_key.clone());
+        Some(options)
+    }
+
     /// The server configuration these flags describe.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
+            cluster: self.cluster_options(),
             data_dir: self.data_dir.clone(),
             registry: RegistryConfig {
                 max_artifact_bytes: self.max_artifact_bytes,

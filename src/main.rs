@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) if args.check_config => {
+            if let Some(Err(e)) = args.cluster_options().map(|c| c.validate()) {
+                eprintln!("error: cluster: {e}");
+                std::process::exit(2);
+            }
             print!("{}", args.describe());
             println!("# configuration ok");
             Ok(())

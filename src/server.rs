@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
+use crate::cluster::{ClusterOptions, StreamLog};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub ingest: IngestLimits,
     /// Authentication and TLS.
     pub security: SecurityConfig,
+    /// Cluster mode: the log in NATS JetStream (`None`: the journal under the data directory).
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             metrics_listen: None,
             ingest: IngestLimits::default(),
             security: SecurityConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -100,6 +104,21 @@ pub enum ServerError {
     ShutdownTimeout(Duration),
 }
 
+/// Opens the storage `config` asks for: the data directory's own journal, or in cluster mode
+/// the JetStream stream, folded into the data directory's store.
+async fn open_storage(config: &ServerConfig) -> Result<Storage, StorageError> {
+    let Some(cluster) = config.cluster.clone() else {
+        return crate::state::open_storage(&config.data_dir);
+    };
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let log = Arc::new(StreamLog::open(&cluster)?);
+        Storage::open_on_log(&data_dir, log, &crate::state::Fold)
+    })
+    .await
+    .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -129,7 +148,7 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
-    let storage = Arc::new(crate::state::open_storage(&config.data_dir)?);
+    let storage = Arc::new(open_storage(&config).await?);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), registry_config)?;
 

@@ -152,11 +152,25 @@ impl Storage {
         Self::open_inner(data_dir, fold, Some(snapshots))
     }
 
-    fn open_inner(
-        data_dir: &Path,
-        fold: &dyn CommandFold,
-        snapshots: Option<&dyn SnapshotStore>,
-    ) -> Result<Self> {
+    /// Opens the store of `data_dir` over `log`, an ordered log kept outside the data directory
+    /// (cluster mode's replicated stream): replays what the engine lacks from it. A data
+    /// directory without a store gets one made from the whole log, refused when the log no
+    /// longer reaches back to its beginning.
+    pub fn open_on_log(data_dir: &Path, log: Arc<dyn Log>, fold: &dyn CommandFold) -> Result<Self> {
+        let registered = Self::claim(data_dir)?;
+        let store_path = data_dir.join(STORE_FILE);
+        if !store_path.exists() {
+            snapshot_store::check_log_reaches(&*log, 0, "a new store")?;
+        }
+        let engine: Arc<dyn Engine> =
+            Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);
+        let entries = log.read_from(0)?;
+        Self::assemble(data_dir, registered, engine, log, entries, fold)
+    }
+
+    /// Creates `data_dir` if needed and takes it for this process: registered in it and its
+    /// `lock` file held, before anything in it is read or repaired.
+    fn claim(data_dir: &Path) -> Result<Registered> {
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Io {
                 context: format!("creating data directory {}", data_dir.display()),
@@ -170,8 +184,16 @@ impl Storage {
         let mut registered = Registered::claim(data_dir).ok_or_else(|| StorageError::Locked {
             path: data_dir.join(STORE_FILE),
         })?;
-        // Before anything in the directory is read or repaired.
         registered.lock(data_dir)?;
+        Ok(registered)
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        fold: &dyn CommandFold,
+        snapshots: Option<&dyn SnapshotStore>,
+    ) -> Result<Self> {
+        let registered = Self::claim(data_dir)?;
         migrate::from_sled(data_dir, CACHE_BYTES)?;
         let (journal, entries) = Journal::open(&data_dir.join("journal"))?;
         let store_path = data_dir.join(STORE_FILE);

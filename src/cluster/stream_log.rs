@@ -16,6 +16,9 @@
 //! order, with the same ids; another writer's entry there fails the log. While no NATS server
 //! answers, entries wait (and so do their writers).
 //!
+//! The stream is never trimmed: a node whose store is lost, or a new one, rebuilds its state
+//! from the whole stream.
+//!
 //! The log owns a small runtime for its NATS client, so that its blocking calls
 //! ([`Log::read_from`], [`Log::seal`], …) work from any thread, inside a runtime or not.
 
@@ -184,6 +187,7 @@ impl StreamLog {
             shared: shared.clone(),
             unacked: VecDeque::new(),
             in_flight: VecDeque::new(),
+            resends: 0,
         };
         runtime.spawn(publisher.run(entries));
         tracing::info!(stream = %options.stream_name(), servers = %options.servers.join(","), last_position = last, "replicated log open");
@@ -282,6 +286,8 @@ struct Publisher {
     unacked: VecDeque<Unacked>,
     /// The acknowledgements of the oldest `in_flight.len()` entries of `unacked`.
     in_flight: VecDeque<AckFuture>,
+    /// Publishes of the oldest entry since its last acknowledgement came.
+    resends: u32,
 }
 
 impl Publisher {
@@ -349,7 +355,11 @@ impl Publisher {
                         | PublishErrorKind::BrokenPipe
                 ) =>
             {
-                tracing::warn!(position, error = %e, "publish not acknowledged; publishing again");
+                // Once per outage at warning level (a leader election lasts seconds).
+                if self.resends % 50 == 0 {
+                    tracing::warn!(position, error = %e, attempts = self.resends + 1, "publish not acknowledged; publishing again");
+                }
+                self.resends += 1;
                 self.resend().await;
                 return Ok(());
             }
@@ -363,6 +373,14 @@ impl Publisher {
                     }
                 }
             }
+        }
+        if self.resends > 0 {
+            tracing::info!(
+                position,
+                attempts = self.resends + 1,
+                "publishes acknowledged again"
+            );
+            self.resends = 0;
         }
         self.unacked.pop_front();
         self.shared.durable.send_replace(position);
@@ -580,21 +598,9 @@ impl Log for StreamLog {
         Ok(self.next_position())
     }
 
-    fn trim_before(&self, cut: u64) -> Result<()> {
-        // Never past what is stored: that would move the stream's next sequence.
-        let cut = cut.min(self.durable_through() + 1);
-        if cut <= self.first_position() {
-            return Ok(());
-        }
-        let stream = self.stream.clone();
-        wait_on(self.runtime(), async move {
-            stream
-                .purge()
-                .sequence(cut)
-                .await
-                .map_err(|e| replicated("trimming the log", e))
-        })?;
-        self.shared.first.fetch_max(cut, Ordering::AcqRel);
+    /// Keeps every entry: the stream is the only copy of the log a node whose store is lost
+    /// (or a new node) can rebuild from, until snapshots are kept beside it.
+    fn trim_before(&self, _cut: u64) -> Result<()> {
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod nats;
 pub(crate) mod process;
 pub(crate) mod python;
 

@@ -1,0 +1,173 @@
+//! Cluster mode with the log in NATS JetStream: real nats-server processes (a 3-node JetStream
+//! cluster with 3 replicas, `sync_interval: always`) and the real `arbiter` binary.
+
+mod support;
+
+use arbiter::pb;
+use support::nats::NatsCluster;
+use support::process::{spawn_binary_with, Binary};
+use support::*;
+
+const RESULTS_PER_BATCH: usize = 100;
+
+/// Batch `b`: results with unique ids, spread over both models.
+fn batch(b: usize, models: &[String]) -> pb::ResultBatch {
+    let results = (0..RESULTS_PER_BATCH)
+        .map(|i| {
+            let n = b * RESULTS_PER_BATCH + i;
+            pb::ResultRecord {
+                test_id: "t".into(),
+                attribution: Some(pb::result_record::Attribution::ModelRegistryId(
+                    models[n % 2].clone(),
+                )),
+                return_value: (n % 7) as f64 * 0.001 - 0.002,
+                result_id: format!("r{n}"),
+                ..Default::default()
+            }
+        })
+        .collect();
+    pb::ResultBatch {
+        sequence: b as u64,
+        results,
+    }
+}
+
+/// The figures of each arm that results determine.
+async fn figures(node: &Binary) -> Vec<(String, u64, f64, f64)> {
+    let results = node
+        .experiments()
+        .await
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "t".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    results
+        .arms
+        .iter()
+        .map(|a| {
+            (
+                a.arm_id.clone(),
+                a.total_requests,
+                a.total_returns,
+                a.std_return,
+            )
+        })
+        .collect()
+}
+
+async fn audit(node: &Binary) -> Vec<pb::AuditEvent> {
+    node.admin()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest {
+            entity: String::new(),
+            limit: 1000,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events
+}
+
+/// The name of the NATS server leading the log's stream.
+async fn stream_leader(url: &str, stream: &str) -> String {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream
+        .get_stream(stream)
+        .await
+        .expect("the log's stream");
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("the stream has a leader")
+}
+
+/// Everything acknowledged goes through the stream: results streamed across the death of the
+/// stream's leader are all acknowledged, and a node started on an empty data directory (the
+/// first node's disk lost with it) rebuilds the same models, test, results and audit trail from
+/// the stream alone, and knows every result id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
+    let Some(mut nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = nats.urls();
+    let flags = [
+        "--cluster",
+        urls.as_str(),
+        "--cluster-name",
+        "it",
+        "--change-rate-limit",
+        "0",
+    ];
+    let first_disk = tempfile::tempdir().expect("tempdir");
+    let first = spawn_binary_with(first_disk.path(), &flags);
+    let models = register_models(&mut first.registry().await, 2).await;
+    first
+        .experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create the test");
+    let mut allocator = first.allocator().await;
+    let batches: Vec<pb::ResultBatch> = (0..20).map(|b| batch(b, &models)).collect();
+    let mut killed = None;
+    for (b, sent) in batches.iter().enumerate() {
+        if b == 5 {
+            let leader = stream_leader(&nats.url(0), "ARBITER_it").await;
+            let index = nats.index_of(&leader).expect("a node of the cluster");
+            nats.kill(index);
+            killed = Some(index);
+        }
+        let acks = ingest(&mut allocator, vec![sent.clone()])
+            .await
+            .expect("batch acknowledged");
+        assert_eq!(acks[0].accepted as usize, RESULTS_PER_BATCH, "batch {b}");
+    }
+    let figures_before = figures(&first).await;
+    assert_eq!(
+        figures_before.iter().map(|f| f.1).sum::<u64>(),
+        20 * RESULTS_PER_BATCH as u64
+    );
+    let audit_before = audit(&first).await;
+    let model_before = metadata(&mut first.registry().await, &models[0])
+        .await
+        .expect("model");
+
+    // The first node dies with its disk; the stream's old leader comes back.
+    first.signal("-KILL");
+    first.wait().await;
+    drop(first_disk);
+    nats.start_node(killed.expect("a leader was killed"));
+
+    let second_disk = tempfile::tempdir().expect("tempdir");
+    let second = spawn_binary_with(second_disk.path(), &flags);
+    assert_eq!(figures(&second).await, figures_before);
+    assert_eq!(audit(&second).await, audit_before);
+    let model_after = metadata(&mut second.registry().await, &models[0])
+        .await
+        .expect("model");
+    assert_eq!(model_after, model_before);
+    let chain = second
+        .admin()
+        .await
+        .verify_audit_chain(pb::VerifyAuditChainRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(chain.ok, "{chain:?}");
+    // Every result id came through the stream: sending everything again changes nothing.
+    let acks = ingest(&mut second.allocator().await, batches)
+        .await
+        .expect("resent");
+    assert!(acks
+        .iter()
+        .all(|a| a.duplicates as usize == RESULTS_PER_BATCH && a.accepted == 0));
+    assert_eq!(figures(&second).await, figures_before);
+}
