@@ -356,7 +356,7 @@ impl Publisher {
                 ) =>
             {
                 // Once per outage at warning level (a leader election lasts seconds).
-                if self.resends % 50 == 0 {
+                if self.resends.is_multiple_of(50) {
                     tracing::warn!(position, error = %e, attempts = self.resends + 1, "publish not acknowledged; publishing again");
                 }
                 self.resends += 1;
