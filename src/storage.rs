@@ -164,6 +164,19 @@ impl Storage {
         }
         let engine: Arc<dyn Engine> =
             Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);
+        // Only acknowledged positions are stamped, so a store ahead of the log was folded from
+        // another log (or one since lost): never move this one past it.
+        let stamp = read_u64(&*engine, keys::LOG_STAMP)?;
+        if stamp >= log.next_position() {
+            return Err(StorageError::Corrupt {
+                key: STORE_FILE.into(),
+                why: format!(
+                    "the store holds the log up to position {stamp}, but the log ends at {}: \
+                     it was folded from another log; start on an empty data directory",
+                    log.next_position() - 1
+                ),
+            });
+        }
         let entries = log.read_from(0)?;
         Self::assemble(data_dir, registered, engine, log, entries, fold)
     }

@@ -48,6 +48,8 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// How long opening waits for the NATS cluster to accept the stream (a fresh cluster elects its
 /// JetStream leader first; a restarted one may be electing).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a blocking sync waits for acknowledgements.
+const SYNC_BLOCKING_LIMIT: Duration = Duration::from_secs(30);
 /// Publish acknowledgements awaited at once.
 const MAX_IN_FLIGHT: usize = 4096;
 
@@ -68,6 +70,8 @@ struct Shared {
     failure: parking_lot::Mutex<Option<String>>,
     /// The oldest position the stream holds (raised by trims).
     first: AtomicU64,
+    /// The largest entry the NATS servers take.
+    max_entry: usize,
 }
 
 #[derive(Debug)]
@@ -151,28 +155,52 @@ impl StreamLog {
                 source,
             })?;
         let opening = options.clone();
-        let (context, stream, last, first) = wait_on(&runtime, async move {
+        let opened = wait_on(&runtime, async move {
             let client = opening.connect().await?;
             let context = jetstream::ContextBuilder::new()
                 .timeout(opening.ack_timeout)
-                .max_ack_inflight(MAX_IN_FLIGHT)
+                .ack_timeout(opening.ack_timeout)
+                // Acknowledgements dropped by a resend hold their slot until they time out.
+                .max_ack_inflight(2 * MAX_IN_FLIGHT)
                 .backpressure_on_inflight(true)
                 .build(client);
             let mut stream = open_stream(&context, &opening).await?;
+            // Known once a server has answered (the stream is open now); NATS's default if
+            // the server did not say.
+            let max_payload = match context.client().server_info().max_payload {
+                0 => 1 << 20,
+                n => n,
+            };
             let state = stream
                 .info()
                 .await
                 .map_err(|e| replicated("reading the stream's state", e))?
                 .state
                 .clone();
-            Ok::<_, StorageError>((context, stream, state.last_sequence, state.first_sequence))
-        })?;
+            Ok::<_, StorageError>((
+                context,
+                stream,
+                state.last_sequence,
+                state.first_sequence,
+                max_payload,
+            ))
+        });
+        let (context, stream, last, first, max_payload) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Dropping a runtime blocks, which an async caller may not do.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let (queue, entries) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             writer: parking_lot::Mutex::new(Writer {
                 next: last + 1,
                 queue,
             }),
+            // Headers (message id, expectation) take well under a kilobyte.
+            max_entry: max_payload.saturating_sub(1024),
             durable: watch::channel(last).0,
             failure: parking_lot::Mutex::new(None),
             first: AtomicU64::new(first.max(1)),
@@ -363,6 +391,18 @@ impl Publisher {
                 self.resend().await;
                 return Ok(());
             }
+            // A copy of this entry is still being replicated: ask again shortly.
+            Err(e) if is_duplicate_in_process(&e) => {
+                self.resends += 1;
+                self.resend().await;
+                return Ok(());
+            }
+            Err(e) if e.kind() != PublishErrorKind::WrongLastSequence => {
+                return Err(format!(
+                    "the stream refused entry {position} ({} bytes): {e}",
+                    self.unacked.front().map_or(0, |u| u.payload.len())
+                ));
+            }
             Err(e) => {
                 tracing::warn!(position, error = %e, "publish refused; asking the stream");
                 match find(&self.stream, &self.writer_id, position).await? {
@@ -388,11 +428,36 @@ impl Publisher {
     }
 }
 
+/// Whether the stream refused a publish because a copy with its message id is still being
+/// replicated (JetStream error 10158).
+fn is_duplicate_in_process(e: &PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|js| {
+            js.error_code() == async_nats::jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+        })
+}
+
 /// What `stream` holds at `position` (whose acknowledgement to `writer_id` did not come), asking
 /// until a server answers.
 async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, String> {
     let mut pause = Duration::from_millis(50);
     loop {
+        // The stream's end first: an entry stored after this read is then found below, and
+        // one not found below was not stored when the end was read.
+        let last = match stream.get_info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                tracing::warn!(position, error = %e, "cannot read the stream's state; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if last < position {
+            return Ok(Found::Nothing);
+        }
         match stream.get_raw_message(position).await {
             Ok(message) => {
                 let id = message.headers.get(MSG_ID).map(|v| v.as_str().to_string());
@@ -406,18 +471,9 @@ async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, 
                 };
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                match stream.get_info().await {
-                    Ok(info) if info.state.last_sequence >= position => {
-                        return Err(format!(
-                            "position {position} is empty but the stream goes on to {}: another writer, or a removal",
-                            info.state.last_sequence
-                        ));
-                    }
-                    Ok(_) => return Ok(Found::Nothing),
-                    Err(e) => {
-                        tracing::warn!(position, error = %e, "cannot read the stream's state; retrying")
-                    }
-                }
+                return Err(format!(
+                    "position {position} is empty but the stream goes on to {last}: a removal"
+                ));
             }
             Err(e) => tracing::warn!(position, error = %e, "cannot read the stream; retrying"),
         }
@@ -461,6 +517,15 @@ impl Log for StreamLog {
         if let Some(failed) = self.shared.failed() {
             return Err(failed);
         }
+        // Refused before it takes a position: the stream would refuse it for ever.
+        if payload.len() > self.shared.max_entry {
+            return Err(StorageError::Replicated(format!(
+                "an entry of {} bytes is over the NATS servers' limit of {} (max_payload); \
+                 send smaller batches or raise max_payload",
+                payload.len(),
+                self.shared.max_entry
+            )));
+        }
         let mut writer = self.shared.writer.lock();
         let position = writer.next;
         writer
@@ -489,20 +554,31 @@ impl Log for StreamLog {
         })
     }
 
+    /// Waits at most [`SYNC_BLOCKING_LIMIT`]: a caller that blocks (a snapshot's seal, the
+    /// store's close at shutdown) must not hang for as long as no NATS server answers. The
+    /// entries stay queued and the log stays usable.
     fn sync_blocking(&self) -> Result<()> {
         let last = self.next_position() - 1;
         let shared = self.shared.clone();
         wait_on(self.runtime(), async move {
             let mut durable = shared.durable.subscribe();
-            loop {
-                if let Some(failed) = shared.failed() {
-                    return Err(failed);
+            let waited = tokio::time::timeout(SYNC_BLOCKING_LIMIT, async {
+                loop {
+                    if let Some(failed) = shared.failed() {
+                        return Err(failed);
+                    }
+                    if *durable.borrow_and_update() >= last {
+                        return Ok(());
+                    }
+                    durable.changed().await.map_err(|_| StorageError::Closed)?;
                 }
-                if *durable.borrow_and_update() >= last {
-                    return Ok(());
-                }
-                durable.changed().await.map_err(|_| StorageError::Closed)?;
-            }
+            })
+            .await;
+            waited.unwrap_or_else(|_| {
+                Err(StorageError::Replicated(format!(
+                    "entries up to position {last} not acknowledged within {SYNC_BLOCKING_LIMIT:?}"
+                )))
+            })
         })
     }
 
@@ -680,6 +756,10 @@ mod tests {
         };
         let options = options(&cluster, "fenced");
         let a = StreamLog::open(&options).expect("open a");
+        // An entry the NATS servers would refuse for ever is refused before it takes a position.
+        let too_big = a.append(&vec![0u8; 2 << 20]).expect_err("over max_payload");
+        assert!(too_big.to_string().contains("max_payload"), "{too_big}");
+        assert!(a.failure().is_none());
         let b = StreamLog::open(&options).expect("open b");
         let p = a.append(b"a1").expect("append");
         a.sync_through(p).await.expect("a1 stored");
