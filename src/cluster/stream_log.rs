@@ -10,11 +10,13 @@
 //!
 //! **Durable means acknowledged**: JetStream acknowledges a publish once a quorum of its
 //! replicas stored it (fsynced, with `sync_interval: always`). An acknowledgement that does not
-//! come is not a failure: the writer asks the stream what it holds at that position. Its own
-//! entry there (each carries a message id unique to this writer and position) counts as
-//! acknowledged; nothing there means the entry and every one after it are published again, in
-//! order, with the same ids; another writer's entry there fails the log. While no NATS server
-//! answers, entries wait (and so do their writers).
+//! come is not a failure: the entry and every one after it are published again, in order, with
+//! the same message ids (unique to this writer and position), and the stream answers a copy of
+//! a stored entry with the original's position. A publish refused for a wrong last sequence
+//! makes the writer ask the stream what it holds at that position: its own entry there counts
+//! as acknowledged, nothing there means publishing again, another writer's entry fails the log.
+//! Any other refusal fails the log. While no NATS server answers, entries wait (and so do their
+//! writers).
 //!
 //! The stream is never trimmed: a node whose store is lost, or a new one, rebuilds its state
 //! from the whole stream.
@@ -68,7 +70,7 @@ struct Shared {
     durable: watch::Sender<u64>,
     /// Why the log refuses appends.
     failure: parking_lot::Mutex<Option<String>>,
-    /// The oldest position the stream holds (raised by trims).
+    /// The oldest position the stream holds (moved only by [`Log::reserve_through`]).
     first: AtomicU64,
     /// The largest entry the NATS servers take.
     max_entry: usize,
@@ -295,7 +297,7 @@ async fn open_stream(context: &Context, options: &ClusterOptions) -> Result<Stre
 /// A publish acknowledgement being awaited.
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
-/// What the stream holds at a position whose acknowledgement did not come.
+/// What the stream holds at a position where a publish was refused.
 enum Found {
     /// This writer's entry: it is stored.
     Ours,
@@ -337,7 +339,8 @@ impl Publisher {
                         let ack = self.send(last).await;
                         self.in_flight.push_back(ack);
                     }
-                    // The log was dropped: a crash, as far as the entries still queued go.
+                    // Not while the log exists (it holds the sender); dropping it shuts this
+                    // task's runtime down, abandoning what is queued, as a crash would.
                     None => return,
                 },
             }
@@ -349,7 +352,7 @@ impl Publisher {
         let entry = &self.unacked[index];
         let publish = PublishMessage::build()
             .payload(entry.payload.clone())
-            .message_id(format!("{}:{}", self.writer_id, entry.position))
+            .message_id(message_id(&self.writer_id, entry.position))
             .expected_last_sequence(entry.position - 1);
         send(self.context.clone(), self.subject.clone(), publish)
     }
@@ -371,28 +374,15 @@ impl Publisher {
                     ack.sequence, ack.duplicate
                 ))
             }
-            // No answer (a leader election, a lost connection): publishing the same entries
-            // again is safe, since the stream answers a copy of a stored entry with the
-            // original's position (message ids are kept by every replica). A refusal is
-            // looked into first.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    PublishErrorKind::TimedOut
-                        | PublishErrorKind::StreamNotFound
-                        | PublishErrorKind::BrokenPipe
-                ) =>
-            {
+            // No answer (a leader election, a lost connection), or a copy still being
+            // replicated: publishing the same entries again is safe, since the stream answers
+            // a copy of a stored entry with the original's position (message ids are kept by
+            // every replica).
+            Err(e) if is_unanswered(&e) => {
                 // Once per outage at warning level (a leader election lasts seconds).
                 if self.resends.is_multiple_of(50) {
                     tracing::warn!(position, error = %e, attempts = self.resends + 1, "publish not acknowledged; publishing again");
                 }
-                self.resends += 1;
-                self.resend().await;
-                return Ok(());
-            }
-            // A copy of this entry is still being replicated: ask again shortly.
-            Err(e) if is_duplicate_in_process(&e) => {
                 self.resends += 1;
                 self.resend().await;
                 return Ok(());
@@ -428,19 +418,34 @@ impl Publisher {
     }
 }
 
-/// Whether the stream refused a publish because a copy with its message id is still being
-/// replicated (JetStream error 10158).
-fn is_duplicate_in_process(e: &PublishError) -> bool {
-    use std::error::Error as _;
-    e.source()
-        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
-        .is_some_and(|js| {
-            js.error_code() == async_nats::jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
-        })
+/// The message id of this writer's entry at `position`.
+fn message_id(writer_id: &str, position: u64) -> String {
+    format!("{writer_id}:{position}")
 }
 
-/// What `stream` holds at `position` (whose acknowledgement to `writer_id` did not come), asking
-/// until a server answers.
+/// Whether a publish went unanswered (timed out, no stream leader, connection lost) or was
+/// refused because a copy with its message id is still being replicated (JetStream error
+/// 10158): either way, publishing it again is the answer.
+fn is_unanswered(e: &PublishError) -> bool {
+    use std::error::Error as _;
+    let in_process = || {
+        e.source()
+            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|js| {
+                js.error_code()
+                    == async_nats::jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+            })
+    };
+    matches!(
+        e.kind(),
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+    ) || in_process()
+}
+
+/// What `stream` holds at `position` (where `writer_id`'s publish was refused for a wrong last
+/// sequence), asking until a server answers.
 async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, String> {
     let mut pause = Duration::from_millis(50);
     loop {
@@ -461,7 +466,7 @@ async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, 
         match stream.get_raw_message(position).await {
             Ok(message) => {
                 let id = message.headers.get(MSG_ID).map(|v| v.as_str().to_string());
-                let ours = format!("{writer_id}:{position}");
+                let ours = message_id(writer_id, position);
                 return if id.as_deref() == Some(ours.as_str()) {
                     Ok(Found::Ours)
                 } else {
@@ -485,20 +490,13 @@ async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, 
 impl Publisher {
     /// Publishes every unacknowledged entry again, in order, after a pause; acknowledgements
     /// still awaited for earlier attempts are dropped (the same ids make a second copy a
-    /// duplicate).
+    /// duplicate). At most [`MAX_IN_FLIGHT`] go out: an entry is taken only with a free slot.
     async fn resend(&mut self) {
         self.in_flight.clear();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let count = self.unacked.len().min(MAX_IN_FLIGHT);
-        for index in 0..count {
+        for index in 0..self.unacked.len() {
             let ack = self.send(index).await;
             self.in_flight.push_back(ack);
-        }
-        // Entries beyond the window go out as acknowledgements come back.
-        for _ in count..self.unacked.len() {
-            self.in_flight.push_back(Box::pin(async {
-                Err(PublishError::new(PublishErrorKind::TimedOut))
-            }));
         }
     }
 }

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -180,22 +180,11 @@ impl NatsCluster {
         }
     }
 
-    /// The directory holding node `i`'s log and storage.
-    pub(crate) fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The number of nodes.
-    pub(crate) fn len(&self) -> usize {
-        self.nodes.len()
-    }
 }
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
-            // A stopped process ignores SIGKILL's reaping until continued on some systems.
-            self.signal(i, "CONT");
             self.kill(i);
         }
     }
