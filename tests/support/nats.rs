@@ -179,7 +179,6 @@ impl NatsCluster {
             assert!(status.success(), "kill -s {signal} {}", self.nodes[i].name);
         }
     }
-
 }
 
 impl Drop for NatsCluster {
