@@ -7,8 +7,10 @@
 //! `jetstream { sync_interval: always }`). One arbiter at a time writes it: each entry is
 //! published with the stream sequence it must follow (`Nats-Expected-Last-Sequence`), so a
 //! writer whose view of the stream is stale cannot append, and every entry was decided on the
-//! state that all entries before it fold into.
+//! state that all entries before it fold into. Which arbiter that is, the [`WriterLease`]
+//! decides; the others stand by until its holder stops refreshing it.
 
+pub mod lease;
 pub mod stream_log;
 
 /// Real NATS clusters for tests.
@@ -19,6 +21,7 @@ mod nats_cluster;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use lease::WriterLease;
 pub use stream_log::StreamLog;
 
 use crate::storage::StorageError;
@@ -39,9 +42,11 @@ pub struct ClusterOptions {
     pub tls_ca: Option<PathBuf>,
     /// A client certificate and its key (PEM), for servers that verify clients.
     pub tls_client: Option<(PathBuf, PathBuf)>,
-    /// How long to wait for a publish acknowledgement before asking the stream whether the
-    /// entry arrived and, if not, publishing it again.
+    /// How long to wait for a publish acknowledgement before publishing the entry again.
     pub ack_timeout: Duration,
+    /// How long the writer's lease lasts without a refresh: a standby takes over at most this
+    /// long after the writer stops.
+    pub lease_ttl: Duration,
 }
 
 impl ClusterOptions {
@@ -55,6 +60,7 @@ impl ClusterOptions {
             tls_ca: None,
             tls_client: None,
             ack_timeout: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(5),
         }
     }
 
@@ -87,12 +93,23 @@ impl ClusterOptions {
         if self.ack_timeout.is_zero() {
             return Err("a publish acknowledgement timeout of zero".into());
         }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "a writer lease of {:?}: at least 1 s, so that a writer can refresh it in time",
+                self.lease_ttl
+            ));
+        }
         Ok(())
     }
 
     /// The JetStream stream that holds the log.
     pub fn stream_name(&self) -> String {
         format!("ARBITER_{}", self.name)
+    }
+
+    /// The key-value bucket holding the writer's lease.
+    pub fn lease_bucket(&self) -> String {
+        format!("ARBITER_{}_writer", self.name)
     }
 
     /// The subject every log entry is published on.
@@ -153,8 +170,11 @@ mod tests {
         let mut bad = ok.clone();
         bad.servers.clear();
         assert!(bad.validate().unwrap_err().contains("no NATS server"));
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.ack_timeout = Duration::ZERO;
         assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.lease_ttl = Duration::from_millis(500);
+        assert!(bad.validate().unwrap_err().contains("writer lease"));
     }
 }

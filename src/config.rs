@@ -610,6 +610,11 @@ pub struct ServeArgs {
     /// NATS servers that keep a copy of each log entry (1, 3 or 5).
     #[arg(long, env = "ARBITER_CLUSTER_REPLICAS", default_value_t = 3)]
     pub cluster_replicas: usize,
+    /// Seconds the writer's lease lasts without a refresh: a standby arbiter takes over at most
+    /// this long after the writer stops (at once when it shuts down cleanly).
+    #[arg(long, env = "ARBITER_CLUSTER_LEASE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_lease_secs: u64,
     /// NATS credentials file (JWT and NKey seed) for cluster mode.
     #[arg(long, env = "ARBITER_CLUSTER_CREDENTIALS")]
     pub cluster_credentials: Option<PathBuf>,
@@ -692,6 +697,7 @@ pub struct FileConfig {
     cluster: Option<Vec<String>>,
     cluster_name: Option<String>,
     cluster_replicas: Option<usize>,
+    cluster_lease_secs: Option<u64>,
     cluster_credentials: Option<PathBuf>,
     cluster_tls_ca: Option<PathBuf>,
     cluster_tls_cert: Option<PathBuf>,
@@ -737,6 +743,9 @@ impl FileConfig {
         }
         if file.tls_cert.is_some() != file.tls_key.is_some() {
             return Err(invalid("tls-cert and tls-key go together".into()));
+        }
+        if file.cluster_lease_secs == Some(0) {
+            return Err(invalid("cluster-lease-secs must be at least 1".into()));
         }
         if file.cluster_tls_cert.is_some() != file.cluster_tls_key.is_some() {
             return Err(invalid(
@@ -812,6 +821,7 @@ impl ServeArgs {
         take!(max_batch_tests);
         take!(cluster_name);
         take!(cluster_replicas);
+        take!(cluster_lease_secs);
         if let Some(servers) = file.cluster {
             if self.cluster.is_empty() {
                 self.cluster = servers;
@@ -910,6 +920,7 @@ impl ServeArgs {
             lines.push(format!("cluster = {:?}", self.cluster));
             lines.push(format!("cluster-name = {:?}", self.cluster_name));
             lines.push(format!("cluster-replicas = {}", self.cluster_replicas));
+            lines.push(format!("cluster-lease-secs = {}", self.cluster_lease_secs));
             for (key, path) in [
                 ("cluster-credentials", &self.cluster_credentials),
                 ("cluster-tls-ca", &self.cluster_tls_ca),
@@ -939,6 +950,7 @@ impl ServeArgs {
         }
         let mut options = ClusterOptions::new(self.cluster.clone(), &self.cluster_name);
         options.replicas = self.cluster_replicas;
+        options.lease_ttl = std::time::Duration::from_secs(self.cluster_lease_secs);
         options.credentials = self.cluster_credentials.clone();
         options.tls_ca = self.cluster_tls_ca.clone();
         options.tls_client = self

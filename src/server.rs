@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
-use crate::cluster::{ClusterOptions, StreamLog};
+use crate::cluster::{ClusterOptions, StreamLog, WriterLease};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
@@ -81,6 +81,9 @@ pub enum ServerError {
     /// Opening or flushing storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Cluster mode: this arbiter lost the writer's lease (another one writes the log now).
+    #[error("cluster: {0}; exiting (restarted, it stands by until the lease is free)")]
+    LeaseLost(String),
     /// Opening the registry failed.
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
@@ -148,6 +151,14 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
+    // Cluster mode: one arbiter writes the log; the others wait here.
+    let lease = match &config.cluster {
+        Some(cluster) => {
+            let holder = format!("{bound} (pid {})", std::process::id());
+            Some(WriterLease::acquire(cluster, &holder).await?)
+        }
+        None => None,
+    };
     let storage = Arc::new(open_storage(&config).await?);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let registry = Registry::open(storage.clone(), audit.clone(), registry_config)?;
@@ -195,6 +206,30 @@ pub async fn run(
         .map(|accepted| accepted.map(connection::LoggedConnection::new));
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
+    // A lost lease drains and stops the server like a signal, then fails it.
+    let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
+    let lease_keeper = lease.map(|mut lease| {
+        let mut stopping = stop_tasks.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                why = lease.keep() => {
+                    tracing::error!(reason = %why, "lost the writer lease");
+                    lease_lost_tx.send_replace(Some(why));
+                    None
+                }
+                _ = stopping.wait_for(|&stop| stop) => Some(lease),
+            }
+        })
+    });
+    let shutdown = {
+        let mut lost = lease_lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = lost.wait_for(Option::is_some) => {}
+            }
+        }
+    };
     let grace = config.shutdown_grace;
     let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
     let rpc_metrics = match config.metrics_listen {
@@ -243,7 +278,21 @@ pub async fn run(
     }
     experiments.shutdown().await;
     drop(usage);
-    final_steps(experiments, storage).await
+    let finished = final_steps(experiments, storage).await;
+    // Given up only once the log is synced and closed: a standby then takes over at once.
+    let kept = match lease_keeper {
+        Some(keeper) => keeper.await.ok().flatten(),
+        None => None,
+    };
+    if let Some(lease) = kept {
+        if let Err(e) = lease.release().await {
+            tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
+        }
+    }
+    if let Some(why) = lease_lost.borrow_and_update().clone() {
+        return Err(ServerError::LeaseLost(why));
+    }
+    finished
 }
 
 /// The shutdown signal the transport waits for (it first reports every service NOT_SERVING),

@@ -105,6 +105,8 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
         "it",
         "--change-rate-limit",
         "0",
+        "--cluster-lease-secs",
+        "2",
     ];
     let first_disk = tempfile::tempdir().expect("tempdir");
     let first = spawn_binary_with(first_disk.path(), &flags);
@@ -170,4 +172,102 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
         .iter()
         .all(|a| a.duplicates as usize == RESULTS_PER_BATCH && a.accepted == 0));
     assert_eq!(figures(&second).await, figures_before);
+}
+
+/// Starts an arbiter on `dir` that may have to stand by first: resolves once it serves.
+fn spawn_standby(dir: &std::path::Path, flags: &[&str]) -> tokio::task::JoinHandle<Binary> {
+    let dir = dir.to_path_buf();
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        spawn_binary_with(&dir, &flags)
+    })
+}
+
+/// One arbiter writes; another stands by without serving, and takes over with everything
+/// acknowledged when the writer is killed; a third takes over from the second when it shuts
+/// down cleanly (the lease is handed back at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_writer_stops() {
+    let Some(_nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = _nats.urls();
+    let flags = [
+        "--cluster",
+        urls.as_str(),
+        "--cluster-name",
+        "standby",
+        "--change-rate-limit",
+        "0",
+        "--cluster-lease-secs",
+        "2",
+    ];
+    let disks: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let first = spawn_binary_with(disks[0].path(), &flags);
+    let models = register_models(&mut first.registry().await, 2).await;
+    first
+        .experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create the test");
+    let batches: Vec<pb::ResultBatch> = (0..10).map(|b| batch(b, &models)).collect();
+    ingest(&mut first.allocator().await, batches[..5].to_vec())
+        .await
+        .expect("acknowledged by the writer");
+    let figures_before = figures(&first).await;
+
+    let second = spawn_standby(disks[1].path(), &flags);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second arbiter served while the first held the lease"
+    );
+    let killed = std::time::Instant::now();
+    first.signal("-KILL");
+    first.wait().await;
+    let second = tokio::time::timeout(std::time::Duration::from_secs(60), second)
+        .await
+        .expect("the standby took over")
+        .expect("standby");
+    eprintln!(
+        "the standby served {:?} after the writer's kill -9",
+        killed.elapsed()
+    );
+    assert!(second
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .any(|l| l.contains("standing by")));
+    assert_eq!(figures(&second).await, figures_before);
+    let acks = ingest(&mut second.allocator().await, batches.clone())
+        .await
+        .expect("the new writer takes results");
+    let duplicates: u32 = acks.iter().map(|a| a.duplicates).sum();
+    let accepted: u32 = acks.iter().map(|a| a.accepted).sum();
+    assert_eq!(
+        (duplicates as usize, accepted as usize),
+        (5 * RESULTS_PER_BATCH, 5 * RESULTS_PER_BATCH)
+    );
+    let figures_after = figures(&second).await;
+
+    let third = spawn_standby(disks[2].path(), &flags);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!third.is_finished());
+    let stopped = std::time::Instant::now();
+    second.signal("-TERM");
+    assert_eq!(second.wait().await.code(), Some(0));
+    let third = tokio::time::timeout(std::time::Duration::from_secs(60), third)
+        .await
+        .expect("the standby took over")
+        .expect("standby");
+    eprintln!(
+        "the standby served {:?} after the writer's SIGTERM",
+        stopped.elapsed()
+    );
+    assert_eq!(figures(&third).await, figures_after);
 }

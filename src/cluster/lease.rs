@@ -1,0 +1,148 @@
+//! [`WriterLease`]: which arbiter of a cluster writes the log.
+//!
+//! The lease is one key in a JetStream key-value bucket whose entries expire after the lease's
+//! time to live (the bucket's maximum age, kept by the NATS servers, so no arbiter's clock is
+//! involved). An arbiter takes the lease by creating the key, which fails while another holds
+//! it, and keeps it by updating the key at the revision it last wrote, well within the time to
+//! live. An arbiter that cannot refresh in time, or finds the key rewritten, has lost it.
+//!
+//! The lease decides who *should* write; the log's own fence (each entry names the position it
+//! follows) decides who *can*. An arbiter paused past its lease (SIGSTOP, a long GC-like stall)
+//! that wakes up still holding stale state cannot append after the new writer's entries.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::stream::StorageType;
+use bytes::Bytes;
+
+use super::ClusterOptions;
+use crate::storage::StorageError;
+
+/// The key holding the writer's name.
+const KEY: &str = "writer";
+
+/// The lease of the log's writer, held by this arbiter.
+#[derive(Debug)]
+pub struct WriterLease {
+    store: kv::Store,
+    holder: String,
+    revision: u64,
+    ttl: Duration,
+}
+
+fn replicated(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Replicated(format!("{what}: {e}"))
+}
+
+impl WriterLease {
+    /// Waits until this arbiter (named `holder` to the others) holds the lease of `options`'s
+    /// cluster: at once when nobody does, else once the holder stops refreshing it.
+    pub async fn acquire(options: &ClusterOptions, holder: &str) -> Result<Self, StorageError> {
+        let client = options.connect().await?;
+        let context = async_nats::jetstream::new(client);
+        let bucket = options.lease_bucket();
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            max_age: options.lease_ttl,
+            storage: StorageType::File,
+            num_replicas: options.replicas,
+            ..Default::default()
+        };
+        let store = loop {
+            let store = match context.get_key_value(&bucket).await {
+                Ok(store) => Ok(store),
+                Err(_) => context.create_key_value(config.clone()).await,
+            };
+            match store {
+                Ok(store) => break store,
+                Err(e) => {
+                    tracing::info!(error = %e, %bucket, "waiting for JetStream to accept the writer lease");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        let mut announced = false;
+        loop {
+            match store.create(KEY, Bytes::from(holder.to_string())).await {
+                Ok(revision) => {
+                    tracing::info!(%holder, "holding the writer lease");
+                    return Ok(WriterLease {
+                        store,
+                        holder: holder.to_string(),
+                        revision,
+                        ttl: options.lease_ttl,
+                    });
+                }
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    if !announced {
+                        let current = store
+                            .get(KEY)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_default();
+                        tracing::info!(writer = %current, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
+                        announced = true;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot take the writer lease; retrying"),
+            }
+            tokio::time::sleep(options.lease_ttl / 4).await;
+        }
+    }
+
+    /// Keeps the lease until another arbiter holds it; returns why. Refreshes every third of
+    /// its time to live. A refresh that cannot get through (a NATS leader election takes
+    /// seconds) is retried rather than taken for a loss: whoever else took the lease meanwhile
+    /// cannot write, since the log refuses entries that do not follow its own, and this arbiter
+    /// learns of it at its next refresh. A lease that lapsed with nobody taking it is taken
+    /// again.
+    pub async fn keep(&mut self) -> String {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            let value = Bytes::from(self.holder.clone());
+            let update = self.store.update(KEY, value.clone(), self.revision);
+            let error = match tokio::time::timeout(self.ttl, update).await {
+                Ok(Ok(revision)) => {
+                    self.revision = revision;
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(after = ?since.elapsed(), "writer lease refreshed again");
+                    }
+                    continue;
+                }
+                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    match self.store.create(KEY, value).await {
+                        Ok(revision) => {
+                            tracing::warn!("the writer lease had lapsed; taken again");
+                            self.revision = revision;
+                            continue;
+                        }
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                            return "another arbiter took the writer lease".into();
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".into(),
+            };
+            if failing_since.is_none() {
+                tracing::warn!(%error, "cannot refresh the writer lease; retrying");
+                failing_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Gives the lease up, so that a standby takes over at once instead of after the time to
+    /// live.
+    pub async fn release(self) -> Result<(), StorageError> {
+        self.store
+            .delete_expect_revision(KEY, Some(self.revision))
+            .await
+            .map_err(|e| replicated("releasing the writer lease", e))
+    }
+}
