@@ -226,7 +226,8 @@ pub async fn run(
         async move {
             tokio::select! {
                 () = shutdown => {}
-                _ = lost.wait_for(Option::is_some) => {}
+                // Without a lease (or once its keeper ends unlost) nothing is ever lost.
+                Ok(_) = lost.wait_for(Option::is_some) => {}
             }
         }
     };
