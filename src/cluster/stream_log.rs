@@ -52,6 +52,9 @@ const MSG_ID: &str = "Nats-Msg-Id";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest a blocking sync waits for acknowledgements.
 const SYNC_BLOCKING_LIMIT: Duration = Duration::from_secs(30);
+/// How long a read waits for the stream's next entry before fetching what is missing one by
+/// one.
+const READ_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// Publish acknowledgements awaited at once.
 const MAX_IN_FLIGHT: usize = 4096;
 
@@ -444,6 +447,36 @@ fn is_unanswered(e: &PublishError) -> bool {
     ) || in_process()
 }
 
+/// Fetches, one by one, every position from `start` through `last` that the consumer did not
+/// deliver to `read` (a consumer that went quiet); a position the stream no longer holds
+/// (removed) stays out.
+async fn fill_gaps(
+    stream: &Stream,
+    start: u64,
+    last: u64,
+    read: &mut std::collections::BTreeMap<u64, Vec<u8>>,
+) -> Result<()> {
+    let missing: Vec<u64> = (start..=last).filter(|p| !read.contains_key(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        missing = missing.len(),
+        first = missing[0],
+        "the stream's consumer did not deliver every entry; fetching the rest one by one"
+    );
+    for position in missing {
+        match stream.get_raw_message(position).await {
+            Ok(message) => {
+                read.insert(position, message.payload.to_vec());
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(replicated(&format!("reading log entry {position}"), e)),
+        }
+    }
+    Ok(())
+}
+
 /// What `stream` holds at `position` (where `writer_id`'s publish was refused for a wrong last
 /// sequence), asking until a server answers.
 async fn find(stream: &Stream, writer_id: &str, position: u64) -> Result<Found, String> {
@@ -648,22 +681,32 @@ impl Log for StreamLog {
                 .messages()
                 .await
                 .map_err(|e| replicated("reading the log", e))?;
-            let mut entries = Vec::new();
-            while let Some(message) = messages.next().await {
+            // Read up to `last` itself: a delivery's count of messages still pending can say 0
+            // before the last one. A quiet consumer (the tail removed) ends the read too; what
+            // it left out is then fetched one by one.
+            let mut read = std::collections::BTreeMap::new();
+            while let Ok(Some(message)) =
+                tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await
+            {
                 let message = message.map_err(|e| replicated("reading the log", e))?;
-                let info = message
+                let position = message
                     .info()
-                    .map_err(|e| replicated("reading the log", e))?;
-                let (position, pending) = (info.stream_sequence, info.pending);
-                entries.push(LogEntry {
-                    position,
-                    payload: message.payload.to_vec(),
-                });
-                if pending == 0 || position >= last {
+                    .map_err(|e| replicated("reading the log", e))?
+                    .stream_sequence;
+                // A consumer that restarts before its first delivery may begin at the start of
+                // the stream instead of `start`.
+                if position >= start {
+                    read.insert(position, message.payload.to_vec());
+                }
+                if position >= last {
                     break;
                 }
             }
-            Ok(entries)
+            fill_gaps(&stream, start, last, &mut read).await?;
+            Ok(read
+                .into_iter()
+                .map(|(position, payload)| LogEntry { position, payload })
+                .collect())
         })
     }
 
@@ -868,6 +911,31 @@ mod tests {
                 payload,
                 "acknowledged entry {position}"
             );
+        }
+    }
+
+    /// Every read returns every entry through the stream's end, however the consumer paces its
+    /// deliveries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_return_every_entry_through_the_last() {
+        let Some(cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let log = StreamLog::open(&options(&cluster, "reads")).expect("open");
+        for n in 0..300u32 {
+            log.append(&n.to_le_bytes()).expect("append");
+        }
+        log.sync_blocking().expect("stored");
+        for from in [0, 1, 150, 299, 300] {
+            for _ in 0..40 {
+                let read = log.read_from(from).expect("read");
+                let positions: Vec<u64> = read.iter().map(|e| e.position).collect();
+                assert_eq!(
+                    positions,
+                    (from.max(1)..=300).collect::<Vec<_>>(),
+                    "from {from}"
+                );
+            }
         }
     }
 }
