@@ -52,6 +52,8 @@ const MSG_ID: &str = "Nats-Msg-Id";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest a blocking sync waits for acknowledgements.
 const SYNC_BLOCKING_LIMIT: Duration = Duration::from_secs(30);
+/// How long a read keeps trying while the stream does not answer.
+const READ_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// How long a read waits for the stream's next entry before fetching what is missing one by
 /// one.
 const READ_IDLE_LIMIT: Duration = Duration::from_secs(2);
@@ -246,6 +248,59 @@ impl StreamLog {
                 .await
                 .map_err(|e| replicated("reading the stream's state", e))?;
             Ok((info.state.first_sequence, info.state.last_sequence))
+        })
+    }
+
+    /// One attempt of [`Log::read_from`].
+    fn read_once(&self, from: u64) -> Result<Vec<LogEntry>> {
+        let (first, last) = self.bounds()?;
+        let start = from.max(first).max(1);
+        if start > last {
+            return Ok(Vec::new());
+        }
+        let stream = self.stream.clone();
+        let subject = self.subject.clone();
+        wait_on(self.runtime(), async move {
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| replicated("reading the log", e))?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| replicated("reading the log", e))?;
+            // Read up to `last` itself: a delivery's count of messages still pending can say 0
+            // before the last one. A quiet consumer (the tail removed) ends the read too; what
+            // it left out is then fetched one by one.
+            let mut read = std::collections::BTreeMap::new();
+            while let Ok(Some(message)) =
+                tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await
+            {
+                let message = message.map_err(|e| replicated("reading the log", e))?;
+                let position = message
+                    .info()
+                    .map_err(|e| replicated("reading the log", e))?
+                    .stream_sequence;
+                // A consumer that restarts before its first delivery may begin at the start of
+                // the stream instead of `start`.
+                if position >= start {
+                    read.insert(position, message.payload.to_vec());
+                }
+                if position >= last {
+                    break;
+                }
+            }
+            fill_gaps(&stream, start, last, &mut read).await?;
+            Ok(read
+                .into_iter()
+                .map(|(position, payload)| LogEntry { position, payload })
+                .collect())
         })
     }
 }
@@ -655,59 +710,19 @@ impl Log for StreamLog {
         }
     }
 
+    /// Retried for up to [`READ_RETRY_LIMIT`] while the stream does not answer (a leader
+    /// election, a server catching up after a restart).
     fn read_from(&self, from: u64) -> Result<Vec<LogEntry>> {
-        let (first, last) = self.bounds()?;
-        let start = from.max(first).max(1);
-        if start > last {
-            return Ok(Vec::new());
+        let deadline = std::time::Instant::now() + READ_RETRY_LIMIT;
+        loop {
+            match self.read_once(from) {
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, from, "reading the log failed; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                read => return read,
+            }
         }
-        let stream = self.stream.clone();
-        let subject = self.subject.clone();
-        wait_on(self.runtime(), async move {
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subject,
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| replicated("reading the log", e))?;
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(Vec::new());
-            }
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| replicated("reading the log", e))?;
-            // Read up to `last` itself: a delivery's count of messages still pending can say 0
-            // before the last one. A quiet consumer (the tail removed) ends the read too; what
-            // it left out is then fetched one by one.
-            let mut read = std::collections::BTreeMap::new();
-            while let Ok(Some(message)) =
-                tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await
-            {
-                let message = message.map_err(|e| replicated("reading the log", e))?;
-                let position = message
-                    .info()
-                    .map_err(|e| replicated("reading the log", e))?
-                    .stream_sequence;
-                // A consumer that restarts before its first delivery may begin at the start of
-                // the stream instead of `start`.
-                if position >= start {
-                    read.insert(position, message.payload.to_vec());
-                }
-                if position >= last {
-                    break;
-                }
-            }
-            fill_gaps(&stream, start, last, &mut read).await?;
-            Ok(read
-                .into_iter()
-                .map(|(position, payload)| LogEntry { position, payload })
-                .collect())
-        })
     }
 
     fn seal(&self) -> Result<u64> {
