@@ -41,6 +41,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
+mod parts;
+
 use super::ClusterOptions;
 use crate::storage::log::{Log, LogEntry, SyncFuture};
 use crate::storage::{Result, StorageError};
@@ -64,6 +66,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 struct Unacked {
     position: u64,
     payload: Bytes,
+    /// Part `i` of `k` of a larger entry ([`parts`]).
+    part: Option<(usize, usize)>,
 }
 
 /// What appenders share with the publishing task.
@@ -290,17 +294,30 @@ impl StreamLog {
                 // A consumer that restarts before its first delivery may begin at the start of
                 // the stream instead of `start`.
                 if position >= start {
-                    read.insert(position, message.payload.to_vec());
+                    let payload = message.payload.to_vec();
+                    read.insert(
+                        position,
+                        parts::Message::new(message.headers.as_ref(), payload),
+                    );
                 }
                 if position >= last {
                     break;
                 }
             }
-            fill_gaps(&stream, start, last, &mut read).await?;
-            Ok(read
-                .into_iter()
-                .map(|(position, payload)| LogEntry { position, payload })
-                .collect())
+            fill_gaps(&stream, start, last, &mut read, true).await?;
+            // An entry whose last parts are at or after `start` begins before it.
+            if let Some((&position, message)) = read.first_key_value() {
+                let group_start = parts::group_start(position, message);
+                fill_gaps(&stream, group_start, position, &mut read, false).await?;
+            }
+            let (entries, dropped) = parts::assemble(read);
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "skipped parts of log entries that were never completed"
+                );
+            }
+            Ok(entries.into_iter().filter(|e| e.position >= from).collect())
         })
     }
 }
@@ -408,10 +425,13 @@ impl Publisher {
     /// Publishes `unacked[index]`, expecting the stream to end just before it.
     fn send(&self, index: usize) -> impl Future<Output = AckFuture> + Send + 'static {
         let entry = &self.unacked[index];
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(entry.payload.clone())
             .message_id(message_id(&self.writer_id, entry.position))
             .expected_last_sequence(entry.position - 1);
+        if let Some((i, k)) = entry.part {
+            publish = publish.header(parts::HEADER, parts::header(i, k).as_str());
+        }
         send(self.context.clone(), self.subject.clone(), publish)
     }
 
@@ -502,28 +522,35 @@ fn is_unanswered(e: &PublishError) -> bool {
     ) || in_process()
 }
 
-/// Fetches, one by one, every position from `start` through `last` that the consumer did not
-/// deliver to `read` (a consumer that went quiet); a position the stream no longer holds
-/// (removed) stays out.
+/// Fetches, one by one, every position from `start` through `last` missing from `read` (a
+/// consumer that went quiet, which is `unexpected`, or the first parts of an entry before a
+/// read's start); a position the stream no longer holds (removed) stays out.
 async fn fill_gaps(
     stream: &Stream,
     start: u64,
     last: u64,
-    read: &mut std::collections::BTreeMap<u64, Vec<u8>>,
+    read: &mut std::collections::BTreeMap<u64, parts::Message>,
+    unexpected: bool,
 ) -> Result<()> {
     let missing: Vec<u64> = (start..=last).filter(|p| !read.contains_key(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    tracing::warn!(
-        missing = missing.len(),
-        first = missing[0],
-        "the stream's consumer did not deliver every entry; fetching the rest one by one"
-    );
+    if unexpected {
+        tracing::warn!(
+            missing = missing.len(),
+            first = missing[0],
+            "the stream's consumer did not deliver every entry; fetching the rest one by one"
+        );
+    }
     for position in missing {
         match stream.get_raw_message(position).await {
             Ok(message) => {
-                read.insert(position, message.payload.to_vec());
+                let payload = message.payload.to_vec();
+                read.insert(
+                    position,
+                    parts::Message::new(Some(&message.headers), payload),
+                );
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
             Err(e) => return Err(replicated(&format!("reading log entry {position}"), e)),
@@ -603,26 +630,33 @@ impl Log for StreamLog {
         if let Some(failed) = self.shared.failed() {
             return Err(failed);
         }
-        // Refused before it takes a position: the stream would refuse it for ever.
-        if payload.len() > self.shared.max_entry {
+        // An entry over one message's limit goes out in parts; one too large even for
+        // that is refused before it takes a position.
+        let chunks = parts::split(payload, self.shared.max_entry);
+        if chunks.len() > parts::MAX_PARTS {
             return Err(StorageError::Replicated(format!(
-                "an entry of {} bytes is over the NATS servers' limit of {} (max_payload); \
-                 send smaller batches or raise max_payload",
+                "an entry of {} bytes is over {} parts of the NATS servers' max_payload ({} bytes)",
                 payload.len(),
+                parts::MAX_PARTS,
                 self.shared.max_entry
             )));
         }
+        let k = chunks.len();
         let mut writer = self.shared.writer.lock();
-        let position = writer.next;
-        writer
-            .queue
-            .send(Unacked {
-                position,
-                payload: Bytes::copy_from_slice(payload),
-            })
-            .map_err(|_| self.shared.failed().unwrap_or(StorageError::Closed))?;
-        writer.next += 1;
-        Ok(position)
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let position = writer.next;
+            writer
+                .queue
+                .send(Unacked {
+                    position,
+                    payload: Bytes::copy_from_slice(chunk),
+                    part: (k > 1).then_some((i + 1, k)),
+                })
+                .map_err(|_| self.shared.failed().unwrap_or(StorageError::Closed))?;
+            writer.next += 1;
+        }
+        // An entry's position is its last part's: durable once that part is.
+        Ok(writer.next - 1)
     }
 
     fn sync_through(&self, position: u64) -> SyncFuture<'_> {
@@ -813,7 +847,9 @@ mod tests {
         let options = options(&cluster, "fenced");
         let a = StreamLog::open(&options).expect("open a");
         // An entry the NATS servers would refuse for ever is refused before it takes a position.
-        let too_big = a.append(&vec![0u8; 2 << 20]).expect_err("over max_payload");
+        let too_big = a
+            .append(&vec![0u8; (parts::MAX_PARTS + 1) * a.shared.max_entry])
+            .expect_err("over max_payload");
         assert!(too_big.to_string().contains("max_payload"), "{too_big}");
         assert!(a.failure().is_none());
         let b = StreamLog::open(&options).expect("open b");
@@ -952,5 +988,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An entry larger than a NATS message goes out in parts and reads back whole at the
+    /// position `append` gave, from any start within it, also after a reopen; the parts of an
+    /// entry that was never completed are skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_larger_than_a_message_read_back_whole() {
+        let Some(cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let options = options(&cluster, "parts");
+        let log = StreamLog::open(&options).expect("open");
+        let big: Vec<u8> = (0..3 * log.shared.max_entry + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let a = log.append(b"before").expect("append");
+        let b = log.append(&big).expect("append the large entry");
+        let c = log.append(b"after").expect("append");
+        assert_eq!((a, b, c), (1, 5, 6), "four parts take positions 2 to 5");
+        log.sync_through(c).await.expect("stored");
+        let expected = vec![
+            LogEntry {
+                position: a,
+                payload: b"before".to_vec(),
+            },
+            LogEntry {
+                position: b,
+                payload: big.clone(),
+            },
+            LogEntry {
+                position: c,
+                payload: b"after".to_vec(),
+            },
+        ];
+        assert_eq!(log.read_from(0).expect("read"), expected);
+        for from in 2..=5 {
+            assert_eq!(
+                log.read_from(from).expect("read"),
+                expected[1..],
+                "from {from}"
+            );
+        }
+        drop(log);
+        let log = StreamLog::open(&options).expect("reopen");
+        assert_eq!(log.read_from(0).expect("read"), expected);
+        // A part lost from the middle: the entry is incomplete, and skipped.
+        let stream = log.stream.clone();
+        wait_on(log.runtime(), async move { stream.delete_message(3).await })
+            .expect("remove a part");
+        let read = log.read_from(0).expect("read");
+        assert_eq!(read, [expected[0].clone(), expected[2].clone()]);
     }
 }
