@@ -70,7 +70,7 @@ const LARGE_DF: f64 = 1e4;
 /// `z + (z³+z)/(4ν) + (5z⁵+16z³+3z)/(96ν²) + (3z⁷+19z⁵+17z³−15z)/(384ν³)` (Abramowitz and
 /// Stegun 1964, eq. 26.7.5), whose next term is below 1e-14 there.
 pub(crate) fn t_quantile(df: f64, p: f64) -> Option<f64> {
-    if !(df > 0.0 && p > 0.0 && p < 1.0) || !all_finite(&[df, p]) {
+    if !(df > 0.0 && p > 0.0 && p < 1.0 && all_finite(&[df, p])) {
         return None;
     }
     if df < LARGE_DF {
