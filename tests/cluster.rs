@@ -10,6 +10,21 @@ use support::*;
 
 const RESULTS_PER_BATCH: usize = 100;
 
+/// The flags of an arbiter in cluster `name` on `urls`: no limit on changes, a 2 s writer
+/// lease.
+fn cluster_flags<'a>(urls: &'a str, name: &'a str) -> [&'a str; 8] {
+    [
+        "--cluster",
+        urls,
+        "--cluster-name",
+        name,
+        "--change-rate-limit",
+        "0",
+        "--cluster-lease-secs",
+        "2",
+    ]
+}
+
 /// Batch `b`: results with unique ids, spread over both models.
 fn batch(b: usize, models: &[String]) -> pb::ResultBatch {
     let results = (0..RESULTS_PER_BATCH)
@@ -98,16 +113,7 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
         return;
     };
     let urls = nats.urls();
-    let flags = [
-        "--cluster",
-        urls.as_str(),
-        "--cluster-name",
-        "it",
-        "--change-rate-limit",
-        "0",
-        "--cluster-lease-secs",
-        "2",
-    ];
+    let flags = cluster_flags(&urls, "it");
     let first_disk = tempfile::tempdir().expect("tempdir");
     let first = spawn_binary_with(first_disk.path(), &flags);
     let models = register_models(&mut first.registry().await, 2).await;
@@ -193,16 +199,7 @@ async fn a_standby_takes_over_when_the_writer_stops() {
         return;
     };
     let urls = _nats.urls();
-    let flags = [
-        "--cluster",
-        urls.as_str(),
-        "--cluster-name",
-        "standby",
-        "--change-rate-limit",
-        "0",
-        "--cluster-lease-secs",
-        "2",
-    ];
+    let flags = cluster_flags(&urls, "standby");
     let disks: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
