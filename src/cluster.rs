@@ -10,6 +10,7 @@
 //! state that all entries before it fold into. Which arbiter that is, the [`WriterLease`]
 //! decides; the others stand by until its holder stops refreshing it.
 
+pub mod artifact_bucket;
 pub mod lease;
 pub mod stream_log;
 
@@ -21,6 +22,7 @@ mod nats_cluster;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use artifact_bucket::ArtifactBucket;
 pub use lease::WriterLease;
 pub use stream_log::StreamLog;
 
@@ -110,6 +112,11 @@ impl ClusterOptions {
     /// The key-value bucket holding the writer's lease.
     pub fn lease_bucket(&self) -> String {
         format!("ARBITER_{}_writer", self.name)
+    }
+
+    /// The object store holding the model artifacts.
+    pub fn artifact_bucket(&self) -> String {
+        format!("ARBITER_{}_artifacts", self.name)
     }
 
     /// The subject every log entry is published on.

@@ -16,6 +16,7 @@ pub mod command;
 mod error;
 pub mod lifecycle;
 mod register;
+pub mod replica;
 pub mod signing;
 pub mod types;
 
@@ -99,6 +100,13 @@ struct Inner {
     write_lock: Mutex<()>,
     /// One permit per upload in progress.
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Cluster mode: the object store every artifact is also kept in.
+    replica: Option<Arc<dyn replica::ArtifactReplica>>,
+    /// Held from storing an artifact in `replica` until its registration commits, and while
+    /// objects are removed (see [`replica`]).
+    replica_ops: tokio::sync::Mutex<()>,
+    /// Held while an artifact is fetched from `replica`, so that it is fetched once.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -108,6 +116,16 @@ impl Registry {
         storage: Arc<Storage>,
         audit: Arc<AuditLog>,
         config: RegistryConfig,
+    ) -> Result<Self> {
+        Self::open_replicated(storage, audit, config, None)
+    }
+
+    /// Like [`Registry::open`], keeping every artifact also in `replica` (cluster mode).
+    pub fn open_replicated(
+        storage: Arc<Storage>,
+        audit: Arc<AuditLog>,
+        config: RegistryConfig,
+        replica: Option<Arc<dyn replica::ArtifactReplica>>,
     ) -> Result<Self> {
         let artifacts = ArtifactStore::open(storage.data_dir())?;
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads));
@@ -120,6 +138,9 @@ impl Registry {
                 usage: OnceLock::new(),
                 write_lock: Mutex::new(()),
                 uploads,
+                replica,
+                replica_ops: tokio::sync::Mutex::new(()),
+                fetching: tokio::sync::Mutex::new(()),
             }),
         };
         registry.sweep_orphans()?;
@@ -317,6 +338,7 @@ impl Registry {
         version: Option<&semver::Version>,
     ) -> Result<(ModelView, File, u64)> {
         let metadata = self.resolve(model_id, version)?;
+        self.ensure_local(&metadata).await?;
         let this = self.clone();
         let id = metadata.registry_id.clone();
         let expected = metadata.model_checksum;
@@ -330,15 +352,28 @@ impl Registry {
     /// Recomputes the artifact and policy checksums of a version.
     pub async fn verify(&self, id: &RegistryId) -> Result<Verification> {
         let metadata = self.load_existing(id)?;
+        // A copy that cannot be fetched is reported like a local file that is missing or
+        // damaged; an object store out of reach is an error.
+        let fetch_problem = match self.ensure_local(&metadata).await {
+            Ok(()) => None,
+            Err(e @ RegistryError::ChecksumMismatch { .. }) => Some(e.to_string()),
+            Err(RegistryError::ArtifactMissing { .. }) => None,
+            Err(e) => return Err(e),
+        };
         let this = self.clone();
         let id = id.clone();
-        tokio::task::spawn_blocking(move || this.verify_blocking(&id, &metadata))
+        tokio::task::spawn_blocking(move || this.verify_blocking(&id, &metadata, fetch_problem))
             .await
             .map_err(|e| RegistryError::io("verifying artifact")(std::io::Error::other(e)))?
     }
 
-    fn verify_blocking(&self, id: &RegistryId, metadata: &ModelMetadata) -> Result<Verification> {
-        let mut problems = Vec::new();
+    fn verify_blocking(
+        &self,
+        id: &RegistryId,
+        metadata: &ModelMetadata,
+        fetch_problem: Option<String>,
+    ) -> Result<Verification> {
+        let mut problems: Vec<String> = fetch_problem.into_iter().collect();
         let actual = match self.inner.artifacts.hash(id) {
             Ok((digest, _)) => Some(digest),
             Err(RegistryError::ArtifactMissing { .. }) => {

@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
-use crate::cluster::{ClusterOptions, StreamLog, WriterLease};
+use crate::cluster::{ArtifactBucket, ClusterOptions, StreamLog, WriterLease};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
+use crate::registry::replica::ArtifactReplica;
 use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
 
@@ -122,6 +123,28 @@ async fn open_storage(config: &ServerConfig) -> Result<Storage, StorageError> {
     .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
 }
 
+/// Cluster mode, while serving: removes objects a crash left in the artifact bucket without a
+/// version, and fetches the artifacts this node's disk lacks.
+async fn prepare_artifacts(registry: &Registry) {
+    match registry.reconcile_replica(None).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(
+            removed,
+            "removed artifacts no version names from the object store"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the object store for unregistered artifacts")
+        }
+    }
+    let fetched = registry.fetch_missing_artifacts().await;
+    if fetched > 0 {
+        tracing::info!(
+            fetched,
+            "fetched artifacts this node lacked from the object store"
+        );
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -161,7 +184,19 @@ pub async fn run(
     };
     let storage = Arc::new(open_storage(&config).await?);
     let audit = Arc::new(AuditLog::open(&storage)?);
-    let registry = Registry::open(storage.clone(), audit.clone(), registry_config)?;
+    let artifact_bucket = match &config.cluster {
+        Some(cluster) => {
+            let bucket: Arc<dyn ArtifactReplica> = Arc::new(ArtifactBucket::open(cluster).await?);
+            Some(bucket)
+        }
+        None => None,
+    };
+    let registry = Registry::open_replicated(
+        storage.clone(),
+        audit.clone(),
+        registry_config,
+        artifact_bucket,
+    )?;
 
     let experiments = Experiments::open(
         storage.clone(),
@@ -173,7 +208,7 @@ pub async fn run(
     let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
     registry.set_usage(&usage);
 
-    let registry_service = RegistryService::new(registry).into_server();
+    let registry_service = RegistryService::new(registry.clone()).into_server();
     let experiments_service = ExperimentsService::new(experiments.clone()).into_server();
     let allocator_service = AllocatorService::new(experiments.clone()).into_server();
     let admin_service = AdminService::new(storage.clone(), audit).into_server();
@@ -187,6 +222,16 @@ pub async fn run(
         health_reporter.clone(),
         stopped.clone(),
     ))];
+    if config.cluster.is_some() {
+        let registry = registry.clone();
+        let mut stopping = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                () = prepare_artifacts(&registry) => {}
+                _ = stopping.wait_for(|&stop| stop) => {}
+            }
+        }));
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -103,10 +103,51 @@ async fn stream_leader(url: &str, stream: &str) -> String {
         .expect("the stream has a leader")
 }
 
+/// The object store `bucket`, once JetStream answers (a node just restarted may not yet).
+async fn object_store(url: &str, bucket: &str) -> async_nats::jetstream::object_store::ObjectStore {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match jetstream.get_object_store(bucket).await {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() > deadline => panic!("the artifact bucket: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The names of the objects in the object store `bucket`.
+async fn artifact_objects(url: &str, bucket: &str) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let store = object_store(url, bucket).await;
+    let mut list = store.list().await.expect("list objects");
+    let mut names = Vec::new();
+    while let Some(info) = list.next().await {
+        names.push(info.expect("object info").name);
+    }
+    names
+}
+
+/// Replaces the bytes of the object of version `registry_id` in `bucket`; returns the version.
+async fn replace_object(url: &str, bucket: &str, registry_id: &str) -> String {
+    let store = object_store(url, bucket).await;
+    let objects = artifact_objects(url, bucket).await;
+    let name = objects
+        .iter()
+        .find(|o| o.starts_with(&format!("{registry_id}@")))
+        .expect("the version's object");
+    store
+        .put(name.as_str(), &mut &b"tampered"[..])
+        .await
+        .expect("replace the object");
+    registry_id.to_string()
+}
+
 /// Everything acknowledged goes through the stream: results streamed across the death of the
 /// stream's leader are all acknowledged, and a node started on an empty data directory (the
 /// first node's disk lost with it) rebuilds the same models, test, results and audit trail from
-/// the stream alone, and knows every result id.
+/// the stream alone, knows every result id, and serves every artifact from the object store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
     let Some(mut nats) = NatsCluster::start(3) else {
@@ -117,6 +158,29 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
     let first_disk = tempfile::tempdir().expect("tempdir");
     let first = spawn_binary_with(first_disk.path(), &flags);
     let models = register_models(&mut first.registry().await, 2).await;
+    // Artifacts live in the object store: one of several chunks, and one whose version is
+    // deleted (its object goes with it).
+    let big: Vec<u8> = (0..1_500_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+    register(
+        &mut first.registry().await,
+        header("big", "1.0.0", "alice"),
+        &big,
+    )
+    .await
+    .expect("register big");
+    register_simple(&mut first.registry().await, "gone", "1.0.0").await;
+    let deleted = first
+        .registry()
+        .await
+        .delete_model(pb::DeleteModelRequest {
+            registry_id: "gone:1.0.0".into(),
+            force: false,
+            requested_by: "alice".into(),
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert!(deleted.deleted);
     first
         .experiments()
         .await
@@ -153,6 +217,8 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
     first.wait().await;
     drop(first_disk);
     nats.start_node(killed.expect("a leader was killed"));
+    // The object store's copy of one artifact is damaged meanwhile.
+    let damaged = replace_object(&nats.url(1), "ARBITER_it_artifacts", "model_1:1.0.0").await;
 
     let second_disk = tempfile::tempdir().expect("tempdir");
     let second = spawn_binary_with(second_disk.path(), &flags);
@@ -170,6 +236,43 @@ async fn a_node_whose_disk_is_lost_is_rebuilt_from_the_stream() {
         .expect("verify")
         .into_inner();
     assert!(chain.ok, "{chain:?}");
+    // The artifacts came from the object store, checked against their digests.
+    let (_, bytes) = get_model(&mut second.registry().await, "big", "1.0.0")
+        .await
+        .expect("download big from the rebuilt node");
+    assert!(bytes == big, "the artifact differs after the rebuild");
+    let verify = |id: &str| {
+        let id = id.to_string();
+        let node = &second;
+        async move {
+            node.registry()
+                .await
+                .verify_model(pb::ModelRef { registry_id: id })
+                .await
+                .expect("verify")
+                .into_inner()
+        }
+    };
+    let verified = verify(&models[0]).await;
+    assert!(verified.ok, "{verified:?}");
+    // A damaged copy is never installed nor served.
+    let verified = verify(&damaged).await;
+    assert!(
+        !verified.ok && verified.message.contains("cluster's copy"),
+        "{verified:?}"
+    );
+    assert_status(
+        get_model(&mut second.registry().await, "model_1", "1.0.0").await,
+        tonic::Code::DataLoss,
+        "checksum",
+    );
+    let mut objects = artifact_objects(&nats.url(1), "ARBITER_it_artifacts").await;
+    objects.sort();
+    let names: Vec<&str> = objects
+        .iter()
+        .map(|o| o.split_once('@').expect("version@digest").0)
+        .collect();
+    assert_eq!(names, ["big:1.0.0", "model_0:1.0.0", "model_1:1.0.0"]);
     // Every result id came through the stream: sending everything again changes nothing.
     let acks = ingest(&mut second.allocator().await, batches)
         .await

@@ -273,3 +273,13 @@ pub struct FinishedUpload {
     /// Number of bytes.
     pub size: u64,
 }
+
+impl FinishedUpload {
+    /// Where the bytes are until they are installed.
+    pub fn path(&self) -> &Path {
+        self.guard
+            .0
+            .as_deref()
+            .expect("a finished upload owns its file until it is installed")
+    }
+}

@@ -122,13 +122,40 @@ impl Registration {
                 .verify(signature, &message)
                 .map_err(|e| RegistryError::invalid("signature", e.to_string()))?;
         }
+        // Cluster mode: the bytes are in the object store before the log names them.
+        let replicated = match registry.inner.replica {
+            Some(_) => {
+                let serial = registry.replica_lock().await;
+                if registry.load(&model.registry_id)?.is_some() {
+                    return Err(RegistryError::AlreadyExists {
+                        registry_id: model.registry_id.to_string(),
+                    });
+                }
+                registry
+                    .replicate_upload(&model.registry_id, &finished)
+                    .await?;
+                Some((serial, model.registry_id.clone()))
+            }
+            None => None,
+        };
         let this = registry.clone();
-        let (view, retired) =
+        let committed =
             tokio::task::spawn_blocking(move || this.commit_registration(model, finished, policy))
                 .await
-                .map_err(|e| {
-                    RegistryError::io("committing registration")(std::io::Error::other(e))
-                })??;
+                .map_err(|e| RegistryError::io("committing registration")(std::io::Error::other(e)))
+                .and_then(|committed| committed);
+        let (view, retired) = match (committed, replicated) {
+            (Ok(committed), _) => committed,
+            (Err(e), Some((serial, id))) => {
+                drop(serial);
+                // Nothing names the object: take it back (else a writer's start does).
+                if let Err(cleanup) = registry.reconcile_replica(Some(&[id])).await {
+                    tracing::warn!(error = %cleanup, "an unregistered artifact stays in the object store until a writer starts");
+                }
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         registry.inner.storage.flush().await?;
         registry.remove_files(retired).await;
         Ok(view)
@@ -208,6 +235,9 @@ impl Registry {
     pub(super) async fn remove_files(&self, ids: Vec<RegistryId>) {
         if ids.is_empty() {
             return;
+        }
+        if let Err(e) = self.reconcile_replica(Some(&ids)).await {
+            tracing::warn!(error = %e, "artifacts of removed versions stay in the object store until a writer starts");
         }
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
