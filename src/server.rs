@@ -177,7 +177,13 @@ pub async fn run(
     // Cluster mode: one arbiter writes the log; the others wait here.
     let lease = match &config.cluster {
         Some(cluster) => {
-            let holder = format!("{bound} (pid {})", std::process::id());
+            // Unique even across containers that share an address and a pid: a refresh must
+            // never take another arbiter's lease for its own.
+            let holder = format!(
+                "{bound} (pid {}, {:016x})",
+                std::process::id(),
+                rand::random::<u64>()
+            );
             Some(WriterLease::acquire(cluster, &holder).await?)
         }
         None => None,
@@ -217,8 +223,11 @@ pub async fn run(
     report_serving(&health_reporter).await;
     // The server's own background tasks end on this signal and are awaited at shutdown.
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
+    let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
     let mut tasks = vec![tokio::spawn(watch_storage(
         Arc::downgrade(&storage),
+        lease_unreachable,
         health_reporter.clone(),
         stopped.clone(),
     ))];
@@ -257,7 +266,7 @@ pub async fn run(
         let mut stopping = stop_tasks.subscribe();
         tokio::spawn(async move {
             tokio::select! {
-                why = lease.keep() => {
+                why = lease.keep(&lease_unreachable_tx) => {
                     tracing::error!(reason = %why, "lost the writer lease");
                     lease_lost_tx.send_replace(Some(why));
                     None
@@ -454,11 +463,14 @@ pub const STORAGE_HEALTH: &str = "arbiter.v1.Storage";
 /// How long shutdown waits for its final snapshot and flush.
 pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Reports storage faults every second: health `arbiter.v1.Storage` NOT_SERVING and the gauge
+/// Reports storage faults every second (in cluster mode also a log whose entries JetStream
+/// does not acknowledge, and a writer lease that cannot be refreshed: no NATS quorum within
+/// reach): health `arbiter.v1.Storage` NOT_SERVING and the gauge
 /// `arbiter_storage_fault` at 1 while one lasts (allocations keep being answered from memory),
 /// and a log line when one starts or ends.
 async fn watch_storage(
     storage: std::sync::Weak<Storage>,
+    lease_unreachable: tokio::sync::watch::Receiver<Option<String>>,
     reporter: tonic_health::server::HealthReporter,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -472,7 +484,9 @@ async fn watch_storage(
         let Some(storage) = storage.upgrade() else {
             return;
         };
-        let fault = storage.fault();
+        let fault = storage
+            .fault()
+            .or_else(|| lease_unreachable.borrow().clone());
         drop(storage);
         if fault == current {
             continue;

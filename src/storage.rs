@@ -524,11 +524,15 @@ impl Storage {
         }
     }
 
-    /// What keeps storage from taking writes, if anything: a failed log (until restart) or
-    /// an engine whose last write or sync failed (until one succeeds).
+    /// What keeps storage from taking writes, if anything: a failed log (until restart), a
+    /// log whose entries wait for its replicas (until they answer), or an engine whose last
+    /// write or sync failed (until one succeeds).
     pub fn fault(&self) -> Option<String> {
         if let Some(e) = self.log.failure() {
             return Some(format!("log: {e}; writes are refused until restart"));
+        }
+        if let Some(e) = self.log.stalled() {
+            return Some(format!("log: {e}; writes wait"));
         }
         self.store_fault.lock().clone()
     }

@@ -121,12 +121,23 @@ async fn object_store(url: &str, bucket: &str) -> async_nats::jetstream::object_
 async fn artifact_objects(url: &str, bucket: &str) -> Vec<String> {
     use tokio_stream::StreamExt;
     let store = object_store(url, bucket).await;
-    let mut list = store.list().await.expect("list objects");
-    let mut names = Vec::new();
-    while let Some(info) = list.next().await {
-        names.push(info.expect("object info").name);
+    // A node just restarted may time requests out for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = async {
+            let mut list = store.list().await.map_err(|e| e.to_string())?;
+            let mut names = Vec::new();
+            while let Some(info) = list.next().await {
+                names.push(info.map_err(|e| e.to_string())?.name);
+            }
+            Ok::<_, String>(names)
+        };
+        match listed.await {
+            Ok(names) => return names,
+            Err(e) if std::time::Instant::now() > deadline => panic!("listing objects: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
     }
-    names
 }
 
 /// Replaces the bytes of the object of version `registry_id` in `bucket`; returns the version.
@@ -370,4 +381,89 @@ async fn a_standby_takes_over_when_the_writer_stops() {
         stopped.elapsed()
     );
     assert_eq!(figures(&third).await, figures_after);
+}
+
+async fn storage_health(node: &Binary) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "arbiter.v1.Storage".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status
+}
+
+/// Polls `node`'s storage health until it is `status` (bounded).
+async fn wait_for_health(node: &Binary, status: i32, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while storage_health(node).await != status {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "storage health not {status} within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Without a quorum of NATS servers the writer reports NOT_SERVING for writes, even when idle
+/// (its lease cannot be refreshed), keeps answering Allocate from memory, and a batch sent
+/// meanwhile is acknowledged only once the quorum is back; health then returns to SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(mut nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = nats.urls();
+    let flags = cluster_flags(&urls, "quorum");
+    let disk = tempfile::tempdir().expect("tempdir");
+    let node = spawn_binary_with(disk.path(), &flags);
+    let models = register_models(&mut node.registry().await, 2).await;
+    node.experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create the test");
+    assert_eq!(storage_health(&node).await, ServingStatus::Serving as i32);
+
+    nats.kill(1);
+    nats.kill(2);
+    wait_for_health(
+        &node,
+        ServingStatus::NotServing as i32,
+        std::time::Duration::from_secs(15),
+    )
+    .await;
+    let mut allocator = node.allocator().await;
+    for _ in 0..100 {
+        let allocation = allocate(&mut allocator, "t").await;
+        assert!(models.contains(&allocation.model_registry_id));
+    }
+    let waiting = {
+        let mut allocator = node.allocator().await;
+        tokio::spawn(async move { ingest(&mut allocator, vec![batch(0, &models)]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "acknowledged without a quorum");
+
+    nats.start_node(1);
+    nats.start_node(2);
+    let acks = tokio::time::timeout(std::time::Duration::from_secs(60), waiting)
+        .await
+        .expect("acknowledged once the quorum is back")
+        .expect("ingest task")
+        .expect("ingest");
+    assert_eq!(acks[0].accepted as usize, RESULTS_PER_BATCH);
+    wait_for_health(
+        &node,
+        ServingStatus::Serving as i32,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        figures(&node).await.iter().map(|f| f.1).sum::<u64>(),
+        RESULTS_PER_BATCH as u64
+    );
 }

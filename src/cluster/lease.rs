@@ -64,31 +64,40 @@ impl WriterLease {
             }
         };
         let mut announced = false;
+        let value = Bytes::from(holder.to_string());
         loop {
-            match store.create(KEY, Bytes::from(holder.to_string())).await {
-                Ok(revision) => {
-                    tracing::info!(%holder, "holding the writer lease");
-                    return Ok(WriterLease {
-                        store,
-                        holder: holder.to_string(),
-                        revision,
-                        ttl: options.lease_ttl,
-                    });
-                }
+            let taken = match store.create(KEY, value.clone()).await {
+                Ok(revision) => Some(revision),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                    if !announced {
-                        let current = store
-                            .get(KEY)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                            .unwrap_or_default();
-                        tracing::info!(writer = %current, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
-                        announced = true;
+                    let current = store.entry(KEY).await.ok().flatten();
+                    match current {
+                        // An earlier attempt whose answer was lost went through.
+                        Some(entry) if entry.value == value => Some(entry.revision),
+                        current => {
+                            if !announced {
+                                let writer = current
+                                    .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+                                    .unwrap_or_default();
+                                tracing::info!(%writer, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
+                                announced = true;
+                            }
+                            None
+                        }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot take the writer lease; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the writer lease; retrying");
+                    None
+                }
+            };
+            if let Some(revision) = taken {
+                tracing::info!(%holder, "holding the writer lease");
+                return Ok(WriterLease {
+                    store,
+                    holder: holder.to_string(),
+                    revision,
+                    ttl: options.lease_ttl,
+                });
             }
             tokio::time::sleep(options.lease_ttl / 4).await;
         }
@@ -100,7 +109,13 @@ impl WriterLease {
     /// cannot write, since the log refuses entries that do not follow its own, and this arbiter
     /// learns of it at its next refresh. A lease that lapsed with nobody taking it is taken
     /// again.
-    pub async fn keep(&mut self) -> String {
+    ///
+    /// `unreachable` says why refreshes fail while they do (NATS out of reach: writes would
+    /// wait too), and is cleared once one succeeds.
+    pub async fn keep(
+        &mut self,
+        unreachable: &tokio::sync::watch::Sender<Option<String>>,
+    ) -> String {
         let mut failing_since: Option<Instant> = None;
         loop {
             tokio::time::sleep(self.ttl / 3).await;
@@ -111,20 +126,22 @@ impl WriterLease {
                     self.revision = revision;
                     if let Some(since) = failing_since.take() {
                         tracing::info!(after = ?since.elapsed(), "writer lease refreshed again");
+                        unreachable.send_replace(None);
                     }
                     continue;
                 }
                 Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    match self.store.create(KEY, value).await {
-                        Ok(revision) => {
-                            tracing::warn!("the writer lease had lapsed; taken again");
+                    match self.after_wrong_revision(value).await {
+                        Ok(Some(revision)) => {
                             self.revision = revision;
+                            if let Some(since) = failing_since.take() {
+                                tracing::info!(after = ?since.elapsed(), "writer lease refreshed again");
+                                unreachable.send_replace(None);
+                            }
                             continue;
                         }
-                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                            return "another arbiter took the writer lease".into();
-                        }
-                        Err(e) => e.to_string(),
+                        Ok(None) => return "another arbiter took the writer lease".into(),
+                        Err(e) => e,
                     }
                 }
                 Ok(Err(e)) => e.to_string(),
@@ -133,7 +150,34 @@ impl WriterLease {
             if failing_since.is_none() {
                 tracing::warn!(%error, "cannot refresh the writer lease; retrying");
                 failing_since = Some(Instant::now());
+                unreachable.send_replace(Some(format!(
+                    "cannot refresh the writer lease in NATS ({error}); writes may wait"
+                )));
             }
+        }
+    }
+
+    /// What a refresh refused for its revision means: the key's revision when it still names
+    /// this arbiter (a refresh whose answer was lost went through) or once it is taken again
+    /// (it lapsed), `None` when another arbiter holds it, `Err` when that cannot be told yet.
+    async fn after_wrong_revision(&self, value: Bytes) -> Result<Option<u64>, String> {
+        match self.store.entry(KEY).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                return Ok((entry.value == value).then_some(entry.revision));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match self.store.create(KEY, value).await {
+            Ok(revision) => {
+                tracing::warn!("the writer lease had lapsed; taken again");
+                Ok(Some(revision))
+            }
+            // Whose it is, the next refresh finds out.
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                Err("the lapsed writer lease was taken meanwhile".into())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 

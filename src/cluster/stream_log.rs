@@ -83,6 +83,9 @@ struct Shared {
     first: AtomicU64,
     /// The largest entry the NATS servers take.
     max_entry: usize,
+    /// Since when the oldest unacknowledged entry has gone unanswered (none: acknowledgements
+    /// come).
+    unanswered_since: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug)]
@@ -134,7 +137,7 @@ impl std::fmt::Debug for StreamLog {
 
 /// Runs `future` on `runtime` and waits for it on the calling thread (which may belong to
 /// another runtime: it only blocks).
-fn wait_on<T: Send + 'static>(
+pub(super) fn wait_on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     future: impl Future<Output = T> + Send + 'static,
 ) -> T {
@@ -215,6 +218,7 @@ impl StreamLog {
             durable: watch::channel(last).0,
             failure: parking_lot::Mutex::new(None),
             first: AtomicU64::new(first.max(1)),
+            unanswered_since: parking_lot::Mutex::new(None),
         });
         let publisher = Publisher {
             context,
@@ -461,6 +465,10 @@ impl Publisher {
                 if self.resends.is_multiple_of(50) {
                     tracing::warn!(position, error = %e, attempts = self.resends + 1, "publish not acknowledged; publishing again");
                 }
+                self.shared
+                    .unanswered_since
+                    .lock()
+                    .get_or_insert_with(std::time::Instant::now);
                 self.resends += 1;
                 self.resend().await;
                 return Ok(());
@@ -482,10 +490,12 @@ impl Publisher {
                 }
             }
         }
+        let unanswered_since = self.shared.unanswered_since.lock().take();
         if self.resends > 0 {
             tracing::info!(
                 position,
                 attempts = self.resends + 1,
+                unanswered_for = ?unanswered_since.map(|since| since.elapsed()),
                 "publishes acknowledged again"
             );
             self.resends = 0;
@@ -773,6 +783,16 @@ impl Log for StreamLog {
     fn failure(&self) -> Option<String> {
         self.shared.failure.lock().clone()
     }
+
+    fn stalled(&self) -> Option<String> {
+        // No duration in the text: it is compared to tell a new stall from the same one.
+        self.shared.unanswered_since.lock().as_ref()?;
+        Some(format!(
+            "JetStream does not acknowledge entry {} (no stream leader, or a quorum of NATS \
+             servers out of reach); entries are published again until it does",
+            self.durable_through() + 1,
+        ))
+    }
 }
 
 impl Drop for StreamLog {
@@ -874,6 +894,45 @@ mod tests {
             payloads(&c),
             [b"a1".to_vec(), b"a2".to_vec(), b"c1".to_vec()]
         );
+    }
+
+    /// Without a quorum of NATS servers nothing is acknowledged and the log says it is stalled
+    /// (health reports it), without failing; once the servers are back it catches up and the
+    /// stall clears.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_without_its_quorum_says_it_is_stalled_until_the_quorum_returns() {
+        let Some(mut cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let log = Arc::new(StreamLog::open(&options(&cluster, "stall")).expect("open"));
+        let first = log.append(b"before").expect("append");
+        log.sync_through(first).await.expect("stored");
+        assert_eq!(log.stalled(), None);
+        cluster.kill(1);
+        cluster.kill(2);
+        let waiting = log.append(b"during").expect("append");
+        let stalled = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(why) = log.stalled() {
+                    return why;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the log reports the stall");
+        assert!(stalled.contains(&format!("entry {waiting}")), "{stalled}");
+        assert_eq!(log.failure(), None, "a stall is not a failure");
+        assert!(log.durable_through() < waiting);
+        cluster.start_node(1);
+        cluster.start_node(2);
+        tokio::time::timeout(Duration::from_secs(60), log.sync_through(waiting))
+            .await
+            .expect("acknowledged once the quorum is back")
+            .expect("stored");
+        assert_eq!(log.stalled(), None);
+        let payloads = payloads(&log);
+        assert_eq!(payloads, [b"before".to_vec(), b"during".to_vec()]);
     }
 
     /// Pipelined writers keep writing while the stream's leader is killed: every acknowledged

@@ -83,4 +83,10 @@ pub trait Log: Send + Sync + Debug {
 
     /// Why the log refuses appends, if it does.
     fn failure(&self) -> Option<String>;
+
+    /// Why appended entries are waiting to become durable without the log having failed (a
+    /// replicated log out of reach of its quorum), if they are.
+    fn stalled(&self) -> Option<String> {
+        None
+    }
 }
