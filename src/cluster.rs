@@ -9,9 +9,14 @@
 //! writer whose view of the stream is stale cannot append, and every entry was decided on the
 //! state that all entries before it fold into. Which arbiter that is, the [`WriterLease`]
 //! decides; the others stand by until its holder stops refreshing it.
+//!
+//! Beside the stream, two JetStream object stores: the [`SnapshotBucket`] (snapshots of the
+//! store, so that the stream can be trimmed and a new node starts from the newest) and the
+//! [`ArtifactBucket`] (every model artifact, so that any node serves any version).
 
 pub mod artifact_bucket;
 pub mod lease;
+pub mod snapshot_bucket;
 pub mod stream_log;
 
 /// Real NATS clusters for tests.
@@ -24,6 +29,7 @@ use std::time::Duration;
 
 pub use artifact_bucket::ArtifactBucket;
 pub use lease::WriterLease;
+pub use snapshot_bucket::SnapshotBucket;
 pub use stream_log::StreamLog;
 
 use crate::storage::StorageError;
@@ -49,6 +55,9 @@ pub struct ClusterOptions {
     /// How long the writer's lease lasts without a refresh: a standby takes over at most this
     /// long after the writer stops.
     pub lease_ttl: Duration,
+    /// How often the writer stores a snapshot of the store in the snapshot bucket and trims the
+    /// stream below it (`None`: never).
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -63,6 +72,7 @@ impl ClusterOptions {
             tls_client: None,
             ack_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(5),
+            snapshot_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -117,6 +127,11 @@ impl ClusterOptions {
     /// The object store holding the model artifacts.
     pub fn artifact_bucket(&self) -> String {
         format!("ARBITER_{}_artifacts", self.name)
+    }
+
+    /// The object store holding snapshots of the store.
+    pub fn snapshot_bucket(&self) -> String {
+        format!("ARBITER_{}_snapshots", self.name)
     }
 
     /// The subject every log entry is published on.

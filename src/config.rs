@@ -615,6 +615,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_CLUSTER_LEASE_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_lease_secs: u64,
+    /// Seconds between snapshots of the store in the cluster's object store; the stream is
+    /// trimmed below each, and a node without a store starts from the newest. 0: never (the
+    /// stream then grows for ever).
+    #[arg(long, env = "ARBITER_CLUSTER_SNAPSHOT_SECS", default_value_t = 60)]
+    pub cluster_snapshot_secs: u64,
     /// NATS credentials file (JWT and NKey seed) for cluster mode.
     #[arg(long, env = "ARBITER_CLUSTER_CREDENTIALS")]
     pub cluster_credentials: Option<PathBuf>,
@@ -698,6 +703,7 @@ pub struct FileConfig {
     cluster_name: Option<String>,
     cluster_replicas: Option<usize>,
     cluster_lease_secs: Option<u64>,
+    cluster_snapshot_secs: Option<u64>,
     cluster_credentials: Option<PathBuf>,
     cluster_tls_ca: Option<PathBuf>,
     cluster_tls_cert: Option<PathBuf>,
@@ -822,6 +828,7 @@ impl ServeArgs {
         take!(cluster_name);
         take!(cluster_replicas);
         take!(cluster_lease_secs);
+        take!(cluster_snapshot_secs);
         if let Some(servers) = file.cluster {
             if self.cluster.is_empty() {
                 self.cluster = servers;
@@ -921,6 +928,10 @@ impl ServeArgs {
             lines.push(format!("cluster-name = {:?}", self.cluster_name));
             lines.push(format!("cluster-replicas = {}", self.cluster_replicas));
             lines.push(format!("cluster-lease-secs = {}", self.cluster_lease_secs));
+            lines.push(format!(
+                "cluster-snapshot-secs = {}",
+                self.cluster_snapshot_secs
+            ));
             for (key, path) in [
                 ("cluster-credentials", &self.cluster_credentials),
                 ("cluster-tls-ca", &self.cluster_tls_ca),
@@ -951,6 +962,8 @@ impl ServeArgs {
         let mut options = ClusterOptions::new(self.cluster.clone(), &self.cluster_name);
         options.replicas = self.cluster_replicas;
         options.lease_ttl = std::time::Duration::from_secs(self.cluster_lease_secs);
+        options.snapshot_interval = (self.cluster_snapshot_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.cluster_snapshot_secs));
         options.credentials = self.cluster_credentials.clone();
         options.tls_ca = self.cluster_tls_ca.clone();
         options.tls_client = self

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
-use crate::cluster::{ArtifactBucket, ClusterOptions, StreamLog, WriterLease};
+use crate::cluster::{ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, WriterLease};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
@@ -21,6 +21,7 @@ use crate::storage::{Storage, StorageError};
 
 mod connection;
 pub mod security;
+mod snapshots;
 
 pub use security::{SecurityConfig, TlsFiles};
 
@@ -108,16 +109,24 @@ pub enum ServerError {
     ShutdownTimeout(Duration),
 }
 
+/// Cluster mode's log and the snapshots kept beside it.
+type Replicated = (Arc<StreamLog>, Arc<SnapshotBucket>);
+
 /// Opens the storage `config` asks for: the data directory's own journal, or in cluster mode
-/// the JetStream stream, folded into the data directory's store.
-async fn open_storage(config: &ServerConfig) -> Result<Storage, StorageError> {
+/// the JetStream stream (and its snapshot bucket), folded into the data directory's store.
+async fn open_storage(
+    config: &ServerConfig,
+) -> Result<(Storage, Option<Replicated>), StorageError> {
     let Some(cluster) = config.cluster.clone() else {
-        return crate::state::open_storage(&config.data_dir);
+        return crate::state::open_storage(&config.data_dir).map(|storage| (storage, None));
     };
     let data_dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || {
         let log = Arc::new(StreamLog::open(&cluster)?);
-        Storage::open_on_log(&data_dir, log, &crate::state::Fold)
+        let bucket = Arc::new(SnapshotBucket::open(&cluster)?);
+        let storage =
+            Storage::open_on_log(&data_dir, log.clone(), &crate::state::Fold, Some(&*bucket))?;
+        Ok((storage, Some((log, bucket))))
     })
     .await
     .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
@@ -188,7 +197,8 @@ pub async fn run(
         }
         None => None,
     };
-    let storage = Arc::new(open_storage(&config).await?);
+    let (storage, replicated) = open_storage(&config).await?;
+    let storage = Arc::new(storage);
     let audit = Arc::new(AuditLog::open(&storage)?);
     let artifact_bucket = match &config.cluster {
         Some(cluster) => {
@@ -231,6 +241,16 @@ pub async fn run(
         health_reporter.clone(),
         stopped.clone(),
     ))];
+    let snapshot_interval = config.cluster.as_ref().and_then(|c| c.snapshot_interval);
+    if let (Some((log, bucket)), Some(every)) = (replicated, snapshot_interval) {
+        tasks.push(tokio::spawn(snapshots::keep_snapshots(
+            Arc::downgrade(&storage),
+            log,
+            bucket,
+            every,
+            stopped.clone(),
+        )));
+    }
     if config.cluster.is_some() {
         let registry = registry.clone();
         let mut stopping = stopped.clone();

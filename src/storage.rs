@@ -154,13 +154,49 @@ impl Storage {
 
     /// Opens the store of `data_dir` over `log`, an ordered log kept outside the data directory
     /// (cluster mode's replicated stream): replays what the engine lacks from it. A data
-    /// directory without a store gets one made from the whole log, refused when the log no
-    /// longer reaches back to its beginning.
-    pub fn open_on_log(data_dir: &Path, log: Arc<dyn Log>, fold: &dyn CommandFold) -> Result<Self> {
+    /// directory without a store gets one made from the newest of `snapshots` (kept beside the
+    /// log) and the log after it, or from the whole log. The store here is only a copy of the
+    /// log's fold: one the log has been trimmed past (a node that was away while snapshots
+    /// moved on) is replaced the same way. Refused when the log does not reach back to what
+    /// the store or snapshot needs.
+    pub fn open_on_log(
+        data_dir: &Path,
+        log: Arc<dyn Log>,
+        fold: &dyn CommandFold,
+        snapshots: Option<&dyn SnapshotStore>,
+    ) -> Result<Self> {
         let registered = Self::claim(data_dir)?;
         let store_path = data_dir.join(STORE_FILE);
+        if store_path.exists() && snapshots.is_some() {
+            let stamp = {
+                let engine = redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?;
+                read_u64(&engine, keys::LOG_STAMP)?
+            };
+            // Only a store behind the log's start: one ahead of its end is refused below.
+            let first = log.first_position();
+            if stamp.saturating_add(1) < first {
+                tracing::warn!(
+                    store_through = stamp,
+                    log_from = first,
+                    "the log was trimmed past this node's store; replacing it from the newest snapshot"
+                );
+                std::fs::remove_file(&store_path).map_err(|source| StorageError::Io {
+                    context: format!("removing {}", store_path.display()),
+                    source,
+                })?;
+                sync_dir(data_dir)?;
+            }
+        }
         if !store_path.exists() {
-            snapshot_store::check_log_reaches(&*log, 0, "a new store")?;
+            let restored = match snapshots {
+                Some(snapshots) => {
+                    snapshot_store::restore(&store_path, snapshots, &*log, CACHE_BYTES)?
+                }
+                None => false,
+            };
+            if !restored {
+                snapshot_store::check_log_reaches(&*log, 0, "a new store")?;
+            }
         }
         let engine: Arc<dyn Engine> =
             Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);

@@ -467,3 +467,101 @@ async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers()
         RESULTS_PER_BATCH as u64
     );
 }
+
+/// The stream's first and last sequence.
+async fn stream_bounds(url: &str, stream: &str) -> (u64, u64) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream
+        .get_stream(stream)
+        .await
+        .expect("the log's stream");
+    let state = stream.info().await.expect("stream info").state.clone();
+    (state.first_sequence, state.last_sequence)
+}
+
+/// With snapshots beside the stream, the writer trims the stream; a node whose store the
+/// stream was trimmed past (it was away) replaces its store from the newest snapshot, and a
+/// node on an empty disk starts from it: both show the same figures and know every result id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_start_from_the_snapshot_beside_a_trimmed_stream() {
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = nats.urls();
+    let mut flags = cluster_flags(&urls, "snap").to_vec();
+    flags.extend(["--cluster-snapshot-secs", "1"]);
+    let disks: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let first = spawn_binary_with(disks[0].path(), &flags);
+    let models = register_models(&mut first.registry().await, 2).await;
+    first
+        .experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create the test");
+    let batches: Vec<pb::ResultBatch> = (0..15).map(|b| batch(b, &models)).collect();
+    ingest(&mut first.allocator().await, batches[..5].to_vec())
+        .await
+        .expect("acknowledged");
+    let (_, left_at) = stream_bounds(&nats.url(0), "ARBITER_snap").await;
+    // The first node goes away with its store as it is.
+    first.signal("-KILL");
+    first.wait().await;
+
+    let second = spawn_standby(disks[1].path(), &flags);
+    let second = tokio::time::timeout(std::time::Duration::from_secs(60), second)
+        .await
+        .expect("the standby took over")
+        .expect("standby");
+    for sent in &batches[5..] {
+        ingest(&mut second.allocator().await, vec![sent.clone()])
+            .await
+            .expect("acknowledged");
+    }
+    // Snapshots every second move the stream's start past everything the first node holds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (from, _) = stream_bounds(&nats.url(0), "ARBITER_snap").await;
+        if from > left_at + 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream was not trimmed past position {left_at} (it starts at {from})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let figures_before = figures(&second).await;
+    assert_eq!(
+        figures_before.iter().map(|f| f.1).sum::<u64>(),
+        15 * RESULTS_PER_BATCH as u64
+    );
+    let audit_before = audit(&second).await;
+    second.signal("-KILL");
+    second.wait().await;
+
+    for disk in [&disks[0], &disks[2]] {
+        let node = spawn_standby(disk.path(), &flags);
+        let node = tokio::time::timeout(std::time::Duration::from_secs(60), node)
+            .await
+            .expect("took over")
+            .expect("node");
+        assert_eq!(figures(&node).await, figures_before);
+        assert_eq!(audit(&node).await, audit_before);
+        let acks = ingest(&mut node.allocator().await, batches.clone())
+            .await
+            .expect("resent");
+        assert!(
+            acks.iter()
+                .all(|a| a.duplicates as usize == RESULTS_PER_BATCH && a.accepted == 0),
+            "{acks:?}"
+        );
+        node.signal("-TERM");
+        assert_eq!(node.wait().await.code(), Some(0));
+    }
+    let replaced = disks[0].path().join("store.redb");
+    assert!(replaced.exists());
+}

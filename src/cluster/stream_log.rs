@@ -18,8 +18,9 @@
 //! Any other refusal fails the log. While no NATS server answers, entries wait (and so do their
 //! writers).
 //!
-//! The stream is never trimmed: a node whose store is lost, or a new one, rebuilds its state
-//! from the whole stream.
+//! **Trimming** waits for a snapshot beside the stream: [`Log::trim_before`] only records the
+//! owner's cut, and [`StreamLog::purge_before`] removes entries once a snapshot in the
+//! cluster's snapshot bucket holds what they fold into (never part of an entry).
 //!
 //! The log owns a small runtime for its NATS client, so that its blocking calls
 //! ([`Log::read_from`], [`Log::seal`], …) work from any thread, inside a runtime or not.
@@ -83,6 +84,10 @@ struct Shared {
     first: AtomicU64,
     /// The largest entry the NATS servers take.
     max_entry: usize,
+    /// The owner's newest cut ([`Log::trim_before`]): every entry below it is folded into the
+    /// writer's store. Entries leave the stream only below a snapshot beside it
+    /// ([`StreamLog::purge_before`]).
+    folded_below: AtomicU64,
     /// Since when the oldest unacknowledged entry has gone unanswered (none: acknowledgements
     /// come).
     unanswered_since: parking_lot::Mutex<Option<std::time::Instant>>,
@@ -219,6 +224,7 @@ impl StreamLog {
             failure: parking_lot::Mutex::new(None),
             first: AtomicU64::new(first.max(1)),
             unanswered_since: parking_lot::Mutex::new(None),
+            folded_below: AtomicU64::new(0),
         });
         let publisher = Publisher {
             context,
@@ -241,6 +247,47 @@ impl StreamLog {
             description: options.stream_name(),
             runtime: Some(runtime),
         })
+    }
+
+    /// The owner's newest cut: every entry below it is folded into this writer's store (so a
+    /// snapshot of the store taken after reading it holds them all).
+    pub fn folded_below(&self) -> u64 {
+        self.shared.folded_below.load(Ordering::Acquire)
+    }
+
+    /// Removes the entries below `cut` from the stream (moved back to the first part of an
+    /// entry it would split); returns the stream's new first position. The caller has a
+    /// snapshot beside the stream that holds what they fold into. Blocking.
+    pub fn purge_before(&self, cut: u64) -> Result<u64> {
+        let first = self.first_position();
+        let cut = cut.min(self.durable_through() + 1);
+        if cut <= first {
+            return Ok(first);
+        }
+        let stream = self.stream.clone();
+        let (first, _) = wait_on(self.runtime(), async move {
+            let cut = match stream.get_raw_message(cut).await {
+                Ok(message) => {
+                    let headers = Some(&message.headers);
+                    let part = parts::Message::new(headers, Vec::new());
+                    parts::group_start(cut, &part)
+                }
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => cut,
+                Err(e) => return Err(replicated("reading the stream before trimming it", e)),
+            };
+            stream
+                .purge()
+                .sequence(cut)
+                .await
+                .map_err(|e| replicated("trimming the stream", e))?;
+            let info = stream
+                .get_info()
+                .await
+                .map_err(|e| replicated("reading the stream's state", e))?;
+            Ok((info.state.first_sequence, info.state.last_sequence))
+        })?;
+        self.shared.first.fetch_max(first.max(1), Ordering::AcqRel);
+        Ok(self.first_position())
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -776,7 +823,10 @@ impl Log for StreamLog {
 
     /// Keeps every entry: the stream is the only copy of the log a node whose store is lost
     /// (or a new node) can rebuild from, until snapshots are kept beside it.
-    fn trim_before(&self, _cut: u64) -> Result<()> {
+    /// Only remembers the cut: the stream is every node's log, so entries leave it only once a
+    /// snapshot beside it holds what they fold into ([`StreamLog::purge_before`]).
+    fn trim_before(&self, cut: u64) -> Result<()> {
+        self.shared.folded_below.fetch_max(cut, Ordering::AcqRel);
         Ok(())
     }
 

@@ -129,40 +129,46 @@ impl DirSnapshots {
     /// The snapshot in `path`, whose name gives `named` as its position.
     fn read(named: u64, path: &Path) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        if bytes.len() < HEADER + 32 || &bytes[..MAGIC.len()] != MAGIC {
-            return Err("not a snapshot".into());
-        }
-        let (body, digest) = bytes.split_at(bytes.len() - 32);
-        if Sha256::digest(body).as_slice() != digest {
-            return Err("its SHA-256 does not match its contents".into());
-        }
-        let word = |i: usize| {
-            let at = MAGIC.len() + 8 * i;
-            u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
-        };
-        let meta = SnapshotMeta {
-            position: word(0),
-            seq: word(1),
-            entries: word(2),
-        };
-        if named != meta.position {
-            return Err(format!(
-                "it holds the store at position {}, not the one its name gives",
-                meta.position
-            ));
-        }
-        let mut r = ByteReader::new(&body[HEADER..]);
-        // An entry takes at least two bytes: a count beyond that is refused below, unallocated.
-        let capacity = meta.entries.min((body.len() / 2) as u64);
-        let mut entries = Vec::with_capacity(capacity as usize);
-        for _ in 0..meta.entries {
-            let key = r.bytes("key")?.to_vec();
-            let value = r.bytes("value")?.to_vec();
-            entries.push((key, value));
-        }
-        r.finish()?;
-        Ok((meta, entries))
+        decode(named, &bytes)
     }
+}
+
+/// The snapshot encoded in `bytes` (see [`DirSnapshots`] for the format), whose name gives
+/// `named` as its position.
+pub fn decode(named: u64, bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
+    if bytes.len() < HEADER + 32 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a snapshot".into());
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err("its SHA-256 does not match its contents".into());
+    }
+    let word = |i: usize| {
+        let at = MAGIC.len() + 8 * i;
+        u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
+    };
+    let meta = SnapshotMeta {
+        position: word(0),
+        seq: word(1),
+        entries: word(2),
+    };
+    if named != meta.position {
+        return Err(format!(
+            "it holds the store at position {}, not the one its name gives",
+            meta.position
+        ));
+    }
+    let mut r = ByteReader::new(&body[HEADER..]);
+    // An entry takes at least two bytes: a count beyond that is refused below, unallocated.
+    let capacity = meta.entries.min((body.len() / 2) as u64);
+    let mut entries = Vec::with_capacity(capacity as usize);
+    for _ in 0..meta.entries {
+        let key = r.bytes("key")?.to_vec();
+        let value = r.bytes("value")?.to_vec();
+        entries.push((key, value));
+    }
+    r.finish()?;
+    Ok((meta, entries))
 }
 
 /// Writes the file of a snapshot to `tmp` and syncs it; returns its entry count.
@@ -172,6 +178,26 @@ fn write_snapshot(
     entries: &mut dyn Iterator<Item = Result<Entry>>,
 ) -> Result<u64> {
     let context = || format!("writing snapshot {}", tmp.display());
+    let file = std::fs::File::create(tmp).map_err(io(context()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let count = encode(at, entries, &mut out).map_err(|e| match e {
+        StorageError::Io { source, .. } => io(context())(source),
+        other => other,
+    })?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io(context())(e.into_error()))?;
+    file.sync_all().map_err(io(context()))?;
+    Ok(count)
+}
+
+/// Encodes the snapshot `at` of `entries` (in key order) into `out` (see [`DirSnapshots`] for
+/// the format); returns its entry count.
+pub fn encode(
+    at: &SnapshotMeta,
+    entries: &mut dyn Iterator<Item = Result<Entry>>,
+    out: &mut dyn Write,
+) -> Result<u64> {
     // The count precedes the entries, so they are encoded first.
     let mut body = Vec::new();
     let mut count = 0u64;
@@ -190,16 +216,10 @@ fn write_snapshot(
     let mut hash = Sha256::new();
     hash.update(&header);
     hash.update(&body);
-    let file = std::fs::File::create(tmp).map_err(io(context()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(&header)
         .and_then(|()| out.write_all(&body))
         .and_then(|()| out.write_all(&hash.finalize()))
-        .map_err(io(context()))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io(context())(e.into_error()))?;
-    file.sync_all().map_err(io(context()))?;
+        .map_err(io("encoding a snapshot".into()))?;
     Ok(count)
 }
 
@@ -355,8 +375,8 @@ mod tests {
     impl SnapshotHarness for DirHarness {
         type Store = DirSnapshots;
 
-        fn new() -> Self {
-            Self(tempfile::tempdir().expect("tempdir"))
+        fn new() -> Option<Self> {
+            Some(Self(tempfile::tempdir().expect("tempdir")))
         }
 
         fn open(&self) -> DirSnapshots {
