@@ -417,7 +417,36 @@ async fn open_stream(context: &Context, options: &ClusterOptions) -> Result<Stre
             config.name, config.subjects[0], found.subjects
         )));
     }
+    if let Some(limit) = dropping_limit(found) {
+        return Err(StorageError::Replicated(format!(
+            "stream {} has {limit}, under which JetStream removes log entries on its own; \
+             remove it (arbiter trims the stream itself, below its snapshots)",
+            config.name
+        )));
+    }
     Ok(stream)
+}
+
+/// A setting of a stream's configuration under which JetStream removes entries by itself
+/// (the log would lose acknowledged entries no snapshot holds yet), if it has one.
+fn dropping_limit(config: &Config) -> Option<String> {
+    use async_nats::jetstream::stream::RetentionPolicy;
+    if !config.max_age.is_zero() {
+        return Some(format!("a maximum age ({:?})", config.max_age));
+    }
+    for (what, value) in [
+        ("max_msgs", config.max_messages),
+        ("max_bytes", config.max_bytes),
+        ("max_msgs_per_subject", config.max_messages_per_subject),
+    ] {
+        if value > 0 {
+            return Some(format!("a limit {what} = {value}"));
+        }
+    }
+    if config.retention != RetentionPolicy::Limits {
+        return Some(format!("retention {:?}", config.retention));
+    }
+    None
 }
 
 /// A publish acknowledgement being awaited.
@@ -949,6 +978,61 @@ mod tests {
     /// Without a quorum of NATS servers nothing is acknowledged and the log says it is stalled
     /// (health reports it), without failing; once the servers are back it catches up and the
     /// stall clears.
+    #[test]
+    fn limits_under_which_jetstream_drops_entries_are_named() {
+        use async_nats::jetstream::stream::RetentionPolicy;
+        let ok = Config {
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        };
+        assert_eq!(dropping_limit(&ok), None);
+        assert_eq!(dropping_limit(&Config::default()), None);
+        let aged = Config {
+            max_age: Duration::from_secs(3600),
+            ..ok.clone()
+        };
+        assert!(dropping_limit(&aged).unwrap().contains("maximum age"));
+        let counted = Config {
+            max_messages: 1_000_000,
+            ..ok.clone()
+        };
+        assert!(dropping_limit(&counted)
+            .unwrap()
+            .contains("max_msgs = 1000000"));
+        let queue = Config {
+            retention: RetentionPolicy::WorkQueue,
+            ..ok
+        };
+        assert!(dropping_limit(&queue).unwrap().contains("WorkQueue"));
+    }
+
+    /// A stream someone created with limits is refused by name: JetStream would drop entries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_with_limits_that_drop_entries_is_refused() {
+        let Some(cluster) = NatsCluster::start(1) else {
+            return;
+        };
+        let mut options = options(&cluster, "limited");
+        options.replicas = 1;
+        let client = async_nats::connect(cluster.url(0)).await.expect("connect");
+        async_nats::jetstream::new(client)
+            .create_stream(Config {
+                name: options.stream_name(),
+                subjects: vec![options.log_subject()],
+                max_age: Duration::from_secs(86_400),
+                ..Default::default()
+            })
+            .await
+            .expect("create the stream");
+        let refused = tokio::task::spawn_blocking(move || StreamLog::open(&options))
+            .await
+            .expect("open");
+        let error = refused.expect_err("refused").to_string();
+        assert!(error.contains("maximum age"), "{error}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_without_its_quorum_says_it_is_stalled_until_the_quorum_returns() {
         let Some(mut cluster) = NatsCluster::start(3) else {
