@@ -169,6 +169,30 @@ impl NatsCluster {
         }
     }
 
+    /// Whether node `i` runs (it may be stopped by SIGSTOP).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Stops node `i` with SIGTERM (a clean shutdown) and reaps it; SIGKILL after 10 s.
+    pub(crate) fn terminate(&mut self, i: usize) {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+    }
+
     /// Sends `signal` (by name, as `kill -s` takes it: STOP, CONT, TERM) to node `i`.
     pub(crate) fn signal(&self, i: usize, signal: &str) {
         if let Some(child) = &self.nodes[i].child {
