@@ -34,6 +34,29 @@ pub use stream_log::StreamLog;
 
 use crate::storage::StorageError;
 
+/// Refuses the object store `bucket` when its stream has a limit under which JetStream removes
+/// objects by itself.
+async fn check_bucket_limits(
+    context: &async_nats::jetstream::Context,
+    bucket: &str,
+) -> Result<(), StorageError> {
+    let mut stream = context
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|e| StorageError::Replicated(format!("reading bucket {bucket}: {e}")))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| StorageError::Replicated(format!("reading bucket {bucket}: {e}")))?;
+    match stream_log::dropping_limit(&info.config) {
+        Some(limit) => Err(StorageError::Replicated(format!(
+            "object store {bucket} has {limit}, under which JetStream removes what arbiter \
+             stored in it; remove it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Where the replicated log is and how to reach it.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

@@ -132,6 +132,20 @@ async fn open_storage(
     .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
 }
 
+/// Resolves with why the log failed, once it has (never for a log that does not, or once the
+/// storage is gone).
+async fn log_failure(storage: std::sync::Weak<Storage>) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(storage) = storage.upgrade() else {
+            return std::future::pending().await;
+        };
+        if let Some(why) = storage.log().failure() {
+            return why;
+        }
+    }
+}
+
 /// Cluster mode, while serving: removes objects a crash left in the artifact bucket without a
 /// version, and fetches the artifacts this node's disk lacks.
 async fn prepare_artifacts(registry: &Registry) {
@@ -233,6 +247,8 @@ pub async fn run(
     report_serving(&health_reporter).await;
     // The server's own background tasks end on this signal and are awaited at shutdown.
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
+    let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
     // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
     let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
     let mut tasks = vec![tokio::spawn(watch_storage(
@@ -248,6 +264,7 @@ pub async fn run(
             log,
             bucket,
             every,
+            lease_lost.clone(),
             stopped.clone(),
         )));
     }
@@ -280,16 +297,23 @@ pub async fn run(
         .map(|accepted| accepted.map(connection::LoggedConnection::new));
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
-    // A lost lease drains and stops the server like a signal, then fails it.
-    let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
+    // A lost lease drains and stops the server like a signal, then fails it. So does a failed
+    // replicated log (another writer's entry where this one's belonged): it refuses every write
+    // until reopened, so the lease is handed back for a standby (or this arbiter, restarted).
     let lease_keeper = lease.map(|mut lease| {
         let mut stopping = stop_tasks.subscribe();
+        let storage = Arc::downgrade(&storage);
         tokio::spawn(async move {
             tokio::select! {
                 why = lease.keep(&lease_unreachable_tx) => {
                     tracing::error!(reason = %why, "lost the writer lease");
                     lease_lost_tx.send_replace(Some(why));
                     None
+                }
+                why = log_failure(storage) => {
+                    tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
+                    lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
+                    Some(lease)
                 }
                 _ = stopping.wait_for(|&stop| stop) => Some(lease),
             }

@@ -180,8 +180,10 @@ impl Storage {
                     log_from = first,
                     "the log was trimmed past this node's store; replacing it from the newest snapshot"
                 );
-                std::fs::remove_file(&store_path).map_err(|source| StorageError::Io {
-                    context: format!("removing {}", store_path.display()),
+                // Kept aside until the next replacement, in case the restore cannot be done.
+                let aside = data_dir.join(format!("{STORE_FILE}.stale"));
+                std::fs::rename(&store_path, &aside).map_err(|source| StorageError::Io {
+                    context: format!("moving {} aside", store_path.display()),
                     source,
                 })?;
                 sync_dir(data_dir)?;
@@ -214,6 +216,9 @@ impl Storage {
             });
         }
         let entries = log.read_from(0)?;
+        // The log may have been trimmed while it was read (a writer that has not yet noticed
+        // it lost the lease): the read must still have begun right after the store's stamp.
+        snapshot_store::check_log_reaches(&*log, stamp, "this node's store")?;
         Self::assemble(data_dir, registered, engine, log, entries, fold)
     }
 

@@ -58,7 +58,10 @@ impl ArtifactBucket {
                 Err(_) => context.create_object_store(config.clone()).await,
             };
             match store {
-                Ok(store) => return Ok(ArtifactBucket { store, bucket }),
+                Ok(store) => {
+                    super::check_bucket_limits(&context, &bucket).await?;
+                    return Ok(ArtifactBucket { store, bucket });
+                }
                 Err(e) if started.elapsed() >= OPEN_TIMEOUT => {
                     return Err(StorageError::Replicated(format!(
                         "opening the artifact bucket {bucket}: {e}"

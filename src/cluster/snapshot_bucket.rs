@@ -87,7 +87,10 @@ impl SnapshotBucket {
                     Err(_) => context.create_object_store(config.clone()).await,
                 };
                 match store {
-                    Ok(store) => return Ok(store),
+                    Ok(store) => {
+                        super::check_bucket_limits(&context, &name).await?;
+                        return Ok(store);
+                    }
                     Err(e) if started.elapsed() >= OPEN_TIMEOUT => {
                         return Err(replicated(
                             &format!("opening the snapshot bucket {name}"),
@@ -139,22 +142,45 @@ impl SnapshotBucket {
         Ok(positions)
     }
 
-    /// The snapshot at `position`: `Err` says why it does not read back.
-    fn read(&self, position: u64) -> std::result::Result<(SnapshotMeta, Vec<Entry>), String> {
-        let store = self.store.clone();
-        let bytes = wait_on(self.runtime(), async move {
-            let mut object = store
-                .get(object_name(position))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut bytes = Vec::new();
-            object
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(bytes)
-        })?;
-        snapshot_store::decode(position, &bytes)
+    /// The snapshot at `position`: the inner `Err` says why it does not read back (damaged),
+    /// the outer one that the bucket could not be read (it is not skipped for an older one:
+    /// the stream may have been trimmed for this one).
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &self,
+        position: u64,
+    ) -> Result<std::result::Result<(SnapshotMeta, Vec<Entry>), String>> {
+        let mut attempts = 0;
+        let bytes = loop {
+            let store = self.store.clone();
+            let fetched = wait_on(self.runtime(), async move {
+                let mut object = store
+                    .get(object_name(position))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut bytes = Vec::new();
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(bytes)
+            });
+            match fetched {
+                Ok(bytes) => break bytes,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::warn!(bucket = %self.bucket, position, error = %e, "reading a snapshot failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(replicated(
+                        &format!("reading the snapshot at {position}"),
+                        e,
+                    ))
+                }
+            }
+        };
+        Ok(snapshot_store::decode(position, &bytes))
     }
 
     fn delete(&self, position: u64) -> Result<()> {
@@ -202,7 +228,7 @@ impl SnapshotStore for SnapshotBucket {
 
     fn latest(&self) -> Result<Option<(SnapshotMeta, Vec<Entry>)>> {
         for position in self.positions()?.into_iter().rev() {
-            match self.read(position) {
+            match self.read(position)? {
                 Ok(snapshot) => return Ok(Some(snapshot)),
                 Err(why) => {
                     tracing::warn!(bucket = %self.bucket, position, %why, "skipping a snapshot that does not read back")
@@ -220,7 +246,7 @@ impl SnapshotStore for SnapshotBucket {
         let mut oldest_kept = positions.len();
         if keep > 0 {
             for (i, &position) in positions.iter().enumerate().rev() {
-                if self.read(position).is_ok() {
+                if self.read(position)?.is_ok() {
                     good += 1;
                     oldest_kept = i;
                     if good == keep {

@@ -42,6 +42,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
+mod chain;
 mod parts;
 
 use super::ClusterOptions;
@@ -69,6 +70,8 @@ struct Unacked {
     payload: Bytes,
     /// Part `i` of `k` of a larger entry ([`parts`]).
     part: Option<(usize, usize)>,
+    /// This writer's first message ([`chain`]), before its first entry.
+    marker: bool,
 }
 
 /// What appenders share with the publishing task.
@@ -84,6 +87,8 @@ struct Shared {
     first: AtomicU64,
     /// The largest entry the NATS servers take.
     max_entry: usize,
+    /// Whether this writer's marker ([`chain`]) is queued.
+    marked: std::sync::atomic::AtomicBool,
     /// The owner's newest cut ([`Log::trim_before`]): every entry below it is folded into the
     /// writer's store. Entries leave the stream only below a snapshot beside it
     /// ([`StreamLog::purge_before`]).
@@ -223,6 +228,7 @@ impl StreamLog {
             durable: watch::channel(last).0,
             failure: parking_lot::Mutex::new(None),
             first: AtomicU64::new(first.max(1)),
+            marked: std::sync::atomic::AtomicBool::new(false),
             unanswered_since: parking_lot::Mutex::new(None),
             folded_below: AtomicU64::new(0),
         });
@@ -361,6 +367,13 @@ impl StreamLog {
                 let group_start = parts::group_start(position, message);
                 fill_gaps(&stream, group_start, position, &mut read, false).await?;
             }
+            let stale = chain::drop_stale(&mut read);
+            if stale > 0 {
+                tracing::warn!(
+                    stale,
+                    "skipped entries a paused writer published after another took over"
+                );
+            }
             let (entries, dropped) = parts::assemble(read);
             if dropped > 0 {
                 tracing::warn!(
@@ -429,7 +442,7 @@ async fn open_stream(context: &Context, options: &ClusterOptions) -> Result<Stre
 
 /// A setting of a stream's configuration under which JetStream removes entries by itself
 /// (the log would lose acknowledged entries no snapshot holds yet), if it has one.
-fn dropping_limit(config: &Config) -> Option<String> {
+pub(super) fn dropping_limit(config: &Config) -> Option<String> {
     use async_nats::jetstream::stream::RetentionPolicy;
     if !config.max_age.is_zero() {
         return Some(format!("a maximum age ({:?})", config.max_age));
@@ -511,6 +524,9 @@ impl Publisher {
             .expected_last_sequence(entry.position - 1);
         if let Some((i, k)) = entry.part {
             publish = publish.header(parts::HEADER, parts::header(i, k).as_str());
+        }
+        if entry.marker {
+            publish = publish.header(chain::MARKER, "1");
         }
         send(self.context.clone(), self.subject.clone(), publish)
     }
@@ -729,6 +745,20 @@ impl Log for StreamLog {
         }
         let k = chunks.len();
         let mut writer = self.shared.writer.lock();
+        // A writer's first message says that its entries follow from here on.
+        if !self.shared.marked.swap(true, Ordering::AcqRel) {
+            let position = writer.next;
+            writer
+                .queue
+                .send(Unacked {
+                    position,
+                    payload: Bytes::new(),
+                    part: None,
+                    marker: true,
+                })
+                .map_err(|_| self.shared.failed().unwrap_or(StorageError::Closed))?;
+            writer.next += 1;
+        }
         for (i, chunk) in chunks.into_iter().enumerate() {
             let position = writer.next;
             writer
@@ -737,6 +767,7 @@ impl Log for StreamLog {
                     position,
                     payload: Bytes::copy_from_slice(chunk),
                     part: (k > 1).then_some((i + 1, k)),
+                    marker: false,
                 })
                 .map_err(|_| self.shared.failed().unwrap_or(StorageError::Closed))?;
             writer.next += 1;
@@ -832,10 +863,17 @@ impl Log for StreamLog {
 
     /// Retried for up to [`READ_RETRY_LIMIT`] while the stream does not answer (a leader
     /// election, a server catching up after a restart).
+    /// Afterwards [`Log::first_position`] is the stream's first position as of the end of the
+    /// read: entries another arbiter trimmed meanwhile show there, so that a caller can tell
+    /// whether the read still began where it needed.
     fn read_from(&self, from: u64) -> Result<Vec<LogEntry>> {
         let deadline = std::time::Instant::now() + READ_RETRY_LIMIT;
         loop {
-            match self.read_once(from) {
+            match self.read_once(from).and_then(|entries| {
+                let (first, _) = self.bounds()?;
+                self.shared.first.fetch_max(first.max(1), Ordering::AcqRel);
+                Ok(entries)
+            }) {
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, from, "reading the log failed; retrying");
                     std::thread::sleep(Duration::from_millis(250));
@@ -978,6 +1016,51 @@ mod tests {
     /// Without a quorum of NATS servers nothing is acknowledged and the log says it is stalled
     /// (health reports it), without failing; once the servers are back it catches up and the
     /// stall clears.
+    /// A writer paused with an entry in flight while another took over: the entry can land
+    /// where the positions line up, after the new writer's, but no reader folds it; the new
+    /// writer's log fails at it (and its arbiter hands the lease back), and the next writer
+    /// goes on after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_writers_entry_stored_after_a_takeover_is_skipped_by_every_reader() {
+        let Some(cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let options = options(&cluster, "chain");
+        let open = |options: &ClusterOptions| {
+            let options = options.clone();
+            tokio::task::spawn_blocking(move || StreamLog::open(&options).expect("open"))
+        };
+        let first = open(&options).await.expect("open");
+        let a = first.append(b"a").expect("append");
+        first.sync_through(a).await.expect("stored");
+        let second = open(&options).await.expect("open");
+        let b = second.append(b"b").expect("append");
+        second.sync_through(b).await.expect("stored");
+        // What the first writer had in flight: its position is free, so the stream takes it.
+        let client = async_nats::connect(cluster.url(0)).await.expect("connect");
+        let stale = PublishMessage::build()
+            .payload(Bytes::from_static(b"stale"))
+            .message_id(format!("paused-writer:{}", b + 1))
+            .expected_last_sequence(b);
+        async_nats::jetstream::new(client)
+            .send_publish(options.log_subject(), stale)
+            .await
+            .expect("sent")
+            .await
+            .expect("the position was free");
+        let refused = second.append(b"b2").expect("append");
+        let error = second.sync_through(refused).await.expect_err("fenced");
+        assert!(error.to_string().contains("another writer"), "{error}");
+        let third = open(&options).await.expect("open");
+        assert_eq!(payloads(&third), [b"a".to_vec(), b"b".to_vec()]);
+        let c = third.append(b"c").expect("append");
+        third.sync_through(c).await.expect("stored");
+        assert_eq!(
+            payloads(&third),
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+    }
+
     #[test]
     fn limits_under_which_jetstream_drops_entries_are_named() {
         use async_nats::jetstream::stream::RetentionPolicy;
@@ -1141,9 +1224,10 @@ mod tests {
         );
         let stored = log.read_from(0).expect("read");
         let positions: Vec<u64> = stored.iter().map(|e| e.position).collect();
+        // Position 1 is the writer's marker.
         assert_eq!(
             positions,
-            (1..=positions.len() as u64).collect::<Vec<_>>(),
+            (2..=positions.len() as u64 + 1).collect::<Vec<_>>(),
             "one entry per position, no gaps"
         );
         let unique: std::collections::HashSet<&[u8]> =
@@ -1151,7 +1235,7 @@ mod tests {
         assert_eq!(unique.len(), stored.len(), "an entry stored twice");
         for (position, payload, _) in &acked {
             assert_eq!(
-                &stored[*position as usize - 1].payload,
+                &stored[*position as usize - 2].payload,
                 payload,
                 "acknowledged entry {position}"
             );
@@ -1170,13 +1254,14 @@ mod tests {
             log.append(&n.to_le_bytes()).expect("append");
         }
         log.sync_blocking().expect("stored");
-        for from in [0, 1, 150, 299, 300] {
+        // Position 1 is the writer's marker; the entries are at 2 to 301.
+        for from in [0, 1, 2, 151, 300, 301] {
             for _ in 0..40 {
                 let read = log.read_from(from).expect("read");
                 let positions: Vec<u64> = read.iter().map(|e| e.position).collect();
                 assert_eq!(
                     positions,
-                    (from.max(1)..=300).collect::<Vec<_>>(),
+                    (from.max(2)..=301).collect::<Vec<_>>(),
                     "from {from}"
                 );
             }
@@ -1199,7 +1284,11 @@ mod tests {
         let a = log.append(b"before").expect("append");
         let b = log.append(&big).expect("append the large entry");
         let c = log.append(b"after").expect("append");
-        assert_eq!((a, b, c), (1, 5, 6), "four parts take positions 2 to 5");
+        assert_eq!(
+            (a, b, c),
+            (2, 6, 7),
+            "after the writer's marker at 1, four parts take positions 3 to 6"
+        );
         log.sync_through(c).await.expect("stored");
         let expected = vec![
             LogEntry {
@@ -1216,7 +1305,7 @@ mod tests {
             },
         ];
         assert_eq!(log.read_from(0).expect("read"), expected);
-        for from in 2..=5 {
+        for from in 3..=6 {
             assert_eq!(
                 log.read_from(from).expect("read"),
                 expected[1..],
@@ -1228,7 +1317,7 @@ mod tests {
         assert_eq!(log.read_from(0).expect("read"), expected);
         // A part lost from the middle: the entry is incomplete, and skipped.
         let stream = log.stream.clone();
-        wait_on(log.runtime(), async move { stream.delete_message(3).await })
+        wait_on(log.runtime(), async move { stream.delete_message(4).await })
             .expect("remove a part");
         let read = log.read_from(0).expect("read");
         assert_eq!(read, [expected[0].clone(), expected[2].clone()]);

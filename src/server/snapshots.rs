@@ -7,19 +7,21 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::cluster::{SnapshotBucket, StreamLog};
-use crate::storage::{SnapshotStore, Storage, StorageError};
+use crate::storage::{Log, SnapshotStore, Storage, StorageError};
 
 /// Snapshots kept in the bucket (the newest that reads back serves a restore; the one before
 /// covers a damaged newest).
 const KEPT: usize = 2;
 
 /// Takes a snapshot every `every` while the store has changed since the last one, until
-/// `stopped`.
+/// `stopped` or this arbiter is `no_longer_writer`. A node that opens while a stale writer
+/// trims anyway refuses to start rather than miss entries (see `Storage::open_on_log`).
 pub(super) async fn keep_snapshots(
     storage: Weak<Storage>,
     log: Arc<StreamLog>,
     bucket: Arc<SnapshotBucket>,
     every: Duration,
+    mut no_longer_writer: tokio::sync::watch::Receiver<Option<String>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut snapshotted_through = None;
@@ -27,6 +29,8 @@ pub(super) async fn keep_snapshots(
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             _ = stopped.wait_for(|&stop| stop) => return,
+            // Another arbiter writes (or is about to): only the writer trims the stream.
+            _ = no_longer_writer.wait_for(Option::is_some) => return,
         }
         let Some(storage) = storage.upgrade() else {
             return;
@@ -63,6 +67,11 @@ fn snapshot_and_trim(
     // Read first: every entry below it is in the store, so in the snapshot taken after.
     let folded = log.folded_below();
     let meta = storage.put_snapshot(bucket)?;
+    if let Some(why) = log.failure() {
+        return Err(StorageError::Replicated(format!(
+            "not trimming the stream: {why}"
+        )));
+    }
     // A store entry at the snapshot's position is in it; one after it is not.
     let first = log.purge_before(folded.min(meta.position + 1))?;
     bucket.retain_newest(KEPT)?;

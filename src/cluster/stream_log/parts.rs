@@ -23,6 +23,10 @@ pub(super) struct Message {
     /// `Some((i, k))` for part `i` of `k`.
     pub(super) part: Option<(u32, u32)>,
     pub(super) payload: Vec<u8>,
+    /// The writer that published it (from its message id).
+    pub(super) writer: Option<String>,
+    /// A writer's first message ([`super::chain`]), not an entry.
+    pub(super) marker: bool,
 }
 
 impl Message {
@@ -36,7 +40,17 @@ impl Message {
             });
             parsed.unwrap_or((0, 0))
         });
-        Message { part, payload }
+        let writer = headers
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .and_then(|id| id.as_str().rsplit_once(':'))
+            .map(|(writer, _)| writer.to_string());
+        let marker = headers.is_some_and(|h| h.get(super::chain::MARKER).is_some());
+        Message {
+            part,
+            payload,
+            writer,
+            marker,
+        }
     }
 }
 
@@ -112,6 +126,8 @@ mod tests {
         Message {
             part: Some((i, k)),
             payload: bytes.to_vec(),
+            writer: None,
+            marker: false,
         }
     }
 
@@ -119,6 +135,8 @@ mod tests {
         Message {
             part: None,
             payload: bytes.to_vec(),
+            writer: None,
+            marker: false,
         }
     }
 
