@@ -197,6 +197,8 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
+    // Polled while standing by too: a standby stops at once on SIGTERM.
+    let mut shutdown = Box::pin(shutdown);
     // Cluster mode: one arbiter writes the log; the others wait here.
     let lease = match &config.cluster {
         Some(cluster) => {
@@ -207,7 +209,13 @@ pub async fn run(
                 std::process::id(),
                 rand::random::<u64>()
             );
-            Some(WriterLease::acquire(cluster, &holder).await?)
+            tokio::select! {
+                lease = WriterLease::acquire(cluster, &holder) => Some(lease?),
+                () = &mut shutdown => {
+                    tracing::info!("stopped while standing by");
+                    return Ok(());
+                }
+            }
         }
         None => None,
     };

@@ -634,3 +634,37 @@ async fn a_randomized_fault_campaign_loses_nothing() {
     }
     campaign.check().await;
 }
+
+/// A standby stops at once on SIGTERM (it does not wait for the lease first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stops_at_once_on_sigterm() {
+    let Some(nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let flags: Vec<String> = ["--cluster", &nats.urls(), "--cluster-name", "standby-term"]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    let mut writer_node = Arbiter::new("w", &flags);
+    writer_node.start();
+    let arbiters = [writer_node];
+    writer(&arbiters, Duration::from_secs(60)).await;
+    let mut standby = Arbiter::new("s", &flags);
+    standby.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = Instant::now();
+    standby.signal("TERM");
+    let mut child = standby.child.take().expect("running");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the standby did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    eprintln!("the standby stopped {:?} after SIGTERM", stopped.elapsed());
+}
