@@ -34,6 +34,49 @@ pub use stream_log::StreamLog;
 
 use crate::storage::StorageError;
 
+/// Opens the object store `bucket` of `options`'s cluster (file storage, as many replicas as the
+/// log), creating it on first use, waiting up to `timeout` for JetStream to answer; refuses one
+/// with a limit under which JetStream removes objects by itself.
+async fn open_object_store(
+    options: &ClusterOptions,
+    bucket: &str,
+    description: String,
+    timeout: Duration,
+) -> Result<async_nats::jetstream::object_store::ObjectStore, StorageError> {
+    use async_nats::jetstream::{object_store, stream::StorageType};
+    let client = options.connect().await?;
+    let context = async_nats::jetstream::new(client);
+    let config = object_store::Config {
+        bucket: bucket.to_string(),
+        description: Some(description),
+        storage: StorageType::File,
+        num_replicas: options.replicas,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let store = match context.get_object_store(bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => context.create_object_store(config.clone()).await,
+        };
+        match store {
+            Ok(store) => {
+                check_bucket_limits(&context, bucket).await?;
+                return Ok(store);
+            }
+            Err(e) if started.elapsed() >= timeout => {
+                return Err(StorageError::Replicated(format!(
+                    "opening the object store {bucket}: {e}"
+                )))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, %bucket, "waiting for JetStream to open an object store");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 /// Refuses the object store `bucket` when its stream has a limit under which JetStream removes
 /// objects by itself.
 async fn check_bucket_limits(

@@ -25,6 +25,19 @@ fn cluster_flags<'a>(urls: &'a str, name: &'a str) -> [&'a str; 8] {
     ]
 }
 
+/// Starts the first arbiter of a cluster on `dir` with `flags`, registers two models and
+/// creates test "t" over them; returns the arbiter and the models.
+async fn writer_with_test(dir: &std::path::Path, flags: &[&str]) -> (Binary, Vec<String>) {
+    let node = spawn_binary_with(dir, flags);
+    let models = register_models(&mut node.registry().await, 2).await;
+    node.experiments()
+        .await
+        .create_test(test_request("t", &models))
+        .await
+        .expect("create the test");
+    (node, models)
+}
+
 /// Batch `b`: results with unique ids, spread over both models.
 fn batch(b: usize, models: &[String]) -> pb::ResultBatch {
     let results = (0..RESULTS_PER_BATCH)
@@ -317,14 +330,7 @@ async fn a_standby_takes_over_when_the_writer_stops() {
     let disks: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let first = spawn_binary_with(disks[0].path(), &flags);
-    let models = register_models(&mut first.registry().await, 2).await;
-    first
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create the test");
+    let (first, models) = writer_with_test(disks[0].path(), &flags).await;
     let batches: Vec<pb::ResultBatch> = (0..10).map(|b| batch(b, &models)).collect();
     ingest(&mut first.allocator().await, batches[..5].to_vec())
         .await
@@ -419,13 +425,7 @@ async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers()
     let urls = nats.urls();
     let flags = cluster_flags(&urls, "quorum");
     let disk = tempfile::tempdir().expect("tempdir");
-    let node = spawn_binary_with(disk.path(), &flags);
-    let models = register_models(&mut node.registry().await, 2).await;
-    node.experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create the test");
+    let (node, models) = writer_with_test(disk.path(), &flags).await;
     assert_eq!(storage_health(&node).await, ServingStatus::Serving as i32);
 
     nats.kill(1);
@@ -494,14 +494,7 @@ async fn nodes_start_from_the_snapshot_beside_a_trimmed_stream() {
     let disks: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let first = spawn_binary_with(disks[0].path(), &flags);
-    let models = register_models(&mut first.registry().await, 2).await;
-    first
-        .experiments()
-        .await
-        .create_test(test_request("t", &models))
-        .await
-        .expect("create the test");
+    let (first, models) = writer_with_test(disks[0].path(), &flags).await;
     let batches: Vec<pb::ResultBatch> = (0..15).map(|b| batch(b, &models)).collect();
     ingest(&mut first.allocator().await, batches[..5].to_vec())
         .await

@@ -8,8 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{self, DeleteErrorKind, GetErrorKind, ObjectStore};
-use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::object_store::{DeleteErrorKind, GetErrorKind, ObjectStore};
 use tokio_stream::StreamExt;
 
 use super::ClusterOptions;
@@ -38,41 +37,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 impl ArtifactBucket {
     /// Opens the artifact bucket of `options`'s cluster, creating it on first use.
     pub async fn open(options: &ClusterOptions) -> Result<Self, StorageError> {
-        let client = options.connect().await?;
-        let context = async_nats::jetstream::new(client);
         let bucket = options.artifact_bucket();
-        let config = object_store::Config {
-            bucket: bucket.clone(),
-            description: Some(format!(
-                "model artifacts of arbiter cluster {}",
-                options.name
-            )),
-            storage: StorageType::File,
-            num_replicas: options.replicas,
-            ..Default::default()
-        };
-        let started = std::time::Instant::now();
-        loop {
-            let store = match context.get_object_store(&bucket).await {
-                Ok(store) => Ok(store),
-                Err(_) => context.create_object_store(config.clone()).await,
-            };
-            match store {
-                Ok(store) => {
-                    super::check_bucket_limits(&context, &bucket).await?;
-                    return Ok(ArtifactBucket { store, bucket });
-                }
-                Err(e) if started.elapsed() >= OPEN_TIMEOUT => {
-                    return Err(StorageError::Replicated(format!(
-                        "opening the artifact bucket {bucket}: {e}"
-                    )))
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, %bucket, "waiting for JetStream to open the artifact bucket");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
+        let description = format!("model artifacts of arbiter cluster {}", options.name);
+        let store = super::open_object_store(options, &bucket, description, OPEN_TIMEOUT).await?;
+        Ok(ArtifactBucket { store, bucket })
     }
 }
 

@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{self, DeleteErrorKind, ObjectStore};
-use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::object_store::{DeleteErrorKind, ObjectStore};
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
@@ -68,41 +67,8 @@ impl SnapshotBucket {
         let bucket = options.snapshot_bucket();
         let name = bucket.clone();
         let opened = wait_on(&runtime, async move {
-            let client = options.connect().await?;
-            let context = async_nats::jetstream::new(client);
-            let config = object_store::Config {
-                bucket: name.clone(),
-                description: Some(format!(
-                    "snapshots of the store of arbiter cluster {}",
-                    options.name
-                )),
-                storage: StorageType::File,
-                num_replicas: options.replicas,
-                ..Default::default()
-            };
-            let started = std::time::Instant::now();
-            loop {
-                let store = match context.get_object_store(&name).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => context.create_object_store(config.clone()).await,
-                };
-                match store {
-                    Ok(store) => {
-                        super::check_bucket_limits(&context, &name).await?;
-                        return Ok(store);
-                    }
-                    Err(e) if started.elapsed() >= OPEN_TIMEOUT => {
-                        return Err(replicated(
-                            &format!("opening the snapshot bucket {name}"),
-                            e,
-                        ))
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, bucket = %name, "waiting for JetStream to open the snapshot bucket");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                }
-            }
+            let description = format!("snapshots of the store of arbiter cluster {}", options.name);
+            super::open_object_store(&options, &name, description, OPEN_TIMEOUT).await
         });
         match opened {
             Ok(store) => Ok(SnapshotBucket {
