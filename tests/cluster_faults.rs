@@ -95,16 +95,15 @@ impl Arbiter {
         self.child = Some(child);
     }
 
-    /// Restarts the process if it exited (as a supervisor would).
+    /// Restarts the process if it exited on its own (as a supervisor would); one the test
+    /// stopped stays down.
     fn revive(&mut self) {
         if let Some(child) = &mut self.child {
             if child.try_wait().expect("try_wait").is_some() {
                 eprintln!("[campaign] {} had exited; restarting it", self.name);
                 self.child = None;
+                self.start();
             }
-        }
-        if self.child.is_none() {
-            self.start();
         }
     }
 
@@ -416,12 +415,17 @@ impl Campaign {
         panic!("no stream leader found");
     }
 
-    /// Waits until the workload has had `n` more batches acknowledged.
-    async fn progress(&self, n: u64, within: Duration) {
+    /// Waits until the workload has had `n` more batches acknowledged, restarting arbiters
+    /// that exited meanwhile (as a supervisor would: one that lost the lease or whose log
+    /// failed exits to stand by again).
+    async fn progress(&mut self, n: u64, within: Duration) {
         let target = self.sent.lock().unwrap().acked_batches + n;
         let deadline = Instant::now() + within;
         while self.sent.lock().unwrap().acked_batches < target {
             assert!(Instant::now() < deadline, "no progress within {within:?}");
+            for a in &mut self.arbiters {
+                a.revive();
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -443,6 +447,9 @@ impl Campaign {
         for a in &mut self.arbiters {
             a.signal("CONT");
             a.revive();
+            if a.child.is_none() {
+                a.start();
+            }
         }
         let (batches, registrations) = {
             let sent = self.sent.lock().unwrap();
