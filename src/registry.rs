@@ -355,7 +355,7 @@ impl Registry {
         // A copy that cannot be fetched is reported like a local file that is missing or
         // damaged; an object store out of reach is an error.
         let fetch_problem = match self.ensure_local(&metadata).await {
-            Ok(()) => None,
+            Ok(_) => None,
             Err(e @ RegistryError::ChecksumMismatch { .. }) => Some(e.to_string()),
             Err(RegistryError::ArtifactMissing { .. }) => None,
             Err(e) => return Err(e),

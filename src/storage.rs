@@ -167,12 +167,16 @@ impl Storage {
     ) -> Result<Self> {
         let registered = Self::claim(data_dir)?;
         let store_path = data_dir.join(STORE_FILE);
-        if store_path.exists() && snapshots.is_some() {
-            let stamp = {
-                let engine = redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?;
-                read_u64(&engine, keys::LOG_STAMP)?
-            };
+        let open_engine = || -> Result<Arc<dyn Engine>> {
+            Ok(Arc::new(redb_engine::RedbEngine::open(
+                &store_path,
+                CACHE_BYTES,
+            )?))
+        };
+        let mut engine = store_path.exists().then(open_engine).transpose()?;
+        if let (Some(kept), Some(_)) = (&engine, snapshots) {
             // Only a store behind the log's start: one ahead of its end is refused below.
+            let stamp = read_u64(&**kept, keys::LOG_STAMP)?;
             let first = log.first_position();
             if stamp.saturating_add(1) < first {
                 tracing::warn!(
@@ -180,6 +184,7 @@ impl Storage {
                     log_from = first,
                     "the log was trimmed past this node's store; replacing it from the newest snapshot"
                 );
+                engine = None;
                 // Kept aside until the next replacement, in case the restore cannot be done.
                 let aside = data_dir.join(format!("{STORE_FILE}.stale"));
                 std::fs::rename(&store_path, &aside).map_err(|source| StorageError::Io {
@@ -189,19 +194,21 @@ impl Storage {
                 sync_dir(data_dir)?;
             }
         }
-        if !store_path.exists() {
-            let restored = match snapshots {
-                Some(snapshots) => {
-                    snapshot_store::restore(&store_path, snapshots, &*log, CACHE_BYTES)?
+        let engine = match engine {
+            Some(engine) => engine,
+            None => {
+                let restored = match snapshots {
+                    Some(snapshots) => {
+                        snapshot_store::restore(&store_path, snapshots, &*log, CACHE_BYTES)?
+                    }
+                    None => false,
+                };
+                if !restored {
+                    snapshot_store::check_log_reaches(&*log, 0, "a new store")?;
                 }
-                None => false,
-            };
-            if !restored {
-                snapshot_store::check_log_reaches(&*log, 0, "a new store")?;
+                open_engine()?
             }
-        }
-        let engine: Arc<dyn Engine> =
-            Arc::new(redb_engine::RedbEngine::open(&store_path, CACHE_BYTES)?);
+        };
         // Only acknowledged positions are stamped, so a store ahead of the log was folded from
         // another log (or one since lost): never move this one past it.
         let stamp = read_u64(&*engine, keys::LOG_STAMP)?;

@@ -62,27 +62,7 @@ fn batch(b: usize, models: &[String]) -> pb::ResultBatch {
 
 /// The figures of each arm that results determine.
 async fn figures(node: &Binary) -> Vec<(String, u64, f64, f64)> {
-    let results = node
-        .experiments()
-        .await
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: "t".into(),
-        })
-        .await
-        .expect("results")
-        .into_inner();
-    results
-        .arms
-        .iter()
-        .map(|a| {
-            (
-                a.arm_id.clone(),
-                a.total_requests,
-                a.total_returns,
-                a.std_return,
-            )
-        })
-        .collect()
+    arm_figures_on(node.channel().await).await
 }
 
 async fn audit(node: &Binary) -> Vec<pb::AuditEvent> {
@@ -390,15 +370,7 @@ async fn a_standby_takes_over_when_the_writer_stops() {
 }
 
 async fn storage_health(node: &Binary) -> i32 {
-    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel().await);
-    health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "arbiter.v1.Storage".into(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status
+    storage_health_on(node.channel().await).await
 }
 
 /// Polls `node`'s storage health until it is `status` (bounded).

@@ -293,25 +293,7 @@ struct View {
 
 async fn view(url: &str) -> View {
     let channel = channel(url).await.expect("connect to the writer");
-    let results = ExperimentsClient::new(channel.clone())
-        .get_test_results(pb::GetTestResultsRequest {
-            test_id: "t".into(),
-        })
-        .await
-        .expect("results")
-        .into_inner();
-    let figures = results
-        .arms
-        .iter()
-        .map(|a| {
-            (
-                a.arm_id.clone(),
-                a.total_requests,
-                a.total_returns,
-                a.std_return,
-            )
-        })
-        .collect();
+    let figures = arm_figures_on(channel.clone()).await;
     let audit = AdminClient::new(channel.clone())
         .list_audit_events(pb::ListAuditEventsRequest {
             entity: String::new(),

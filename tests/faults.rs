@@ -69,15 +69,7 @@ fn batch(sequence: u64) -> pb::ResultBatch {
 }
 
 async fn storage_health(server: &TestServer) -> i32 {
-    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "arbiter.v1.Storage".into(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status
+    storage_health_on(server.channel().await).await
 }
 
 fn entries(dir: &Path) -> usize {

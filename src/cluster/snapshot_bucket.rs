@@ -14,7 +14,7 @@ use async_nats::jetstream::object_store::{DeleteErrorKind, ObjectStore};
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
-use super::stream_log::wait_on;
+use super::stream_log::{client_runtime, wait_on};
 use super::ClusterOptions;
 use crate::storage::engine::Entry;
 use crate::storage::snapshot_store::{self, SnapshotMeta, SnapshotStore};
@@ -54,15 +54,7 @@ fn object_name(position: u64) -> String {
 impl SnapshotBucket {
     /// Opens the snapshot bucket of `options`'s cluster, creating it on first use. Blocking.
     pub fn open(options: &ClusterOptions) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("arbiter-snapshots")
-            .enable_all()
-            .build()
-            .map_err(|source| StorageError::Io {
-                context: "starting the snapshot bucket's runtime".into(),
-                source,
-            })?;
+        let runtime = client_runtime("arbiter-snapshots")?;
         let options = options.clone();
         let bucket = options.snapshot_bucket();
         let name = bucket.clone();

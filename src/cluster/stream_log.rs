@@ -87,8 +87,6 @@ struct Shared {
     first: AtomicU64,
     /// The largest entry the NATS servers take.
     max_entry: usize,
-    /// Whether this writer's marker ([`chain`]) is queued.
-    marked: std::sync::atomic::AtomicBool,
     /// The owner's newest cut ([`Log::trim_before`]): every entry below it is folded into the
     /// writer's store. Entries leave the stream only below a snapshot beside it
     /// ([`StreamLog::purge_before`]).
@@ -102,6 +100,8 @@ struct Shared {
 struct Writer {
     next: u64,
     queue: mpsc::UnboundedSender<Unacked>,
+    /// Whether this writer's marker ([`chain`]) is queued.
+    marked: bool,
 }
 
 impl Shared {
@@ -145,6 +145,19 @@ impl std::fmt::Debug for StreamLog {
     }
 }
 
+/// A one-thread runtime named `name` for a NATS client whose owner offers blocking calls.
+pub(super) fn client_runtime(name: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|source| StorageError::Io {
+            context: format!("starting the runtime {name}"),
+            source,
+        })
+}
+
 /// Runs `future` on `runtime` and waits for it on the calling thread (which may belong to
 /// another runtime: it only blocks).
 pub(super) fn wait_on<T: Send + 'static>(
@@ -169,15 +182,7 @@ impl StreamLog {
     /// Blocking: waits until the NATS cluster accepts the stream (at most a minute).
     pub fn open(options: &ClusterOptions) -> Result<Self> {
         options.validate().map_err(StorageError::Replicated)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("arbiter-nats")
-            .enable_all()
-            .build()
-            .map_err(|source| StorageError::Io {
-                context: "starting the NATS client's runtime".into(),
-                source,
-            })?;
+        let runtime = client_runtime("arbiter-nats")?;
         let opening = options.clone();
         let opened = wait_on(&runtime, async move {
             let client = opening.connect().await?;
@@ -222,13 +227,13 @@ impl StreamLog {
             writer: parking_lot::Mutex::new(Writer {
                 next: last + 1,
                 queue,
+                marked: false,
             }),
             // Headers (message id, expectation) take well under a kilobyte.
             max_entry: max_payload.saturating_sub(1024),
             durable: watch::channel(last).0,
             failure: parking_lot::Mutex::new(None),
             first: AtomicU64::new(first.max(1)),
-            marked: std::sync::atomic::AtomicBool::new(false),
             unanswered_since: parking_lot::Mutex::new(None),
             folded_below: AtomicU64::new(0),
         });
@@ -746,7 +751,8 @@ impl Log for StreamLog {
         let k = chunks.len();
         let mut writer = self.shared.writer.lock();
         // A writer's first message says that its entries follow from here on.
-        if !self.shared.marked.swap(true, Ordering::AcqRel) {
+        if !writer.marked {
+            writer.marked = true;
             let position = writer.next;
             writer
                 .queue

@@ -129,19 +129,19 @@ impl Registry {
 
     /// Makes sure the file of `metadata`'s version is here, fetching it from the object store
     /// when it is not (a node whose disk was replaced): the bytes are checked against the
-    /// recorded digest before the file is installed. Outside cluster mode, or when the file is
-    /// here, nothing happens.
-    pub(super) async fn ensure_local(&self, metadata: &ModelMetadata) -> Result<()> {
+    /// recorded digest before the file is installed. Returns whether it fetched; outside
+    /// cluster mode, or when the file is here, nothing happens.
+    pub(super) async fn ensure_local(&self, metadata: &ModelMetadata) -> Result<bool> {
         let Some(replica) = self.replica() else {
-            return Ok(());
+            return Ok(false);
         };
         let id = &metadata.registry_id;
         if self.inner.artifacts.path(id)?.exists() {
-            return Ok(());
+            return Ok(false);
         }
         let _fetching = self.inner.fetching.lock().await;
         if self.inner.artifacts.path(id)?.exists() {
-            return Ok(());
+            return Ok(false);
         }
         let name = object_name(id, &metadata.model_checksum);
         let what = format!("fetching the artifact of {id}");
@@ -184,7 +184,7 @@ impl Registry {
                 RegistryError::io("installing a fetched artifact")(std::io::Error::other(e))
             })??;
         tracing::info!(registry_id = %metadata.registry_id, "fetched an artifact from the cluster's object store");
-        Ok(())
+        Ok(true)
     }
 
     /// Fetches the artifact of every stored version whose file is not here (a node on a new
@@ -209,12 +209,9 @@ impl Registry {
         };
         let mut fetched = 0;
         for metadata in stored {
-            match self.inner.artifacts.path(&metadata.registry_id) {
-                Ok(path) if path.exists() => continue,
-                _ => {}
-            }
             match self.ensure_local(&metadata).await {
-                Ok(()) => fetched += 1,
+                Ok(true) => fetched += 1,
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(registry_id = %metadata.registry_id, error = %e, "artifact not fetched; fetched again when read")
                 }

@@ -496,3 +496,38 @@ pub(crate) async fn audit_events(
         .into_inner()
         .events
 }
+
+/// The status of the health service `arbiter.v1.Storage` on `channel`.
+pub(crate) async fn storage_health_on(channel: Channel) -> i32 {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "arbiter.v1.Storage".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status
+}
+
+/// The figures results determine for each arm of test "t" on `channel`: arm, results, sum and
+/// standard deviation of returns.
+pub(crate) async fn arm_figures_on(channel: Channel) -> Vec<(String, u64, f64, f64)> {
+    ExperimentsClient::new(channel)
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "t".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner()
+        .arms
+        .iter()
+        .map(|a| {
+            (
+                a.arm_id.clone(),
+                a.total_requests,
+                a.total_returns,
+                a.std_return,
+            )
+        })
+        .collect()
+}
