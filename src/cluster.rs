@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use artifact_bucket::ArtifactBucket;
 pub use lease::WriterLease;
 pub use snapshot_bucket::SnapshotBucket;
-pub use stream_log::StreamLog;
+pub use stream_log::{StreamLog, Tail};
 
 use crate::storage::StorageError;
 

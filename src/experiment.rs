@@ -33,6 +33,7 @@ pub mod engine;
 mod error;
 #[cfg(test)]
 mod fold_tests;
+mod follow;
 pub mod history;
 mod ingest;
 mod journal_entry;
@@ -126,6 +127,9 @@ struct Inner {
     limits: IngestLimits,
     /// Keys every test's decision ids.
     secret: decision_id::ServerSecret,
+    /// The storage follows a log another arbiter writes (a cluster's standby): tests change
+    /// only as its entries arrive ([`Experiments::follow`]), and nothing is written here.
+    following: bool,
 }
 
 impl Experiments {
@@ -141,15 +145,36 @@ impl Experiments {
         registry: Registry,
         limits: IngestLimits,
     ) -> Result<Self> {
+        let experiments = Self::load(storage, audit, registry, limits, false)?;
+        experiments.start_background_tasks()?;
+        experiments.start_snapshot_thread()?;
+        experiments.take_stored_decisions().await;
+        if let Err(e) = experiments.settle_due_tests().await {
+            tracing::error!(error = %e, "closing due settlements at start failed; will retry");
+        }
+        experiments.write_missing_final_results();
+        Ok(experiments)
+    }
+
+    /// Loads every test from storage and replays the journal entries their statistics do not
+    /// include yet. `following`: the storage follows a log another arbiter writes, and nothing
+    /// is written here (see `follow`).
+    fn load(
+        storage: Arc<Storage>,
+        audit: Arc<AuditLog>,
+        registry: Registry,
+        limits: IngestLimits,
+        following: bool,
+    ) -> Result<Self> {
         let results_dir = storage.data_dir().join("ab_tests").join("results");
         std::fs::create_dir_all(&results_dir).map_err(|source| ExperimentError::Io {
             context: format!("creating {}", results_dir.display()),
             source,
         })?;
-        let secret = Self::decision_secret(&storage)?;
+        let secret = Self::decision_secret(&storage, following)?;
         // Data written before the index of model versions in use has none: built here, in
-        // batches, before any registry command can read it.
-        let indexed = storage.get_raw(keys::MODEL_USE_INDEXED)?.is_some();
+        // batches, before any registry command can read it (by the writer, when following).
+        let indexed = following || storage.get_raw(keys::MODEL_USE_INDEXED)?.is_some();
         let mut index = WriteBatch::new();
         let mut loaded = Vec::new();
         for entry in storage.scan::<TestRecord>(keys::TEST_PREFIX) {
@@ -168,10 +193,11 @@ impl Experiments {
             let allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
             let key = decision_id::DecisionKey::derive(&secret, id.as_str());
-            loaded.push((
-                id,
-                Arc::new(TestState::restored(record, stats, allocations, key)),
-            ));
+            let state = TestState::restored(record, stats, allocations, key);
+            if following {
+                follow::mint_apart(&state);
+            }
+            loaded.push((id, Arc::new(state)));
         }
         if !indexed {
             index.put_raw(keys::MODEL_USE_INDEXED, Vec::new());
@@ -192,34 +218,28 @@ impl Experiments {
                 results_dir,
                 limits,
                 secret,
+                following,
             }),
         };
         let replayed = experiments.replay_journal(&loaded, storage.take_owner_entries())?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed result entries from the log");
         }
-        {
-            let mut dirty = experiments.inner.dirty_tests.lock();
-            for (id, state) in loaded {
-                *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
-                if state.is_dirty() {
-                    dirty.push(state.clone());
-                }
-                experiments.inner.tests.insert(id, state);
+        let mut dirty = experiments.inner.dirty_tests.lock();
+        for (id, state) in loaded {
+            *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
+            if state.is_dirty() {
+                dirty.push(state.clone());
             }
+            experiments.inner.tests.insert(id, state);
         }
-        experiments.start_background_tasks()?;
-        experiments.start_snapshot_thread()?;
-        experiments.take_stored_decisions().await;
-        if let Err(e) = experiments.settle_due_tests().await {
-            tracing::error!(error = %e, "closing due settlements at start failed; will retry");
-        }
-        experiments.write_missing_final_results();
+        drop(dirty);
         Ok(experiments)
     }
 
     /// The data directory's decision-id secret, created (and made durable) on first use.
-    fn decision_secret(storage: &Storage) -> Result<decision_id::ServerSecret> {
+    /// `following`: the storage follows a log another arbiter writes, which must have made it.
+    fn decision_secret(storage: &Storage, following: bool) -> Result<decision_id::ServerSecret> {
         match storage.get_raw(keys::DECISION_SECRET)? {
             Some(bytes) => {
                 let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
@@ -230,6 +250,11 @@ impl Experiments {
                 })?;
                 Ok(decision_id::ServerSecret(bytes))
             }
+            None if following => Err(crate::storage::StorageError::Replicated(
+                "the cluster's log holds no decision-id secret yet: no arbiter has written it"
+                    .into(),
+            )
+            .into()),
             None => {
                 let secret = decision_id::ServerSecret::generate();
                 let mut batch = WriteBatch::new();
@@ -300,6 +325,10 @@ impl Experiments {
 
     /// The once-a-second work: allocation counters, expiry, settlement, histories, metrics.
     async fn tick(&self) {
+        if self.inner.following {
+            self.export_metrics();
+            return;
+        }
         if let Err(e) = self.persist_allocations(false).await {
             tracing::warn!(error = %e, "persisting allocation counts failed");
         }

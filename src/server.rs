@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
-use crate::cluster::{ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, WriterLease};
+use crate::cluster::{ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
 use crate::pb;
@@ -22,6 +22,7 @@ use crate::storage::{Storage, StorageError};
 mod connection;
 pub mod security;
 mod snapshots;
+mod standby;
 
 pub use security::{SecurityConfig, TlsFiles};
 
@@ -168,6 +169,79 @@ async fn prepare_artifacts(registry: &Registry) {
     }
 }
 
+/// How every phase of serving takes calls: authentication, TLS, limits and metrics.
+struct Transport {
+    auth: Option<Arc<crate::auth::Authenticator>>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    rate_limits: crate::auth::RateLimits,
+    rpc_metrics: Option<crate::metrics::RpcMetricsLayer>,
+}
+
+/// The state one phase serves.
+struct Domain {
+    storage: Arc<Storage>,
+    audit: Arc<AuditLog>,
+    registry: Registry,
+    experiments: Experiments,
+}
+
+impl Transport {
+    /// The server of `domain` (and `health`, and reflection) on `listener`, until `shutdown`
+    /// resolves: then it answers no new call and waits for the calls under way. A standby
+    /// refuses changes and results. Connections are closed outright once `cut` is set.
+    fn serve<H: tonic_health::pb::health_server::Health>(
+        &self,
+        domain: &Domain,
+        health: tonic_health::pb::health_server::HealthServer<H>,
+        listener: TcpListener,
+        standby: bool,
+        cut: tokio::sync::watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)))
+            .map(move |accepted| {
+                accepted.map(|stream| connection::LoggedConnection::cut_off_by(stream, cut.clone()))
+            });
+        let mut admission = crate::grpc::admission::AdmissionLayer::new(self.rate_limits);
+        if standby {
+            admission = admission.standby();
+        }
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        Ok(builder
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .layer(tower::util::option_layer(self.rpc_metrics.clone()))
+            .layer(crate::grpc::authn::AuthLayer::new(self.auth.clone()))
+            .layer(admission)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(RegistryService::new(domain.registry.clone()).into_server())
+            .add_service(
+                AdminService::new(domain.storage.clone(), domain.audit.clone()).into_server(),
+            )
+            .add_service(ExperimentsService::new(domain.experiments.clone()).into_server())
+            .add_service(AllocatorService::new(domain.experiments.clone()).into_server())
+            .serve_with_incoming_shutdown(incoming, shutdown))
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -197,9 +271,31 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
+    let transport = Transport {
+        auth: auth.clone(),
+        tls,
+        rate_limits: config.security.rate_limits,
+        rpc_metrics: match config.metrics_listen {
+            Some(_) => Some(rpc_metrics_layer()?),
+            None => None,
+        },
+    };
+    // The server's own background tasks end on this signal and are awaited at shutdown.
+    let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(auth) = &auth {
+        tasks.push(tokio::spawn(security::reload_on_sighup(
+            Arc::downgrade(auth),
+            stopped.clone(),
+        )));
+    }
     // Polled while standing by too: a standby stops at once on SIGTERM.
     let mut shutdown = Box::pin(shutdown);
-    // Cluster mode: one arbiter writes the log; the others wait here.
+    // Cluster mode: one arbiter writes the log; the others follow it and serve reads until
+    // they take over. The port stays bound throughout: calls queue while the phases change.
+    let listener = listener
+        .into_std()
+        .map_err(|e| ServerError::Security(format!("taking the listening socket over: {e}")))?;
     let lease = match &config.cluster {
         Some(cluster) => {
             // Unique even across containers that share an address and a pid: a refresh must
@@ -209,10 +305,22 @@ pub async fn run(
                 std::process::id(),
                 rand::random::<u64>()
             );
-            tokio::select! {
-                lease = WriterLease::acquire(cluster, &holder) => Some(lease?),
-                () = &mut shutdown => {
+            let standby = standby::Standby {
+                cluster,
+                holder: &holder,
+                config: &config,
+                registry: &registry_config,
+                transport: &transport,
+                listener: &listener,
+            };
+            match standby.run(&mut shutdown).await? {
+                Some(lease) => Some(lease),
+                None => {
                     tracing::info!("stopped while standing by");
+                    stop_tasks.send_replace(true);
+                    for task in tasks {
+                        let _ = task.await;
+                    }
                     return Ok(());
                 }
             }
@@ -245,26 +353,25 @@ pub async fn run(
     .await?;
     let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
     registry.set_usage(&usage);
-
-    let registry_service = RegistryService::new(registry.clone()).into_server();
-    let experiments_service = ExperimentsService::new(experiments.clone()).into_server();
-    let allocator_service = AllocatorService::new(experiments.clone()).into_server();
-    let admin_service = AdminService::new(storage.clone(), audit).into_server();
+    let domain = Domain {
+        storage: storage.clone(),
+        audit,
+        registry: registry.clone(),
+        experiments: experiments.clone(),
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     report_serving(&health_reporter).await;
-    // The server's own background tasks end on this signal and are awaited at shutdown.
-    let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
     // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
     let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
     // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
     let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
-    let mut tasks = vec![tokio::spawn(watch_storage(
+    tasks.push(tokio::spawn(watch_storage(
         Arc::downgrade(&storage),
         lease_unreachable,
         health_reporter.clone(),
         stopped.clone(),
-    ))];
+    )));
     let snapshot_interval = config.cluster.as_ref().and_then(|c| c.snapshot_interval);
     if let (Some((log, bucket)), Some(every)) = (replicated, snapshot_interval) {
         tasks.push(tokio::spawn(snapshots::keep_snapshots(
@@ -286,23 +393,11 @@ pub async fn run(
             }
         }));
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
 
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
-        .map(|accepted| accepted.map(connection::LoggedConnection::new));
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
 
     // A lost lease drains and stops the server like a signal, then fails it. So does a failed
@@ -339,39 +434,12 @@ pub async fn run(
     };
     let grace = config.shutdown_grace;
     let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
-    let rpc_metrics = match config.metrics_listen {
-        Some(_) => Some(rpc_metrics_layer()?),
-        None => None,
-    };
-    if let Some(auth) = &auth {
-        tasks.push(tokio::spawn(security::reload_on_sighup(
-            Arc::downgrade(auth),
-            stopped,
-        )));
-    }
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let serve = builder
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(tower::util::option_layer(rpc_metrics))
-        .layer(crate::grpc::authn::AuthLayer::new(auth))
-        .layer(crate::grpc::admission::AdmissionLayer::new(
-            config.security.rate_limits,
-        ))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(registry_service)
-        .add_service(admin_service)
-        .add_service(experiments_service)
-        .add_service(allocator_service)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let listener = TcpListener::from_std(listener)
+        .map_err(|e| ServerError::Security(format!("listening on the socket taken over: {e}")))?;
+    // Never cut: connections left after the grace period end with the process.
+    let (_never_cut, uncut) = tokio::sync::watch::channel(false);
+    let serve = transport.serve(&domain, health_service, listener, false, uncut, shutdown)?;
+    drop(domain);
     tokio::select! {
         served = serve => served?,
         () = drain_deadline => {

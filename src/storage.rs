@@ -81,6 +81,17 @@ pub fn is_store_entry(payload: &[u8]) -> bool {
     batch_entry::is_batch(payload) || command::is_command(payload)
 }
 
+/// What [`Storage::follow`] did with an entry.
+#[derive(Debug)]
+pub enum Followed {
+    /// A store batch or command applied: the keys it wrote or removed, in its order.
+    Store(Vec<Vec<u8>>),
+    /// An entry the store already held (applied before, or folded into its snapshot).
+    Held,
+    /// The owner's entry, for the owner to fold.
+    Owner(LogEntry),
+}
+
 /// A batch the engine applied and the log may not hold durably yet.
 #[derive(Debug)]
 struct Unsynced {
@@ -121,6 +132,9 @@ pub struct Storage {
     owner_entries: parking_lot::Mutex<Vec<LogEntry>>,
     /// Why the store's last write or sync failed, until a sync succeeds again.
     store_fault: parking_lot::Mutex<Option<String>>,
+    /// Set for a store that follows a log another process writes ([`Storage::open_following`]):
+    /// every write is refused, and entries arrive through [`Storage::follow`].
+    following: bool,
     /// Declared last, so dropped last: the directory counts as released only once the engine
     /// and the journal are closed.
     _registered: Registered,
@@ -229,6 +243,65 @@ impl Storage {
         Self::assemble(data_dir, registered, engine, log, entries, fold)
     }
 
+    /// Like [`Storage::open_on_log`], for a process that only follows `log` while another one
+    /// writes it (a cluster's standby): every write is refused ([`StorageError::Standby`]), and
+    /// the entries appended after the open are applied one by one through [`Storage::follow`].
+    pub fn open_following(
+        data_dir: &Path,
+        log: Arc<dyn Log>,
+        fold: &dyn CommandFold,
+        snapshots: Option<&dyn SnapshotStore>,
+    ) -> Result<Self> {
+        let mut storage = Self::open_on_log(data_dir, log, fold, snapshots)?;
+        storage.following = true;
+        Ok(storage)
+    }
+
+    /// Applies `entry`, the log's next entry after those applied so far, as opening would
+    /// replay it, for a storage that follows a log another process writes. Returns the keys a
+    /// store batch or command wrote, or the owner's entry for the owner to fold.
+    pub fn follow(&self, entry: LogEntry, fold: &dyn CommandFold) -> Result<Followed> {
+        if !is_store_entry(&entry.payload) {
+            return Ok(Followed::Owner(entry));
+        }
+        let corrupt = |why: String| StorageError::Corrupt {
+            key: format!("log entry {}", entry.position),
+            why,
+        };
+        let _order = self.order.lock();
+        let is_command = command::is_command(&entry.payload);
+        let entry_seq = if is_command {
+            Some(command::decode(&entry.payload).map_err(corrupt)?.0)
+        } else {
+            batch_entry::sequence(&entry.payload).map_err(corrupt)?
+        };
+        // Every writer of a replicated log numbers its entries.
+        let entry_seq =
+            entry_seq.ok_or_else(|| corrupt("a store entry without a sequence number".into()))?;
+        if entry_seq <= self.seq.load(Ordering::Acquire) {
+            return Ok(Followed::Held);
+        }
+        let mut ops = if is_command {
+            let (_, body) = command::decode(&entry.payload).map_err(corrupt)?;
+            fold.replay(self, body)
+                .map_err(|why| corrupt(format!("command not replayed: {why}")))?
+                .ops
+        } else {
+            batch_entry::decode(&entry.payload).map_err(corrupt)?.1
+        };
+        let keys = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, _) | Op::Remove(key) => key.clone(),
+            })
+            .collect();
+        ops.push(put_u64(keys::STORE_SEQ, entry_seq));
+        self.engine.apply(&ops).map_err(|e| self.store_failed(e))?;
+        self.seq.store(entry_seq, Ordering::Release);
+        self.last_batch.store(entry.position, Ordering::Release);
+        Ok(Followed::Store(keys))
+    }
+
     /// Creates `data_dir` if needed and takes it for this process: registered in it and its
     /// `lock` file held, before anything in it is read or repaired.
     fn claim(data_dir: &Path) -> Result<Registered> {
@@ -304,6 +377,7 @@ impl Storage {
             log,
             owner_entries: parking_lot::Mutex::new(Vec::new()),
             store_fault: parking_lot::Mutex::new(None),
+            following: false,
             _registered: registered,
         };
         let mut owner_entries = Vec::new();
@@ -464,6 +538,9 @@ impl Storage {
         decide: impl FnOnce(&Self) -> std::result::Result<(WriteBatch, T), E>,
         entry: impl FnOnce(u64, &WriteBatch) -> Option<Vec<u8>>,
     ) -> std::result::Result<(u64, T), E> {
+        if self.following {
+            return Err(StorageError::Standby.into());
+        }
         // A failed log refuses the append; checked first, so the engine is not changed either.
         if let Some(why) = self.log.failure() {
             self.roll_back_unsynced();

@@ -5,7 +5,7 @@ mod support;
 
 use arbiter::pb;
 use support::nats::NatsCluster;
-use support::process::{spawn_binary_with, Binary};
+use support::process::{spawn_binary_until, spawn_binary_with, Binary};
 use support::*;
 
 const RESULTS_PER_BATCH: usize = 100;
@@ -529,4 +529,194 @@ async fn nodes_start_from_the_snapshot_beside_a_trimmed_stream() {
     }
     let replaced = disks[0].path().join("store.redb");
     assert!(replaced.exists());
+}
+
+/// Polls `read` until it equals `want` (at most `within`); returns how long that took.
+async fn until_equal<T, F, Fut>(
+    want: &T,
+    within: std::time::Duration,
+    read: F,
+) -> std::time::Duration
+where
+    T: PartialEq + std::fmt::Debug,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let got = read().await;
+        if &got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {got:?} after {within:?}; wanted {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A standby follows the writer: it answers Allocate from the state the writer's entries make
+/// (results, a pause, a new test), with decision ids the writer accepts, serves reads equal to
+/// the writer's, refuses changes and results, and takes over with all of it when the writer dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
+    let Some(_nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = _nats.urls();
+    let flags = cluster_flags(&urls, "follow");
+    let disks: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (writer, models) = writer_with_test(disks[0].path(), &flags).await;
+    let batches: Vec<pb::ResultBatch> = (0..10).map(|b| batch(b, &models)).collect();
+    ingest(&mut writer.allocator().await, batches[..3].to_vec())
+        .await
+        .expect("acknowledged by the writer");
+    let standby = {
+        let dir = disks[1].path().to_path_buf();
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            spawn_binary_until(&dir, &flags, "standing by: following")
+        })
+        .await
+        .expect("standby")
+    };
+    let second = std::time::Duration::from_secs(10);
+    // Results acknowledged before and after it started reach it.
+    ingest(&mut writer.allocator().await, batches[3..6].to_vec())
+        .await
+        .expect("acknowledged by the writer");
+    let lag = until_equal(&figures(&writer).await, second, || figures(&standby)).await;
+    eprintln!("the standby showed the writer's results {lag:?} after their acknowledgement");
+    assert_eq!(
+        storage_health_on(standby.channel().await).await,
+        2, // NOT_SERVING: it takes no writes
+    );
+
+    // Allocate answers on the standby with ids the writer accepts for their arms.
+    let mut allocator = standby.allocator().await;
+    let mut decisions = Vec::new();
+    for _ in 0..200 {
+        let allocation = allocate(&mut allocator, "t").await;
+        assert!(allocation.arm_id == "arm_0" || allocation.arm_id == "arm_1");
+        assert_eq!(allocation.test_status, pb::TestStatus::Running as i32);
+        decisions.push(allocation);
+    }
+    let writer_ids: std::collections::HashSet<u64> = {
+        let mut writer_allocator = writer.allocator().await;
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..200 {
+            ids.insert(allocate(&mut writer_allocator, "t").await.decision_id);
+        }
+        ids
+    };
+    assert!(
+        decisions
+            .iter()
+            .all(|d| !writer_ids.contains(&d.decision_id)),
+        "the standby handed out an id the writer handed out"
+    );
+    let attributed = pb::ResultBatch {
+        sequence: 100,
+        results: decisions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| pb::ResultRecord {
+                test_id: "t".into(),
+                attribution: Some(pb::result_record::Attribution::DecisionId(d.decision_id)),
+                return_value: 0.001,
+                result_id: format!("by-decision-{i}"),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let acks = ingest(&mut writer.allocator().await, vec![attributed])
+        .await
+        .expect("results attributed by the standby's decisions");
+    assert_eq!(acks[0].accepted as usize, decisions.len(), "{acks:?}");
+
+    // Changes and results sent to the standby are refused, naming why.
+    let refused = standby
+        .experiments()
+        .await
+        .create_test(test_request("t2", &models))
+        .await
+        .expect_err("a standby creates no test");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.message().contains("standby"), "{refused:?}");
+    let refused = ingest(&mut standby.allocator().await, batches[6..7].to_vec())
+        .await
+        .expect_err("a standby takes no results");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+
+    // A pause and a new test on the writer reach the standby's allocations.
+    writer
+        .experiments()
+        .await
+        .pause_test(pb::TestActionRequest {
+            test_id: "t".into(),
+            reason: "follow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+    let paused = (pb::TestStatus::Paused as i32, "arm_0".to_string());
+    until_equal(&paused, second, || async {
+        let a = allocate(&mut standby.allocator().await, "t").await;
+        (a.test_status, a.arm_id)
+    })
+    .await;
+    writer
+        .experiments()
+        .await
+        .create_test(test_request("t2", &models))
+        .await
+        .expect("create t2");
+    until_equal(&true, second, || async {
+        standby
+            .allocator()
+            .await
+            .allocate(pb::AllocateRequest {
+                test_id: "t2".into(),
+                unit_key: String::new(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    until_equal(&audit(&writer).await, second, || audit(&standby)).await;
+    let figures_before = figures(&writer).await;
+    until_equal(&figures_before, second, || figures(&standby)).await;
+
+    // The writer dies: the standby takes over with everything and serves as the writer.
+    writer.signal("-KILL");
+    writer.wait().await;
+    let took_over = std::time::Instant::now();
+    until_equal(&true, std::time::Duration::from_secs(60), || async {
+        standby
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("arbiter serving"))
+    })
+    .await;
+    eprintln!(
+        "the standby wrote {:?} after the writer's kill -9",
+        took_over.elapsed()
+    );
+    assert_eq!(figures(&standby).await, figures_before);
+    let acks = ingest(&mut standby.allocator().await, batches.clone())
+        .await
+        .expect("the new writer takes results");
+    let duplicates: u32 = acks.iter().map(|a| a.duplicates).sum();
+    let accepted: u32 = acks.iter().map(|a| a.accepted).sum();
+    assert_eq!(
+        (duplicates as usize, accepted as usize),
+        (6 * RESULTS_PER_BATCH, 4 * RESULTS_PER_BATCH)
+    );
+    assert_eq!(storage_health_on(standby.channel().await).await, 1);
 }

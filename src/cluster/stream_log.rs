@@ -25,7 +25,7 @@
 //! The log owns a small runtime for its NATS client, so that its blocking calls
 //! ([`Log::read_from`], [`Log::seal`], …) work from any thread, inside a runtime or not.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +130,9 @@ impl std::fmt::Debug for Unacked {
 /// The ordered log on a JetStream stream (see the module documentation).
 pub struct StreamLog {
     shared: Arc<Shared>,
+    /// Opened to follow another arbiter's writes ([`StreamLog::open_reader`]): appends are
+    /// refused and nothing is ever removed from the stream.
+    reader: bool,
     stream: Stream,
     subject: String,
     description: String,
@@ -181,6 +184,16 @@ impl StreamLog {
     /// exist yet; refuses a stream whose storage or replica count differ from `options`.
     /// Blocking: waits until the NATS cluster accepts the stream (at most a minute).
     pub fn open(options: &ClusterOptions) -> Result<Self> {
+        Self::open_as(options, false)
+    }
+
+    /// Like [`StreamLog::open`], for an arbiter that only reads the stream while another one
+    /// writes it (a standby): appends are refused and the stream is never trimmed or moved.
+    pub fn open_reader(options: &ClusterOptions) -> Result<Self> {
+        Self::open_as(options, true)
+    }
+
+    fn open_as(options: &ClusterOptions, reader: bool) -> Result<Self> {
         options.validate().map_err(StorageError::Replicated)?;
         let runtime = client_runtime("arbiter-nats")?;
         let opening = options.clone();
@@ -253,6 +266,7 @@ impl StreamLog {
         tracing::info!(stream = %options.stream_name(), servers = %options.servers.join(","), last_position = last, "replicated log open");
         Ok(StreamLog {
             shared,
+            reader,
             stream,
             subject: options.log_subject(),
             description: options.stream_name(),
@@ -270,6 +284,9 @@ impl StreamLog {
     /// entry it would split); returns the stream's new first position. The caller has a
     /// snapshot beside the stream that holds what they fold into. Blocking.
     pub fn purge_before(&self, cut: u64) -> Result<u64> {
+        if self.reader {
+            return Err(StorageError::Standby);
+        }
         let first = self.first_position();
         let cut = cut.min(self.durable_through() + 1);
         if cut <= first {
@@ -319,10 +336,82 @@ impl StreamLog {
 
     /// One attempt of [`Log::read_from`].
     fn read_once(&self, from: u64) -> Result<Vec<LogEntry>> {
+        let Some((mut read, _)) = self.read_messages(from)? else {
+            return Ok(Vec::new());
+        };
+        let stale = chain::drop_stale(&mut read, &mut None);
+        if stale > 0 {
+            tracing::warn!(
+                stale,
+                "skipped entries a paused writer published after another took over"
+            );
+        }
+        let (entries, dropped) = parts::assemble(read);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "skipped parts of log entries that were never completed"
+            );
+        }
+        Ok(entries.into_iter().filter(|e| e.position >= from).collect())
+    }
+
+    /// The entries stored from position `from` on, for a reader that follows the stream while
+    /// another arbiter writes it, one call after another: `from` is the previous call's
+    /// [`Tail::next`] and `writer` is carried from call to call (which writer's entries count,
+    /// see `chain`). The last entry is held back while only some of its parts are stored.
+    /// Not retried: the caller polls again.
+    pub fn read_tail(&self, from: u64, writer: &mut Option<String>) -> Result<Tail> {
+        let (first, _) = self.bounds()?;
+        if first > from {
+            return Ok(Tail::Trimmed { first });
+        }
+        let Some((mut read, last)) = self.read_messages(from)? else {
+            return Ok(Tail::Entries {
+                entries: Vec::new(),
+                next: from,
+            });
+        };
+        let mut next = last + 1;
+        // Parts are published in one run: an unfinished last entry is re-read whole next time.
+        if let Some((&position, message)) = read.last_key_value() {
+            if let Some((i, k)) = message.part.filter(|(i, k)| i < k) {
+                let start = parts::group_start(position, message);
+                tracing::debug!(
+                    position,
+                    part = i,
+                    of = k,
+                    "waiting for the rest of an entry"
+                );
+                read.retain(|&p, _| p < start);
+                next = start;
+            }
+        }
+        let stale = chain::drop_stale(&mut read, writer);
+        if stale > 0 {
+            tracing::warn!(
+                stale,
+                "skipped entries a paused writer published after another took over"
+            );
+        }
+        let (entries, dropped) = parts::assemble(read);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "skipped parts of log entries that were never completed"
+            );
+        }
+        Ok(Tail::Entries { entries, next })
+    }
+
+    /// Every message stored from `from` to the stream's last position now (with the earlier
+    /// parts of an entry that begins before `from`), and that last position; `None` when
+    /// nothing is stored from `from` on.
+    fn read_messages(&self, from: u64) -> Result<Option<(BTreeMap<u64, parts::Message>, u64)>> {
         let (first, last) = self.bounds()?;
         let start = from.max(first).max(1);
         if start > last {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let stream = self.stream.clone();
         let subject = self.subject.clone();
@@ -344,7 +433,7 @@ impl StreamLog {
             // Read up to `last` itself: a delivery's count of messages still pending can say 0
             // before the last one. A quiet consumer (the tail removed) ends the read too; what
             // it left out is then fetched one by one.
-            let mut read = std::collections::BTreeMap::new();
+            let mut read = BTreeMap::new();
             while let Ok(Some(message)) =
                 tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await
             {
@@ -355,7 +444,7 @@ impl StreamLog {
                     .stream_sequence;
                 // A consumer that restarts before its first delivery may begin at the start of
                 // the stream instead of `start`.
-                if position >= start {
+                if (start..=last).contains(&position) {
                     let payload = message.payload.to_vec();
                     read.insert(
                         position,
@@ -372,23 +461,26 @@ impl StreamLog {
                 let group_start = parts::group_start(position, message);
                 fill_gaps(&stream, group_start, position, &mut read, false).await?;
             }
-            let stale = chain::drop_stale(&mut read);
-            if stale > 0 {
-                tracing::warn!(
-                    stale,
-                    "skipped entries a paused writer published after another took over"
-                );
-            }
-            let (entries, dropped) = parts::assemble(read);
-            if dropped > 0 {
-                tracing::warn!(
-                    dropped,
-                    "skipped parts of log entries that were never completed"
-                );
-            }
-            Ok(entries.into_iter().filter(|e| e.position >= from).collect())
+            Ok(Some((read, last)))
         })
     }
+}
+
+/// What [`StreamLog::read_tail`] found.
+#[derive(Debug)]
+pub enum Tail {
+    /// The entries from the position asked for, and where the next read begins.
+    Entries {
+        /// The entries, in position order.
+        entries: Vec<LogEntry>,
+        /// The position to read from next.
+        next: u64,
+    },
+    /// The stream no longer holds the position asked for: it begins at `first`.
+    Trimmed {
+        /// The stream's first position.
+        first: u64,
+    },
 }
 
 /// The stream of `options`, created if missing, checked if not.
@@ -734,6 +826,9 @@ async fn send(context: Context, subject: String, message: PublishMessage) -> Ack
 
 impl Log for StreamLog {
     fn append(&self, payload: &[u8]) -> Result<u64> {
+        if self.reader {
+            return Err(StorageError::Standby);
+        }
         if let Some(failed) = self.shared.failed() {
             return Err(failed);
         }
@@ -841,7 +936,8 @@ impl Log for StreamLog {
     }
 
     fn reserve_through(&self, position: u64) {
-        if self.next_position() > position {
+        // A reader never moves the stream: its writer does, if anyone must.
+        if self.reader || self.next_position() > position {
             return;
         }
         // The stream's next sequence moves only by removing everything before it: what it

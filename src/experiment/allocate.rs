@@ -44,7 +44,9 @@ impl Experiments {
     /// Expires the test in the background (once), so the decision path never waits for it.
     #[cold]
     fn schedule_expiry(&self, state: &TestState, status: TestStatus) {
-        if status.is_ended() || state.expiring.swap(true, Ordering::Relaxed) {
+        // A standby's tests end when the writer's stop reaches it.
+        if self.inner.following || status.is_ended() || state.expiring.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -442,6 +442,10 @@ impl Experiments {
     /// access and by the periodic sweep. The winner is declared only if significant, after one
     /// final look of the sequential tests.
     pub(super) async fn expire_if_due(&self, test_id: &str) -> Result<()> {
+        // A standby's tests end when the writer's stop reaches it.
+        if self.inner.following {
+            return Ok(());
+        }
         let Ok(state) = self.state(test_id) else {
             return Ok(());
         };

@@ -201,6 +201,11 @@ impl Experiments {
                 ended,
             )
             .map_err(corrupt)?;
+            applied += 1;
+            // A standby ingests nothing: it needs neither the ids nor a snapshot of its own.
+            if self.inner.following {
+                continue;
+            }
             let mut ids = state.result_ids.lock();
             ids.add_replayed(&decoded.fingerprints);
             if !changes.is_empty() {
@@ -210,7 +215,6 @@ impl Experiments {
             }
             drop((ids, book));
             self.mark_unsaved(state);
-            applied += 1;
         }
         Ok(applied)
     }

@@ -280,6 +280,11 @@ impl TestState {
         }
     }
 
+    /// Hands out the test's next decision ids from sequence number `sequence` on.
+    pub fn start_decisions_at(&self, sequence: u64) {
+        self.next_decision.store(sequence, Ordering::Relaxed);
+    }
+
     /// Computes and swaps in a new table. The book is locked only to copy what the policy needs
     /// (a policy may take hundreds of microseconds; writers must not wait for it);
     /// `_publishing` orders concurrent refreshes.

@@ -53,6 +53,7 @@ pub fn storage(err: &StorageError) -> Status {
     }
     match err {
         StorageError::Closed => Status::unavailable("server is shutting down"),
+        StorageError::Standby => Status::unavailable(err.to_string()),
         StorageError::Failed { .. } | StorageError::Replicated(_) => {
             tracing::error!(error = %err, "storage refuses writes");
             Status::unavailable(err.to_string())

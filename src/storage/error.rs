@@ -68,6 +68,13 @@ pub enum StorageError {
     /// The background flusher is gone (the storage is shutting down).
     #[error("storage is shutting down")]
     Closed,
+    /// This storage follows a log another process writes (a cluster's standby): it takes no
+    /// writes of its own.
+    #[error(
+        "this arbiter is a standby: it answers Allocate and reads from the cluster's log; \
+         changes and results go to the arbiter that holds the writer lease"
+    )]
+    Standby,
     /// A file system operation around the database failed.
     #[error("{context}: {source}")]
     Io {

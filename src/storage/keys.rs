@@ -22,9 +22,12 @@ pub fn test(test_id: &str) -> Vec<u8> {
     [TEST_PREFIX, test_id.as_bytes()].concat()
 }
 
+/// Prefix of every test's arm statistics.
+pub const STATS_PREFIX: &[u8] = b"stats/";
+
 /// The arm statistics of a test.
 pub fn test_stats(test_id: &str) -> Vec<u8> {
-    [b"stats/", test_id.as_bytes()].concat()
+    [STATS_PREFIX, test_id.as_bytes()].concat()
 }
 
 /// The allocation counters of a test.

@@ -29,8 +29,17 @@ pub(crate) fn spawn_binary(data_dir: &Path) -> Binary {
     spawn_binary_with(data_dir, &[])
 }
 
-/// [`spawn_binary`] with more flags for `arbiter serve`.
+/// [`spawn_binary`] with more flags for `arbiter serve`: returns once it serves as the writer
+/// (or alone).
 pub(crate) fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
+    spawn_binary_until(data_dir, flags, "arbiter serving")
+}
+
+/// Starts `arbiter serve` on `data_dir` with `flags`; returns once it logs `serving` (a line
+/// with its `addr=`): "arbiter serving" for a writer, "standing by: following" for a cluster's
+/// standby that serves reads.
+pub(crate) fn spawn_binary_until(data_dir: &Path, flags: &[&str], serving: &str) -> Binary {
+    let serving = serving.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args([
             "serve",
@@ -59,7 +68,7 @@ pub(crate) fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
             lines.lock().expect("log").push(line.clone());
             if !sent {
                 if let Some(rest) = line
-                    .contains("arbiter serving")
+                    .contains(&serving)
                     .then(|| line.split("addr=").nth(1))
                     .flatten()
                 {

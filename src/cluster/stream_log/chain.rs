@@ -19,19 +19,19 @@ use super::parts::Message;
 pub(super) const MARKER: &str = "Arbiter-Writer-Start";
 
 /// Removes markers and stale messages from `read` (messages by position); returns how many
-/// stale ones it removed.
-pub(super) fn drop_stale(read: &mut BTreeMap<u64, Message>) -> usize {
-    let mut current: Option<String> = None;
+/// stale ones it removed. `current` is the writer whose messages count before `read` (`None`:
+/// unknown, the writer of the first message), and is left at the one that counts after it.
+pub(super) fn drop_stale(read: &mut BTreeMap<u64, Message>, current: &mut Option<String>) -> usize {
     let mut stale = 0;
     // `retain` visits in key order: stream order.
     read.retain(|_, message| {
         if message.marker {
-            current = message.writer.clone();
+            *current = message.writer.clone();
             return false;
         }
-        match (&current, &message.writer) {
+        match (&*current, &message.writer) {
             (None, writer) => {
-                current = writer.clone();
+                *current = writer.clone();
                 true
             }
             (Some(current), Some(writer)) if current != writer => {
@@ -69,7 +69,7 @@ mod tests {
             (7, message("c", true)),
             (8, message("c", false)),
         ]);
-        assert_eq!(drop_stale(&mut read), 2);
+        assert_eq!(drop_stale(&mut read, &mut None), 2);
         let kept: Vec<(u64, &[u8])> = read
             .iter()
             .map(|(p, m)| (*p, m.payload.as_slice()))
@@ -85,7 +85,19 @@ mod tests {
             (12, message("c", true)),
             (13, message("c", false)),
         ]);
-        assert_eq!(drop_stale(&mut read), 0);
+        assert_eq!(drop_stale(&mut read, &mut None), 0);
         assert_eq!(read.keys().copied().collect::<Vec<_>>(), [10, 11, 13]);
+    }
+
+    #[test]
+    fn a_reader_that_carries_the_writer_across_reads_skips_a_stale_first_message() {
+        let mut writer = None;
+        let mut first = BTreeMap::from([(1, message("a", true)), (2, message("b", true))]);
+        drop_stale(&mut first, &mut writer);
+        assert_eq!(writer.as_deref(), Some("b"));
+        // The next read begins with a's entry, stored after b took over.
+        let mut second = BTreeMap::from([(3, message("a", false)), (4, message("b", false))]);
+        assert_eq!(drop_stale(&mut second, &mut writer), 1);
+        assert_eq!(second.keys().copied().collect::<Vec<_>>(), [4]);
     }
 }

@@ -1,0 +1,334 @@
+//! Cluster mode, until this arbiter holds the writer lease: it follows the cluster's log and
+//! serves `Allocate` and every read from the state folded from it, as the writer appends it. It
+//! refuses changes and results (UNAVAILABLE: a client sends them to another arbiter), and its
+//! health says `arbiter.v1.Storage` NOT_SERVING, since it takes no writes.
+//!
+//! A tail thread reads the stream from where the store ends, applies each entry to the store
+//! ([`Storage::follow`]) and then to the tests in memory ([`Experiments::follow`]), and polls
+//! again. Allocations are at most that lag behind the writer: one poll and one read.
+//!
+//! Once the lease is this arbiter's, the standby stops: new calls wait in the listener's
+//! backlog, calls under way get a moment to finish, the remaining connections are closed, and
+//! the state is dropped. The writer then opens the same data directory, whose store is current
+//! (only the entries since its last checkpoint are replayed), and serves on the same socket.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use super::{Domain, ServerConfig, ServerError, Transport, STORAGE_HEALTH};
+use crate::audit::AuditLog;
+use crate::cluster::{
+    ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, Tail, WriterLease,
+};
+use crate::experiment::Experiments;
+use crate::registry::replica::ArtifactReplica;
+use crate::registry::{ModelUsage, Registry, RegistryConfig};
+use crate::storage::{Log, Storage, StorageError};
+
+/// How long the tail thread waits before polling a stream that had nothing new.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long it waits after a failed read (NATS out of reach, an election).
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a standby checkpoints its store, so that taking over replays little.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a standby that cannot open waits before trying again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long calls under way may take once the lease is this arbiter's.
+const HANDOVER_GRACE: Duration = Duration::from_secs(1);
+/// How long the standby's state may take to be released before the writer opens.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a standby needs from the server.
+pub(super) struct Standby<'a> {
+    pub(super) cluster: &'a ClusterOptions,
+    /// This arbiter's name in the writer lease.
+    pub(super) holder: &'a str,
+    pub(super) config: &'a ServerConfig,
+    pub(super) registry: &'a RegistryConfig,
+    pub(super) transport: &'a Transport,
+    pub(super) listener: &'a std::net::TcpListener,
+}
+
+impl Standby<'_> {
+    /// Follows the log and serves until the writer lease is this arbiter's (`Some`) or
+    /// `shutdown` resolves (`None`).
+    pub(super) async fn run<S: Future<Output = ()> + Unpin>(
+        &self,
+        shutdown: &mut S,
+    ) -> Result<Option<WriterLease>, ServerError> {
+        let acquire = WriterLease::acquire(self.cluster, self.holder);
+        tokio::pin!(acquire);
+        loop {
+            let opened = tokio::select! {
+                lease = &mut acquire => return Ok(Some(lease?)),
+                () = &mut *shutdown => return Ok(None),
+                opened = Follower::open(self.cluster, self.config, self.registry) => opened,
+            };
+            let follower = match opened {
+                Ok(follower) => follower,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the cluster's log yet; retrying");
+                    tokio::select! {
+                        lease = &mut acquire => return Ok(Some(lease?)),
+                        () = &mut *shutdown => return Ok(None),
+                        () = tokio::time::sleep(REOPEN_INTERVAL) => continue,
+                    }
+                }
+            };
+            let (health_reporter, health_service) = tonic_health::server::health_reporter();
+            super::report_serving(&health_reporter).await;
+            health_reporter
+                .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::NotServing)
+                .await;
+            let listener = TcpListener::from_std(self.listener.try_clone().map_err(|e| {
+                ServerError::Security(format!("sharing the listening socket: {e}"))
+            })?)
+            .map_err(|e| ServerError::Security(format!("listening while standing by: {e}")))?;
+            let (stop_serving, mut stopping) = tokio::sync::watch::channel(false);
+            let (cut_connections, cut) = tokio::sync::watch::channel(false);
+            let serving = self.transport.serve(
+                &follower.domain,
+                health_service,
+                listener,
+                true,
+                cut,
+                async move {
+                    let _ = stopping.wait_for(|&stop| stop).await;
+                },
+            )?;
+            tokio::pin!(serving);
+            let local = self
+                .listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            tracing::info!(
+                addr = %local,
+                "standing by: following the cluster's log and serving Allocate and reads"
+            );
+            let mut broken = follower.broken.clone();
+            let outcome = tokio::select! {
+                lease = &mut acquire => Some(Some(lease)),
+                () = &mut *shutdown => Some(None),
+                _ = broken.wait_for(Option::is_some) => None,
+                served = &mut serving => {
+                    served?;
+                    None
+                }
+            };
+            stop_serving.send_replace(true);
+            if tokio::time::timeout(HANDOVER_GRACE, &mut serving)
+                .await
+                .is_err()
+            {
+                cut_connections.send_replace(true);
+                let _ = tokio::time::timeout(HANDOVER_GRACE, &mut serving).await;
+            }
+            cut_connections.send_replace(true);
+            follower.close().await?;
+            match outcome {
+                Some(Some(lease)) => return Ok(Some(lease?)),
+                Some(None) => return Ok(None),
+                None => {}
+            }
+        }
+    }
+}
+
+/// A standby's state: the store following the log, and the domain over it.
+struct Follower {
+    domain: Domain,
+    /// Kept while the registry reads live performance from the tests.
+    _usage: Arc<dyn ModelUsage>,
+    /// Why the tail thread stopped following, once it has (the standby then opens again).
+    broken: tokio::sync::watch::Receiver<Option<String>>,
+    stop: Arc<AtomicBool>,
+    tail: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Opens the data directory's store over the cluster's log (restored from the newest
+    /// snapshot beside it when needed), the registry and the tests, and starts following.
+    async fn open(
+        cluster: &ClusterOptions,
+        config: &ServerConfig,
+        registry: &RegistryConfig,
+    ) -> Result<Self, ServerError> {
+        let (storage, log) = {
+            let cluster = cluster.clone();
+            let data_dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+                let log = Arc::new(StreamLog::open_reader(&cluster)?);
+                let snapshots = SnapshotBucket::open(&cluster)?;
+                let storage = Storage::open_following(
+                    &data_dir,
+                    log.clone(),
+                    &crate::state::Fold,
+                    Some(&snapshots),
+                )?;
+                Ok((Arc::new(storage), log))
+            })
+            .await
+            .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))??
+        };
+        let audit = Arc::new(AuditLog::open(&storage)?);
+        let bucket: Arc<dyn ArtifactReplica> = Arc::new(ArtifactBucket::open(cluster).await?);
+        let registry = Registry::open_replicated(
+            storage.clone(),
+            audit.clone(),
+            registry.clone(),
+            Some(bucket),
+        )?;
+        let experiments = Experiments::open_following(
+            storage.clone(),
+            audit.clone(),
+            registry.clone(),
+            config.ingest,
+        )?;
+        let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
+        registry.set_usage(&usage);
+        let (broken_tx, broken) = tokio::sync::watch::channel(None);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tail = Tailing {
+            storage: storage.clone(),
+            experiments: experiments.clone(),
+            log,
+            stop: stop.clone(),
+        };
+        let tail = std::thread::Builder::new()
+            .name("arbiter-follow".into())
+            .spawn(move || {
+                let why = tail.run();
+                broken_tx.send_replace(why);
+            })
+            .map_err(|e| StorageError::Io {
+                context: "starting the thread that follows the cluster's log".into(),
+                source: e,
+            })?;
+        Ok(Self {
+            domain: Domain {
+                storage,
+                audit,
+                registry,
+                experiments,
+            },
+            _usage: usage,
+            broken,
+            stop,
+            tail: Some(tail),
+        })
+    }
+
+    /// Stops following and drops the state; returns once the data directory is free for the
+    /// next opening.
+    async fn close(mut self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(tail) = self.tail.take() {
+            let _ = tokio::task::spawn_blocking(move || tail.join()).await;
+        }
+        self.domain.experiments.shutdown().await;
+        let data_dir = self.domain.storage.data_dir().to_path_buf();
+        let storage = self.domain.storage.clone();
+        drop(self);
+        // A last checkpoint, so that the next opening replays little; then the store closes.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = storage.checkpoint() {
+                tracing::warn!(error = %e, "checkpointing the standby's store failed");
+            }
+            drop(storage);
+            crate::storage::wait_until_released(&data_dir, RELEASE_TIMEOUT)
+        })
+        .await
+        .ok()
+        .filter(|&released| released)
+        .map(|_| ())
+        .ok_or_else(|| {
+            ServerError::Storage(StorageError::Replicated(format!(
+                "the standby's store was not released within {RELEASE_TIMEOUT:?}"
+            )))
+        })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // Also when an opening step after this one fails: the tail thread ends.
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The tail thread's state.
+struct Tailing {
+    storage: Arc<Storage>,
+    experiments: Experiments,
+    log: Arc<StreamLog>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tailing {
+    /// Follows the stream until stopped (`None`) or until it cannot go on (why).
+    fn run(self) -> Option<String> {
+        // From the stream's start, as the opening read it: entries the store holds are passed
+        // over, and the writer whose entries count is learned the same way.
+        let mut next = self.log.first_position();
+        let mut writer = None;
+        let mut failing = false;
+        let mut checkpointed = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            if checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
+                checkpointed = Instant::now();
+                if let Err(e) = self.storage.checkpoint() {
+                    tracing::warn!(error = %e, "checkpointing the standby's store failed");
+                }
+            }
+            let entries = match self.log.read_tail(next, &mut writer) {
+                Ok(Tail::Entries {
+                    entries,
+                    next: after,
+                }) => {
+                    next = after;
+                    if failing {
+                        failing = false;
+                        tracing::info!("reading the cluster's log again");
+                    }
+                    entries
+                }
+                Ok(Tail::Trimmed { first }) => {
+                    return Some(format!(
+                        "the stream was trimmed to position {first} before this standby read \
+                         position {next}"
+                    ))
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "reading the cluster's log failed; serving the last state read while retrying");
+                    }
+                    std::thread::sleep(RETRY_INTERVAL);
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+            for entry in entries {
+                let position = entry.position;
+                let followed = self
+                    .storage
+                    .follow(entry, &crate::state::Fold)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| self.experiments.follow(f).map_err(|e| e.to_string()));
+                if let Err(why) = followed {
+                    tracing::error!(position, error = %why, "cannot apply the cluster's log entry; opening again");
+                    return Some(why);
+                }
+            }
+        }
+        None
+    }
+}
