@@ -62,16 +62,30 @@ impl Standby<'_> {
     ) -> Result<Option<WriterLease>, ServerError> {
         let acquire = WriterLease::acquire(self.cluster, self.holder);
         tokio::pin!(acquire);
+        let mut last_error = None;
         loop {
+            let opening = Follower::open(self.cluster, self.config, self.registry);
+            tokio::pin!(opening);
             let opened = tokio::select! {
-                lease = &mut acquire => return Ok(Some(lease?)),
+                lease = &mut acquire => {
+                    let lease = lease?;
+                    // The opening holds the data directory until it is done with it.
+                    if let Ok(follower) = opening.await {
+                        follower.close().await?;
+                    }
+                    return Ok(Some(lease));
+                }
                 () = &mut *shutdown => return Ok(None),
-                opened = Follower::open(self.cluster, self.config, self.registry) => opened,
+                opened = &mut opening => opened,
             };
             let follower = match opened {
                 Ok(follower) => follower,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot follow the cluster's log yet; retrying");
+                    let why = e.to_string();
+                    if last_error.as_ref() != Some(&why) {
+                        tracing::warn!(error = %why, "cannot follow the cluster's log yet; retrying every second");
+                        last_error = Some(why);
+                    }
                     tokio::select! {
                         lease = &mut acquire => return Ok(Some(lease?)),
                         () = &mut *shutdown => return Ok(None),
@@ -79,6 +93,7 @@ impl Standby<'_> {
                     }
                 }
             };
+            last_error = None;
             let (health_reporter, health_service) = tonic_health::server::health_reporter();
             super::report_serving(&health_reporter).await;
             health_reporter
