@@ -262,25 +262,37 @@ async fn workload(
     }
 }
 
-/// The index of the arbiter that serves (the writer), waiting up to `within`.
+/// The index of the arbiter that takes writes (the writer), waiting up to `within`.
 async fn writer(arbiters: &[Arbiter], within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
         for (i, a) in arbiters.iter().enumerate() {
-            if let Some(channel) = channel(&a.url()).await {
-                let mut client = ExperimentsClient::new(channel);
-                let ask = client.list_tests(pb::ListTestsRequest::default());
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
-                    return i;
-                }
+            if takes_writes(&a.url()).await {
+                return i;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no arbiter served within {within:?}"
+            "no arbiter took writes within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether the arbiter at `url` says it takes writes (storage health SERVING): the writer,
+/// not a standby, which serves reads only.
+async fn takes_writes(url: &str) -> bool {
+    let Some(channel) = channel(url).await else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = health.check(tonic_health::pb::HealthCheckRequest {
+        service: "arbiter.v1.Storage".into(),
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), check).await,
+        Ok(Ok(answer)) if answer.get_ref().status == 1
+    )
 }
 
 /// What must be identical on every arbiter.
@@ -317,14 +329,64 @@ async fn view(url: &str) -> View {
     }
 }
 
-/// A cluster of 3 NATS servers and 3 arbiters with a test over two models, and the workload.
+/// Allocate calls to one arbiter: answered, failed (the arbiter listening), and the last
+/// failure.
+#[derive(Debug, Default)]
+struct Allocations {
+    answered: u64,
+    failed: u64,
+    last_failure: Option<String>,
+}
+
+/// Calls Allocate on the arbiter at `url` until `stop`, one call at a time, as an order router
+/// would; counts into `tally`. A call to an arbiter that is not listening (down) counts as
+/// neither.
+async fn allocator(url: String, tally: Arc<Mutex<Allocations>>, stop: Arc<AtomicBool>) {
+    let mut client = None;
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            client = channel(&url).await.map(AllocatorClient::new);
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let call = client
+            .as_mut()
+            .expect("connected")
+            .allocate(pb::AllocateRequest {
+                test_id: "t".into(),
+                unit_key: String::new(),
+            });
+        let answer = call.await;
+        if answer.is_err() {
+            client = None;
+        }
+        match answer {
+            Ok(_) => tally.lock().unwrap().answered += 1,
+            Err(status) => {
+                let mut tally = tally.lock().unwrap();
+                tally.failed += 1;
+                tally.last_failure = Some(status.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A cluster of 3 NATS servers and 3 arbiters with a test over two models, and the workload:
+/// results and registrations sent to whichever arbiter takes them, and an order router calling
+/// Allocate on each arbiter.
 struct Campaign {
     nats: NatsCluster,
     arbiters: Vec<Arbiter>,
     models: Vec<String>,
     sent: Arc<Mutex<Sent>>,
+    /// Per arbiter.
+    allocations: Vec<Arc<Mutex<Allocations>>>,
     stop: Arc<AtomicBool>,
     load: Option<tokio::task::JoinHandle<()>>,
+    allocators: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Campaign {
@@ -360,16 +422,66 @@ impl Campaign {
             .expect("create the test");
         let sent = Arc::new(Mutex::new(Sent::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let urls = arbiters.iter().map(Arbiter::url).collect();
-        let load = tokio::spawn(workload(urls, models.clone(), sent.clone(), stop.clone()));
+        let urls: Vec<String> = arbiters.iter().map(Arbiter::url).collect();
+        let load = tokio::spawn(workload(
+            urls.clone(),
+            models.clone(),
+            sent.clone(),
+            stop.clone(),
+        ));
+        let allocations: Vec<Arc<Mutex<Allocations>>> =
+            urls.iter().map(|_| Arc::default()).collect();
+        let allocators = urls
+            .into_iter()
+            .zip(&allocations)
+            .map(|(url, tally)| tokio::spawn(allocator(url, tally.clone(), stop.clone())))
+            .collect();
         Some(Campaign {
             nats,
             arbiters,
             models,
             sent,
+            allocations,
             stop,
             load: Some(load),
+            allocators,
         })
+    }
+
+    /// Allocate calls answered and failed so far, per arbiter.
+    fn allocation_counts(&self) -> Vec<(u64, u64)> {
+        self.allocations
+            .iter()
+            .map(|t| {
+                let t = t.lock().unwrap();
+                (t.answered, t.failed)
+            })
+            .collect()
+    }
+
+    /// Asserts that every arbiter in `alive` answered Allocate since `before` and that none of
+    /// those calls failed.
+    fn assert_allocate_answered(&self, before: &[(u64, u64)], alive: &[usize], phase: &str) {
+        let now = self.allocation_counts();
+        for &i in alive {
+            let (answered, failed) = (now[i].0 - before[i].0, now[i].1 - before[i].1);
+            eprintln!(
+                "[campaign] {phase}: {} answered {answered} Allocate calls, {failed} failed",
+                self.arbiters[i].name
+            );
+            assert!(
+                answered > 0,
+                "{} answered no Allocate during {phase}",
+                self.arbiters[i].name
+            );
+            assert_eq!(
+                failed,
+                0,
+                "Allocate failed on {} during {phase}: {:?}",
+                self.arbiters[i].name,
+                self.allocations[i].lock().unwrap().last_failure
+            );
+        }
     }
 
     /// The NATS server leading the log's stream.
@@ -421,6 +533,9 @@ impl Campaign {
             .expect("workload")
             .await
             .expect("workload task");
+        for allocator in std::mem::take(&mut self.allocators) {
+            allocator.await.expect("allocator task");
+        }
         for i in 0..3 {
             if !self.nats.is_running(i) {
                 self.nats.start_node(i);
@@ -488,6 +603,18 @@ impl Campaign {
             registrations + 2,
             "a registration applied twice"
         );
+        // The standbys follow: they show the same before any of them writes.
+        for (i, a) in self.arbiters.iter().enumerate().filter(|&(i, _)| i != w) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while view(&a.url()).await != reference {
+                assert!(Instant::now() < deadline, "standby {} differs", a.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!(
+                "[campaign] standby {} (arbiter {i}) shows the writer's view",
+                a.name
+            );
+        }
         // Each arbiter writes in turn (the writer hands over with SIGTERM) and shows the same.
         let mut writer_index = w;
         for turn in 0..3 {
@@ -547,12 +674,17 @@ async fn the_stream_leader_and_the_writer_die_and_nothing_is_lost() {
     };
     campaign.progress(20, Duration::from_secs(30)).await;
     let leader = campaign.stream_leader("ARBITER_faults").await;
+    let before = campaign.allocation_counts();
     campaign.nats.kill(leader);
     campaign.progress(20, Duration::from_secs(60)).await;
     campaign.nats.start_node(leader);
+    campaign.assert_allocate_answered(&before, &[0, 1, 2], "the stream leader's kill -9");
     let w = writer(&campaign.arbiters, Duration::from_secs(30)).await;
+    let before = campaign.allocation_counts();
     campaign.arbiters[w].kill();
     campaign.progress(20, Duration::from_secs(60)).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != w).collect();
+    campaign.assert_allocate_answered(&before, &survivors, "the writer's kill -9");
     campaign.arbiters[w].start();
     campaign.progress(10, Duration::from_secs(30)).await;
     campaign.check().await;
