@@ -84,8 +84,9 @@ pub enum ServerError {
     /// Opening or flushing storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
-    /// Cluster mode: this arbiter lost the writer's lease (another one writes the log now).
-    #[error("cluster: {0}; exiting (restarted, it stands by until the lease is free)")]
+    /// Cluster mode: this arbiter stopped writing (lost lease, failed log) and could not go
+    /// back to following the log.
+    #[error("cluster: {0}; exiting")]
     LeaseLost(String),
     /// Opening the registry failed.
     #[error("registry: {0}")]
@@ -289,185 +290,293 @@ pub async fn run(
             stopped.clone(),
         )));
     }
-    // Polled while standing by too: a standby stops at once on SIGTERM.
-    let mut shutdown = Box::pin(shutdown);
+    // The signal, as a flag every phase can wait for (a standby stops at once on SIGTERM).
+    let (signal_tx, signal) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        signal_tx.send_replace(true);
+    });
     // Cluster mode: one arbiter writes the log; the others follow it and serve reads until
-    // they take over. The port stays bound throughout: calls queue while the phases change.
+    // they take over, and a writer that loses the lease follows again. The port stays bound
+    // throughout: calls queue while the phases change.
     let listener = listener
         .into_std()
         .map_err(|e| ServerError::Security(format!("taking the listening socket over: {e}")))?;
-    let lease = match &config.cluster {
-        Some(cluster) => {
-            // Unique even across containers that share an address and a pid: a refresh must
-            // never take another arbiter's lease for its own.
-            let holder = format!(
-                "{bound} (pid {}, {:016x})",
-                std::process::id(),
-                rand::random::<u64>()
-            );
-            let standby = standby::Standby {
-                cluster,
-                holder: &holder,
-                config: &config,
-                registry: &registry_config,
-                transport: &transport,
-                listener: &listener,
-            };
-            match standby.run(&mut shutdown).await? {
-                Some(lease) => Some(lease),
-                None => {
+    let phases = Phases {
+        config: &config,
+        registry: &registry_config,
+        transport: &transport,
+        listener: &listener,
+        bound,
+    };
+    let outcome = loop {
+        let lease = match &config.cluster {
+            Some(cluster) => match phases.stand_by(cluster, signal.clone()).await {
+                Ok(Some(lease)) => Some(lease),
+                Ok(None) => {
                     tracing::info!("stopped while standing by");
-                    stop_tasks.send_replace(true);
-                    for task in tasks {
-                        let _ = task.await;
-                    }
-                    return Ok(());
+                    break Ok(());
                 }
+                Err(e) => break Err(e),
+            },
+            None => None,
+        };
+        match phases.write(lease, signal.clone()).await {
+            Ok(Written::Stopped(finished)) => break finished,
+            Ok(Written::LeaseLost(why)) => {
+                tracing::warn!(reason = %why, "stopped writing; following the cluster's log again");
             }
-        }
-        None => None,
-    };
-    let (storage, replicated) = open_storage(&config).await?;
-    let storage = Arc::new(storage);
-    let audit = Arc::new(AuditLog::open(&storage)?);
-    let artifact_bucket = match &config.cluster {
-        Some(cluster) => {
-            let bucket: Arc<dyn ArtifactReplica> = Arc::new(ArtifactBucket::open(cluster).await?);
-            Some(bucket)
-        }
-        None => None,
-    };
-    let registry = Registry::open_replicated(
-        storage.clone(),
-        audit.clone(),
-        registry_config,
-        artifact_bucket,
-    )?;
-
-    let experiments = Experiments::open(
-        storage.clone(),
-        audit.clone(),
-        registry.clone(),
-        config.ingest,
-    )
-    .await?;
-    let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
-    registry.set_usage(&usage);
-    let domain = Domain {
-        storage: storage.clone(),
-        audit,
-        registry: registry.clone(),
-        experiments: experiments.clone(),
-    };
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    report_serving(&health_reporter).await;
-    // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
-    let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
-    // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
-    let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
-    tasks.push(tokio::spawn(watch_storage(
-        Arc::downgrade(&storage),
-        lease_unreachable,
-        health_reporter.clone(),
-        stopped.clone(),
-    )));
-    let snapshot_interval = config.cluster.as_ref().and_then(|c| c.snapshot_interval);
-    if let (Some((log, bucket)), Some(every)) = (replicated, snapshot_interval) {
-        tasks.push(tokio::spawn(snapshots::keep_snapshots(
-            Arc::downgrade(&storage),
-            log,
-            bucket,
-            every,
-            lease_lost.clone(),
-            stopped.clone(),
-        )));
-    }
-    if config.cluster.is_some() {
-        let registry = registry.clone();
-        let mut stopping = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::select! {
-                () = prepare_artifacts(&registry) => {}
-                _ = stopping.wait_for(|&stop| stop) => {}
-            }
-        }));
-    }
-
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
-
-    // A lost lease drains and stops the server like a signal, then fails it. So does a failed
-    // replicated log (another writer's entry where this one's belonged): it refuses every write
-    // until reopened, so the lease is handed back for a standby (or this arbiter, restarted).
-    let lease_keeper = lease.map(|mut lease| {
-        let mut stopping = stop_tasks.subscribe();
-        let storage = Arc::downgrade(&storage);
-        tokio::spawn(async move {
-            tokio::select! {
-                why = lease.keep(&lease_unreachable_tx) => {
-                    tracing::error!(reason = %why, "lost the writer lease");
-                    lease_lost_tx.send_replace(Some(why));
-                    None
-                }
-                why = log_failure(storage) => {
-                    tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
-                    lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
-                    Some(lease)
-                }
-                _ = stopping.wait_for(|&stop| stop) => Some(lease),
-            }
-        })
-    });
-    let shutdown = {
-        let mut lost = lease_lost.clone();
-        async move {
-            tokio::select! {
-                () = shutdown => {}
-                // Without a lease (or once its keeper ends unlost) nothing is ever lost.
-                Ok(_) = lost.wait_for(Option::is_some) => {}
-            }
+            Err(e) => break Err(e),
         }
     };
-    let grace = config.shutdown_grace;
-    let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
-    let listener = TcpListener::from_std(listener)
-        .map_err(|e| ServerError::Security(format!("listening on the socket taken over: {e}")))?;
-    // Never cut: connections left after the grace period end with the process.
-    let (_never_cut, uncut) = tokio::sync::watch::channel(false);
-    let serve = transport.serve(&domain, health_service, listener, false, uncut, shutdown)?;
-    drop(domain);
-    tokio::select! {
-        served = serve => served?,
-        () = drain_deadline => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "drain grace period over; closing remaining connections");
-        }
-    }
-
     stop_tasks.send_replace(true);
     for task in tasks {
         let _ = task.await;
     }
-    experiments.shutdown().await;
-    drop(usage);
-    let finished = final_steps(experiments, storage).await;
-    // Given up only once the log is synced and closed: a standby then takes over at once.
-    let kept = match lease_keeper {
-        Some(keeper) => keeper.await.ok().flatten(),
-        None => None,
-    };
-    if let Some(lease) = kept {
-        if let Err(e) = lease.release().await {
-            tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
+    outcome
+}
+
+/// Resolves once `signal` is set.
+async fn signalled(mut signal: tokio::sync::watch::Receiver<bool>) {
+    let _ = signal.wait_for(|&set| set).await;
+}
+
+/// How a writing phase ended.
+enum Written {
+    /// On the signal: how its final steps went.
+    Stopped(Result<(), ServerError>),
+    /// The writer lease was lost, or the replicated log failed (why): the arbiter stands by.
+    LeaseLost(String),
+}
+
+/// What every phase of one server shares.
+struct Phases<'a> {
+    config: &'a ServerConfig,
+    registry: &'a RegistryConfig,
+    transport: &'a Transport,
+    listener: &'a std::net::TcpListener,
+    bound: std::net::SocketAddr,
+}
+
+impl Phases<'_> {
+    /// Cluster mode: follows the log and serves reads until the writer lease is this arbiter's
+    /// (`Some`), or until the signal (`None`).
+    async fn stand_by(
+        &self,
+        cluster: &ClusterOptions,
+        signal: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<crate::cluster::WriterLease>, ServerError> {
+        // Unique even across containers that share an address and a pid: a refresh must
+        // never take another arbiter's lease for its own.
+        let holder = format!(
+            "{} (pid {}, {:016x})",
+            self.bound,
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let standby = standby::Standby {
+            cluster,
+            holder: &holder,
+            config: self.config,
+            registry: self.registry,
+            transport: self.transport,
+            listener: self.listener,
+        };
+        standby.run(&mut Box::pin(signalled(signal))).await
+    }
+
+    /// Opens the data directory (over the cluster's log when `lease` is held) and serves every
+    /// call until the signal, or until the lease is lost.
+    async fn write(
+        &self,
+        lease: Option<crate::cluster::WriterLease>,
+        signal: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Written, ServerError> {
+        let config = self.config;
+        let (storage, replicated) = open_storage(config).await?;
+        let storage = Arc::new(storage);
+        let audit = Arc::new(AuditLog::open(&storage)?);
+        let artifact_bucket = match &config.cluster {
+            Some(cluster) => {
+                let bucket: Arc<dyn ArtifactReplica> =
+                    Arc::new(ArtifactBucket::open(cluster).await?);
+                Some(bucket)
+            }
+            None => None,
+        };
+        let registry = Registry::open_replicated(
+            storage.clone(),
+            audit.clone(),
+            self.registry.clone(),
+            artifact_bucket,
+        )?;
+
+        let experiments = Experiments::open(
+            storage.clone(),
+            audit.clone(),
+            registry.clone(),
+            config.ingest,
+        )
+        .await?;
+        let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
+        registry.set_usage(&usage);
+        let domain = Domain {
+            storage: storage.clone(),
+            audit,
+            registry: registry.clone(),
+            experiments: experiments.clone(),
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        report_serving(&health_reporter).await;
+        // This phase's background tasks end on this signal and are awaited at its end.
+        let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+        // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
+        let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
+        // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
+        let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
+        let mut tasks = vec![tokio::spawn(watch_storage(
+            Arc::downgrade(&storage),
+            lease_unreachable,
+            health_reporter.clone(),
+            stopped.clone(),
+        ))];
+        let snapshot_interval = config.cluster.as_ref().and_then(|c| c.snapshot_interval);
+        if let (Some((log, bucket)), Some(every)) = (replicated, snapshot_interval) {
+            tasks.push(tokio::spawn(snapshots::keep_snapshots(
+                Arc::downgrade(&storage),
+                log,
+                bucket,
+                every,
+                lease_lost.clone(),
+                stopped.clone(),
+            )));
         }
+        if config.cluster.is_some() {
+            let registry = registry.clone();
+            let mut stopping = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = prepare_artifacts(&registry) => {}
+                    _ = stopping.wait_for(|&stop| stop) => {}
+                }
+            }));
+        }
+
+        let local = self
+            .listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
+
+        // A lost lease drains and stops the phase like a signal. So does a failed replicated
+        // log (another writer's entry where this one's belonged): it refuses every write until
+        // reopened, so the lease is handed back for a standby (or this arbiter, following again).
+        let lease_keeper = lease.map(|mut lease| {
+            let mut stopping = stop_tasks.subscribe();
+            let storage = Arc::downgrade(&storage);
+            tokio::spawn(async move {
+                tokio::select! {
+                    why = lease.keep(&lease_unreachable_tx) => {
+                        tracing::error!(reason = %why, "lost the writer lease");
+                        lease_lost_tx.send_replace(Some(why));
+                        None
+                    }
+                    why = log_failure(storage) => {
+                        tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
+                        lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
+                        Some(lease)
+                    }
+                    _ = stopping.wait_for(|&stop| stop) => Some(lease),
+                }
+            })
+        });
+        let shutdown = {
+            let mut lost = lease_lost.clone();
+            async move {
+                tokio::select! {
+                    () = signalled(signal) => {}
+                    // Without a lease (or once its keeper ends unlost) nothing is ever lost.
+                    Ok(_) = lost.wait_for(Option::is_some) => {}
+                }
+            }
+        };
+        // A writer that stops writing but not serving hands its connections over quickly: no
+        // change can be acknowledged any more.
+        let grace = {
+            let lost = lease_lost.clone();
+            let grace = config.shutdown_grace;
+            move || {
+                if lost.borrow().is_some() {
+                    standby::HANDOVER_GRACE
+                } else {
+                    grace
+                }
+            }
+        };
+        let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
+        let listener =
+            TcpListener::from_std(self.listener.try_clone().map_err(|e| {
+                ServerError::Security(format!("sharing the listening socket: {e}"))
+            })?)
+            .map_err(|e| {
+                ServerError::Security(format!("listening on the socket taken over: {e}"))
+            })?;
+        let (cut_connections, cut) = tokio::sync::watch::channel(false);
+        let serve =
+            self.transport
+                .serve(&domain, health_service, listener, false, cut, shutdown)?;
+        drop(domain);
+        tokio::select! {
+            served = serve => served?,
+            () = drain_deadline => {
+                tracing::warn!("drain grace period over; closing remaining connections");
+            }
+        }
+        // Calls still under way would hold this phase's state.
+        cut_connections.send_replace(true);
+
+        stop_tasks.send_replace(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        experiments.shutdown().await;
+        drop(usage);
+        drop(registry);
+        let data_dir = storage.data_dir().to_path_buf();
+        let finished = final_steps(experiments, storage).await;
+        // Given up only once the log is synced and closed: a standby then takes over at once.
+        let kept = match lease_keeper {
+            Some(keeper) => keeper.await.ok().flatten(),
+            None => None,
+        };
+        if let Some(lease) = kept {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
+            }
+        }
+        let lost = lease_lost.borrow_and_update().clone();
+        if let Some(why) = lost {
+            if let Err(e) = finished {
+                tracing::warn!(error = %e, "the final steps after losing the lease failed");
+            }
+            // The store must be closed before it is followed.
+            let released = tokio::task::spawn_blocking(move || {
+                crate::storage::wait_until_released(&data_dir, standby::RELEASE_TIMEOUT)
+            })
+            .await
+            .unwrap_or(false);
+            if !released {
+                return Err(ServerError::LeaseLost(format!(
+                    "{why}; and the store was not released within {:?}",
+                    standby::RELEASE_TIMEOUT
+                )));
+            }
+            return Ok(Written::LeaseLost(why));
+        }
+        Ok(Written::Stopped(finished))
     }
-    if let Some(why) = lease_lost.borrow_and_update().clone() {
-        return Err(ServerError::LeaseLost(why));
-    }
-    finished
 }
 
 /// The shutdown signal the transport waits for (it first reports every service NOT_SERVING),
@@ -476,7 +585,7 @@ pub async fn run(
 fn draining(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reporter: tonic_health::server::HealthReporter,
-    grace: Duration,
+    grace: impl Fn() -> Duration + Send + 'static,
 ) -> (
     impl Future<Output = ()> + Send + 'static,
     impl Future<Output = ()> + Send + 'static,
@@ -501,7 +610,7 @@ fn draining(
     };
     let deadline = async move {
         match draining_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
+            Ok(()) => tokio::time::sleep(grace()).await,
             Err(_) => std::future::pending().await,
         }
     };

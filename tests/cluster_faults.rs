@@ -420,6 +420,24 @@ impl Campaign {
             .create_test(test_request("t", &models))
             .await
             .expect("create the test");
+        // Every arbiter serves (the standbys from the log they follow) before the faults begin.
+        for a in &arbiters {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(connected) = self::channel(&a.url()).await {
+                    let mut client = AllocatorClient::new(connected);
+                    let call = client.allocate(pb::AllocateRequest {
+                        test_id: "t".into(),
+                        unit_key: String::new(),
+                    });
+                    if call.await.is_ok() {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "{} serves no Allocate", a.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let sent = Arc::new(Mutex::new(Sent::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let urls: Vec<String> = arbiters.iter().map(Arbiter::url).collect();

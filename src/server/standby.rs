@@ -38,9 +38,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a standby that cannot open waits before trying again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long calls under way may take once the lease is this arbiter's.
-const HANDOVER_GRACE: Duration = Duration::from_secs(1);
+pub(super) const HANDOVER_GRACE: Duration = Duration::from_secs(1);
 /// How long the standby's state may take to be released before the writer opens.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a standby needs from the server.
 pub(super) struct Standby<'a> {
