@@ -23,6 +23,7 @@ mod connection;
 pub mod security;
 mod snapshots;
 mod standby;
+mod switch;
 
 pub use security::{SecurityConfig, TlsFiles};
 
@@ -187,16 +188,14 @@ struct Domain {
 }
 
 impl Transport {
-    /// The server of `domain` (and `health`, and reflection) on `listener`, until `shutdown`
-    /// resolves: then it answers no new call and waits for the calls under way. A standby
-    /// refuses changes and results. Connections are closed outright once `cut` is set.
+    /// The server on `listener`, until `shutdown` resolves: then it answers no new call and
+    /// waits for the calls under way. It serves health and reflection itself, and the arbiter
+    /// services of whatever phase `switch` holds.
     fn serve<H: tonic_health::pb::health_server::Health>(
         &self,
-        domain: &Domain,
+        switch: &switch::Switch,
         health: tonic_health::pb::health_server::HealthServer<H>,
         listener: TcpListener,
-        standby: bool,
-        cut: tokio::sync::watch::Receiver<bool>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -210,13 +209,7 @@ impl Transport {
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)))
-            .map(move |accepted| {
-                accepted.map(|stream| connection::LoggedConnection::cut_off_by(stream, cut.clone()))
-            });
-        let mut admission = crate::grpc::admission::AdmissionLayer::new(self.rate_limits);
-        if standby {
-            admission = admission.standby();
-        }
+            .map(|accepted| accepted.map(connection::LoggedConnection::new));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls.clone() {
             builder = builder.tls_config(tls)?;
@@ -229,17 +222,24 @@ impl Transport {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(tower::util::option_layer(self.rpc_metrics.clone()))
             .layer(crate::grpc::authn::AuthLayer::new(self.auth.clone()))
-            .layer(admission)
+            .layer(crate::grpc::admission::AdmissionLayer::new(
+                self.rate_limits,
+            ))
+            .layer(switch.layer())
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(RegistryService::new(domain.registry.clone()).into_server())
-            .add_service(
-                AdminService::new(domain.storage.clone(), domain.audit.clone()).into_server(),
-            )
-            .add_service(ExperimentsService::new(domain.experiments.clone()).into_server())
-            .add_service(AllocatorService::new(domain.experiments.clone()).into_server())
             .serve_with_incoming_shutdown(incoming, shutdown))
+    }
+}
+
+impl Domain {
+    /// The arbiter services over this state.
+    fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(RegistryService::new(self.registry.clone()).into_server())
+            .add_service(AdminService::new(self.storage.clone(), self.audit.clone()).into_server())
+            .add_service(ExperimentsService::new(self.experiments.clone()).into_server())
+            .add_service(AllocatorService::new(self.experiments.clone()).into_server())
     }
 }
 
@@ -291,23 +291,56 @@ pub async fn run(
         )));
     }
     // The signal, as a flag every phase can wait for (a standby stops at once on SIGTERM).
-    let (signal_tx, signal) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        signal_tx.send_replace(true);
-    });
+    let signal_tx = Arc::new(tokio::sync::watch::channel(false).0);
+    let signal = signal_tx.subscribe();
+    {
+        let signal_tx = signal_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal_tx.send_replace(true);
+        });
+    }
     // Cluster mode: one arbiter writes the log; the others follow it and serve reads until
-    // they take over, and a writer that loses the lease follows again. The port stays bound
-    // throughout: calls queue while the phases change.
-    let listener = listener
-        .into_std()
-        .map_err(|e| ServerError::Security(format!("taking the listening socket over: {e}")))?;
+    // they take over, and a writer that loses the lease follows again. One server serves
+    // throughout: connections stay open while the phases change.
+    let listener =
+        TcpListener::from_std(listener.into_std().map_err(|e| {
+            ServerError::Security(format!("taking the listening socket over: {e}"))
+        })?)
+        .map_err(|e| ServerError::Security(format!("listening: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let switch = switch::Switch::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Nothing is served until the first phase opens.
+    report_status(&health, tonic_health::ServingStatus::NotServing).await;
+    let grace = config.shutdown_grace;
+    let (shutdown, drain_deadline) =
+        draining(signalled(signal.clone()), health.clone(), move || grace);
+    let serve = transport.serve(&switch, health_service, listener, shutdown)?;
+    // Set once the server stopped after the signal: its calls are done, or the grace is over.
+    let (drained_tx, drained) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let served = tokio::select! {
+            served = serve => served,
+            () = drain_deadline => {
+                tracing::warn!(grace_secs = grace.as_secs_f64(), "drain grace period over; closing remaining connections");
+                Ok(())
+            }
+        };
+        drained_tx.send_replace(true);
+        served
+    });
     let phases = Phases {
         config: &config,
         registry: &registry_config,
-        transport: &transport,
-        listener: &listener,
+        local: &local,
         bound,
+        switch: &switch,
+        health: &health,
+        drained,
     };
     let outcome = loop {
         let lease = match &config.cluster {
@@ -333,7 +366,14 @@ pub async fn run(
     for task in tasks {
         let _ = task.await;
     }
-    outcome
+    // An error before the signal (a phase that could not open) stops the server too.
+    signal_tx.send_replace(true);
+    let served = server.await;
+    match (outcome, served) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(Err(e))) => Err(e.into()),
+        (Ok(()), _) => Ok(()),
+    }
 }
 
 /// Resolves once `signal` is set.
@@ -353,9 +393,13 @@ enum Written {
 struct Phases<'a> {
     config: &'a ServerConfig,
     registry: &'a RegistryConfig,
-    transport: &'a Transport,
-    listener: &'a std::net::TcpListener,
+    /// The address served, for the log.
+    local: &'a str,
     bound: std::net::SocketAddr,
+    switch: &'a switch::Switch,
+    health: &'a tonic_health::server::HealthReporter,
+    /// Set once the server stopped after the signal.
+    drained: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Phases<'_> {
@@ -379,8 +423,9 @@ impl Phases<'_> {
             holder: &holder,
             config: self.config,
             registry: self.registry,
-            transport: self.transport,
-            listener: self.listener,
+            local: self.local,
+            switch: self.switch,
+            health: self.health,
         };
         standby.run(&mut Box::pin(signalled(signal))).await
     }
@@ -426,9 +471,11 @@ impl Phases<'_> {
             registry: registry.clone(),
             experiments: experiments.clone(),
         };
+        let installed = self.switch.install(domain.routes(), false);
+        drop(domain);
+        let health_reporter = self.health.clone();
+        report_status(&health_reporter, tonic_health::ServingStatus::Serving).await;
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        report_serving(&health_reporter).await;
         // This phase's background tasks end on this signal and are awaited at its end.
         let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
         // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
@@ -462,17 +509,11 @@ impl Phases<'_> {
                 }
             }));
         }
+        tracing::info!(addr = %self.local, data_dir = %config.data_dir.display(), "arbiter serving");
 
-        let local = self
-            .listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|e| format!("unknown ({e})"));
-        tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "arbiter serving");
-
-        // A lost lease drains and stops the phase like a signal. So does a failed replicated
-        // log (another writer's entry where this one's belonged): it refuses every write until
-        // reopened, so the lease is handed back for a standby (or this arbiter, following again).
+        // A lost lease ends the phase. So does a failed replicated log (another writer's entry
+        // where this one's belonged): it refuses every write until reopened, so the lease is
+        // handed back for a standby (or this arbiter, following again).
         let lease_keeper = lease.map(|mut lease| {
             let mut stopping = stop_tasks.subscribe();
             let storage = Arc::downgrade(&storage);
@@ -492,50 +533,24 @@ impl Phases<'_> {
                 }
             })
         });
-        let shutdown = {
+        {
             let mut lost = lease_lost.clone();
-            async move {
-                tokio::select! {
-                    () = signalled(signal) => {}
-                    // Without a lease (or once its keeper ends unlost) nothing is ever lost.
-                    Ok(_) = lost.wait_for(Option::is_some) => {}
+            let lease_lost_now = async move { lost.wait_for(Option::is_some).await.is_ok() };
+            tokio::select! {
+                () = signalled(signal) => {
+                    // The server drains the calls under way (this phase's) first.
+                    let mut drained = self.drained.clone();
+                    let _ = drained.wait_for(|&done| done).await;
+                    installed.end(Duration::ZERO).await;
                 }
-            }
-        };
-        // A writer that stops writing but not serving hands its connections over quickly: no
-        // change can be acknowledged any more.
-        let grace = {
-            let lost = lease_lost.clone();
-            let grace = config.shutdown_grace;
-            move || {
-                if lost.borrow().is_some() {
-                    standby::HANDOVER_GRACE
-                } else {
-                    grace
+                // Without a lease (or once its keeper ends unlost) nothing is ever lost.
+                true = lease_lost_now => {
+                    // No change can be acknowledged any more: calls move on quickly.
+                    report_storage(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+                    installed.end(standby::HANDOVER_GRACE).await;
                 }
-            }
-        };
-        let (shutdown, drain_deadline) = draining(shutdown, health_reporter.clone(), grace);
-        let listener =
-            TcpListener::from_std(self.listener.try_clone().map_err(|e| {
-                ServerError::Security(format!("sharing the listening socket: {e}"))
-            })?)
-            .map_err(|e| {
-                ServerError::Security(format!("listening on the socket taken over: {e}"))
-            })?;
-        let (cut_connections, cut) = tokio::sync::watch::channel(false);
-        let serve =
-            self.transport
-                .serve(&domain, health_service, listener, false, cut, shutdown)?;
-        drop(domain);
-        tokio::select! {
-            served = serve => served?,
-            () = drain_deadline => {
-                tracing::warn!("drain grace period over; closing remaining connections");
             }
         }
-        // Calls still under way would hold this phase's state.
-        cut_connections.send_replace(true);
 
         stop_tasks.send_replace(true);
         for task in tasks {
@@ -557,25 +572,25 @@ impl Phases<'_> {
             }
         }
         let lost = lease_lost.borrow_and_update().clone();
-        if let Some(why) = lost {
-            if let Err(e) = finished {
-                tracing::warn!(error = %e, "the final steps after losing the lease failed");
-            }
-            // The store must be closed before it is followed.
-            let released = tokio::task::spawn_blocking(move || {
-                crate::storage::wait_until_released(&data_dir, standby::RELEASE_TIMEOUT)
-            })
-            .await
-            .unwrap_or(false);
-            if !released {
-                return Err(ServerError::LeaseLost(format!(
-                    "{why}; and the store was not released within {:?}",
-                    standby::RELEASE_TIMEOUT
-                )));
-            }
-            return Ok(Written::LeaseLost(why));
+        let Some(why) = lost else {
+            return Ok(Written::Stopped(finished));
+        };
+        if let Err(e) = finished {
+            tracing::warn!(error = %e, "the final steps after losing the lease failed");
         }
-        Ok(Written::Stopped(finished))
+        // The store must be closed before it is followed.
+        let released = tokio::task::spawn_blocking(move || {
+            crate::storage::wait_until_released(&data_dir, standby::RELEASE_TIMEOUT)
+        })
+        .await
+        .unwrap_or(false);
+        if !released {
+            return Err(ServerError::LeaseLost(format!(
+                "{why}; and the store was not released within {:?}",
+                standby::RELEASE_TIMEOUT
+            )));
+        }
+        Ok(Written::LeaseLost(why))
     }
 }
 
@@ -594,18 +609,7 @@ fn draining(
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");
-        for service in [
-            "",
-            "arbiter.v1.Registry",
-            "arbiter.v1.Admin",
-            "arbiter.v1.Experiments",
-            "arbiter.v1.Allocator",
-            STORAGE_HEALTH,
-        ] {
-            reporter
-                .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        report_status(&reporter, tonic_health::ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
     let deadline = async move {
@@ -617,24 +621,34 @@ fn draining(
     (shutdown, deadline)
 }
 
-/// Every arbiter service and the storage reported SERVING.
-async fn report_serving(reporter: &tonic_health::server::HealthReporter) {
-    reporter
-        .set_serving::<pb::registry_server::RegistryServer<RegistryService>>()
-        .await;
-    reporter
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
-    reporter
-        .set_serving::<pb::experiments_server::ExperimentsServer<ExperimentsService>>()
-        .await;
-    reporter
-        .set_serving::<pb::allocator_server::AllocatorServer<AllocatorService>>()
-        .await;
-    reporter
-        .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::Serving)
-        .await;
+/// Every arbiter service and the storage reported as `status`.
+async fn report_status(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
 }
+
+/// The storage reported as `status` (whether this arbiter takes writes).
+async fn report_storage(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status(STORAGE_HEALTH, status).await;
+}
+
+/// The health services the server reports: the server as a whole, each arbiter service, and
+/// the storage.
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    "arbiter.v1.Registry",
+    "arbiter.v1.Admin",
+    "arbiter.v1.Experiments",
+    "arbiter.v1.Allocator",
+    STORAGE_HEALTH,
+];
 
 /// Counts and times calls, labelled by the methods the server serves.
 fn rpc_metrics_layer() -> Result<crate::metrics::RpcMetricsLayer, ServerError> {

@@ -41,9 +41,6 @@ const STREAMED_RESPONSES: [&str; 3] = [
 pub struct AdmissionLayer {
     rates: RateLimits,
     limiter: Arc<RateLimiter>,
-    /// A cluster's standby: changes and results are refused (UNAVAILABLE), so a client tries
-    /// another arbiter; allocations and reads are served.
-    standby: bool,
 }
 
 impl AdmissionLayer {
@@ -53,15 +50,7 @@ impl AdmissionLayer {
         Self {
             rates,
             limiter: Arc::default(),
-            standby: false,
         }
-    }
-
-    /// The same, for a cluster's standby: it refuses changes and results, which only the
-    /// arbiter holding the writer lease takes.
-    pub fn standby(mut self) -> Self {
-        self.standby = true;
-        self
     }
 }
 
@@ -153,11 +142,6 @@ where
         let Some(kind) = Role::kind_of(path) else {
             return Box::pin(self.inner.call(request));
         };
-        if self.layer.standby && matches!(kind, CallKind::Change | CallKind::Ingest) {
-            return answer(Status::unavailable(
-                crate::storage::StorageError::Standby.to_string(),
-            ));
-        }
         if let Err(status) = self.layer.admit(&request, kind) {
             return answer(status);
         }

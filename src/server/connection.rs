@@ -8,7 +8,6 @@
 //! `arbiter_connections_closed_total{reason}`. The scan costs a few comparisons per frame; it
 //! gives up on bytes that are not HTTP/2 frames (it would see ciphertext under TLS).
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,29 +28,12 @@ const MAX_FRAME_LEN: usize = (1 << 24) - 1;
 /// GOAWAY payload kept for the log: last stream id, error code, and up to 120 bytes of debug data.
 const GOAWAY_KEPT: usize = 8 + 120;
 
-/// Resolves once the connections it was handed to must be closed.
-type Cutoff = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
-
 /// A TCP connection whose outgoing GOAWAY frames are logged.
+#[derive(Debug)]
 pub(super) struct LoggedConnection {
     stream: TcpStream,
     peer: Option<SocketAddr>,
     scanner: Option<FrameScanner>,
-    /// Once it resolves, reads fail, so the server drops the connection and every call on it
-    /// (a standby handing its port over to the writer it became, whose calls would otherwise
-    /// hold the standby's state).
-    cutoff: Option<Cutoff>,
-    /// The cutoff resolved (it is not polled again).
-    cut: bool,
-}
-
-impl std::fmt::Debug for LoggedConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoggedConnection")
-            .field("peer", &self.peer)
-            .field("cut", &self.cut)
-            .finish()
-    }
 }
 
 impl LoggedConnection {
@@ -62,21 +44,7 @@ impl LoggedConnection {
             stream,
             peer,
             scanner: Some(FrameScanner::default()),
-            cutoff: None,
-            cut: false,
         }
-    }
-
-    /// Wraps an accepted stream that is closed when `cut` is set (or its sender dropped).
-    pub(super) fn cut_off_by(
-        stream: TcpStream,
-        mut cut: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        let mut connection = Self::new(stream);
-        connection.cutoff = Some(Box::pin(async move {
-            let _ = cut.wait_for(|&cut| cut).await;
-        }));
-        connection
     }
 
     fn scan(&mut self, written: &[u8]) {
@@ -108,18 +76,6 @@ impl AsyncRead for LoggedConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(cutoff) = &mut self.cutoff {
-            if cutoff.as_mut().poll(cx).is_ready() {
-                self.cutoff = None;
-                self.cut = true;
-            }
-        }
-        if self.cut {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "closed: this arbiter stopped standing by",
-            )));
-        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

@@ -7,19 +7,18 @@
 //! ([`Storage::follow`]) and then to the tests in memory ([`Experiments::follow`]), and polls
 //! again. Allocations are at most that lag behind the writer: one poll and one read.
 //!
-//! Once the lease is this arbiter's, the standby stops: new calls wait in the listener's
-//! backlog, calls under way get a moment to finish, the remaining connections are closed, and
-//! the state is dropped. The writer then opens the same data directory, whose store is current
-//! (only the entries since its last checkpoint are replayed), and serves on the same socket.
+//! Once the lease is this arbiter's, the standby stops: new calls wait for the writer, calls
+//! under way get a moment to finish (the rest end UNAVAILABLE), and the state is dropped. The
+//! writer then opens the same data directory, whose store is current (only the entries since
+//! its last checkpoint are replayed), and serves the same connections.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-
-use super::{Domain, ServerConfig, ServerError, Transport, STORAGE_HEALTH};
+use super::switch::Switch;
+use super::{Domain, ServerConfig, ServerError};
 use crate::audit::AuditLog;
 use crate::cluster::{
     ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, Tail, WriterLease,
@@ -49,8 +48,10 @@ pub(super) struct Standby<'a> {
     pub(super) holder: &'a str,
     pub(super) config: &'a ServerConfig,
     pub(super) registry: &'a RegistryConfig,
-    pub(super) transport: &'a Transport,
-    pub(super) listener: &'a std::net::TcpListener,
+    /// The address served, for the log.
+    pub(super) local: &'a str,
+    pub(super) switch: &'a Switch,
+    pub(super) health: &'a tonic_health::server::HealthReporter,
 }
 
 impl Standby<'_> {
@@ -94,35 +95,12 @@ impl Standby<'_> {
                 }
             };
             last_error = None;
-            let (health_reporter, health_service) = tonic_health::server::health_reporter();
-            super::report_serving(&health_reporter).await;
-            health_reporter
-                .set_service_status(STORAGE_HEALTH, tonic_health::ServingStatus::NotServing)
-                .await;
-            let listener = TcpListener::from_std(self.listener.try_clone().map_err(|e| {
-                ServerError::Security(format!("sharing the listening socket: {e}"))
-            })?)
-            .map_err(|e| ServerError::Security(format!("listening while standing by: {e}")))?;
-            let (stop_serving, mut stopping) = tokio::sync::watch::channel(false);
-            let (cut_connections, cut) = tokio::sync::watch::channel(false);
-            let serving = self.transport.serve(
-                &follower.domain,
-                health_service,
-                listener,
-                true,
-                cut,
-                async move {
-                    let _ = stopping.wait_for(|&stop| stop).await;
-                },
-            )?;
-            tokio::pin!(serving);
-            let local = self
-                .listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"));
+            let installed = self.switch.install(follower.domain.routes(), true);
+            super::report_status(self.health, tonic_health::ServingStatus::Serving).await;
+            // It takes no writes.
+            super::report_storage(self.health, tonic_health::ServingStatus::NotServing).await;
             tracing::info!(
-                addr = %local,
+                addr = %self.local,
                 "standing by: following the cluster's log and serving Allocate and reads"
             );
             let mut broken = follower.broken.clone();
@@ -130,20 +108,8 @@ impl Standby<'_> {
                 lease = &mut acquire => Some(Some(lease)),
                 () = &mut *shutdown => Some(None),
                 _ = broken.wait_for(Option::is_some) => None,
-                served = &mut serving => {
-                    served?;
-                    None
-                }
             };
-            stop_serving.send_replace(true);
-            if tokio::time::timeout(HANDOVER_GRACE, &mut serving)
-                .await
-                .is_err()
-            {
-                cut_connections.send_replace(true);
-                let _ = tokio::time::timeout(HANDOVER_GRACE, &mut serving).await;
-            }
-            cut_connections.send_replace(true);
+            installed.end(HANDOVER_GRACE).await;
             follower.close().await?;
             match outcome {
                 Some(Some(lease)) => return Ok(Some(lease?)),

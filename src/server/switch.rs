@@ -1,0 +1,267 @@
+//! One server for the process's whole life, whose arbiter services are those of the current
+//! phase: a cluster's standby (following the log), the writer, or none while one phase closes
+//! and the next opens. Connections are never dropped when an arbiter changes role: a call that
+//! arrives between phases waits for the next one (up to [`PHASE_WAIT`]), and calls of a phase
+//! that ends get a grace period, after which they end UNAVAILABLE, so that nothing keeps the
+//! phase's state (its store) open.
+//!
+//! Health and reflection are served by the server itself, whatever the phase.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::Frame;
+use tokio::sync::watch;
+use tonic::codegen::Bytes;
+use tonic::service::Routes;
+use tonic::Status;
+use tower::ServiceExt;
+
+use crate::auth::{CallKind, Role};
+
+/// How long a call that arrives between phases waits for the next one.
+pub(super) const PHASE_WAIT: Duration = Duration::from_secs(10);
+/// The prefix of every arbiter method (health and reflection are not switched).
+const ARBITER_METHODS: &str = "/arbiter.v1.";
+/// Arbiter methods whose responses are streams.
+const STREAMED_RESPONSES: [&str; 3] = [
+    "/arbiter.v1.Allocator/AllocateStream",
+    "/arbiter.v1.Allocator/IngestResults",
+    "/arbiter.v1.Registry/GetModel",
+];
+
+/// The services of one phase.
+struct Phase {
+    routes: Routes,
+    /// A standby: changes and results are refused, they go to the writer.
+    standby: bool,
+    /// Set when the phase's calls must end.
+    ended: watch::Receiver<bool>,
+}
+
+/// Installs phases; see the module documentation.
+#[derive(Clone)]
+pub(super) struct Switch {
+    current: Arc<watch::Sender<Option<Arc<Phase>>>>,
+}
+
+impl Switch {
+    /// A switch with no phase installed: arbiter calls wait.
+    pub(super) fn new() -> Self {
+        Self {
+            current: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// The layer that routes the server's arbiter calls to the current phase.
+    pub(super) fn layer(&self) -> SwitchLayer {
+        SwitchLayer {
+            current: self.current.subscribe(),
+        }
+    }
+
+    /// Serves `routes` from now on (a standby's when `standby`) until the returned phase ends.
+    pub(super) fn install(&self, routes: Routes, standby: bool) -> Installed {
+        let (end, ended) = watch::channel(false);
+        let phase = Arc::new(Phase {
+            routes: routes.prepare(),
+            standby,
+            ended,
+        });
+        self.current.send_replace(Some(phase.clone()));
+        Installed {
+            switch: self.clone(),
+            phase: Arc::downgrade(&phase),
+            end,
+        }
+    }
+}
+
+/// A phase being served.
+pub(super) struct Installed {
+    switch: Switch,
+    /// Upgradable while a call of the phase is under way.
+    phase: std::sync::Weak<Phase>,
+    end: watch::Sender<bool>,
+}
+
+impl Installed {
+    /// Stops routing calls to the phase (new ones wait for the next), gives the calls under
+    /// way `grace` to finish, and then ends the rest UNAVAILABLE.
+    pub(super) async fn end(self, grace: Duration) {
+        self.switch.current.send_if_modified(|current| {
+            let ours = current
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), self.phase.as_ptr()));
+            if ours {
+                *current = None;
+            }
+            ours
+        });
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.phase.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.end.send_replace(true);
+    }
+}
+
+/// See [`Switch::layer`].
+#[derive(Clone)]
+pub(super) struct SwitchLayer {
+    current: watch::Receiver<Option<Arc<Phase>>>,
+}
+
+impl<S> tower::Layer<S> for SwitchLayer {
+    type Service = Switched<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Switched {
+            inner,
+            current: self.current.clone(),
+        }
+    }
+}
+
+/// See [`Switch`].
+#[derive(Clone)]
+pub(super) struct Switched<S> {
+    inner: S,
+    current: watch::Receiver<Option<Arc<Phase>>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Switched<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if !path.starts_with(ARBITER_METHODS) {
+            return Box::pin(self.inner.call(request));
+        }
+        let writes = matches!(
+            Role::kind_of(path),
+            Some(CallKind::Change | CallKind::Ingest)
+        );
+        let streamed = STREAMED_RESPONSES.contains(&path);
+        let mut current = self.current.clone();
+        Box::pin(async move {
+            let Some(phase) = next_phase(&mut current).await else {
+                return Ok(Status::unavailable(
+                    "this arbiter is changing role (opening its state); retry",
+                )
+                .into_http());
+            };
+            if phase.standby && writes {
+                return Ok(
+                    Status::unavailable(crate::storage::StorageError::Standby.to_string())
+                        .into_http(),
+                );
+            }
+            let mut ended = phase.ended.clone();
+            let call = phase.routes.clone().oneshot(request);
+            let response = tokio::select! {
+                response = call => match response {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                _ = ended.wait_for(|&end| end) => return Ok(role_changed().into_http()),
+            };
+            if !streamed {
+                return Ok(response);
+            }
+            Ok(response.map(|body| tonic::body::Body::new(EndingBody::new(body, phase))))
+        })
+    }
+}
+
+/// The phase being served, waiting up to [`PHASE_WAIT`] for one.
+async fn next_phase(current: &mut watch::Receiver<Option<Arc<Phase>>>) -> Option<Arc<Phase>> {
+    if let Some(phase) = current.borrow_and_update().clone() {
+        return Some(phase);
+    }
+    let waited = tokio::time::timeout(PHASE_WAIT, current.wait_for(Option::is_some)).await;
+    match waited {
+        Ok(Ok(phase)) => phase.clone(),
+        _ => None,
+    }
+}
+
+/// What a call of a phase that ended gets.
+fn role_changed() -> Status {
+    Status::unavailable("this arbiter changed role (standby or writer) during the call; retry")
+}
+
+/// A streamed response that ends (UNAVAILABLE in its trailers) when its phase does. Holds the
+/// phase meanwhile: its calls are under way until their responses end.
+struct EndingBody {
+    inner: tonic::body::Body,
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+    _phase: Arc<Phase>,
+}
+
+impl EndingBody {
+    fn new(inner: tonic::body::Body, phase: Arc<Phase>) -> Self {
+        let mut ended = phase.ended.clone();
+        Self {
+            inner,
+            ended: Box::pin(async move {
+                let _ = ended.wait_for(|&end| end).await;
+            }),
+            done: false,
+            _phase: phase,
+        }
+    }
+}
+
+impl http_body::Body for EndingBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            let is_trailers = matches!(&frame, Some(Ok(f)) if f.is_trailers());
+            if frame.is_none() || is_trailers {
+                self.done = true;
+            }
+            return Poll::Ready(frame);
+        }
+        if self.ended.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            // The stream's own state goes now, not when the connection lets go of this body.
+            self.inner = tonic::body::Body::empty();
+            let mut trailers = http::HeaderMap::new();
+            role_changed().add_header(&mut trailers)?;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
