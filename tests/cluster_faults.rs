@@ -554,6 +554,13 @@ impl Campaign {
         for allocator in std::mem::take(&mut self.allocators) {
             allocator.await.expect("allocator task");
         }
+        for (a, tally) in self.arbiters.iter().zip(&self.allocations) {
+            let tally = tally.lock().unwrap();
+            eprintln!(
+                "[campaign] {}: {} Allocate calls answered, {} failed (last: {:?})",
+                a.name, tally.answered, tally.failed, tally.last_failure
+            );
+        }
         for i in 0..3 {
             if !self.nats.is_running(i) {
                 self.nats.start_node(i);
@@ -731,6 +738,7 @@ async fn a_randomized_fault_campaign_loses_nothing() {
         let action = ["KILL", "TERM", "STOP"][rng.random_range(0..3usize)];
         let down = Duration::from_millis(rng.random_range(1000..4000));
         let started = Instant::now();
+        let before = campaign.allocation_counts();
         if target < 3 {
             let i = target;
             eprintln!(
@@ -766,9 +774,17 @@ async fn a_randomized_fault_campaign_loses_nothing() {
         }
         // The cluster must make progress again before the next fault.
         campaign.progress(3, Duration::from_secs(60)).await;
+        let failed: Vec<String> = campaign
+            .allocation_counts()
+            .iter()
+            .zip(&before)
+            .zip(&campaign.arbiters)
+            .map(|((now, then), a)| format!("{} {}", a.name, now.1 - then.1))
+            .collect();
         eprintln!(
-            "[campaign] fault {f}: progress again {:?} after it began",
-            started.elapsed()
+            "[campaign] fault {f}: progress again {:?} after it began; Allocate failures meanwhile: {}",
+            started.elapsed(),
+            failed.join(", ")
         );
     }
     campaign.check().await;

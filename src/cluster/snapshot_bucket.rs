@@ -112,16 +112,11 @@ impl SnapshotBucket {
         let bytes = loop {
             let store = self.store.clone();
             let fetched = wait_on(self.runtime(), async move {
-                let mut object = store
+                let object = store
                     .get(object_name(position))
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut bytes = Vec::new();
-                object
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(bytes)
+                read_whole(object).await
             });
             match fetched {
                 Ok(bytes) => break bytes,
@@ -224,6 +219,22 @@ impl Drop for SnapshotBucket {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// Every byte of `object`. Read in chunks: the object store's reader can hand over bytes
+/// together with an error (a copy removed while it is read), which `read_to_end` does not
+/// expect.
+async fn read_whole(
+    mut object: impl tokio::io::AsyncRead + Unpin,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match object.read(&mut chunk).await.map_err(|e| e.to_string())? {
+            0 => return Ok(bytes),
+            n => bytes.extend_from_slice(&chunk[..n]),
         }
     }
 }
