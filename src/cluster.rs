@@ -14,6 +14,7 @@
 //! store, so that the stream can be trimmed and a new node starts from the newest) and the
 //! [`ArtifactBucket`] (every model artifact, so that any node serves any version).
 
+pub mod allocation_reports;
 pub mod artifact_bucket;
 pub mod lease;
 pub mod snapshot_bucket;
@@ -203,6 +204,11 @@ impl ClusterOptions {
     /// The subject every log entry is published on.
     pub fn log_subject(&self) -> String {
         format!("arbiter.{}.log", self.name)
+    }
+
+    /// The subject standbys send their allocation counts on, to the writer.
+    pub fn allocation_subject(&self) -> String {
+        format!("arbiter.{}.allocations", self.name)
     }
 
     /// Connects to the NATS servers (waiting for the first to answer, for as long as it takes;

@@ -190,8 +190,12 @@ impl Experiments {
             let stats = storage
                 .get::<StatsRecord>(&keys::test_stats(id.as_str()))?
                 .unwrap_or_else(|| StatsRecord::new(k));
-            let allocations =
+            let mut allocations =
                 storage.get::<AllocationRecord>(&keys::test_allocations(id.as_str()))?;
+            if following {
+                // A standby counts only its own decisions (it reports them to the writer).
+                allocations = allocations.map(follow::own_counts_only);
+            }
             let key = decision_id::DecisionKey::derive(&secret, id.as_str());
             let state = TestState::restored(record, stats, allocations, key);
             if following {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::audit::AuditLog;
+use crate::cluster::allocation_reports::{self, TestAllocations};
 use crate::cluster::{ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog};
 use crate::experiment::{ExperimentError, Experiments, IngestLimits};
 use crate::grpc::{AdminService, AllocatorService, ExperimentsService, RegistryService};
@@ -135,13 +136,13 @@ async fn open_storage(
     .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
 }
 
-/// Resolves with why the log failed, once it has (never for a log that does not, or once the
-/// storage is gone).
-async fn log_failure(storage: std::sync::Weak<Storage>) -> String {
+/// Resolves with why the log of the storage `opened` holds failed, once it has (never for a
+/// log that does not).
+async fn log_failure(opened: tokio::sync::watch::Receiver<std::sync::Weak<Storage>>) -> String {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(storage) = storage.upgrade() else {
-            return std::future::pending().await;
+        let Some(storage) = opened.borrow().upgrade() else {
+            continue;
         };
         if let Some(why) = storage.log().failure() {
             return why;
@@ -430,13 +431,20 @@ impl Phases<'_> {
         standby.run(&mut Box::pin(signalled(signal))).await
     }
 
-    /// Opens the data directory (over the cluster's log when `lease` is held) and serves every
-    /// call until the signal, or until the lease is lost.
-    async fn write(
+    /// Opens the data directory (over the cluster's log in cluster mode): its storage, the
+    /// cluster's log and snapshots, the audit log, the registry and the tests.
+    async fn open_writer(
         &self,
-        lease: Option<crate::cluster::WriterLease>,
-        signal: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Written, ServerError> {
+    ) -> Result<
+        (
+            Arc<Storage>,
+            Option<Replicated>,
+            Arc<AuditLog>,
+            Registry,
+            Experiments,
+        ),
+        ServerError,
+    > {
         let config = self.config;
         let (storage, replicated) = open_storage(config).await?;
         let storage = Arc::new(storage);
@@ -455,7 +463,6 @@ impl Phases<'_> {
             self.registry.clone(),
             artifact_bucket,
         )?;
-
         let experiments = Experiments::open(
             storage.clone(),
             audit.clone(),
@@ -463,6 +470,62 @@ impl Phases<'_> {
             config.ingest,
         )
         .await?;
+        Ok((storage, replicated, audit, registry, experiments))
+    }
+
+    /// Opens the data directory (over the cluster's log when `lease` is held) and serves every
+    /// call until the signal, or until the lease is lost.
+    async fn write(
+        &self,
+        lease: Option<crate::cluster::WriterLease>,
+        signal: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Written, ServerError> {
+        let config = self.config;
+        // This phase's background tasks end on this signal and are awaited at its end.
+        let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+        // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
+        let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
+        // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
+        let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
+        // The storage, once open.
+        let (opened_tx, opened) = tokio::sync::watch::channel(std::sync::Weak::<Storage>::new());
+        // The lease is kept from the start: opening may take longer than the lease lasts. A
+        // lost lease ends the phase. So does a failed replicated log (another writer's entry
+        // where this one's belonged): it refuses every write until reopened, so the lease is
+        // handed back for a standby (or this arbiter, following again).
+        let lease_keeper = lease.map(|mut lease| {
+            let mut stopping = stop_tasks.subscribe();
+            tokio::spawn(async move {
+                tokio::select! {
+                    why = lease.keep(&lease_unreachable_tx) => {
+                        tracing::error!(reason = %why, "lost the writer lease");
+                        lease_lost_tx.send_replace(Some(why));
+                        None
+                    }
+                    why = log_failure(opened) => {
+                        tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
+                        lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
+                        Some(lease)
+                    }
+                    _ = stopping.wait_for(|&stop| stop) => Some(lease),
+                }
+            })
+        });
+        let (storage, replicated, audit, registry, experiments) = match self.open_writer().await {
+            Ok(opened) => opened,
+            Err(e) => {
+                stop_tasks.send_replace(true);
+                if let Some(keeper) = lease_keeper {
+                    if let Ok(Some(lease)) = keeper.await {
+                        if let Err(e) = lease.release().await {
+                            tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        opened_tx.send_replace(Arc::downgrade(&storage));
         let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
         registry.set_usage(&usage);
         let domain = Domain {
@@ -476,18 +539,13 @@ impl Phases<'_> {
         let health_reporter = self.health.clone();
         report_status(&health_reporter, tonic_health::ServingStatus::Serving).await;
 
-        // This phase's background tasks end on this signal and are awaited at its end.
-        let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
-        // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
-        let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
-        // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
-        let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
         let mut tasks = vec![tokio::spawn(watch_storage(
             Arc::downgrade(&storage),
             lease_unreachable,
             health_reporter.clone(),
             stopped.clone(),
         ))];
+        let stream_log = replicated.as_ref().map(|(log, _)| log.clone());
         let snapshot_interval = config.cluster.as_ref().and_then(|c| c.snapshot_interval);
         if let (Some((log, bucket)), Some(every)) = (replicated, snapshot_interval) {
             tasks.push(tokio::spawn(snapshots::keep_snapshots(
@@ -498,6 +556,23 @@ impl Phases<'_> {
                 lease_lost.clone(),
                 stopped.clone(),
             )));
+        }
+        if let Some(cluster) = &config.cluster {
+            let cluster = cluster.clone();
+            let experiments = experiments.clone();
+            let stopping = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let add = |counted: &TestAllocations| {
+                    if let Err(e) = experiments.add_counted_elsewhere(
+                        &counted.test_id,
+                        &counted.counts,
+                        &counted.expected,
+                    ) {
+                        tracing::debug!(test_id = %counted.test_id, error = %e, "a standby's allocation counts not added");
+                    }
+                };
+                allocation_reports::collect(&cluster, add, stopping).await;
+            }));
         }
         if config.cluster.is_some() {
             let registry = registry.clone();
@@ -511,28 +586,6 @@ impl Phases<'_> {
         }
         tracing::info!(addr = %self.local, data_dir = %config.data_dir.display(), "arbiter serving");
 
-        // A lost lease ends the phase. So does a failed replicated log (another writer's entry
-        // where this one's belonged): it refuses every write until reopened, so the lease is
-        // handed back for a standby (or this arbiter, following again).
-        let lease_keeper = lease.map(|mut lease| {
-            let mut stopping = stop_tasks.subscribe();
-            let storage = Arc::downgrade(&storage);
-            tokio::spawn(async move {
-                tokio::select! {
-                    why = lease.keep(&lease_unreachable_tx) => {
-                        tracing::error!(reason = %why, "lost the writer lease");
-                        lease_lost_tx.send_replace(Some(why));
-                        None
-                    }
-                    why = log_failure(storage) => {
-                        tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
-                        lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
-                        Some(lease)
-                    }
-                    _ = stopping.wait_for(|&stop| stop) => Some(lease),
-                }
-            })
-        });
         {
             let mut lost = lease_lost.clone();
             let lease_lost_now = async move { lost.wait_for(Option::is_some).await.is_ok() };
@@ -560,7 +613,25 @@ impl Phases<'_> {
         drop(usage);
         drop(registry);
         let data_dir = storage.data_dir().to_path_buf();
-        let finished = final_steps(experiments, storage).await;
+        let lost_now = lease_lost.borrow().clone();
+        let finished = match (lost_now, stream_log) {
+            // Nothing more is appended: another arbiter may write the log already, and entries
+            // of this one landing after its start would fail its log. What the stream has not
+            // acknowledged is undone in the store (the stream has the last word when it is
+            // followed again).
+            (Some(why), Some(log)) => {
+                log.stop_writing(&why);
+                drop(experiments);
+                let closed = tokio::task::spawn_blocking(move || drop(storage)).await;
+                closed.map_err(|e| {
+                    ServerError::Storage(StorageError::Io {
+                        context: "closing the store".into(),
+                        source: std::io::Error::other(e),
+                    })
+                })
+            }
+            _ => final_steps(experiments, storage).await,
+        };
         // Given up only once the log is synced and closed: a standby then takes over at once.
         let kept = match lease_keeper {
             Some(keeper) => keeper.await.ok().flatten(),

@@ -638,6 +638,29 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
         .expect("results attributed by the standby's decisions");
     assert_eq!(acks[0].accepted as usize, decisions.len(), "{acks:?}");
 
+    // The standby's decisions reach the writer's allocation counts, and reads on both show them.
+    let total_allocations = |node: &Binary| {
+        let url = node.url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            pb::experiments_client::ExperimentsClient::new(channel)
+                .get_test_results(pb::GetTestResultsRequest {
+                    test_id: "t".into(),
+                })
+                .await
+                .expect("results")
+                .into_inner()
+                .total_allocations
+        }
+    };
+    let both = (decisions.len() + writer_ids.len()) as u64;
+    until_equal(&both, second, || total_allocations(&writer)).await;
+    until_equal(&both, second, || total_allocations(&standby)).await;
+
     // Changes and results sent to the standby are refused, naming why.
     let refused = standby
         .experiments()

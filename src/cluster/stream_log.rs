@@ -274,6 +274,14 @@ impl StreamLog {
         })
     }
 
+    /// Stops this writer's appends for good (another arbiter writes the log now): every write
+    /// and sync is refused from now on, so that its owner undoes what the stream has not
+    /// acknowledged instead of waiting for it.
+    pub fn stop_writing(&self, why: &str) {
+        self.shared
+            .fail(format!("this arbiter stopped writing: {why}"));
+    }
+
     /// The owner's newest cut: every entry below it is folded into this writer's store (so a
     /// snapshot of the store taken after reading it holds them all).
     pub fn folded_below(&self) -> u64 {

@@ -20,6 +20,16 @@ use crate::audit::AuditLog;
 use crate::registry::Registry;
 use crate::storage::{keys, Followed, LogEntry, Storage, StorageError};
 
+/// `stored` without its counts: what a standby's own counting starts from (its table is kept).
+pub(super) fn own_counts_only(stored: AllocationRecord) -> AllocationRecord {
+    let k = stored.counts.len();
+    AllocationRecord {
+        counts: vec![0; k],
+        expected: vec![0.0; k],
+        ..stored
+    }
+}
+
 /// Where a standby's decision sequences begin: in the upper half of the sequence space (the
 /// writer counts up from the bottom), at a random point, so that ids a standby hands out are
 /// not ids the writer or another standby hands out for the same test (unless one of them
@@ -43,6 +53,62 @@ impl Experiments {
         let experiments = Self::load(storage, audit, registry, limits, true)?;
         experiments.start_background_tasks()?;
         Ok(experiments)
+    }
+
+    /// A standby's own decisions per test since it began following (what it reports to the
+    /// writer).
+    pub fn counted_here(&self) -> Vec<(String, AllocationRecord)> {
+        self.inner
+            .tests
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().allocation_record()))
+            .collect()
+    }
+
+    /// The writer: adds decisions a standby counted (`counts` and `expected` per arm) to
+    /// `test_id`'s counts. Refused for a test that ended (its final counts are taken) or whose
+    /// arms differ.
+    pub fn add_counted_elsewhere(
+        &self,
+        test_id: &str,
+        counts: &[u64],
+        expected: &[f64],
+    ) -> Result<()> {
+        let state = self.state(test_id)?;
+        let k = state.config.arms.len();
+        if counts.len() != k || expected.len() != k {
+            return Err(ExperimentError::InvalidArgument {
+                field: "counts",
+                reason: format!(
+                    "{} counts and {} expected counts for a test with {k} arms",
+                    counts.len(),
+                    expected.len()
+                ),
+            });
+        }
+        if state.status().is_ended() {
+            return Err(ExperimentError::WrongStatus {
+                test_id: test_id.to_string(),
+                status: state.status(),
+                action: "count allocations of",
+            });
+        }
+        state.add_counted(counts, expected);
+        Ok(())
+    }
+
+    /// The allocation counts reads show for `state`: a standby's own count only its decisions,
+    /// so it shows the writer's, as stored with every arbiter's decisions.
+    pub(super) fn shown_allocations(&self, state: &TestState) -> Result<AllocationRecord> {
+        if !self.inner.following {
+            return Ok(state.allocation_record());
+        }
+        let test_id = state.config.test_id.as_str();
+        let stored = self
+            .inner
+            .storage
+            .get::<AllocationRecord>(&keys::test_allocations(test_id))?;
+        Ok(stored.unwrap_or_else(|| own_counts_only(state.allocation_record())))
     }
 
     /// Applies to the tests in memory what the storage did with the log's next entry.
@@ -87,10 +153,9 @@ impl Experiments {
                 let stats = storage
                     .get::<StatsRecord>(&keys::test_stats(test_id))?
                     .unwrap_or_else(|| StatsRecord::new(k));
-                let allocations =
-                    storage.get::<AllocationRecord>(&keys::test_allocations(test_id))?;
                 let id = record.config.test_id.clone();
-                let state = TestState::new(record, stats, allocations, self.decision_key(test_id));
+                // A standby counts only its own decisions.
+                let state = TestState::new(record, stats, None, self.decision_key(test_id));
                 mint_apart(&state);
                 *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
                 self.inner.tests.insert(id, Arc::new(state));

@@ -579,7 +579,7 @@ impl Experiments {
 
     /// The stored allocation record of a test (for tests and tools).
     pub fn allocation_counts(&self, test_id: &str) -> Result<AllocationRecord> {
-        Ok(self.state(test_id)?.allocation_record())
+        self.shown_allocations(&*self.state(test_id)?)
     }
 
     /// A copy of a test's statistics as held in memory (for tests and tools).

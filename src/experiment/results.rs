@@ -227,7 +227,7 @@ impl Experiments {
     /// Current results of a test.
     pub fn results(&self, test_id: &str) -> Result<TestResults> {
         let state = self.state(test_id)?;
-        let allocations = state.allocation_record();
+        let allocations = self.shown_allocations(&state)?;
         let weights = state.current_probabilities();
         // Read before the book is locked: a store read must not hold up the test's writers.
         let backtests: Vec<_> = state

@@ -68,6 +68,9 @@ pub struct TestState {
     /// The decision sequence the last persisted allocation record held: decisions since then
     /// (running or not; every one moves the sequence) make the record due again.
     persisted_decisions: AtomicU64,
+    /// Set when decisions counted elsewhere (a cluster's standbys) were added since the last
+    /// persisted allocation record.
+    counted_elsewhere: AtomicBool,
     /// When the test expires (ns since epoch).
     pub deadline: i64,
     /// Set once an expiry has been scheduled from the hot path.
@@ -208,6 +211,7 @@ impl TestState {
             refreshing: Mutex::new(()),
             dirty: AtomicBool::new(false),
             persisted_decisions: AtomicU64::new(alloc.next_decision),
+            counted_elsewhere: AtomicBool::new(false),
             deadline: record
                 .created_at
                 .saturating_add((record.config.max_duration_days * 86_400e9) as i64),
@@ -371,7 +375,21 @@ impl TestState {
     /// Whether decisions were made since the last call, which then counts as persisting them.
     pub fn take_allocations_dirty(&self) -> bool {
         let next = self.next_decision.load(Ordering::Relaxed);
-        self.persisted_decisions.swap(next, Ordering::Relaxed) != next
+        let elsewhere = self.counted_elsewhere.swap(false, Ordering::Relaxed);
+        self.persisted_decisions.swap(next, Ordering::Relaxed) != next || elsewhere
+    }
+
+    /// Adds decisions counted elsewhere (`counts` and `expected` per arm) to the test's counts.
+    pub fn add_counted(&self, counts: &[u64], expected: &[f64]) {
+        let mut tallies = self.tallies.lock();
+        for (total, added) in tallies.counts.iter_mut().zip(counts) {
+            *total += added;
+        }
+        for (total, added) in tallies.expected.iter_mut().zip(expected) {
+            *total += added;
+        }
+        drop(tallies);
+        self.counted_elsewhere.store(true, Ordering::Relaxed);
     }
 }
 

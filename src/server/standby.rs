@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::switch::Switch;
 use super::{Domain, ServerConfig, ServerError};
 use crate::audit::AuditLog;
+use crate::cluster::allocation_reports::{self, TestAllocations};
 use crate::cluster::{
     ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, Tail, WriterLease,
 };
@@ -129,6 +130,9 @@ struct Follower {
     broken: tokio::sync::watch::Receiver<Option<String>>,
     stop: Arc<AtomicBool>,
     tail: Option<std::thread::JoinHandle<()>>,
+    /// Ends the task that reports this standby's allocation counts to the writer.
+    stop_reporting: tokio::sync::watch::Sender<bool>,
+    reporting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Follower {
@@ -190,6 +194,25 @@ impl Follower {
                 context: "starting the thread that follows the cluster's log".into(),
                 source: e,
             })?;
+        let (stop_reporting, stopped) = tokio::sync::watch::channel(false);
+        let reporting = {
+            let cluster = cluster.clone();
+            let experiments = experiments.clone();
+            tokio::spawn(async move {
+                let counted = || {
+                    experiments
+                        .counted_here()
+                        .into_iter()
+                        .map(|(test_id, record)| TestAllocations {
+                            test_id,
+                            counts: record.counts,
+                            expected: record.expected,
+                        })
+                        .collect()
+                };
+                allocation_reports::report(&cluster, counted, stopped).await;
+            })
+        };
         Ok(Self {
             domain: Domain {
                 storage,
@@ -201,12 +224,20 @@ impl Follower {
             broken,
             stop,
             tail: Some(tail),
+            stop_reporting,
+            reporting: Some(reporting),
         })
     }
 
     /// Stops following and drops the state; returns once the data directory is free for the
     /// next opening.
     async fn close(mut self) -> Result<(), ServerError> {
+        // A last report first: the counts since the previous one reach the writer if it is
+        // there (the report task sends what it has before it stops).
+        self.stop_reporting.send_replace(true);
+        if let Some(reporting) = self.reporting.take() {
+            let _ = reporting.await;
+        }
         self.stop.store(true, Ordering::Release);
         if let Some(tail) = self.tail.take() {
             let _ = tokio::task::spawn_blocking(move || tail.join()).await;
