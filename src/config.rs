@@ -438,6 +438,9 @@ pub enum Baseline {
     /// with token authentication and this one without, so the ratios are the cost of
     /// authentication.
     Unauthenticated,
+    /// Another running arbiter, at `--baseline-url` (a single-node server, to compare a
+    /// cluster's arbiter with, say).
+    Arbiter,
 }
 
 /// Flags of `arbiter bench`.
@@ -465,6 +468,14 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The arbiter `--baseline arbiter` measures.
+    #[arg(long, value_name = "URL", required_if_eq("baseline", "arbiter"))]
+    pub baseline_url: Option<String>,
+    /// Where the bench creates (and afterwards stops) its test for `--target`: the cluster's
+    /// writer when the target is a standby, which takes no changes. The target allocates from
+    /// the test once it has followed its creation.
+    #[arg(long, value_name = "URL", requires = "target")]
+    pub prepare_url: Option<String>,
 }
 
 impl BenchArgs {
@@ -479,6 +490,7 @@ impl BenchArgs {
             Baseline::None => None,
             Baseline::Echo => Some("echo"),
             Baseline::Unauthenticated => Some("no-auth"),
+            Baseline::Arbiter => Some("baseline"),
         }
     }
 }

@@ -208,7 +208,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let mut locals = Vec::new();
     let arbiter = match &args.target {
-        Some(url) => Target::prepare(System::Arbiter, url, None).await?,
+        Some(url) => match &args.prepare_url {
+            Some(writer) => Target::prepare_on(System::Arbiter, url, writer).await?,
+            None => Target::prepare(System::Arbiter, url, None).await?,
+        },
         None => {
             let local = start_arbiter(authenticated).await?;
             let url = format!("http://{}", local.addr);
@@ -222,21 +225,27 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         Baseline::None => None,
         Baseline::Echo => Some((System::Echo, start_echo().await?)),
         Baseline::Unauthenticated => Some((System::Unauthenticated, start_arbiter(false).await?)),
+        Baseline::Arbiter => None,
     };
     if let Some((system, local)) = baseline {
         let url = format!("http://{}", local.addr);
         locals.push(local);
         targets.push(Target::prepare(system, &url, None).await?);
     }
+    if let (Baseline::Arbiter, Some(url)) = (args.baseline, &args.baseline_url) {
+        targets.push(Target::prepare(System::Baseline, url, None).await?);
+    }
     let duration = Duration::from_millis(args.duration_ms);
     let mut measurements = Vec::new();
     for scenario in scenarios {
         measurements.extend(scenario.run(&targets, duration).await?);
     }
-    if args.target.is_some() {
-        // A server the bench did not start keeps only its audit events (append-only).
-        if let Err(e) = targets[0].clean_up().await {
-            eprintln!("arbiter bench: could not remove what it created on the target: {e}");
+    // A server the bench did not start keeps only its audit events (append-only).
+    for target in targets.iter().filter(|t| {
+        (t.system == System::Arbiter && args.target.is_some()) || t.system == System::Baseline
+    }) {
+        if let Err(e) = target.clean_up().await {
+            eprintln!("arbiter bench: could not remove what it created on a server: {e}");
         }
     }
     for local in locals {

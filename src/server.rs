@@ -21,6 +21,7 @@ use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
 
 mod connection;
+mod held_lease;
 pub mod security;
 mod snapshots;
 mod standby;
@@ -134,20 +135,6 @@ async fn open_storage(
     })
     .await
     .map_err(|e| StorageError::Replicated(format!("opening the cluster's log: {e}")))?
-}
-
-/// Resolves with why the log of the storage `opened` holds failed, once it has (never for a
-/// log that does not).
-async fn log_failure(opened: tokio::sync::watch::Receiver<std::sync::Weak<Storage>>) -> String {
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(storage) = opened.borrow().upgrade() else {
-            continue;
-        };
-        if let Some(why) = storage.log().failure() {
-            return why;
-        }
-    }
 }
 
 /// Cluster mode, while serving: removes objects a crash left in the artifact bucket without a
@@ -410,7 +397,7 @@ impl Phases<'_> {
         &self,
         cluster: &ClusterOptions,
         signal: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Option<crate::cluster::WriterLease>, ServerError> {
+    ) -> Result<Option<held_lease::HeldLease>, ServerError> {
         // Unique even across containers that share an address and a pid: a refresh must
         // never take another arbiter's lease for its own.
         let holder = format!(
@@ -477,55 +464,33 @@ impl Phases<'_> {
     /// call until the signal, or until the lease is lost.
     async fn write(
         &self,
-        lease: Option<crate::cluster::WriterLease>,
+        lease: Option<held_lease::HeldLease>,
         signal: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Written, ServerError> {
         let config = self.config;
         // This phase's background tasks end on this signal and are awaited at its end.
         let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
-        // Cluster mode: why this arbiter stopped writing (lost lease, failed log), once it has.
-        let (lease_lost_tx, mut lease_lost) = tokio::sync::watch::channel(None::<String>);
-        // Cluster mode: whether the writer lease can be refreshed (NATS within reach).
-        let (lease_unreachable_tx, lease_unreachable) = tokio::sync::watch::channel(None::<String>);
-        // The storage, once open.
-        let (opened_tx, opened) = tokio::sync::watch::channel(std::sync::Weak::<Storage>::new());
-        // The lease is kept from the start: opening may take longer than the lease lasts. A
-        // lost lease ends the phase. So does a failed replicated log (another writer's entry
-        // where this one's belonged): it refuses every write until reopened, so the lease is
-        // handed back for a standby (or this arbiter, following again).
-        let lease_keeper = lease.map(|mut lease| {
-            let mut stopping = stop_tasks.subscribe();
-            tokio::spawn(async move {
-                tokio::select! {
-                    why = lease.keep(&lease_unreachable_tx) => {
-                        tracing::error!(reason = %why, "lost the writer lease");
-                        lease_lost_tx.send_replace(Some(why));
-                        None
-                    }
-                    why = log_failure(opened) => {
-                        tracing::error!(reason = %why, "the replicated log failed; handing the writer lease back");
-                        lease_lost_tx.send_replace(Some(format!("the replicated log failed: {why}")));
-                        Some(lease)
-                    }
-                    _ = stopping.wait_for(|&stop| stop) => Some(lease),
-                }
-            })
-        });
+        // Cluster mode: why this arbiter must stop writing (lost lease, failed log), once it
+        // must, and whether the lease can be refreshed (NATS within reach). Never, without one.
+        let (mut lease_lost, lease_unreachable) = match &lease {
+            Some(held) => (held.lost.clone(), held.unreachable.clone()),
+            None => (
+                tokio::sync::watch::channel(None).1,
+                tokio::sync::watch::channel(None).1,
+            ),
+        };
         let (storage, replicated, audit, registry, experiments) = match self.open_writer().await {
             Ok(opened) => opened,
             Err(e) => {
-                stop_tasks.send_replace(true);
-                if let Some(keeper) = lease_keeper {
-                    if let Ok(Some(lease)) = keeper.await {
-                        if let Err(e) = lease.release().await {
-                            tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
-                        }
-                    }
+                if let Some(held) = lease {
+                    held.release().await;
                 }
                 return Err(e);
             }
         };
-        opened_tx.send_replace(Arc::downgrade(&storage));
+        if let Some(held) = &lease {
+            held.opened(&storage);
+        }
         let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
         registry.set_usage(&usage);
         let domain = Domain {
@@ -633,14 +598,8 @@ impl Phases<'_> {
             _ => final_steps(experiments, storage).await,
         };
         // Given up only once the log is synced and closed: a standby then takes over at once.
-        let kept = match lease_keeper {
-            Some(keeper) => keeper.await.ok().flatten(),
-            None => None,
-        };
-        if let Some(lease) = kept {
-            if let Err(e) = lease.release().await {
-                tracing::warn!(error = %e, "could not release the writer lease; a standby takes over when it lapses");
-            }
+        if let Some(held) = lease {
+            held.release().await;
         }
         let lost = lease_lost.borrow_and_update().clone();
         let Some(why) = lost else {

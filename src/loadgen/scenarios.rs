@@ -24,6 +24,8 @@ pub(super) enum System {
     Echo,
     /// arbiter without authentication, the baseline of an authenticated arbiter.
     Unauthenticated,
+    /// Another running arbiter (`--baseline arbiter`).
+    Baseline,
 }
 
 impl System {
@@ -33,6 +35,7 @@ impl System {
             Self::Arbiter => "arbiter",
             Self::Echo => "echo",
             Self::Unauthenticated => "no-auth",
+            Self::Baseline => "baseline",
         }
     }
 }
@@ -43,6 +46,8 @@ pub(super) struct Target {
     /// Which server.
     pub system: System,
     url: String,
+    /// Where its test was created and is stopped (its own URL unless it is a standby).
+    prepared_on: String,
     test_id: String,
     token: Option<String>,
 }
@@ -56,7 +61,7 @@ impl Target {
         token: Option<String>,
     ) -> Result<Self, BenchError> {
         let test_id = match system {
-            System::Arbiter | System::Unauthenticated => {
+            System::Arbiter | System::Unauthenticated | System::Baseline => {
                 retry_until_up(|| create_bench_test(url, token.as_deref())).await?
             }
             System::Echo => {
@@ -67,9 +72,37 @@ impl Target {
         Ok(Self {
             system,
             url: url.to_string(),
+            prepared_on: url.to_string(),
             test_id,
             token,
         })
+    }
+
+    /// An arbiter at `url` (a cluster's standby) whose test is created at `writer`: ready once
+    /// `url` allocates from it (at most 10 s after its creation).
+    pub(super) async fn prepare_on(
+        system: System,
+        url: &str,
+        writer: &str,
+    ) -> Result<Self, BenchError> {
+        let mut target = Self::prepare(system, writer, None).await?;
+        target.url = url.to_string();
+        let probe = target.clone();
+        retry_until_up(|| {
+            let probe = probe.clone();
+            async move {
+                AllocatorClient::new(connect(&probe.url).await?)
+                    .allocate(probe.request())
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| BenchError::Call {
+                        what: "Allocate on the target",
+                        status,
+                    })
+            }
+        })
+        .await?;
+        Ok(target)
     }
 
     /// Stops the test [`Target::prepare`] created and deletes its two model versions (`<test>-m0`
@@ -78,7 +111,7 @@ impl Target {
         if self.system == System::Echo {
             return Ok(());
         }
-        let channel = connect_as(&self.url, self.token.as_deref()).await?;
+        let channel = connect_as(&self.prepared_on, self.token.as_deref()).await?;
         pb::experiments_client::ExperimentsClient::new(channel.clone())
             .stop_test(pb::StopTestRequest {
                 test_id: self.test_id.clone(),
@@ -168,9 +201,9 @@ enum Client {
 impl Client {
     async fn new(target: &Target) -> Result<Self, BenchError> {
         Ok(match target.system {
-            System::Arbiter | System::Unauthenticated => Self::Arbiter(AllocatorClient::new(
-                connect_as(&target.url, target.token.as_deref()).await?,
-            )),
+            System::Arbiter | System::Unauthenticated | System::Baseline => Self::Arbiter(
+                AllocatorClient::new(connect_as(&target.url, target.token.as_deref()).await?),
+            ),
             System::Echo => Self::Echo(EchoClient::new(connect(&target.url).await?)),
         })
     }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::held_lease::HeldLease;
 use super::switch::Switch;
 use super::{Domain, ServerConfig, ServerError};
 use crate::audit::AuditLog;
@@ -61,7 +62,7 @@ impl Standby<'_> {
     pub(super) async fn run<S: Future<Output = ()> + Unpin>(
         &self,
         shutdown: &mut S,
-    ) -> Result<Option<WriterLease>, ServerError> {
+    ) -> Result<Option<HeldLease>, ServerError> {
         let acquire = WriterLease::acquire(self.cluster, self.holder);
         tokio::pin!(acquire);
         let mut last_error = None;
@@ -70,12 +71,15 @@ impl Standby<'_> {
             tokio::pin!(opening);
             let opened = tokio::select! {
                 lease = &mut acquire => {
-                    let lease = lease?;
+                    let held = HeldLease::keep(lease?);
                     // The opening holds the data directory until it is done with it.
                     if let Ok(follower) = opening.await {
-                        follower.close().await?;
+                        if let Err(e) = follower.close().await {
+                            held.release().await;
+                            return Err(e);
+                        }
                     }
-                    return Ok(Some(lease));
+                    return Ok(Some(held));
                 }
                 () = &mut *shutdown => return Ok(None),
                 opened = &mut opening => opened,
@@ -89,7 +93,7 @@ impl Standby<'_> {
                         last_error = Some(why);
                     }
                     tokio::select! {
-                        lease = &mut acquire => return Ok(Some(lease?)),
+                        lease = &mut acquire => return Ok(Some(HeldLease::keep(lease?))),
                         () = &mut *shutdown => return Ok(None),
                         () = tokio::time::sleep(REOPEN_INTERVAL) => continue,
                     }
@@ -106,16 +110,20 @@ impl Standby<'_> {
             );
             let mut broken = follower.broken.clone();
             let outcome = tokio::select! {
-                lease = &mut acquire => Some(Some(lease)),
+                // Kept from now on: closing the standby's state may take a while.
+                lease = &mut acquire => Some(Some(HeldLease::keep(lease?))),
                 () = &mut *shutdown => Some(None),
                 _ = broken.wait_for(Option::is_some) => None,
             };
             installed.end(HANDOVER_GRACE).await;
-            follower.close().await?;
-            match outcome {
-                Some(Some(lease)) => return Ok(Some(lease?)),
-                Some(None) => return Ok(None),
-                None => {}
+            if let Err(e) = follower.close().await {
+                if let Some(Some(held)) = outcome {
+                    held.release().await;
+                }
+                return Err(e);
+            }
+            if let Some(held) = outcome {
+                return Ok(held);
             }
         }
     }
