@@ -1070,6 +1070,30 @@ mod tests {
             (args.connections, args.in_flight, args.duration_ms),
             (3, 16, 3000)
         );
+        // Another arbiter as the baseline needs its address; a test prepared elsewhere needs a
+        // target.
+        let parse = |flags: &[&str]| Cli::try_parse_from([&["arbiter", "bench"], flags].concat());
+        let missing = parse(&["--baseline", "arbiter"]).expect_err("no --baseline-url");
+        assert!(missing.to_string().contains("--baseline-url"), "{missing}");
+        let missing = parse(&["--prepare-url", "http://w"]).expect_err("no --target");
+        assert!(missing.to_string().contains("--target"), "{missing}");
+        let Command::Bench(args) = parse(&[
+            "--target",
+            "http://standby",
+            "--prepare-url",
+            "http://writer",
+            "--baseline",
+            "arbiter",
+            "--baseline-url",
+            "http://single",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("bench expected");
+        };
+        assert_eq!(args.baseline_system(), Some("baseline"));
+        assert_eq!(args.prepare_url.as_deref(), Some("http://writer"));
     }
 
     fn serve(args: &[&str]) -> ServeArgs {
