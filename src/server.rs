@@ -489,7 +489,7 @@ impl Phases<'_> {
             }
         };
         if let Some(held) = &lease {
-            held.opened(&storage);
+            held.opened(&storage, replicated.as_ref().map(|(log, _)| log.clone()));
         }
         let usage: Arc<dyn ModelUsage> = Arc::new(experiments.clone());
         registry.set_usage(&usage);
@@ -563,7 +563,9 @@ impl Phases<'_> {
                 }
                 // Without a lease (or once its keeper ends unlost) nothing is ever lost.
                 true = lease_lost_now => {
-                    // No change can be acknowledged any more: calls move on quickly.
+                    // The log takes nothing more (the lease's keeper stopped it): background
+                    // work ends now, and calls move on quickly.
+                    stop_tasks.send_replace(true);
                     report_storage(&health_reporter, tonic_health::ServingStatus::NotServing).await;
                     installed.end(standby::HANDOVER_GRACE).await;
                 }

@@ -5,9 +5,13 @@
 //! counts and the sample-ratio check cover every arbiter's decisions.
 //!
 //! A report is acknowledged once the writer added it; one not acknowledged (no writer during a
-//! failover, NATS out of reach) is sent again, merged into the next. Reports carry the standby's
-//! run id and a sequence number, and a writer adds each report of a run once. What a writer
-//! added and had not yet stored when it crashed is lost, as are its own counts of that second.
+//! failover, NATS out of reach) is sent again as it is, and what was counted meanwhile goes in
+//! the next one. Reports carry the standby's run id and a sequence number, and a writer adds
+//! each report of a run once. What can be lost: what a writer added and had not stored when it
+//! crashed (as its own counts of that second), and what a standby counted after its last
+//! acknowledged report when it stops following (killed, or taking over). What can count twice:
+//! a report a writer added and stored whose acknowledgement was lost, sent again to the next
+//! writer (which does not know the run's numbers).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,6 +75,9 @@ pub async fn report(
     let mut failing = false;
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The report sent and not acknowledged yet, with the totals it brings the writer to: sent
+    // again as it is (same number) until it is, so that the writer adds it once.
+    let mut pending: Option<(Report, Vec<TestAllocations>)> = None;
     let mut last = false;
     while !last {
         tokio::select! {
@@ -78,21 +85,28 @@ pub async fn report(
             // One last report: what was counted since the previous one.
             _ = stop.wait_for(|&s| s) => last = true,
         }
-        let now = counted();
-        let tests: Vec<TestAllocations> = now
-            .iter()
-            .filter_map(|total| since(total, reported.get(&total.test_id)))
-            .collect();
-        if tests.is_empty() {
-            continue;
+        if pending.is_none() {
+            let now = counted();
+            let tests: Vec<TestAllocations> = now
+                .iter()
+                .filter_map(|total| since(total, reported.get(&total.test_id)))
+                .collect();
+            if tests.is_empty() {
+                continue;
+            }
+            seq += 1;
+            let report = Report {
+                run: run.clone(),
+                seq,
+                tests,
+            };
+            pending = Some((report, now));
         }
-        seq += 1;
-        let report = Report {
-            run: run.clone(),
-            seq,
-            tests,
+        let Some((report, totals)) = &pending else {
+            continue;
         };
-        let Ok(body) = serde_json::to_vec(&report) else {
+        let Ok(body) = serde_json::to_vec(report) else {
+            pending = None;
             continue;
         };
         let request = client.request(subject.clone(), Bytes::from(body));
@@ -102,9 +116,10 @@ pub async fn report(
                     failing = false;
                     tracing::info!("allocation counts reach the writer again");
                 }
-                for total in now {
-                    reported.insert(total.test_id.clone(), total);
+                for total in totals {
+                    reported.insert(total.test_id.clone(), total.clone());
                 }
+                pending = None;
             }
             outcome => {
                 if !failing {

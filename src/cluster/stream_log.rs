@@ -94,6 +94,8 @@ struct Shared {
     /// Since when the oldest unacknowledged entry has gone unanswered (none: acknowledgements
     /// come).
     unanswered_since: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// The last position a whole read of the log ([`Log::read_from`]) went through.
+    read_through: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -249,6 +251,7 @@ impl StreamLog {
             first: AtomicU64::new(first.max(1)),
             unanswered_since: parking_lot::Mutex::new(None),
             folded_below: AtomicU64::new(0),
+            read_through: AtomicU64::new(0),
         });
         let publisher = Publisher {
             context,
@@ -282,6 +285,12 @@ impl StreamLog {
             .fail(format!("this arbiter stopped writing: {why}"));
     }
 
+    /// The last position a whole read of the log went through: a reader that opened the store
+    /// with it has applied every entry up to there.
+    pub fn read_through(&self) -> u64 {
+        self.shared.read_through.load(Ordering::Acquire)
+    }
+
     /// The owner's newest cut: every entry below it is folded into this writer's store (so a
     /// snapshot of the store taken after reading it holds them all).
     pub fn folded_below(&self) -> u64 {
@@ -294,6 +303,10 @@ impl StreamLog {
     pub fn purge_before(&self, cut: u64) -> Result<u64> {
         if self.reader {
             return Err(StorageError::Standby);
+        }
+        // A writer that stopped writing (its lease lost) trims nothing either.
+        if let Some(failed) = self.shared.failed() {
+            return Err(failed);
         }
         let first = self.first_position();
         let cut = cut.min(self.durable_through() + 1);
@@ -344,9 +357,10 @@ impl StreamLog {
 
     /// One attempt of [`Log::read_from`].
     fn read_once(&self, from: u64) -> Result<Vec<LogEntry>> {
-        let Some((mut read, _)) = self.read_messages(from)? else {
+        let Some((mut read, last)) = self.read_messages(from, self.bounds()?)? else {
             return Ok(Vec::new());
         };
+        self.shared.read_through.fetch_max(last, Ordering::AcqRel);
         let stale = chain::drop_stale(&mut read, &mut None);
         if stale > 0 {
             tracing::warn!(
@@ -370,11 +384,12 @@ impl StreamLog {
     /// see `chain`). The last entry is held back while only some of its parts are stored.
     /// Not retried: the caller polls again.
     pub fn read_tail(&self, from: u64, writer: &mut Option<String>) -> Result<Tail> {
-        let (first, _) = self.bounds()?;
+        // One look at the bounds for both: a trim between two looks would go unnoticed.
+        let (first, last) = self.bounds()?;
         if first > from {
             return Ok(Tail::Trimmed { first });
         }
-        let Some((mut read, last)) = self.read_messages(from)? else {
+        let Some((mut read, last)) = self.read_messages(from, (first, last))? else {
             return Ok(Tail::Entries {
                 entries: Vec::new(),
                 next: from,
@@ -412,11 +427,14 @@ impl StreamLog {
         Ok(Tail::Entries { entries, next })
     }
 
-    /// Every message stored from `from` to the stream's last position now (with the earlier
-    /// parts of an entry that begins before `from`), and that last position; `None` when
-    /// nothing is stored from `from` on.
-    fn read_messages(&self, from: u64) -> Result<Option<(BTreeMap<u64, parts::Message>, u64)>> {
-        let (first, last) = self.bounds()?;
+    /// Every message stored from `from` to `last` (with the earlier parts of an entry that
+    /// begins before `from`), the stream's bounds being `(first, last)`, and `last`; `None`
+    /// when nothing is stored from `from` on.
+    fn read_messages(
+        &self,
+        from: u64,
+        (first, last): (u64, u64),
+    ) -> Result<Option<(BTreeMap<u64, parts::Message>, u64)>> {
         let start = from.max(first).max(1);
         if start > last {
             return Ok(None);

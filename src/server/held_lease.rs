@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cluster::WriterLease;
+use crate::cluster::{StreamLog, WriterLease};
 use crate::storage::Storage;
 
 /// A lease being kept by a task of its own.
@@ -18,6 +18,8 @@ pub(super) struct HeldLease {
     pub(super) unreachable: watch::Receiver<Option<String>>,
     /// The writer's storage, once open: the lease is handed back when its log fails.
     opened: watch::Sender<Weak<Storage>>,
+    /// The writer's log, once open: it stops writing the moment the lease is lost.
+    log: Arc<parking_lot::Mutex<Option<Arc<StreamLog>>>>,
     stop: watch::Sender<bool>,
     keeper: tokio::task::JoinHandle<Option<WriterLease>>,
 }
@@ -29,10 +31,18 @@ impl HeldLease {
         let (unreachable_tx, unreachable) = watch::channel(None);
         let (opened, opened_rx) = watch::channel(Weak::new());
         let (stop, mut stopping) = watch::channel(false);
+        let log: Arc<parking_lot::Mutex<Option<Arc<StreamLog>>>> = Arc::default();
+        let writing = log.clone();
         let keeper = tokio::spawn(async move {
             tokio::select! {
                 why = lease.keep(&unreachable_tx) => {
                     tracing::error!(reason = %why, "lost the writer lease");
+                    // Another arbiter writes now: not one more entry from this one (its entries
+                    // landing after the other's start would fail the other's log).
+                    let writing = writing.lock();
+                    if let Some(log) = writing.as_ref() {
+                        log.stop_writing(&why);
+                    }
                     lost_tx.send_replace(Some(why));
                     None
                 }
@@ -51,14 +61,20 @@ impl HeldLease {
             lost,
             unreachable,
             opened,
+            log,
             stop,
             keeper,
         }
     }
 
-    /// The writer's storage is open.
-    pub(super) fn opened(&self, storage: &Arc<Storage>) {
+    /// The writer's storage is open, over `log`. A lease already lost stops it at once.
+    pub(super) fn opened(&self, storage: &Arc<Storage>, log: Option<Arc<StreamLog>>) {
         self.opened.send_replace(Arc::downgrade(storage));
+        let mut writing = self.log.lock();
+        if let (Some(log), Some(why)) = (&log, self.lost.borrow().clone()) {
+            log.stop_writing(&why);
+        }
+        *writing = log;
     }
 
     /// Stops refreshing and hands the lease back, unless it was lost.

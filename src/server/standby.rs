@@ -111,19 +111,19 @@ impl Standby<'_> {
             let mut broken = follower.broken.clone();
             let outcome = tokio::select! {
                 // Kept from now on: closing the standby's state may take a while.
-                lease = &mut acquire => Some(Some(HeldLease::keep(lease?))),
-                () = &mut *shutdown => Some(None),
+                lease = &mut acquire => Some(lease.map(|lease| Some(HeldLease::keep(lease)))),
+                () = &mut *shutdown => Some(Ok(None)),
                 _ = broken.wait_for(Option::is_some) => None,
             };
             installed.end(HANDOVER_GRACE).await;
             if let Err(e) = follower.close().await {
-                if let Some(Some(held)) = outcome {
+                if let Some(Ok(Some(held))) = outcome {
                     held.release().await;
                 }
                 return Err(e);
             }
-            if let Some(held) = outcome {
-                return Ok(held);
+            if let Some(outcome) = outcome {
+                return Ok(outcome?);
             }
         }
     }
@@ -316,6 +316,15 @@ impl Tailing {
                         tracing::info!("reading the cluster's log again");
                     }
                     entries
+                }
+                // Trimmed below what the opening read: nothing is missing, go on from there
+                // (the writer of the first entry counts, as for any read after a trim).
+                Ok(Tail::Trimmed { first })
+                    if first <= self.log.read_through() + 1 && next <= first =>
+                {
+                    next = first;
+                    writer = None;
+                    continue;
                 }
                 Ok(Tail::Trimmed { first }) => {
                     return Some(format!(

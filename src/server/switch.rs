@@ -33,6 +33,12 @@ const STREAMED_RESPONSES: [&str; 3] = [
     "/arbiter.v1.Registry/GetModel",
 ];
 
+/// The response of a streamed call, emptied when its phase ends.
+type StreamSlot = parking_lot::Mutex<Option<tonic::body::Body>>;
+
+/// The streamed responses of a phase still open.
+type OpenStreams = Arc<parking_lot::Mutex<Vec<std::sync::Weak<StreamSlot>>>>;
+
 /// The services of one phase.
 struct Phase {
     routes: Routes,
@@ -40,6 +46,7 @@ struct Phase {
     standby: bool,
     /// Set when the phase's calls must end.
     ended: watch::Receiver<bool>,
+    streams: OpenStreams,
 }
 
 /// Installs phases; see the module documentation.
@@ -66,16 +73,19 @@ impl Switch {
     /// Serves `routes` from now on (a standby's when `standby`) until the returned phase ends.
     pub(super) fn install(&self, routes: Routes, standby: bool) -> Installed {
         let (end, ended) = watch::channel(false);
+        let streams = OpenStreams::default();
         let phase = Arc::new(Phase {
             routes: routes.prepare(),
             standby,
             ended,
+            streams: streams.clone(),
         });
         self.current.send_replace(Some(phase.clone()));
         Installed {
             switch: self.clone(),
             phase: Arc::downgrade(&phase),
             end,
+            streams,
         }
     }
 }
@@ -83,9 +93,10 @@ impl Switch {
 /// A phase being served.
 pub(super) struct Installed {
     switch: Switch,
-    /// Upgradable while a call of the phase is under way.
+    /// Upgradable while a call of the phase is under way (until its response begins).
     phase: std::sync::Weak<Phase>,
     end: watch::Sender<bool>,
+    streams: OpenStreams,
 }
 
 impl Installed {
@@ -106,6 +117,12 @@ impl Installed {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.end.send_replace(true);
+        // A stream whose client stopped reading is not polled, so it would not notice: its
+        // response (and the state it holds) goes now, and it ends when it is polled again.
+        let open = std::mem::take(&mut *self.streams.lock());
+        for stream in open.iter().filter_map(std::sync::Weak::upgrade) {
+            drop(stream.lock().take());
+        }
     }
 }
 
@@ -187,7 +204,7 @@ where
             if !streamed {
                 return Ok(response);
             }
-            Ok(response.map(|body| tonic::body::Body::new(EndingBody::new(body, phase))))
+            Ok(response.map(|body| tonic::body::Body::new(EndingBody::new(body, &phase))))
         })
     }
 }
@@ -209,17 +226,21 @@ fn role_changed() -> Status {
     Status::unavailable("this arbiter changed role (standby or writer) during the call; retry")
 }
 
-/// A streamed response that ends (UNAVAILABLE in its trailers) when its phase does. Holds the
-/// phase meanwhile: its calls are under way until their responses end.
+/// A streamed response that ends (UNAVAILABLE in its trailers) when its phase does; its
+/// phase can take the response away ([`Installed::end`]).
 struct EndingBody {
-    inner: tonic::body::Body,
+    inner: Arc<StreamSlot>,
     ended: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
-    _phase: Arc<Phase>,
 }
 
 impl EndingBody {
-    fn new(inner: tonic::body::Body, phase: Arc<Phase>) -> Self {
+    fn new(inner: tonic::body::Body, phase: &Phase) -> Self {
+        let inner = Arc::new(parking_lot::Mutex::new(Some(inner)));
+        let mut streams = phase.streams.lock();
+        streams.retain(|s| s.strong_count() > 0);
+        streams.push(Arc::downgrade(&inner));
+        drop(streams);
         let mut ended = phase.ended.clone();
         Self {
             inner,
@@ -227,8 +248,16 @@ impl EndingBody {
                 let _ = ended.wait_for(|&end| end).await;
             }),
             done: false,
-            _phase: phase,
         }
+    }
+
+    /// The trailers of a stream its phase ended.
+    fn role_changed_trailers(&mut self) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        drop(self.inner.lock().take());
+        let mut trailers = http::HeaderMap::new();
+        role_changed().add_header(&mut trailers)?;
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 }
 
@@ -243,25 +272,90 @@ impl http_body::Body for EndingBody {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            let is_trailers = matches!(&frame, Some(Ok(f)) if f.is_trailers());
-            if frame.is_none() || is_trailers {
-                self.done = true;
+        let polled = {
+            let mut inner = self.inner.lock();
+            inner.as_mut().map(|body| Pin::new(body).poll_frame(cx))
+        };
+        match polled {
+            // Taken away by the phase's end.
+            None => return self.role_changed_trailers(),
+            Some(Poll::Ready(frame)) => {
+                let is_trailers = matches!(&frame, Some(Ok(f)) if f.is_trailers());
+                if frame.is_none() || is_trailers {
+                    self.done = true;
+                }
+                return Poll::Ready(frame);
             }
-            return Poll::Ready(frame);
+            Some(Poll::Pending) => {}
         }
         if self.ended.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            // The stream's own state goes now, not when the connection lets go of this body.
-            self.inner = tonic::body::Body::empty();
-            let mut trailers = http::HeaderMap::new();
-            role_changed().add_header(&mut trailers)?;
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return self.role_changed_trailers();
         }
         Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    /// A response body that never yields (its client stopped reading) and holds `_state`.
+    struct Stalled {
+        _state: Arc<()>,
+    }
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_phase_lets_go_of_its_streams_even_unpolled_and_they_end_unavailable() {
+        let switch = Switch::new();
+        let (_, health) = tonic_health::server::health_reporter();
+        let installed = switch.install(Routes::new(health), false);
+        let phase = switch.current.borrow().clone().expect("installed");
+        let state = Arc::new(());
+        let mut stream = EndingBody::new(
+            tonic::body::Body::new(Stalled {
+                _state: state.clone(),
+            }),
+            &phase,
+        );
+        drop(phase);
+        assert_eq!(Arc::strong_count(&state), 2);
+        installed.end(Duration::ZERO).await;
+        assert!(
+            switch.current.borrow().is_none(),
+            "new calls wait for the next phase"
+        );
+        assert_eq!(Arc::strong_count(&state), 1, "the stream's state is gone");
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx))
+            .await
+            .expect("a last frame")
+            .expect("trailers");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"14"[..]),
+            "UNAVAILABLE"
+        );
+        assert!(
+            std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx))
+                .await
+                .is_none()
+        );
     }
 }
