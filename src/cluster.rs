@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use artifact_bucket::ArtifactBucket;
 pub use lease::WriterLease;
 pub use snapshot_bucket::SnapshotBucket;
-pub use stream_log::{StreamLog, Tail};
+pub use stream_log::{FollowError, Following, StreamLog};
 
 use crate::storage::StorageError;
 

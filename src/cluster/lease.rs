@@ -38,7 +38,12 @@ fn replicated(what: &str, e: impl std::fmt::Display) -> StorageError {
 impl WriterLease {
     /// Waits until this arbiter (named `holder` to the others) holds the lease of `options`'s
     /// cluster: at once when nobody does, else once the holder stops refreshing it.
-    pub async fn acquire(options: &ClusterOptions, holder: &str) -> Result<Self, StorageError> {
+    /// `held_elsewhere` is set once another arbiter is seen holding it.
+    pub async fn acquire(
+        options: &ClusterOptions,
+        holder: &str,
+        held_elsewhere: &tokio::sync::watch::Sender<bool>,
+    ) -> Result<Self, StorageError> {
         let client = options.connect().await?;
         let context = async_nats::jetstream::new(client);
         let bucket = options.lease_bucket();
@@ -74,6 +79,7 @@ impl WriterLease {
                         // An earlier attempt whose answer was lost went through.
                         Some(entry) if entry.value == value => Some(entry.revision),
                         current => {
+                            held_elsewhere.send_replace(true);
                             if !announced {
                                 let writer = current
                                     .map(|e| String::from_utf8_lossy(&e.value).into_owned())

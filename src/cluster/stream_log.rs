@@ -43,7 +43,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
 mod chain;
+mod follow;
 mod parts;
+
+pub use follow::{FollowError, Following};
 
 use super::ClusterOptions;
 use crate::storage::log::{Log, LogEntry, SyncFuture};
@@ -378,55 +381,6 @@ impl StreamLog {
         Ok(entries.into_iter().filter(|e| e.position >= from).collect())
     }
 
-    /// The entries stored from position `from` on, for a reader that follows the stream while
-    /// another arbiter writes it, one call after another: `from` is the previous call's
-    /// [`Tail::next`] and `writer` is carried from call to call (which writer's entries count,
-    /// see `chain`). The last entry is held back while only some of its parts are stored.
-    /// Not retried: the caller polls again.
-    pub fn read_tail(&self, from: u64, writer: &mut Option<String>) -> Result<Tail> {
-        // One look at the bounds for both: a trim between two looks would go unnoticed.
-        let (first, last) = self.bounds()?;
-        if first > from {
-            return Ok(Tail::Trimmed { first });
-        }
-        let Some((mut read, last)) = self.read_messages(from, (first, last))? else {
-            return Ok(Tail::Entries {
-                entries: Vec::new(),
-                next: from,
-            });
-        };
-        let mut next = last + 1;
-        // Parts are published in one run: an unfinished last entry is re-read whole next time.
-        if let Some((&position, message)) = read.last_key_value() {
-            if let Some((i, k)) = message.part.filter(|(i, k)| i < k) {
-                let start = parts::group_start(position, message);
-                tracing::debug!(
-                    position,
-                    part = i,
-                    of = k,
-                    "waiting for the rest of an entry"
-                );
-                read.retain(|&p, _| p < start);
-                next = start;
-            }
-        }
-        let stale = chain::drop_stale(&mut read, writer);
-        if stale > 0 {
-            tracing::warn!(
-                stale,
-                "skipped entries a paused writer published after another took over"
-            );
-        }
-        let (entries, dropped) = parts::assemble(read);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "skipped parts of log entries that were never completed"
-            );
-        }
-        Ok(Tail::Entries { entries, next })
-    }
-
     /// Every message stored from `from` to `last` (with the earlier parts of an entry that
     /// begins before `from`), the stream's bounds being `(first, last)`, and `last`; `None`
     /// when nothing is stored from `from` on.
@@ -490,23 +444,6 @@ impl StreamLog {
             Ok(Some((read, last)))
         })
     }
-}
-
-/// What [`StreamLog::read_tail`] found.
-#[derive(Debug)]
-pub enum Tail {
-    /// The entries from the position asked for, and where the next read begins.
-    Entries {
-        /// The entries, in position order.
-        entries: Vec<LogEntry>,
-        /// The position to read from next.
-        next: u64,
-    },
-    /// The stream no longer holds the position asked for: it begins at `first`.
-    Trimmed {
-        /// The stream's first position.
-        first: u64,
-    },
 }
 
 /// The stream of `options`, created if missing, checked if not.

@@ -3,9 +3,10 @@
 //! refuses changes and results (UNAVAILABLE: a client sends them to another arbiter), and its
 //! health says `arbiter.v1.Storage` NOT_SERVING, since it takes no writes.
 //!
-//! A tail thread reads the stream from where the store ends, applies each entry to the store
-//! ([`Storage::follow`]) and then to the tests in memory ([`Experiments::follow`]), and polls
-//! again. Allocations are at most that lag behind the writer: one poll and one read.
+//! A tail thread receives the stream's messages from one ordered consumer as they are stored
+//! ([`StreamLog::follow`]), applies each entry to the store ([`Storage::follow`]) and then to
+//! the tests in memory ([`Experiments::follow`]). Allocations are that lag behind the writer:
+//! a delivery and the apply.
 //!
 //! Once the lease is this arbiter's, the standby stops: new calls wait for the writer, calls
 //! under way get a moment to finish (the rest end UNAVAILABLE), and the state is dropped. The
@@ -23,15 +24,15 @@ use super::{Domain, ServerConfig, ServerError};
 use crate::audit::AuditLog;
 use crate::cluster::allocation_reports::{self, TestAllocations};
 use crate::cluster::{
-    ArtifactBucket, ClusterOptions, SnapshotBucket, StreamLog, Tail, WriterLease,
+    ArtifactBucket, ClusterOptions, FollowError, SnapshotBucket, StreamLog, WriterLease,
 };
 use crate::experiment::Experiments;
 use crate::registry::replica::ArtifactReplica;
 use crate::registry::{ModelUsage, Registry, RegistryConfig};
 use crate::storage::{Log, Storage, StorageError};
 
-/// How long the tail thread waits before polling a stream that had nothing new.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long the tail thread waits for new entries at a time (between its checks for a stop).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long it waits after a failed read (NATS out of reach, an election).
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a standby checkpoints its store, so that taking over replays little.
@@ -63,8 +64,15 @@ impl Standby<'_> {
         &self,
         shutdown: &mut S,
     ) -> Result<Option<HeldLease>, ServerError> {
-        let acquire = WriterLease::acquire(self.cluster, self.holder);
+        let (held_elsewhere_tx, mut held_elsewhere) = tokio::sync::watch::channel(false);
+        let acquire = WriterLease::acquire(self.cluster, self.holder, &held_elsewhere_tx);
         tokio::pin!(acquire);
+        // Nothing to follow until another arbiter writes: the lease is then this one's.
+        tokio::select! {
+            lease = &mut acquire => return Ok(Some(HeldLease::keep(lease?))),
+            () = &mut *shutdown => return Ok(None),
+            _ = held_elsewhere.wait_for(|&held| held) => {}
+        }
         let mut last_error = None;
         loop {
             let opening = Follower::open(self.cluster, self.config, self.registry);
@@ -294,8 +302,10 @@ impl Tailing {
     fn run(self) -> Option<String> {
         // From the stream's start, as the opening read it: entries the store holds are passed
         // over, and the writer whose entries count is learned the same way.
-        let mut next = self.log.first_position();
-        let mut writer = None;
+        let held_through = self.log.read_through();
+        let mut following = self
+            .log
+            .follow(self.log.first_position(), held_through, None);
         let mut failing = false;
         let mut checkpointed = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
@@ -305,46 +315,34 @@ impl Tailing {
                     tracing::warn!(error = %e, "checkpointing the standby's store failed");
                 }
             }
-            let entries = match self.log.read_tail(next, &mut writer) {
-                Ok(Tail::Entries {
-                    entries,
-                    next: after,
-                }) => {
-                    next = after;
-                    if failing {
+            let entries = match following.next(POLL_INTERVAL) {
+                Ok(entries) => {
+                    if failing && !entries.is_empty() {
                         failing = false;
                         tracing::info!("reading the cluster's log again");
                     }
                     entries
                 }
-                // Trimmed below what the opening read: nothing is missing, go on from there
-                // (the writer of the first entry counts, as for any read after a trim).
-                Ok(Tail::Trimmed { first })
-                    if first <= self.log.read_through() + 1 && next <= first =>
-                {
-                    next = first;
-                    writer = None;
-                    continue;
-                }
-                Ok(Tail::Trimmed { first }) => {
+                Err(FollowError::Trimmed { missing }) => {
                     return Some(format!(
-                        "the stream was trimmed to position {first} before this standby read \
-                         position {next}"
+                        "the stream was trimmed past positions {} to {} before this standby \
+                         read them",
+                        missing.0,
+                        missing.1 - 1
                     ))
                 }
-                Err(e) => {
+                Err(FollowError::Failed(why)) => {
                     if !failing {
                         failing = true;
-                        tracing::warn!(error = %e, "reading the cluster's log failed; serving the last state read while retrying");
+                        tracing::warn!(error = %why, "reading the cluster's log failed; serving the last state read while retrying");
                     }
                     std::thread::sleep(RETRY_INTERVAL);
+                    following =
+                        self.log
+                            .follow(following.resume_from(), held_through, following.writer());
                     continue;
                 }
             };
-            if entries.is_empty() {
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
-            }
             for entry in entries {
                 let position = entry.position;
                 let followed = self

@@ -1,0 +1,194 @@
+//! Following the stream while another arbiter writes it (a standby): one ordered consumer
+//! delivers every message from a position on, as it is stored, and [`Following::next`] hands
+//! out the complete entries, skipping markers and stale messages as every reader does
+//! (`chain`) and holding back an entry whose last parts are not stored yet.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use tokio_stream::StreamExt;
+
+use super::{chain, parts, StreamLog};
+use crate::storage::LogEntry;
+
+/// Messages handed to the caller per call at most (the rest wait for the next one).
+const MESSAGES_PER_CALL: usize = 4096;
+
+/// Why [`Following::next`] cannot go on.
+#[derive(Debug)]
+pub enum FollowError {
+    /// The consumer failed (NATS out of reach, say): follow again from
+    /// [`Following::resume_from`].
+    Failed(String),
+    /// Positions `missing.0..missing.1` were removed from the stream before they were read.
+    Trimmed {
+        /// The positions missed.
+        missing: (u64, u64),
+    },
+}
+
+/// See the module documentation.
+pub struct Following {
+    messages: mpsc::Receiver<Result<(u64, parts::Message), String>>,
+    /// Messages of an entry whose last parts are not stored yet.
+    held: BTreeMap<u64, parts::Message>,
+    /// The next position expected.
+    expected: u64,
+    /// Positions below this (and above `expected`) may be missing: the caller holds them.
+    held_by_caller: u64,
+    /// The writer whose messages count (see `chain`), carried from call to call.
+    writer: Option<String>,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Following")
+            .field("expected", &self.expected)
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.consumer.abort();
+    }
+}
+
+impl StreamLog {
+    /// Follows the stream from position `from`. `held_through`: the caller already applied
+    /// every entry up to there (a trim up to it is no gap). `writer`: the writer whose messages
+    /// count before `from` (`None`: the first message's).
+    pub fn follow(&self, from: u64, held_through: u64, writer: Option<String>) -> Following {
+        let (tx, messages) = mpsc::channel();
+        let stream = self.stream.clone();
+        let subject = self.subject.clone();
+        let start = from.max(1);
+        let consumer = self.runtime().spawn(async move {
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            let mut delivered = match consumer {
+                Ok(consumer) => match consumer.messages().await {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("following the log: {e}")));
+                        return;
+                    }
+                },
+                Err(e) => {
+                    let _ = tx.send(Err(format!("following the log: {e}")));
+                    return;
+                }
+            };
+            while let Some(message) = delivered.next().await {
+                let sent = match message {
+                    Ok(message) => match message.info() {
+                        Ok(info) => {
+                            let position = info.stream_sequence;
+                            let payload = message.payload.to_vec();
+                            tx.send(Ok((
+                                position,
+                                parts::Message::new(message.headers.as_ref(), payload),
+                            )))
+                        }
+                        Err(e) => tx.send(Err(format!("following the log: {e}"))),
+                    },
+                    Err(e) => tx.send(Err(format!("following the log: {e}"))),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Err("following the log: the consumer ended".into()));
+        });
+        Following {
+            messages,
+            held: BTreeMap::new(),
+            expected: start,
+            held_by_caller: held_through,
+            writer,
+            consumer,
+        }
+    }
+}
+
+impl Following {
+    /// The entries completed by the messages stored since the last call, waiting up to `wait`
+    /// for the first one (none: nothing new).
+    pub fn next(&mut self, wait: Duration) -> Result<Vec<LogEntry>, FollowError> {
+        let first = match self.messages.recv_timeout(wait) {
+            Ok(received) => received,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(Vec::new()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(FollowError::Failed("the log's consumer stopped".into()))
+            }
+        };
+        let mut received = vec![first];
+        while received.len() < MESSAGES_PER_CALL {
+            match self.messages.try_recv() {
+                Ok(more) => received.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut read = std::mem::take(&mut self.held);
+        for message in received {
+            let (position, message) = message.map_err(FollowError::Failed)?;
+            if position < self.expected {
+                continue; // delivered again after the consumer reset itself
+            }
+            if position > self.expected {
+                if position > self.held_by_caller + 1 {
+                    return Err(FollowError::Trimmed {
+                        missing: (self.expected, position),
+                    });
+                }
+                // Removed, but applied by the caller already: as after a trim, the first
+                // message's writer counts.
+                self.writer = None;
+            }
+            read.insert(position, message);
+            self.expected = position + 1;
+        }
+        // An entry's parts are published in one run: its last ones come with a later call.
+        if let Some((&position, message)) = read.last_key_value() {
+            if message.part.is_some_and(|(i, k)| i < k) {
+                self.held = read.split_off(&parts::group_start(position, message));
+            }
+        }
+        let stale = chain::drop_stale(&mut read, &mut self.writer);
+        if stale > 0 {
+            tracing::warn!(
+                stale,
+                "skipped entries a paused writer published after another took over"
+            );
+        }
+        let (entries, dropped) = parts::assemble(read);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "skipped parts of log entries that were never completed"
+            );
+        }
+        Ok(entries)
+    }
+
+    /// Where to follow from again after a failure: the first message not yet handed out.
+    pub fn resume_from(&self) -> u64 {
+        self.held.keys().next().copied().unwrap_or(self.expected)
+    }
+
+    /// The writer whose messages count, as of the messages handed out.
+    pub fn writer(&self) -> Option<String> {
+        self.writer.clone()
+    }
+}
