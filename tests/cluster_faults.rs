@@ -631,8 +631,29 @@ impl Campaign {
         // The standbys follow: they show the same before any of them writes.
         for (i, a) in self.arbiters.iter().enumerate().filter(|&(i, _)| i != w) {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while view(&a.url()).await != reference {
-                assert!(Instant::now() < deadline, "standby {} differs", a.name);
+            loop {
+                let seen = view(&a.url()).await;
+                if seen == reference {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let differing = seen
+                        .audit
+                        .iter()
+                        .zip(&reference.audit)
+                        .position(|(s, r)| s != r);
+                    panic!(
+                        "standby {} differs: figures {:?} (writer {:?}); {} audit events (writer \
+                         {}), first differing at {differing:?}; {} models (writer {})",
+                        a.name,
+                        seen.figures,
+                        reference.figures,
+                        seen.audit.len(),
+                        reference.audit.len(),
+                        seen.models.len(),
+                        reference.models.len()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             eprintln!(

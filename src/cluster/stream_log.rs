@@ -288,6 +288,11 @@ impl StreamLog {
             .fail(format!("this arbiter stopped writing: {why}"));
     }
 
+    /// The stream's last position now.
+    pub fn last_position(&self) -> Result<u64> {
+        Ok(self.bounds()?.1)
+    }
+
     /// The last position a whole read of the log went through: a reader that opened the store
     /// with it has applied every entry up to there.
     pub fn read_through(&self) -> u64 {

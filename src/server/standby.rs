@@ -35,6 +35,9 @@ use crate::storage::{Log, Storage, StorageError};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long it waits after a failed read (NATS out of reach, an election).
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the tail thread waits without entries before it checks that the stream did not
+/// move on without it.
+const QUIET_CHECK: Duration = Duration::from_secs(2);
 /// How often a standby checkpoints its store, so that taking over replays little.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a standby that cannot open waits before trying again.
@@ -308,6 +311,7 @@ impl Tailing {
             .follow(self.log.first_position(), held_through, None);
         let mut failing = false;
         let mut checkpointed = Instant::now();
+        let mut quiet_since = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             if checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
                 checkpointed = Instant::now();
@@ -316,8 +320,24 @@ impl Tailing {
                 }
             }
             let entries = match following.next(POLL_INTERVAL) {
+                Ok(entries) if entries.is_empty() => {
+                    // A consumer that went quiet while the stream moved on is replaced.
+                    if quiet_since.elapsed() >= QUIET_CHECK {
+                        quiet_since = Instant::now();
+                        let from = following.resume_from();
+                        if self.log.last_position().is_ok_and(|last| last >= from) {
+                            tracing::warn!(
+                                from,
+                                "the log's consumer went quiet behind the stream; following again"
+                            );
+                            following = self.log.follow(from, held_through, following.writer());
+                        }
+                    }
+                    continue;
+                }
                 Ok(entries) => {
-                    if failing && !entries.is_empty() {
+                    quiet_since = Instant::now();
+                    if failing {
                         failing = false;
                         tracing::info!("reading the cluster's log again");
                     }
