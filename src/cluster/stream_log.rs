@@ -365,24 +365,11 @@ impl StreamLog {
 
     /// One attempt of [`Log::read_from`].
     fn read_once(&self, from: u64) -> Result<Vec<LogEntry>> {
-        let Some((mut read, last)) = self.read_messages(from, self.bounds()?)? else {
+        let Some((read, last)) = self.read_messages(from, self.bounds()?)? else {
             return Ok(Vec::new());
         };
         self.shared.read_through.fetch_max(last, Ordering::AcqRel);
-        let stale = chain::drop_stale(&mut read, &mut None);
-        if stale > 0 {
-            tracing::warn!(
-                stale,
-                "skipped entries a paused writer published after another took over"
-            );
-        }
-        let (entries, dropped) = parts::assemble(read);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "skipped parts of log entries that were never completed"
-            );
-        }
+        let entries = entries_of(read, &mut None);
         Ok(entries.into_iter().filter(|e| e.position >= from).collect())
     }
 
@@ -401,18 +388,7 @@ impl StreamLog {
         let stream = self.stream.clone();
         let subject = self.subject.clone();
         wait_on(self.runtime(), async move {
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subject,
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| replicated("reading the log", e))?;
-            let mut messages = consumer
-                .messages()
+            let mut messages = delivered_from(&stream, subject, start)
                 .await
                 .map_err(|e| replicated("reading the log", e))?;
             // Read up to `last` itself: a delivery's count of messages still pending can say 0
@@ -449,6 +425,50 @@ impl StreamLog {
             Ok(Some((read, last)))
         })
     }
+}
+
+/// The entries `read` (messages by position) holds, without markers and stale messages (`writer`
+/// is the writer that counts, carried from read to read, see `chain`) and with their parts
+/// joined.
+fn entries_of(
+    mut read: BTreeMap<u64, parts::Message>,
+    writer: &mut Option<String>,
+) -> Vec<LogEntry> {
+    let stale = chain::drop_stale(&mut read, writer);
+    if stale > 0 {
+        tracing::warn!(
+            stale,
+            "skipped entries a paused writer published after another took over"
+        );
+    }
+    let (entries, dropped) = parts::assemble(read);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "skipped parts of log entries that were never completed"
+        );
+    }
+    entries
+}
+
+/// The messages of `subject` in `stream` from position `start` on, as an ordered consumer
+/// delivers them.
+async fn delivered_from(
+    stream: &Stream,
+    subject: String,
+    start: u64,
+) -> std::result::Result<async_nats::jetstream::consumer::pull::Ordered, String> {
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
 }
 
 /// The stream of `options`, created if missing, checked if not.

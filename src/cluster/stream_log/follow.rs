@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use tokio_stream::StreamExt;
 
-use super::{chain, parts, StreamLog};
+use super::{parts, StreamLog};
 use crate::storage::LogEntry;
 
 /// Messages handed to the caller per call at most (the rest wait for the next one).
@@ -68,23 +67,8 @@ impl StreamLog {
         let subject = self.subject.clone();
         let start = from.max(1);
         let consumer = self.runtime().spawn(async move {
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subject,
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await;
-            let mut delivered = match consumer {
-                Ok(consumer) => match consumer.messages().await {
-                    Ok(messages) => messages,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("following the log: {e}")));
-                        return;
-                    }
-                },
+            let mut delivered = match super::delivered_from(&stream, subject, start).await {
+                Ok(delivered) => delivered,
                 Err(e) => {
                     let _ = tx.send(Err(format!("following the log: {e}")));
                     return;
@@ -165,21 +149,7 @@ impl Following {
                 self.held = read.split_off(&parts::group_start(position, message));
             }
         }
-        let stale = chain::drop_stale(&mut read, &mut self.writer);
-        if stale > 0 {
-            tracing::warn!(
-                stale,
-                "skipped entries a paused writer published after another took over"
-            );
-        }
-        let (entries, dropped) = parts::assemble(read);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "skipped parts of log entries that were never completed"
-            );
-        }
-        Ok(entries)
+        Ok(super::entries_of(read, &mut self.writer))
     }
 
     /// Where to follow from again after a failure: the first message not yet handed out.
