@@ -409,11 +409,7 @@ impl Phases<'_> {
         let standby = standby::Standby {
             cluster,
             holder: &holder,
-            config: self.config,
-            registry: self.registry,
-            local: self.local,
-            switch: self.switch,
-            health: self.health,
+            phases: self,
         };
         standby.run(&mut Box::pin(signalled(signal))).await
     }

@@ -264,31 +264,15 @@ impl Storage {
         if !is_store_entry(&entry.payload) {
             return Ok(Followed::Owner(entry));
         }
-        let corrupt = |why: String| StorageError::Corrupt {
-            key: format!("log entry {}", entry.position),
-            why,
-        };
         let _order = self.order.lock();
-        let is_command = command::is_command(&entry.payload);
-        let entry_seq = if is_command {
-            Some(command::decode(&entry.payload).map_err(corrupt)?.0)
-        } else {
-            batch_entry::sequence(&entry.payload).map_err(corrupt)?
-        };
         // Every writer of a replicated log numbers its entries.
-        let entry_seq =
-            entry_seq.ok_or_else(|| corrupt("a store entry without a sequence number".into()))?;
+        let entry_seq = store_entry_sequence(&entry)?.ok_or_else(|| {
+            corrupt_entry(&entry, "a store entry without a sequence number".into())
+        })?;
         if entry_seq <= self.seq.load(Ordering::Acquire) {
             return Ok(Followed::Held);
         }
-        let mut ops = if is_command {
-            let (_, body) = command::decode(&entry.payload).map_err(corrupt)?;
-            fold.replay(self, body)
-                .map_err(|why| corrupt(format!("command not replayed: {why}")))?
-                .ops
-        } else {
-            batch_entry::decode(&entry.payload).map_err(corrupt)?.1
-        };
+        let mut ops = self.store_entry_ops(&entry, fold)?;
         let keys = ops
             .iter()
             .map(|op| match op {
@@ -390,16 +374,7 @@ impl Storage {
                 continue;
             }
             last_batch = last_batch.max(entry.position);
-            let corrupt = |why: String| StorageError::Corrupt {
-                key: format!("log entry {}", entry.position),
-                why,
-            };
-            let is_command = command::is_command(&entry.payload);
-            let entry_seq = if is_command {
-                Some(command::decode(&entry.payload).map_err(corrupt)?.0)
-            } else {
-                batch_entry::sequence(&entry.payload).map_err(corrupt)?
-            };
+            let entry_seq = store_entry_sequence(&entry)?;
             // Sequenced entries the engine holds are skipped by number. Entries of a build
             // without sequence numbers (and without commands) are replayed by position after
             // the checkpoint's stamp, which moves with each, so that an engine closed before
@@ -417,14 +392,7 @@ impl Storage {
             if !due {
                 continue;
             }
-            let mut ops = if is_command {
-                let (_, body) = command::decode(&entry.payload).map_err(corrupt)?;
-                fold.replay(&storage, body)
-                    .map_err(|why| corrupt(format!("command not replayed: {why}")))?
-                    .ops
-            } else {
-                batch_entry::decode(&entry.payload).map_err(corrupt)?.1
-            };
+            let mut ops = storage.store_entry_ops(&entry, fold)?;
             ops.push(marker);
             storage.engine.apply(&ops)?;
             replayed += 1;
@@ -439,6 +407,23 @@ impl Storage {
         storage.seq.store(seq, Ordering::Release);
         *storage.owner_entries.lock() = owner_entries;
         Ok(storage)
+    }
+
+    /// The writes of the store entry `entry`: its batch, or what `fold` makes of its command
+    /// on the store as it is now.
+    fn store_entry_ops(&self, entry: &LogEntry, fold: &dyn CommandFold) -> Result<Vec<Op>> {
+        if command::is_command(&entry.payload) {
+            let (_, body) =
+                command::decode(&entry.payload).map_err(|why| corrupt_entry(entry, why))?;
+            Ok(fold
+                .replay(self, body)
+                .map_err(|why| corrupt_entry(entry, format!("command not replayed: {why}")))?
+                .ops)
+        } else {
+            Ok(batch_entry::decode(&entry.payload)
+                .map_err(|why| corrupt_entry(entry, why))?
+                .1)
+        }
     }
 
     /// The ordered log, for the owner's own entries (see [`Storage::take_owner_entries`]).
@@ -799,6 +784,28 @@ impl Drop for Storage {
 }
 
 /// The write of `value` (u64 LE) under `key`, as [`read_u64`] reads it.
+/// The store sequence number of the store entry `entry` (`None`: written by a build without
+/// them).
+fn store_entry_sequence(entry: &LogEntry) -> Result<Option<u64>> {
+    if command::is_command(&entry.payload) {
+        Ok(Some(
+            command::decode(&entry.payload)
+                .map_err(|why| corrupt_entry(entry, why))?
+                .0,
+        ))
+    } else {
+        batch_entry::sequence(&entry.payload).map_err(|why| corrupt_entry(entry, why))
+    }
+}
+
+/// The error for a log entry that does not decode or apply.
+fn corrupt_entry(entry: &LogEntry, why: String) -> StorageError {
+    StorageError::Corrupt {
+        key: format!("log entry {}", entry.position),
+        why,
+    }
+}
+
 pub(super) fn put_u64(key: &[u8], value: u64) -> Op {
     Op::Put(key.to_vec(), value.to_le_bytes().to_vec())
 }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::audit::AuditLog;
 use crate::registry::Registry;
-use crate::storage::{keys, Followed, LogEntry, Storage, StorageError};
+use crate::storage::{keys, Followed, LogEntry, Storage};
 
 /// `stored` without its counts: what a standby's own counting starts from (its table is kept).
 pub(super) fn own_counts_only(stored: AllocationRecord) -> AllocationRecord {
@@ -183,12 +183,7 @@ impl Experiments {
 
     /// A batch of results the writer logged.
     fn follow_results(&self, entry: &LogEntry) -> Result<()> {
-        let corrupt = |why: String| {
-            ExperimentError::from(StorageError::Corrupt {
-                key: format!("journal entry {}", entry.position),
-                why,
-            })
-        };
+        let corrupt = |why| journal_entry::corrupt(entry.position, why);
         let decoded = journal_entry::decode(&entry.payload).map_err(corrupt)?;
         let Ok(state) = self.state(&decoded.test_id) else {
             tracing::warn!(
@@ -198,21 +193,15 @@ impl Experiments {
             );
             return Ok(());
         };
-        {
-            let mut book = state.book.lock();
-            if entry.position <= book.stats.journal_position {
-                return Ok(());
-            }
-            let ended = book.record.status.is_ended();
-            // What the results change (suspensions, drift alarms) the writer audits and stores.
-            journal_entry::replay(
-                &state.config,
-                &mut book.stats,
-                &decoded,
-                entry.position,
-                ended,
-            )
-            .map_err(corrupt)?;
+        // What the results change (suspensions, drift alarms) the writer audits and stores.
+        let folded = journal_entry::fold_into(
+            &state.config,
+            &mut state.book.lock(),
+            &decoded,
+            entry.position,
+        );
+        if folded.map_err(corrupt)?.is_none() {
+            return Ok(());
         }
         self.refresh_followed(state);
         Ok(())

@@ -9,7 +9,7 @@
 
 use crate::storage::{ByteReader, ByteWriter};
 
-use super::state::StatsRecord;
+use super::state::{Book, StatsRecord};
 use super::types::{DriftAction, TestConfig, MAX_ARMS};
 use super::{risk, stopping};
 use crate::stats::drift::DriftAlarm;
@@ -216,6 +216,30 @@ pub(super) fn replay(
     next.journal_position = position;
     *stats = next;
     Ok(changes)
+}
+
+/// Folds `entry`, stored at `position`, into `book` as start-up replays it ([`replay`]; the
+/// test counts as ended if its record says so). `None`: its statistics include it already.
+pub(super) fn fold_into(
+    config: &TestConfig,
+    book: &mut Book,
+    entry: &ResultEntry,
+    position: u64,
+) -> Result<Option<Vec<Change>>, String> {
+    if position <= book.stats.journal_position {
+        return Ok(None);
+    }
+    let ended = book.record.status.is_ended();
+    replay(config, &mut book.stats, entry, position, ended).map(Some)
+}
+
+/// The error for a journal entry at `position` that does not decode or replay.
+pub(super) fn corrupt(position: u64, why: String) -> super::ExperimentError {
+    crate::storage::StorageError::Corrupt {
+        key: format!("journal entry {position}"),
+        why,
+    }
+    .into()
 }
 
 #[cfg(test)]

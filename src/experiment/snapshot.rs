@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::storage::{keys, LogEntry, StorageError, WriteBatch};
+use crate::storage::{keys, LogEntry, WriteBatch};
 
 use super::ingest::change_event;
 use super::journal_entry;
@@ -173,12 +173,7 @@ impl Experiments {
         self.inner.storage.log().reserve_through(highest_stamp);
         let mut applied = 0;
         for entry in entries {
-            let corrupt = |why: String| {
-                ExperimentError::from(StorageError::Corrupt {
-                    key: format!("journal entry {}", entry.position),
-                    why,
-                })
-            };
+            let corrupt = |why| journal_entry::corrupt(entry.position, why);
             let decoded = journal_entry::decode(&entry.payload).map_err(corrupt)?;
             let Some(state) = by_id.get(decoded.test_id.as_str()) else {
                 tracing::warn!(
@@ -189,18 +184,11 @@ impl Experiments {
                 continue;
             };
             let mut book = state.book.lock();
-            if entry.position <= book.stats.journal_position {
+            let folded =
+                journal_entry::fold_into(&state.config, &mut book, &decoded, entry.position);
+            let Some(changes) = folded.map_err(corrupt)? else {
                 continue;
-            }
-            let ended = book.record.status.is_ended();
-            let changes = journal_entry::replay(
-                &state.config,
-                &mut book.stats,
-                &decoded,
-                entry.position,
-                ended,
-            )
-            .map_err(corrupt)?;
+            };
             applied += 1;
             // A standby ingests nothing: it needs neither the ids nor a snapshot of its own.
             if self.inner.following {

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::held_lease::HeldLease;
-use super::switch::Switch;
-use super::{Domain, ServerConfig, ServerError};
+use super::{Domain, Phases, ServerConfig, ServerError};
 use crate::audit::AuditLog;
 use crate::cluster::allocation_reports::{self, TestAllocations};
 use crate::cluster::{
@@ -52,12 +51,7 @@ pub(super) struct Standby<'a> {
     pub(super) cluster: &'a ClusterOptions,
     /// This arbiter's name in the writer lease.
     pub(super) holder: &'a str,
-    pub(super) config: &'a ServerConfig,
-    pub(super) registry: &'a RegistryConfig,
-    /// The address served, for the log.
-    pub(super) local: &'a str,
-    pub(super) switch: &'a Switch,
-    pub(super) health: &'a tonic_health::server::HealthReporter,
+    pub(super) phases: &'a Phases<'a>,
 }
 
 impl Standby<'_> {
@@ -78,7 +72,7 @@ impl Standby<'_> {
         }
         let mut last_error = None;
         loop {
-            let opening = Follower::open(self.cluster, self.config, self.registry);
+            let opening = Follower::open(self.cluster, self.phases.config, self.phases.registry);
             tokio::pin!(opening);
             let opened = tokio::select! {
                 lease = &mut acquire => {
@@ -111,12 +105,13 @@ impl Standby<'_> {
                 }
             };
             last_error = None;
-            let installed = self.switch.install(follower.domain.routes(), true);
-            super::report_status(self.health, tonic_health::ServingStatus::Serving).await;
+            let installed = self.phases.switch.install(follower.domain.routes(), true);
+            super::report_status(self.phases.health, tonic_health::ServingStatus::Serving).await;
             // It takes no writes.
-            super::report_storage(self.health, tonic_health::ServingStatus::NotServing).await;
+            super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)
+                .await;
             tracing::info!(
-                addr = %self.local,
+                addr = %self.phases.local,
                 "standing by: following the cluster's log and serving Allocate and reads"
             );
             let mut broken = follower.broken.clone();

@@ -21,17 +21,12 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use crate::auth::{CallKind, Role};
+use crate::grpc::admission::STREAMED_RESPONSES;
 
 /// How long a call that arrives between phases waits for the next one.
 pub(super) const PHASE_WAIT: Duration = Duration::from_secs(10);
 /// The prefix of every arbiter method (health and reflection are not switched).
 const ARBITER_METHODS: &str = "/arbiter.v1.";
-/// Arbiter methods whose responses are streams.
-const STREAMED_RESPONSES: [&str; 3] = [
-    "/arbiter.v1.Allocator/AllocateStream",
-    "/arbiter.v1.Allocator/IngestResults",
-    "/arbiter.v1.Registry/GetModel",
-];
 
 /// The response of a streamed call, emptied when its phase ends.
 type StreamSlot = parking_lot::Mutex<Option<tonic::body::Body>>;
@@ -173,11 +168,11 @@ where
         if !path.starts_with(ARBITER_METHODS) {
             return Box::pin(self.inner.call(request));
         }
-        let writes = matches!(
-            Role::kind_of(path),
-            Some(CallKind::Change | CallKind::Ingest)
-        );
+        let kind = Role::kind_of(path);
+        let writes = matches!(kind, Some(CallKind::Change | CallKind::Ingest));
         let streamed = STREAMED_RESPONSES.contains(&path);
+        // A unary Allocate answers in microseconds: it is not watched for its phase's end.
+        let quick = kind == Some(CallKind::Allocate) && !streamed;
         let mut current = self.current.clone();
         Box::pin(async move {
             let Some(phase) = next_phase(&mut current).await else {
@@ -192,8 +187,11 @@ where
                         .into_http(),
                 );
             }
-            let mut ended = phase.ended.clone();
             let call = phase.routes.clone().oneshot(request);
+            if quick {
+                return Ok(call.await.unwrap_or_else(|never| match never {}));
+            }
+            let mut ended = phase.ended.clone();
             let response = tokio::select! {
                 response = call => match response {
                     Ok(response) => response,
