@@ -154,6 +154,7 @@ impl Digest256 {
 pub struct AuthTable {
     by_token: Vec<(Digest256, Arc<Principal>)>,
     by_cn: HashMap<String, Arc<Principal>>,
+    by_name: HashMap<String, Arc<Principal>>,
 }
 
 /// Actors the server itself records: automatic changes are audited as `system`, promotions
@@ -216,6 +217,7 @@ impl AuthTable {
                 }
                 table.by_token.push((digest, principal.clone()));
             }
+            table.by_name.insert(entry.name.clone(), principal.clone());
             if let Some(cn) = &entry.cert_subject_cn {
                 if cn.is_empty() || table.by_cn.insert(cn.clone(), principal).is_some() {
                     return Err(at(format!(
@@ -267,6 +269,11 @@ impl AuthTable {
         Err(AuthError::Unauthenticated(
             "no credentials: send `authorization: Bearer <token>` or a client certificate",
         ))
+    }
+
+    /// The principal called `name`, for a call another arbiter of the cluster authenticated.
+    pub fn named(&self, name: &str) -> Option<Arc<Principal>> {
+        self.by_name.get(name).cloned()
     }
 
     /// Marks revoked every principal whose token or certificate name `new` does not map to the
@@ -329,6 +336,11 @@ impl Authenticator {
     /// Principals authenticated by a client certificate.
     pub fn certificate_principals(&self) -> usize {
         self.table.load().by_cn.len()
+    }
+
+    /// See [`AuthTable::named`].
+    pub fn named(&self, name: &str) -> Option<Arc<Principal>> {
+        self.table.load().named(name)
     }
 
     /// See [`AuthTable::authenticate`].

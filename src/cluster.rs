@@ -19,6 +19,7 @@ pub mod artifact_bucket;
 pub mod lease;
 pub mod snapshot_bucket;
 pub mod stream_log;
+pub mod trust;
 
 /// Real NATS clusters for tests.
 #[cfg(test)]
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifact_bucket::ArtifactBucket;
-pub use lease::WriterLease;
+pub use lease::{LeaseHolder, WriterLease};
 pub use snapshot_bucket::SnapshotBucket;
 pub use stream_log::{FollowError, Following, StreamLog};
 
@@ -125,6 +126,14 @@ pub struct ClusterOptions {
     /// How often the writer stores a snapshot of the store in the snapshot bucket and trims the
     /// stream below it (`None`: never).
     pub snapshot_interval: Option<Duration>,
+    /// The URL other arbiters reach this one's gRPC server at (`http://host:port`, or
+    /// `https://` when it serves TLS): standbys forward changes and results there while this
+    /// arbiter writes the log. `None`: the listening address, unless that is unspecified
+    /// (`0.0.0.0`), in which case standbys cannot forward to this arbiter.
+    pub advertise: Option<String>,
+    /// CA certificates (PEM) other arbiters' TLS certificates chain to, for forwarding to a
+    /// writer over `https://` (`None`: the web PKI's roots).
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -140,6 +149,8 @@ impl ClusterOptions {
             ack_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(5),
             snapshot_interval: Some(Duration::from_secs(60)),
+            advertise: None,
+            peer_ca: None,
         }
     }
 
@@ -178,6 +189,9 @@ impl ClusterOptions {
                 self.lease_ttl
             ));
         }
+        if let Some(url) = &self.advertise {
+            check_advertised(url)?;
+        }
         Ok(())
     }
 
@@ -189,6 +203,11 @@ impl ClusterOptions {
     /// The key-value bucket holding the writer's lease.
     pub fn lease_bucket(&self) -> String {
         format!("ARBITER_{}_writer", self.name)
+    }
+
+    /// The key-value bucket holding the key arbiters prove forwarded calls with.
+    pub fn trust_bucket(&self) -> String {
+        format!("ARBITER_{}_trust", self.name)
     }
 
     /// The object store holding the model artifacts.
@@ -245,9 +264,52 @@ impl ClusterOptions {
     }
 }
 
+/// Refuses an advertised address other arbiters could not call: it must be an `http` or
+/// `https` URL with a host and a port, and nothing after them.
+fn check_advertised(url: &str) -> Result<(), String> {
+    let bad =
+        |why: &str| format!("advertised address {url:?}: {why}; give e.g. http://10.0.0.5:50051");
+    let uri: http::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(bad("no port"));
+    }
+    let host = authority.host();
+    if host.is_empty() || host == "0.0.0.0" || host == "[::]" {
+        return Err(bad("the host must be one other arbiters can reach"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("nothing may follow the port"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advertised_address_must_be_callable() {
+        let mut options = ClusterOptions::new(vec!["nats://127.0.0.1:4222".into()], "prod-1");
+        for good in ["http://10.0.0.5:50051", "https://arbiter-1.internal:443"] {
+            options.advertise = Some(good.into());
+            assert_eq!(options.validate(), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("10.0.0.5:50051", "scheme"),
+            ("grpc://10.0.0.5:50051", "scheme"),
+            ("http://10.0.0.5", "no port"),
+            ("http://0.0.0.0:50051", "reach"),
+            ("http://10.0.0.5:50051/arbiter", "follow the port"),
+        ] {
+            options.advertise = Some(bad.into());
+            let error = options.validate().expect_err(bad);
+            assert!(error.contains(why) && error.contains(bad), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn options_name_what_is_wrong() {

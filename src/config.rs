@@ -645,6 +645,17 @@ pub struct ServeArgs {
     /// PEM private key of --cluster-tls-cert.
     #[arg(long, env = "ARBITER_CLUSTER_TLS_KEY", requires = "cluster_tls_cert")]
     pub cluster_tls_key: Option<PathBuf>,
+    /// The URL other arbiters of the cluster reach this one at (`http://host:port`, or
+    /// `https://host:port` when it serves TLS): standby arbiters forward changes and results
+    /// there while this one writes the log. Default: the listening address, unless that is
+    /// 0.0.0.0 or [::] (then standbys cannot forward to this arbiter).
+    #[arg(long, env = "ARBITER_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// PEM CA certificate the other arbiters' TLS certificates chain to, for forwarding to the
+    /// writer over https (default: the web PKI's roots). With --tls-cert, this arbiter
+    /// presents its own certificate to the writer.
+    #[arg(long, env = "ARBITER_CLUSTER_PEER_CA")]
+    pub cluster_peer_ca: Option<PathBuf>,
 }
 
 /// A magnitude limit: a positive finite number at most 1e100, so that squares (1e200) and their
@@ -720,6 +731,8 @@ pub struct FileConfig {
     cluster_tls_ca: Option<PathBuf>,
     cluster_tls_cert: Option<PathBuf>,
     cluster_tls_key: Option<PathBuf>,
+    cluster_advertise: Option<String>,
+    cluster_peer_ca: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -841,6 +854,11 @@ impl ServeArgs {
         take!(cluster_replicas);
         take!(cluster_lease_secs);
         take!(cluster_snapshot_secs);
+        if let Some(url) = file.cluster_advertise {
+            if self.cluster_advertise.is_none() || is_default("cluster_advertise") {
+                self.cluster_advertise = Some(url);
+            }
+        }
         if let Some(servers) = file.cluster {
             if self.cluster.is_empty() {
                 self.cluster = servers;
@@ -875,6 +893,11 @@ impl ServeArgs {
                 "cluster_tls_key",
                 file.cluster_tls_key,
                 &mut self.cluster_tls_key,
+            ),
+            (
+                "cluster_peer_ca",
+                file.cluster_peer_ca,
+                &mut self.cluster_peer_ca,
             ),
         ] {
             if value.is_none() || is_default(flag) {
@@ -949,10 +972,14 @@ impl ServeArgs {
                 ("cluster-tls-ca", &self.cluster_tls_ca),
                 ("cluster-tls-cert", &self.cluster_tls_cert),
                 ("cluster-tls-key", &self.cluster_tls_key),
+                ("cluster-peer-ca", &self.cluster_peer_ca),
             ] {
                 if let Some(path) = path {
                     lines.push(format!("{key} = {:?}", path.display().to_string()));
                 }
+            }
+            if let Some(url) = &self.cluster_advertise {
+                lines.push(format!("cluster-advertise = {url:?}"));
             }
         }
         lines.push(format!(
@@ -982,6 +1009,8 @@ impl ServeArgs {
             .cluster_tls_cert
             .clone()
             .zip(self.cluster_tls_key.clone());
+        options.advertise = self.cluster_advertise.clone();
+        options.peer_ca = self.cluster_peer_ca.clone();
         Some(options)
     }
 
@@ -1134,6 +1163,41 @@ mod tests {
         assert_eq!(flag_wins.max_versions_per_model, 7);
         assert_eq!(flag_wins.listen.to_string(), "127.0.0.1:6000");
         assert!(from_file.describe().contains("max-versions-per-model = 3"));
+    }
+
+    #[test]
+    fn where_standbys_forward_to_comes_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &path,
+            "cluster = [\"nats://10.0.0.1:4222\"]\ncluster-advertise = \"http://10.0.0.5:50051\"\ncluster-peer-ca = \"/etc/arbiter/peers.pem\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let from_file = serve(&["arbiter", "serve", "--config", p]);
+        let options = from_file.cluster_options().expect("cluster mode");
+        assert_eq!(options.advertise.as_deref(), Some("http://10.0.0.5:50051"));
+        assert_eq!(
+            options.peer_ca,
+            Some(PathBuf::from("/etc/arbiter/peers.pem"))
+        );
+        assert!(from_file
+            .describe()
+            .contains("cluster-advertise = \"http://10.0.0.5:50051\""));
+        let flag_wins = serve(&[
+            "arbiter",
+            "serve",
+            "--config",
+            p,
+            "--cluster-advertise",
+            "https://arbiter-2.internal:50051",
+        ]);
+        let options = flag_wins.cluster_options().expect("cluster mode");
+        assert_eq!(
+            options.advertise.as_deref(),
+            Some("https://arbiter-2.internal:50051")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod codec;
 pub(crate) mod convert;
 mod experiment_convert;
 mod experiments;
+pub mod forwarded;
 mod registry;
 pub mod status;
 pub mod tls;

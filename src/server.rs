@@ -21,6 +21,7 @@ use crate::registry::{ModelUsage, Registry, RegistryConfig, RegistryError};
 use crate::storage::{Storage, StorageError};
 
 mod connection;
+mod forward;
 mod held_lease;
 pub mod security;
 mod snapshots;
@@ -162,6 +163,8 @@ async fn prepare_artifacts(registry: &Registry) {
 /// How every phase of serving takes calls: authentication, TLS, limits and metrics.
 struct Transport {
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Cluster mode: the key that makes calls forwarded by other arbiters their callers'.
+    cluster_key: crate::grpc::forwarded::ClusterKey,
     tls: Option<tonic::transport::ServerTlsConfig>,
     rate_limits: crate::auth::RateLimits,
     rpc_metrics: Option<crate::metrics::RpcMetricsLayer>,
@@ -209,7 +212,10 @@ impl Transport {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(tower::util::option_layer(self.rpc_metrics.clone()))
-            .layer(crate::grpc::authn::AuthLayer::new(self.auth.clone()))
+            .layer(crate::grpc::authn::AuthLayer::new(
+                self.auth.clone(),
+                self.cluster_key.clone(),
+            ))
             .layer(crate::grpc::admission::AdmissionLayer::new(
                 self.rate_limits,
             ))
@@ -260,8 +266,10 @@ pub async fn run(
             "--require-signed-production needs --trusted-signers".into(),
         ));
     }
+    let cluster_key = crate::grpc::forwarded::ClusterKey::default();
     let transport = Transport {
         auth: auth.clone(),
+        cluster_key: cluster_key.clone(),
         tls,
         rate_limits: config.security.rate_limits,
         rpc_metrics: match config.metrics_listen {
@@ -275,6 +283,13 @@ pub async fn run(
     if let Some(auth) = &auth {
         tasks.push(tokio::spawn(security::reload_on_sighup(
             Arc::downgrade(auth),
+            stopped.clone(),
+        )));
+    }
+    if let Some(cluster) = &config.cluster {
+        tasks.push(tokio::spawn(read_cluster_key(
+            cluster.clone(),
+            cluster_key.clone(),
             stopped.clone(),
         )));
     }
@@ -321,11 +336,20 @@ pub async fn run(
         drained_tx.send_replace(true);
         served
     });
+    let peer_tls = match &config.cluster {
+        Some(cluster) => Some(forward::peer_tls(
+            cluster.peer_ca.as_deref(),
+            config.security.tls.as_ref(),
+        )?),
+        None => None,
+    };
     let phases = Phases {
         config: &config,
         registry: &registry_config,
         local: &local,
         bound,
+        cluster_key: &cluster_key,
+        peer_tls: peer_tls.as_ref(),
         switch: &switch,
         health: &health,
         drained,
@@ -364,6 +388,37 @@ pub async fn run(
     }
 }
 
+/// Cluster mode: reads the cluster's forwarding key into `key` (made on first use), retrying
+/// every second while NATS is out of reach, until `stopped`.
+async fn read_cluster_key(
+    cluster: ClusterOptions,
+    key: crate::grpc::forwarded::ClusterKey,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut warned = false;
+    loop {
+        let read = tokio::select! {
+            read = crate::cluster::trust::shared_key(&cluster) => read,
+            _ = stopped.wait_for(|&stop| stop) => return,
+        };
+        match read {
+            Ok(read) => {
+                key.set(read);
+                return;
+            }
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "cannot read the cluster's forwarding key yet: standbys cannot forward calls to or from this arbiter; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.wait_for(|&stop| stop) => return,
+        }
+    }
+}
+
 /// Resolves once `signal` is set.
 async fn signalled(mut signal: tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|&set| set).await;
@@ -384,6 +439,10 @@ struct Phases<'a> {
     /// The address served, for the log.
     local: &'a str,
     bound: std::net::SocketAddr,
+    /// Cluster mode: the key forwarded calls carry.
+    cluster_key: &'a crate::grpc::forwarded::ClusterKey,
+    /// Cluster mode: how to reach the writer over https.
+    peer_tls: Option<&'a tonic::transport::ClientTlsConfig>,
     switch: &'a switch::Switch,
     health: &'a tonic_health::server::HealthReporter,
     /// Set once the server stopped after the signal.
@@ -400,18 +459,40 @@ impl Phases<'_> {
     ) -> Result<Option<held_lease::HeldLease>, ServerError> {
         // Unique even across containers that share an address and a pid: a refresh must
         // never take another arbiter's lease for its own.
-        let holder = format!(
-            "{} (pid {}, {:016x})",
-            self.bound,
-            std::process::id(),
-            rand::random::<u64>()
-        );
+        let holder = crate::cluster::LeaseHolder {
+            name: format!(
+                "{} (pid {}, {:016x})",
+                self.bound,
+                std::process::id(),
+                rand::random::<u64>()
+            ),
+            address: self.advertised(cluster),
+        };
+        if holder.address.is_none() {
+            tracing::warn!(listen = %self.bound, "no address to advertise (listening on an unspecified address without --cluster-advertise): while this arbiter writes, the others cannot forward changes and results to it");
+        }
         let standby = standby::Standby {
             cluster,
             holder: &holder,
             phases: self,
         };
         standby.run(&mut Box::pin(signalled(signal))).await
+    }
+
+    /// The URL other arbiters forward calls to this one at: `--cluster-advertise`, else the
+    /// listening address unless it is unspecified.
+    fn advertised(&self, cluster: &ClusterOptions) -> Option<String> {
+        if let Some(url) = &cluster.advertise {
+            return Some(url.clone());
+        }
+        if self.bound.ip().is_unspecified() {
+            return None;
+        }
+        let scheme = match self.config.security.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        Some(format!("{scheme}://{}", self.bound))
     }
 
     /// Opens the data directory (over the cluster's log in cluster mode): its storage, the
@@ -495,7 +576,7 @@ impl Phases<'_> {
             registry: registry.clone(),
             experiments: experiments.clone(),
         };
-        let installed = self.switch.install(domain.routes(), false);
+        let installed = self.switch.install(domain.routes(), None);
         drop(domain);
         let health_reporter = self.health.clone();
         report_status(&health_reporter, tonic_health::ServingStatus::Serving).await;

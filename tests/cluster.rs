@@ -558,7 +558,8 @@ where
 
 /// A standby follows the writer: it answers Allocate from the state the writer's entries make
 /// (results, a pause, a new test), with decision ids the writer accepts, serves reads equal to
-/// the writer's, refuses changes and results, and takes over with all of it when the writer dies.
+/// the writer's, forwards changes and results to the writer, and takes over with all of it when
+/// the writer dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
     let Some(_nats) = NatsCluster::start(3) else {
@@ -661,21 +662,31 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
     until_equal(&both, second, || total_allocations(&writer)).await;
     until_equal(&both, second, || total_allocations(&standby)).await;
 
-    // Changes and results sent to the standby are refused, naming why.
+    // Results sent to the standby are forwarded to the writer: the acknowledgement is the
+    // writer's, and both show them.
+    let acks = ingest(&mut standby.allocator().await, batches[6..7].to_vec())
+        .await
+        .expect("forwarded to the writer");
+    assert_eq!(acks[0].accepted as usize, RESULTS_PER_BATCH, "{acks:?}");
+    let figures_with_forwarded = figures(&writer).await;
+    until_equal(&figures_with_forwarded, second, || figures(&standby)).await;
+    // A call already forwarded once is not forwarded again (the writer changed meanwhile).
+    let mut looped = tonic::Request::new(test_request("t3", &models));
+    looped.metadata_mut().insert(
+        "x-arbiter-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let refused = standby
         .experiments()
         .await
-        .create_test(test_request("t2", &models))
+        .create_test(looped)
         .await
-        .expect_err("a standby creates no test");
+        .expect_err("a forwarded call reaching a standby");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(refused.message().contains("standby"), "{refused:?}");
-    let refused = ingest(&mut standby.allocator().await, batches[6..7].to_vec())
-        .await
-        .expect_err("a standby takes no results");
-    assert_eq!(refused.code(), tonic::Code::Unavailable);
 
-    // A pause and a new test on the writer reach the standby's allocations.
+    // A pause on the writer, and a new test created through the standby, reach the standby's
+    // allocations.
     writer
         .experiments()
         .await
@@ -692,12 +703,12 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
         (a.test_status, a.arm_id)
     })
     .await;
-    writer
+    standby
         .experiments()
         .await
         .create_test(test_request("t2", &models))
         .await
-        .expect("create t2");
+        .expect("create t2 through the standby");
     until_equal(&true, second, || async {
         standby
             .allocator()
@@ -739,7 +750,128 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
     let accepted: u32 = acks.iter().map(|a| a.accepted).sum();
     assert_eq!(
         (duplicates as usize, accepted as usize),
-        (6 * RESULTS_PER_BATCH, 4 * RESULTS_PER_BATCH)
+        (7 * RESULTS_PER_BATCH, 3 * RESULTS_PER_BATCH)
     );
     assert_eq!(storage_health_on(standby.channel().await).await, 1);
+}
+
+/// `authorization: Bearer <name>-token` on `request`.
+fn as_principal<T>(mut request: tonic::Request<T>, name: &str) -> tonic::Request<T> {
+    let value = format!("Bearer {name}-token")
+        .parse()
+        .expect("header value");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// With authentication, a call a standby forwards is its caller's on the writer: the writer's
+/// auth file gives its roles and the audit names it. Only an arbiter of the cluster, proving
+/// it with the cluster's key, can name a caller to the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_is_its_callers_on_the_writer() {
+    let Some(_nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = _nats.urls();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let auth_file = secrets.path().join("auth.toml");
+    let mut text = String::new();
+    for (name, roles) in [
+        ("publisher", "\"publisher\", \"analyst\""),
+        ("router", "\"allocator\""),
+    ] {
+        text.push_str(&format!(
+            "[[principal]]\nname = {name:?}\nroles = [{roles}]\ntoken_sha256 = {:?}\n\n",
+            arbiter::auth::token_digest(&format!("{name}-token"))
+        ));
+    }
+    std::fs::write(&auth_file, text).expect("auth file");
+    let auth_path = auth_file.to_str().expect("utf-8 path");
+    let mut flags = cluster_flags(&urls, "forward").to_vec();
+    flags.extend(["--auth-file", auth_path]);
+    let disks: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let writer = spawn_binary_with(disks[0].path(), &flags);
+    let standby = {
+        let dir = disks[1].path().to_path_buf();
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            spawn_binary_until(&dir, &flags, "standing by: following")
+        })
+        .await
+        .expect("standby")
+    };
+    let registration = |created_by: &str| {
+        tokio_stream::iter(registration_messages(
+            header("m", "1.0.0", created_by),
+            b"weights",
+            64 * 1024,
+        ))
+    };
+
+    // The standby forwards a registration by "publisher"; the writer registers it as theirs.
+    let registered = standby
+        .registry()
+        .await
+        .register_model(as_principal(
+            tonic::Request::new(registration("publisher")),
+            "publisher",
+        ))
+        .await
+        .expect("a registration forwarded to the writer")
+        .into_inner();
+    let events = writer
+        .admin()
+        .await
+        .list_audit_events(as_principal(
+            tonic::Request::new(pb::ListAuditEventsRequest {
+                entity: registered.registry_id.clone(),
+                limit: 10,
+            }),
+            "publisher",
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "model.register" && e.actor == "publisher"),
+        "{events:?}"
+    );
+
+    // A caller without the role is refused, naming it.
+    let refused = standby
+        .registry()
+        .await
+        .register_model(as_principal(
+            tonic::Request::new(registration("router")),
+            "router",
+        ))
+        .await
+        .expect_err("a router registers no model");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("publisher"), "{refused:?}");
+
+    // Naming a principal to the writer without the cluster's key gets nothing.
+    let mut forged = tonic::Request::new(registration(""));
+    for (key, value) in [
+        ("x-arbiter-forwarded-principal", "publisher".to_string()),
+        ("x-arbiter-forward-key", "0".repeat(64)),
+    ] {
+        forged
+            .metadata_mut()
+            .insert(key, value.parse().expect("header value"));
+    }
+    let refused = writer
+        .registry()
+        .await
+        .register_model(forged)
+        .await
+        .expect_err("a forged forwarded principal");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("forwarding key"), "{refused:?}");
 }

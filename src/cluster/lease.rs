@@ -22,11 +22,48 @@ use crate::storage::StorageError;
 /// The key holding the writer's name.
 const KEY: &str = "writer";
 
+/// Who holds the writer lease, as the lease's value says: a name unique to one run of one
+/// arbiter, and the address the others forward changes and results to (`None` when the
+/// writer has none to give).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// Unique to one run of one arbiter.
+    pub name: String,
+    /// A URL (`http://host:port` or `https://…`) its gRPC server is reached at.
+    pub address: Option<String>,
+}
+
+impl LeaseHolder {
+    /// The lease's value: the name, then the address on a line of its own.
+    fn encode(&self) -> Bytes {
+        match &self.address {
+            Some(address) => Bytes::from(format!("{}\n{address}", self.name)),
+            None => Bytes::from(self.name.clone()),
+        }
+    }
+
+    /// See [`LeaseHolder::encode`].
+    fn decode(value: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(value);
+        match text.split_once('\n') {
+            Some((name, address)) => LeaseHolder {
+                name: name.to_string(),
+                address: Some(address.to_string()).filter(|a| !a.is_empty()),
+            },
+            None => LeaseHolder {
+                name: text.into_owned(),
+                address: None,
+            },
+        }
+    }
+}
+
 /// The lease of the log's writer, held by this arbiter.
 #[derive(Debug)]
 pub struct WriterLease {
     store: kv::Store,
-    holder: String,
+    /// The lease's value while this arbiter holds it.
+    value: Bytes,
     revision: u64,
     ttl: Duration,
 }
@@ -36,13 +73,14 @@ fn replicated(what: &str, e: impl std::fmt::Display) -> StorageError {
 }
 
 impl WriterLease {
-    /// Waits until this arbiter (named `holder` to the others) holds the lease of `options`'s
+    /// Waits until this arbiter (`holder` to the others) holds the lease of `options`'s
     /// cluster: at once when nobody does, else once the holder stops refreshing it.
-    /// `held_elsewhere` is set once another arbiter is seen holding it.
+    /// `held_elsewhere` says which other arbiter holds it, as last seen (it is checked every
+    /// quarter of the lease's time to live).
     pub async fn acquire(
         options: &ClusterOptions,
-        holder: &str,
-        held_elsewhere: &tokio::sync::watch::Sender<bool>,
+        holder: &LeaseHolder,
+        held_elsewhere: &tokio::sync::watch::Sender<Option<LeaseHolder>>,
     ) -> Result<Self, StorageError> {
         let client = options.connect().await?;
         let context = async_nats::jetstream::new(client);
@@ -69,7 +107,7 @@ impl WriterLease {
             }
         };
         let mut announced = false;
-        let value = Bytes::from(holder.to_string());
+        let value = holder.encode();
         loop {
             let taken = match store.create(KEY, value.clone()).await {
                 Ok(revision) => Some(revision),
@@ -79,14 +117,28 @@ impl WriterLease {
                         // An earlier attempt whose answer was lost went through.
                         Some(entry) if entry.value == value => Some(entry.revision),
                         current => {
-                            held_elsewhere.send_replace(true);
+                            let writer = current.map(|e| LeaseHolder::decode(&e.value));
                             if !announced {
-                                let writer = current
-                                    .map(|e| String::from_utf8_lossy(&e.value).into_owned())
-                                    .unwrap_or_default();
-                                tracing::info!(%writer, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
+                                let name = writer.as_ref().map(|w| w.name.as_str()).unwrap_or("");
+                                tracing::info!(writer = %name, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
                                 announced = true;
                             }
+                            // A key being deleted or expiring still names someone else.
+                            held_elsewhere.send_if_modified(|known| match writer {
+                                Some(writer) if known.as_ref() != Some(&writer) => {
+                                    *known = Some(writer);
+                                    true
+                                }
+                                Some(_) => false,
+                                None if known.is_none() => {
+                                    *known = Some(LeaseHolder {
+                                        name: String::new(),
+                                        address: None,
+                                    });
+                                    true
+                                }
+                                None => false,
+                            });
                             None
                         }
                     }
@@ -97,10 +149,10 @@ impl WriterLease {
                 }
             };
             if let Some(revision) = taken {
-                tracing::info!(%holder, "holding the writer lease");
+                tracing::info!(holder = %holder.name, address = holder.address.as_deref().unwrap_or("none"), "holding the writer lease");
                 return Ok(WriterLease {
                     store,
-                    holder: holder.to_string(),
+                    value,
                     revision,
                     ttl: options.lease_ttl,
                 });
@@ -125,7 +177,7 @@ impl WriterLease {
         let mut failing_since: Option<Instant> = None;
         loop {
             tokio::time::sleep(self.ttl / 3).await;
-            let value = Bytes::from(self.holder.clone());
+            let value = self.value.clone();
             let update = self.store.update(KEY, value.clone(), self.revision);
             let error = match tokio::time::timeout(self.ttl, update).await {
                 Ok(Ok(revision)) => {
@@ -194,5 +246,24 @@ impl WriterLease {
             .delete_expect_revision(KEY, Some(self.revision))
             .await
             .map_err(|e| replicated("releasing the writer lease", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseHolder;
+
+    #[test]
+    fn the_lease_value_names_the_writer_and_where_to_reach_it() {
+        let with = LeaseHolder {
+            name: "10.0.0.5:50051 (pid 7, 00ff)".into(),
+            address: Some("https://arbiter-1.internal:50051".into()),
+        };
+        assert_eq!(LeaseHolder::decode(&with.encode()), with);
+        let without = LeaseHolder {
+            name: "0.0.0.0:50051 (pid 7, 00ff)".into(),
+            address: None,
+        };
+        assert_eq!(LeaseHolder::decode(&without.encode()), without);
     }
 }

@@ -3,13 +3,16 @@
 //! mTLS), checks the role of the method's row, and hands the [`Identity`] to the handlers as a
 //! request extension. Health and reflection stay open. Without an auth file every call gets
 //! [`Identity::Open`]. Handlers narrow the check where the method's row depends on the request
-//! ([`require`]) and take their actor from the identity ([`actor`]).
+//! ([`require`]) and take their actor from the identity ([`actor`]). In cluster mode, a call
+//! forwarded by another arbiter of the cluster is its caller's, as that arbiter authenticated
+//! it ([`super::forwarded`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Status;
 
+use super::forwarded::{ClusterKey, FORWARDED_PRINCIPAL, FORWARD_KEY};
 use super::tls::PeerNames;
 use crate::auth::{Actor, ActorError, Authenticator, Identity, Role};
 
@@ -17,12 +20,14 @@ use crate::auth::{Actor, ActorError, Authenticator, Identity, Role};
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<Authenticator>>,
+    cluster_key: ClusterKey,
 }
 
 impl AuthLayer {
     /// Authenticates with `auth`, or lets every call through as [`Identity::Open`] when `None`.
-    pub fn new(auth: Option<Arc<Authenticator>>) -> Self {
-        Self { auth }
+    /// Calls forwarded with `cluster_key` are their forwarded principal's.
+    pub fn new(auth: Option<Arc<Authenticator>>, cluster_key: ClusterKey) -> Self {
+        Self { auth, cluster_key }
     }
 }
 
@@ -33,6 +38,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Authenticate {
             inner,
             auth: self.auth.clone(),
+            cluster_key: self.cluster_key.clone(),
             peers: Arc::default(),
         }
     }
@@ -43,6 +49,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    cluster_key: ClusterKey,
     peers: Arc<PeerNames>,
 }
 
@@ -80,26 +87,61 @@ fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, Status> {
     Ok(Some(token))
 }
 
-/// Who `request` comes from, or the status that refuses it. A bearer token decides when there
-/// is one; else the client certificate does.
+/// The principal another arbiter of the cluster forwarded `request` for, `None` when it is not
+/// forwarded. The forwarding arbiter must present the cluster's key, and the principal must
+/// be in this arbiter's auth file, whose roles for it apply.
+fn forwarded_principal<B>(
+    auth: &Authenticator,
+    cluster_key: &ClusterKey,
+    request: &http::Request<B>,
+) -> Result<Option<Arc<crate::auth::Principal>>, Status> {
+    let headers = request.headers();
+    let Some(name) = headers.get(FORWARDED_PRINCIPAL) else {
+        return Ok(None);
+    };
+    let key = headers
+        .get(FORWARD_KEY)
+        .map(|k| k.as_bytes())
+        .unwrap_or(b"");
+    if !cluster_key.verifies(key) {
+        return Err(Status::unauthenticated(format!(
+            "{FORWARDED_PRINCIPAL} without this cluster's forwarding key: only an arbiter of \
+             the same cluster may forward calls"
+        )));
+    }
+    let name = name.to_str().unwrap_or("");
+    auth.named(name).map(Some).ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "the forwarded principal {name:?} is not in this arbiter's auth file (arbiters \
+             of one cluster need the same auth file)"
+        ))
+    })
+}
+
+/// Who `request` comes from, or the status that refuses it. A call forwarded by an arbiter of
+/// the cluster is its forwarded principal's; else a bearer token decides when there is one,
+/// and the client certificate when not.
 fn identify<B>(
     auth: &Authenticator,
+    cluster_key: &ClusterKey,
     peers: &PeerNames,
     request: &http::Request<B>,
 ) -> Result<Identity, Status> {
-    let principal = match bearer(request)? {
-        Some(token) => auth.authenticate(Some(token), None),
-        None => match peers.common_name(request) {
-            Some(None) => {
-                return Err(Status::unauthenticated(
-                    "the client certificate has no single text subject CN to name a principal",
-                ))
-            }
-            Some(Some(cn)) => auth.authenticate(None, Some(&cn)),
-            None => auth.authenticate(None, None),
-        },
-    }
-    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let principal =
+        match forwarded_principal(auth, cluster_key, request)? {
+            Some(principal) => Ok(principal),
+            None => match bearer(request)? {
+                Some(token) => auth.authenticate(Some(token), None),
+                None => match peers.common_name(request) {
+                    Some(None) => return Err(Status::unauthenticated(
+                        "the client certificate has no single text subject CN to name a principal",
+                    )),
+                    Some(Some(cn)) => auth.authenticate(None, Some(&cn)),
+                    None => auth.authenticate(None, None),
+                },
+            },
+        }
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
     let path = request.uri().path();
     if let Some(roles) = Role::for_method(path) {
         if !roles.iter().any(|&role| principal.has(role)) {
@@ -135,7 +177,7 @@ where
         let identity = match &self.auth {
             None => Identity::Open,
             Some(_) if is_open(request.uri().path()) => Identity::Open,
-            Some(auth) => match identify(auth, &self.peers, &request) {
+            Some(auth) => match identify(auth, &self.cluster_key, &self.peers, &request) {
                 Ok(identity) => identity,
                 Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
             },

@@ -1,7 +1,7 @@
 //! Cluster mode, until this arbiter holds the writer lease: it follows the cluster's log and
 //! serves `Allocate` and every read from the state folded from it, as the writer appends it. It
-//! refuses changes and results (UNAVAILABLE: a client sends them to another arbiter), and its
-//! health says `arbiter.v1.Storage` NOT_SERVING, since it takes no writes.
+//! forwards changes and results to the writer (at the address the writer lease names), and its
+//! health says `arbiter.v1.Storage` NOT_SERVING, since it writes nothing itself.
 //!
 //! A tail thread receives the stream's messages from one ordered consumer as they are stored
 //! ([`StreamLog::follow`]), applies each entry to the store ([`Storage::follow`]) and then to
@@ -18,12 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::forward::Forwarder;
 use super::held_lease::HeldLease;
 use super::{Domain, Phases, ServerConfig, ServerError};
 use crate::audit::AuditLog;
 use crate::cluster::allocation_reports::{self, TestAllocations};
 use crate::cluster::{
-    ArtifactBucket, ClusterOptions, FollowError, SnapshotBucket, StreamLog, WriterLease,
+    ArtifactBucket, ClusterOptions, FollowError, LeaseHolder, SnapshotBucket, StreamLog,
+    WriterLease,
 };
 use crate::experiment::Experiments;
 use crate::registry::replica::ArtifactReplica;
@@ -49,8 +51,8 @@ pub(super) const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a standby needs from the server.
 pub(super) struct Standby<'a> {
     pub(super) cluster: &'a ClusterOptions,
-    /// This arbiter's name in the writer lease.
-    pub(super) holder: &'a str,
+    /// This arbiter in the writer lease.
+    pub(super) holder: &'a LeaseHolder,
     pub(super) phases: &'a Phases<'a>,
 }
 
@@ -61,15 +63,20 @@ impl Standby<'_> {
         &self,
         shutdown: &mut S,
     ) -> Result<Option<HeldLease>, ServerError> {
-        let (held_elsewhere_tx, mut held_elsewhere) = tokio::sync::watch::channel(false);
+        let (held_elsewhere_tx, mut held_elsewhere) = tokio::sync::watch::channel(None);
         let acquire = WriterLease::acquire(self.cluster, self.holder, &held_elsewhere_tx);
         tokio::pin!(acquire);
         // Nothing to follow until another arbiter writes: the lease is then this one's.
         tokio::select! {
             lease = &mut acquire => return Ok(Some(HeldLease::keep(lease?))),
             () = &mut *shutdown => return Ok(None),
-            _ = held_elsewhere.wait_for(|&held| held) => {}
+            _ = held_elsewhere.wait_for(Option::is_some) => {}
         }
+        let forwarder = Forwarder::new(
+            held_elsewhere.clone(),
+            self.phases.cluster_key.clone(),
+            self.phases.peer_tls.cloned().unwrap_or_default(),
+        );
         let mut last_error = None;
         loop {
             let opening = Follower::open(self.cluster, self.phases.config, self.phases.registry);
@@ -105,7 +112,10 @@ impl Standby<'_> {
                 }
             };
             last_error = None;
-            let installed = self.phases.switch.install(follower.domain.routes(), true);
+            let installed = self
+                .phases
+                .switch
+                .install(follower.domain.routes(), Some(forwarder.clone()));
             super::report_status(self.phases.health, tonic_health::ServingStatus::Serving).await;
             // It takes no writes.
             super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)

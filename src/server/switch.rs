@@ -3,7 +3,8 @@
 //! and the next opens. Connections are never dropped when an arbiter changes role: a call that
 //! arrives between phases waits for the next one (up to [`PHASE_WAIT`]), and calls of a phase
 //! that ends get a grace period, after which they end UNAVAILABLE, so that nothing keeps the
-//! phase's state (its store) open.
+//! phase's state (its store) open. A standby forwards changes and results to the writer
+//! ([`Forwarder`]).
 //!
 //! Health and reflection are served by the server itself, whatever the phase.
 
@@ -20,6 +21,7 @@ use tonic::service::Routes;
 use tonic::Status;
 use tower::ServiceExt;
 
+use super::forward::Forwarder;
 use crate::auth::{CallKind, Role};
 use crate::grpc::admission::STREAMED_RESPONSES;
 
@@ -37,8 +39,8 @@ type OpenStreams = Arc<parking_lot::Mutex<Vec<std::sync::Weak<StreamSlot>>>>;
 /// The services of one phase.
 struct Phase {
     routes: Routes,
-    /// A standby: changes and results are refused, they go to the writer.
-    standby: bool,
+    /// A standby's: changes and results go to the writer through it.
+    forwarder: Option<Arc<Forwarder>>,
     /// Set when the phase's calls must end.
     ended: watch::Receiver<bool>,
     streams: OpenStreams,
@@ -65,13 +67,14 @@ impl Switch {
         }
     }
 
-    /// Serves `routes` from now on (a standby's when `standby`) until the returned phase ends.
-    pub(super) fn install(&self, routes: Routes, standby: bool) -> Installed {
+    /// Serves `routes` from now on until the returned phase ends; a standby's (`forwarder`
+    /// given) sends changes and results to the writer.
+    pub(super) fn install(&self, routes: Routes, forwarder: Option<Arc<Forwarder>>) -> Installed {
         let (end, ended) = watch::channel(false);
         let streams = OpenStreams::default();
         let phase = Arc::new(Phase {
             routes: routes.prepare(),
-            standby,
+            forwarder,
             ended,
             streams: streams.clone(),
         });
@@ -181,22 +184,23 @@ where
                 )
                 .into_http());
             };
-            if phase.standby && writes {
-                return Ok(
-                    Status::unavailable(crate::storage::StorageError::Standby.to_string())
-                        .into_http(),
-                );
-            }
-            let call = phase.routes.clone().oneshot(request);
             if quick {
+                let call = phase.routes.clone().oneshot(request);
                 return Ok(call.await.unwrap_or_else(|never| match never {}));
             }
+            let call: BoxFuture<http::Response<tonic::body::Body>> = match &phase.forwarder {
+                Some(forwarder) if writes => {
+                    let forwarder = forwarder.clone();
+                    Box::pin(async move { forwarder.forward(request).await })
+                }
+                _ => {
+                    let call = phase.routes.clone().oneshot(request);
+                    Box::pin(async move { call.await.unwrap_or_else(|never| match never {}) })
+                }
+            };
             let mut ended = phase.ended.clone();
             let response = tokio::select! {
-                response = call => match response {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
+                response = call => response,
                 _ = ended.wait_for(|&end| end) => return Ok(role_changed().into_http()),
             };
             if !streamed {
@@ -323,7 +327,7 @@ mod tests {
     async fn an_ended_phase_lets_go_of_its_streams_even_unpolled_and_they_end_unavailable() {
         let switch = Switch::new();
         let (_, health) = tonic_health::server::health_reporter();
-        let installed = switch.install(Routes::new(health), false);
+        let installed = switch.install(Routes::new(health), None);
         let phase = switch.current.borrow().clone().expect("installed");
         let state = Arc::new(());
         let mut stream = EndingBody::new(

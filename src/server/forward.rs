@@ -1,0 +1,183 @@
+//! Cluster mode: a standby sends the changes and results it receives to the writer, over the
+//! writer's advertised address (the writer lease names it), and relays the answers. The caller
+//! sees the writer's answers, acknowledgements included: a result batch acknowledged through a
+//! standby is as durable as one sent to the writer.
+//!
+//! The standby authenticated the caller; the writer is told who it was (see
+//! [`crate::grpc::forwarded`]). A forwarded call reaching an arbiter that is not the writer
+//! (the lease moved meanwhile) is refused rather than forwarded again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Status;
+use tower::ServiceExt;
+
+use crate::auth::Identity as Caller;
+use crate::cluster::LeaseHolder;
+use crate::grpc::forwarded::{ClusterKey, FORWARDED, FORWARDED_PRINCIPAL, FORWARD_KEY};
+
+use super::ServerError;
+
+/// How long connecting to the writer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Forwards calls to the writer; see the module documentation.
+pub(super) struct Forwarder {
+    /// The arbiter holding the writer lease, as last seen.
+    writer: watch::Receiver<Option<LeaseHolder>>,
+    key: ClusterKey,
+    /// How to reach writers over https.
+    tls: ClientTlsConfig,
+    /// The channel to the writer's address, made on first use and again when it moves.
+    channel: parking_lot::Mutex<Option<(String, Channel)>>,
+}
+
+/// TLS towards other arbiters: trusting `peer_ca` (the web PKI's roots without one), and
+/// presenting this arbiter's own certificate when it has one, for writers that require
+/// client certificates.
+pub(super) fn peer_tls(
+    peer_ca: Option<&std::path::Path>,
+    own: Option<&super::TlsFiles>,
+) -> Result<ClientTlsConfig, ServerError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            ServerError::Security(format!("reading the {what} {}: {e}", path.display()))
+        })
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match peer_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("peer CA", ca)?)),
+        None => tls.with_webpki_roots(),
+    };
+    if let Some(own) = own {
+        tls = tls.identity(Identity::from_pem(
+            read("TLS certificate", &own.cert)?,
+            read("TLS key", &own.key)?,
+        ));
+    }
+    Ok(tls)
+}
+
+impl Forwarder {
+    pub(super) fn new(
+        writer: watch::Receiver<Option<LeaseHolder>>,
+        key: ClusterKey,
+        tls: ClientTlsConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            writer,
+            key,
+            tls,
+            channel: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The writer's answer to `request`, or why it could not be asked.
+    pub(super) async fn forward<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        match self.prepare(request) {
+            Ok((channel, address, request)) => match channel.oneshot(request).await {
+                Ok(response) => response,
+                Err(e) => Status::unavailable(format!(
+                    "this arbiter is a standby and could not forward the call to the writer at \
+                     {address}: {e}; retry, or send it to the writer"
+                ))
+                .into_http(),
+            },
+            Err(status) => status.into_http(),
+        }
+    }
+
+    /// The channel to the writer and `request` as it goes there.
+    fn prepare<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<(Channel, String, http::Request<tonic::body::Body>), Status>
+    where
+        B: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        if request.headers().contains_key(FORWARDED) {
+            return Err(Status::unavailable(
+                "a call forwarded to this arbiter as the writer, but it is a standby (the \
+                 writer changed meanwhile); retry",
+            ));
+        }
+        let writer = self.writer.borrow().clone();
+        let Some(address) = writer.as_ref().and_then(|w| w.address.clone()) else {
+            return Err(Status::unavailable(format!(
+                "this arbiter is a standby and does not know where to forward changes and \
+                 results: the writer ({}) advertises no address (start arbiters with \
+                 --cluster-advertise); send them to the writer, whose health \
+                 arbiter.v1.Storage is SERVING",
+                writer.map(|w| w.name).unwrap_or_default()
+            )));
+        };
+        let channel = self.channel_to(&address)?;
+        let (mut parts, body) = request.into_parts();
+        let headers = &mut parts.headers;
+        headers.insert(FORWARDED, HeaderValue::from_static("1"));
+        match parts.extensions.get::<Caller>() {
+            Some(Caller::Principal(principal)) => {
+                let Some(key) = self.key.get() else {
+                    return Err(Status::unavailable(
+                        "this arbiter is a standby and has not read the cluster's forwarding \
+                         key from NATS yet; retry",
+                    ));
+                };
+                let name = HeaderValue::from_str(&principal.name)
+                    .map_err(|e| Status::internal(format!("principal name as a header: {e}")))?;
+                let key = HeaderValue::from_str(key)
+                    .map_err(|e| Status::internal(format!("forwarding key as a header: {e}")))?;
+                // The writer learns the caller from these, never from the caller's own token.
+                headers.remove(http::header::AUTHORIZATION);
+                headers.insert(FORWARDED_PRINCIPAL, name);
+                headers.insert(FORWARD_KEY, key);
+            }
+            // Without authentication here, the writer judges the call as it comes.
+            Some(Caller::Open) | None => {
+                headers.remove(FORWARDED_PRINCIPAL);
+                headers.remove(FORWARD_KEY);
+            }
+        }
+        let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
+        Ok((channel, address, request))
+    }
+
+    /// The channel to `address`, made once per address.
+    fn channel_to(&self, address: &str) -> Result<Channel, Status> {
+        let mut current = self.channel.lock();
+        if let Some((known, channel)) = current.as_ref() {
+            if known == address {
+                return Ok(channel.clone());
+            }
+        }
+        let invalid = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!(
+                "the writer advertises {address:?}, which cannot be called: {e}"
+            ))
+        };
+        let mut endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| invalid(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if address.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(self.tls.clone())
+                .map_err(|e| invalid(&e))?;
+        }
+        let channel = endpoint.connect_lazy();
+        *current = Some((address.to_string(), channel.clone()));
+        Ok(channel)
+    }
+}
