@@ -1,7 +1,7 @@
 //! Cluster mode under faults: 3 nats-servers (JetStream, 3 replicas, `sync_interval: always`) and
-//! 3 `arbiter` processes on one stream (one writes, two stand by), with a result streamer
-//! (unique result ids) and a model registrar that go to whichever arbiter answers and resend
-//! what was not acknowledged. Faults hit NATS servers and arbiters; afterwards every result and
+//! 3 `arbiter` processes on one stream (one writes, two stand by and forward writes to it), with
+//! a result streamer (unique result ids) and a model registrar that go to each arbiter in turn
+//! and resend what was not acknowledged. Faults hit NATS servers and arbiters; afterwards every result and
 //! registration sent is applied exactly once, and every arbiter, writing in turn, shows the same
 //! figures, audit trail and models.
 //!
@@ -225,12 +225,14 @@ struct Sent {
     /// Batches handed to some arbiter (acknowledged or not).
     batches: u64,
     acked_batches: u64,
+    /// Batches acknowledged through each arbiter (a standby forwards them to the writer).
+    acked_through: [u64; 3],
     registrations: u64,
     acked_registrations: u64,
 }
 
-/// Streams batches and registrations to whichever arbiter answers, each until acknowledged,
-/// until `stop`.
+/// Streams batches and registrations to each arbiter in turn (standbys forward them to the
+/// writer), each until acknowledged, until `stop`.
 async fn workload(
     urls: Vec<String>,
     models: Vec<String>,
@@ -243,7 +245,10 @@ async fn workload(
     while !stop.load(Ordering::Relaxed) {
         sent.lock().unwrap().batches = b + 1;
         if send_batch(&urls[node], b, &models).await {
-            sent.lock().unwrap().acked_batches = b + 1;
+            let mut sent = sent.lock().unwrap();
+            sent.acked_batches = b + 1;
+            sent.acked_through[node] += 1;
+            drop(sent);
             b += 1;
         } else {
             node = (node + 1) % urls.len();
@@ -255,10 +260,9 @@ async fn workload(
             if send_registration(&urls[node], k).await {
                 sent.lock().unwrap().acked_registrations = k + 1;
                 k += 1;
-            } else {
-                node = (node + 1) % urls.len();
             }
         }
+        node = (node + 1) % urls.len();
     }
 }
 
@@ -576,8 +580,8 @@ impl Campaign {
         let (batches, registrations) = {
             let sent = self.sent.lock().unwrap();
             eprintln!(
-                "[campaign] sent {} batches ({} acknowledged while faults ran) and {} registrations ({} acknowledged)",
-                sent.batches, sent.acked_batches, sent.registrations, sent.acked_registrations
+                "[campaign] sent {} batches ({} acknowledged while faults ran, through each arbiter: {:?}) and {} registrations ({} acknowledged)",
+                sent.batches, sent.acked_batches, sent.acked_through, sent.registrations, sent.acked_registrations
             );
             (sent.batches, sent.registrations)
         };
