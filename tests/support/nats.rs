@@ -66,9 +66,24 @@ pub(crate) struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` servers that route to each other (a single server for `n == 1`), and waits until
-    /// each accepts connections. `None` when there is no `nats-server` (outside CI).
+    /// each accepts connections. `None` when there is no `nats-server` (outside CI). A port
+    /// probed free can be taken by another test before a server binds it: then the cluster
+    /// starts again on other ports.
     pub(crate) fn start(n: usize) -> Option<Self> {
         let bin = nats_server_bin()?;
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut cluster = Self::configure(bin.clone(), n);
+            match (0..n).try_for_each(|i| cluster.try_start_node(i)) {
+                Ok(()) => return Some(cluster),
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("the NATS cluster did not start: {}", failures.join("; "));
+    }
+
+    /// `n` servers' configurations on ports free now, none started.
+    fn configure(bin: PathBuf, n: usize) -> Self {
         let dir = tempfile::tempdir().expect("cluster directory");
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -107,21 +122,25 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { bin, nodes, dir };
-        for i in 0..n {
-            cluster.start_node(i);
-        }
-        Some(cluster)
+        NatsCluster { bin, nodes, dir }
     }
 
     /// Starts node `i` (again) and waits until it accepts connections.
     pub(crate) fn start_node(&mut self, i: usize) {
+        if let Err(e) = self.try_start_node(i) {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts node `i` and waits until it accepts connections, or says why it did not.
+    fn try_start_node(&mut self, i: usize) -> Result<(), String> {
+        let log_path = self.dir.path().join(format!("{}.log", self.nodes[i].name));
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} is running", node.name);
         let log = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{}.log", node.name)))
+            .open(&log_path)
             .expect("node log");
         let child = Command::new(&self.bin)
             .arg("-c")
@@ -131,15 +150,33 @@ impl NatsCluster {
             .spawn()
             .expect("spawn nats-server");
         node.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", node.client_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen within 10 s",
-                node.name
-            );
+            let exited = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                if let Some(mut child) = node.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = log.lines().rev().take(3).collect::<Vec<_>>();
+                return Err(format!(
+                    "{} did not listen on port {} ({}); its log ends: {:?}",
+                    node.name,
+                    node.client_port,
+                    match exited {
+                        Some(status) => format!("it exited: {status}"),
+                        None => "within 30 s".into(),
+                    },
+                    last
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Every client URL, comma-separated (what `--cluster` takes).
