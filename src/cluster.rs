@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifact_bucket::ArtifactBucket;
-pub use lease::{LeaseHolder, WriterLease};
+pub use lease::{LeaseHolder, SeenWriter, WriterLease};
 pub use snapshot_bucket::SnapshotBucket;
 pub use stream_log::{FollowError, Following, StreamLog};
 

@@ -644,6 +644,7 @@ impl Phases<'_> {
                     // work ends now, and calls move on quickly.
                     stop_tasks.send_replace(true);
                     report_storage(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+                    report_writer(&health_reporter, tonic_health::ServingStatus::NotServing).await;
                     installed.end(standby::HANDOVER_GRACE).await;
                 }
             }
@@ -740,6 +741,14 @@ async fn report_status(
     }
 }
 
+/// Whether this arbiter is the writer, reported as `status`.
+async fn report_writer(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status(WRITER_HEALTH, status).await;
+}
+
 /// The storage reported as `status` (whether this arbiter takes writes).
 async fn report_storage(
     reporter: &tonic_health::server::HealthReporter,
@@ -750,13 +759,14 @@ async fn report_storage(
 
 /// The health services the server reports: the server as a whole, each arbiter service, and
 /// the storage.
-const HEALTH_SERVICES: [&str; 6] = [
+const HEALTH_SERVICES: [&str; 7] = [
     "",
     "arbiter.v1.Registry",
     "arbiter.v1.Admin",
     "arbiter.v1.Experiments",
     "arbiter.v1.Allocator",
     STORAGE_HEALTH,
+    WRITER_HEALTH,
 ];
 
 /// Counts and times calls, labelled by the methods the server serves.
@@ -809,8 +819,13 @@ async fn final_steps(experiments: Experiments, storage: Arc<Storage>) -> Result<
     }
 }
 
-/// The health service name that reports whether storage takes writes.
+/// The health service name that reports whether storage takes writes (on a cluster's standby:
+/// whether it is current and can forward them to the writer).
 pub const STORAGE_HEALTH: &str = "arbiter.v1.Storage";
+
+/// The health service name that reports whether this arbiter writes the log: SERVING on a
+/// single node and on a cluster's writer, NOT_SERVING on its standbys.
+pub const WRITER_HEALTH: &str = "arbiter.v1.Writer";
 
 /// How long shutdown waits for its final snapshot and flush.
 pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);

@@ -297,7 +297,20 @@ fn spawn_standby(dir: &std::path::Path, flags: &[&str]) -> tokio::task::JoinHand
     })
 }
 
-/// One arbiter writes; another stands by without serving, and takes over with everything
+/// Starts an arbiter on `dir` while another writes: resolves once it follows the log and
+/// serves as a standby.
+async fn spawn_following(dir: &std::path::Path, flags: &[&str]) -> Binary {
+    let dir = dir.to_path_buf();
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        spawn_binary_until(&dir, &flags, "standing by: following")
+    })
+    .await
+    .expect("standby")
+}
+
+/// One arbiter writes; another stands by, and takes over with everything
 /// acknowledged when the writer is killed; a third takes over from the second when it shuts
 /// down cleanly (the lease is handed back at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +400,9 @@ async fn wait_for_health(node: &Binary, status: i32, within: std::time::Duration
 
 /// Without a quorum of NATS servers the writer reports NOT_SERVING for writes, even when idle
 /// (its lease cannot be refreshed), keeps answering Allocate from memory, and a batch sent
-/// meanwhile is acknowledged only once the quorum is back; health then returns to SERVING.
+/// meanwhile is acknowledged only once the quorum is back; health then returns to SERVING. A
+/// standby, which cannot tell it is current, reports NOT_SERVING for writes too and keeps
+/// answering Allocate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -399,23 +414,50 @@ async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers()
     let disk = tempfile::tempdir().expect("tempdir");
     let (node, models) = writer_with_test(disk.path(), &flags).await;
     assert_eq!(storage_health(&node).await, ServingStatus::Serving as i32);
+    let standby_disk = tempfile::tempdir().expect("tempdir");
+    let standby = spawn_following(standby_disk.path(), &flags).await;
+    let (serving, not_serving) = (
+        ServingStatus::Serving as i32,
+        ServingStatus::NotServing as i32,
+    );
+    let within = std::time::Duration::from_secs(15);
+    wait_for_health(&standby, serving, within).await;
 
     nats.kill(1);
     nats.kill(2);
-    wait_for_health(
-        &node,
-        ServingStatus::NotServing as i32,
-        std::time::Duration::from_secs(15),
-    )
-    .await;
-    let mut allocator = node.allocator().await;
-    for _ in 0..100 {
-        let allocation = allocate(&mut allocator, "t").await;
-        assert!(models.contains(&allocation.model_registry_id));
+    wait_for_health(&node, not_serving, within).await;
+    wait_for_health(&standby, not_serving, within).await;
+    for arbiter in [&node, &standby] {
+        let mut allocator = arbiter.allocator().await;
+        for _ in 0..100 {
+            let allocation = allocate(&mut allocator, "t").await;
+            assert!(models.contains(&allocation.model_registry_id));
+        }
     }
+    // Sent like a client does: again, to the other arbiter, when one answers UNAVAILABLE (the
+    // lease can lapse during the outage, and the standby take over).
     let waiting = {
-        let mut allocator = node.allocator().await;
-        tokio::spawn(async move { ingest(&mut allocator, vec![batch(0, &models)]).await })
+        let urls = [node.url.clone(), standby.url.clone()];
+        tokio::spawn(async move {
+            for attempt in 0.. {
+                let url = urls[attempt % 2].clone();
+                let Ok(channel) = tonic::transport::Channel::from_shared(url)
+                    .expect("url")
+                    .connect()
+                    .await
+                else {
+                    continue;
+                };
+                let mut allocator = pb::allocator_client::AllocatorClient::new(channel);
+                match ingest(&mut allocator, vec![batch(0, &models)]).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    acknowledged => return acknowledged,
+                }
+            }
+            unreachable!("attempts are unbounded")
+        })
     };
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(!waiting.is_finished(), "acknowledged without a quorum");
@@ -427,13 +469,13 @@ async fn without_a_nats_quorum_writes_wait_health_says_so_and_allocate_answers()
         .expect("acknowledged once the quorum is back")
         .expect("ingest task")
         .expect("ingest");
-    assert_eq!(acks[0].accepted as usize, RESULTS_PER_BATCH);
-    wait_for_health(
-        &node,
-        ServingStatus::Serving as i32,
-        std::time::Duration::from_secs(30),
-    )
-    .await;
+    assert_eq!(
+        (acks[0].accepted + acks[0].duplicates) as usize,
+        RESULTS_PER_BATCH
+    );
+    let within = std::time::Duration::from_secs(30);
+    wait_for_health(&node, serving, within).await;
+    wait_for_health(&standby, serving, within).await;
     assert_eq!(
         figures(&node).await.iter().map(|f| f.1).sum::<u64>(),
         RESULTS_PER_BATCH as u64
@@ -575,16 +617,7 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
     ingest(&mut writer.allocator().await, batches[..3].to_vec())
         .await
         .expect("acknowledged by the writer");
-    let standby = {
-        let dir = disks[1].path().to_path_buf();
-        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            spawn_binary_until(&dir, &flags, "standing by: following")
-        })
-        .await
-        .expect("standby")
-    };
+    let standby = spawn_following(disks[1].path(), &flags).await;
     let second = std::time::Duration::from_secs(10);
     // Results acknowledged before and after it started reach it.
     ingest(&mut writer.allocator().await, batches[3..6].to_vec())
@@ -592,10 +625,15 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
         .expect("acknowledged by the writer");
     let lag = until_equal(&figures(&writer).await, second, || figures(&standby)).await;
     eprintln!("the standby showed the writer's results {lag:?} after their acknowledgement");
+    // It writes nothing itself, and takes writes (forwarded) once current.
     assert_eq!(
-        storage_health_on(standby.channel().await).await,
-        2, // NOT_SERVING: it takes no writes
+        health_on(standby.channel().await, "arbiter.v1.Writer").await,
+        2
     );
+    until_equal(&1, second, || async {
+        storage_health_on(standby.channel().await).await
+    })
+    .await;
 
     // Allocate answers on the standby with ids the writer accepts for their arms.
     let mut allocator = standby.allocator().await;
@@ -753,6 +791,10 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
         (7 * RESULTS_PER_BATCH, 3 * RESULTS_PER_BATCH)
     );
     assert_eq!(storage_health_on(standby.channel().await).await, 1);
+    assert_eq!(
+        health_on(standby.channel().await, "arbiter.v1.Writer").await,
+        1
+    );
 }
 
 /// `authorization: Bearer <name>-token` on `request`.
@@ -793,16 +835,7 @@ async fn a_forwarded_call_is_its_callers_on_the_writer() {
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
     let writer = spawn_binary_with(disks[0].path(), &flags);
-    let standby = {
-        let dir = disks[1].path().to_path_buf();
-        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            spawn_binary_until(&dir, &flags, "standing by: following")
-        })
-        .await
-        .expect("standby")
-    };
+    let standby = spawn_following(disks[1].path(), &flags).await;
     let registration = |created_by: &str| {
         tokio_stream::iter(registration_messages(
             header("m", "1.0.0", created_by),

@@ -188,7 +188,14 @@ async fn send_batch(url: &str, b: u64, models: &[String]) -> bool {
         Ok(Ok(acks)) => {
             acks.len() == 1 && (acks[0].accepted + acks[0].duplicates) as usize == RESULTS_PER_BATCH
         }
-        _ => false,
+        Ok(Err(e)) => {
+            eprintln!("[diag] {url} batch {b}: {e}");
+            false
+        }
+        Err(_) => {
+            eprintln!("[diag] {url} batch {b}: timeout");
+            false
+        }
     }
 }
 
@@ -227,6 +234,10 @@ struct Sent {
     acked_batches: u64,
     /// Batches acknowledged through each arbiter (a standby forwards them to the writer).
     acked_through: [u64; 3],
+    /// Sends of a batch that were not acknowledged (and were sent again elsewhere).
+    failed_sends: u64,
+    /// Time spent in acknowledged sends, by arbiter.
+    acked_time: [Duration; 3],
     registrations: u64,
     acked_registrations: u64,
 }
@@ -244,13 +255,16 @@ async fn workload(
     let mut k = 0u64;
     while !stop.load(Ordering::Relaxed) {
         sent.lock().unwrap().batches = b + 1;
+        let started = Instant::now();
         if send_batch(&urls[node], b, &models).await {
             let mut sent = sent.lock().unwrap();
             sent.acked_batches = b + 1;
             sent.acked_through[node] += 1;
+            sent.acked_time[node] += started.elapsed();
             drop(sent);
             b += 1;
         } else {
+            sent.lock().unwrap().failed_sends += 1;
             node = (node + 1) % urls.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -283,15 +297,15 @@ async fn writer(arbiters: &[Arbiter], within: Duration) -> usize {
     }
 }
 
-/// Whether the arbiter at `url` says it takes writes (storage health SERVING): the writer,
-/// not a standby, which serves reads only.
+/// Whether the arbiter at `url` says it writes the log (health `arbiter.v1.Writer` SERVING):
+/// the writer, not a standby, which forwards writes to it.
 async fn takes_writes(url: &str) -> bool {
     let Some(channel) = channel(url).await else {
         return false;
     };
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let check = health.check(tonic_health::pb::HealthCheckRequest {
-        service: "arbiter.v1.Storage".into(),
+        service: "arbiter.v1.Writer".into(),
     });
     matches!(
         tokio::time::timeout(Duration::from_millis(500), check).await,
@@ -580,9 +594,13 @@ impl Campaign {
         let (batches, registrations) = {
             let sent = self.sent.lock().unwrap();
             eprintln!(
-                "[campaign] sent {} batches ({} acknowledged while faults ran, through each arbiter: {:?}) and {} registrations ({} acknowledged)",
-                sent.batches, sent.acked_batches, sent.acked_through, sent.registrations, sent.acked_registrations
+                "[campaign] sent {} batches ({} acknowledged while faults ran, through each arbiter: {:?}; {} sends unacknowledged) and {} registrations ({} acknowledged)",
+                sent.batches, sent.acked_batches, sent.acked_through, sent.failed_sends, sent.registrations, sent.acked_registrations
             );
+            let mean: Vec<Duration> = (0..3)
+                .map(|i| sent.acked_time[i] / sent.acked_through[i].max(1) as u32)
+                .collect();
+            eprintln!("[campaign] mean time of an acknowledged send, by arbiter: {mean:?}");
             (sent.batches, sent.registrations)
         };
         // Whatever was sent without an answer is sent again until acknowledged: then everything

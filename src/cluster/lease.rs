@@ -33,6 +33,52 @@ pub struct LeaseHolder {
     pub address: Option<String>,
 }
 
+/// The writer as a standby last saw it in the lease.
+#[derive(Debug, Clone)]
+pub struct SeenWriter {
+    /// Who holds the lease (an empty name when the key could not be read).
+    pub holder: LeaseHolder,
+    /// The key's revision, which every refresh advances.
+    revision: u64,
+    /// When a refresh was last seen (first seen, at first). Refreshes are written on a quorum
+    /// of NATS servers: a writer seen refreshing is alive and has a quorum within reach.
+    pub refreshed: std::time::Instant,
+}
+
+/// Updates `known` with the lease as just read (`None`: not readable); whether it changed.
+fn seen(known: &mut Option<SeenWriter>, read: Option<(LeaseHolder, u64)>) -> bool {
+    match (known.as_mut(), read) {
+        (Some(known), Some((holder, revision))) => {
+            if known.revision == revision && known.holder == holder {
+                return false;
+            }
+            *known = SeenWriter {
+                holder,
+                revision,
+                refreshed: std::time::Instant::now(),
+            };
+            true
+        }
+        (None, read) => {
+            let (holder, revision) = read.unwrap_or((
+                LeaseHolder {
+                    name: String::new(),
+                    address: None,
+                },
+                0,
+            ));
+            *known = Some(SeenWriter {
+                holder,
+                revision,
+                refreshed: std::time::Instant::now(),
+            });
+            true
+        }
+        // Unreadable (NATS out of reach): what was seen stays, ageing.
+        (Some(_), None) => false,
+    }
+}
+
 impl LeaseHolder {
     /// The lease's value: the name, then the address on a line of its own.
     fn encode(&self) -> Bytes {
@@ -80,7 +126,7 @@ impl WriterLease {
     pub async fn acquire(
         options: &ClusterOptions,
         holder: &LeaseHolder,
-        held_elsewhere: &tokio::sync::watch::Sender<Option<LeaseHolder>>,
+        held_elsewhere: &tokio::sync::watch::Sender<Option<SeenWriter>>,
     ) -> Result<Self, StorageError> {
         let client = options.connect().await?;
         let context = async_nats::jetstream::new(client);
@@ -117,28 +163,15 @@ impl WriterLease {
                         // An earlier attempt whose answer was lost went through.
                         Some(entry) if entry.value == value => Some(entry.revision),
                         current => {
-                            let writer = current.map(|e| LeaseHolder::decode(&e.value));
+                            let writer = current
+                                .as_ref()
+                                .map(|e| (LeaseHolder::decode(&e.value), e.revision));
                             if !announced {
-                                let name = writer.as_ref().map(|w| w.name.as_str()).unwrap_or("");
+                                let name = writer.as_ref().map(|w| w.0.name.as_str()).unwrap_or("");
                                 tracing::info!(writer = %name, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
                                 announced = true;
                             }
-                            // A key being deleted or expiring still names someone else.
-                            held_elsewhere.send_if_modified(|known| match writer {
-                                Some(writer) if known.as_ref() != Some(&writer) => {
-                                    *known = Some(writer);
-                                    true
-                                }
-                                Some(_) => false,
-                                None if known.is_none() => {
-                                    *known = Some(LeaseHolder {
-                                        name: String::new(),
-                                        address: None,
-                                    });
-                                    true
-                                }
-                                None => false,
-                            });
+                            held_elsewhere.send_if_modified(|known| seen(known, writer));
                             None
                         }
                     }

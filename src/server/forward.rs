@@ -17,7 +17,7 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use crate::auth::Identity as Caller;
-use crate::cluster::LeaseHolder;
+use crate::cluster::SeenWriter;
 use crate::grpc::forwarded::{ClusterKey, FORWARDED, FORWARDED_PRINCIPAL, FORWARD_KEY};
 
 use super::ServerError;
@@ -28,7 +28,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Forwards calls to the writer; see the module documentation.
 pub(super) struct Forwarder {
     /// The arbiter holding the writer lease, as last seen.
-    writer: watch::Receiver<Option<LeaseHolder>>,
+    writer: watch::Receiver<Option<SeenWriter>>,
     key: ClusterKey,
     /// How to reach writers over https.
     tls: ClientTlsConfig,
@@ -64,7 +64,7 @@ pub(super) fn peer_tls(
 
 impl Forwarder {
     pub(super) fn new(
-        writer: watch::Receiver<Option<LeaseHolder>>,
+        writer: watch::Receiver<Option<SeenWriter>>,
         key: ClusterKey,
         tls: ClientTlsConfig,
     ) -> Arc<Self> {
@@ -74,6 +74,35 @@ impl Forwarder {
             tls,
             channel: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Whether calls can be forwarded now, or why not: the writer must have been seen
+    /// refreshing its lease within its time to live (so it is alive, with a quorum of NATS
+    /// servers within reach; the lease is read every quarter of it), must advertise an
+    /// address, and with authentication (`needs_key`) the cluster's key must be known.
+    pub(super) fn ready(&self, lease_ttl: Duration, needs_key: bool) -> Result<(), String> {
+        let writer = self.writer.borrow();
+        let Some(writer) = writer.as_ref() else {
+            return Err("no writer known".into());
+        };
+        let since = writer.refreshed.elapsed();
+        if since > lease_ttl + lease_ttl / 4 {
+            return Err(format!(
+                "the writer's lease was last seen refreshed {:.1} s ago (writer down, or no \
+                 quorum of NATS servers within reach)",
+                since.as_secs_f64()
+            ));
+        }
+        if writer.holder.address.is_none() {
+            return Err(format!(
+                "the writer ({}) advertises no address to forward to",
+                writer.holder.name
+            ));
+        }
+        if needs_key && self.key.get().is_none() {
+            return Err("the cluster's forwarding key is not read yet".into());
+        }
+        Ok(())
     }
 
     /// The writer's answer to `request`, or why it could not be asked.
@@ -113,7 +142,7 @@ impl Forwarder {
                  writer changed meanwhile); retry",
             ));
         }
-        let writer = self.writer.borrow().clone();
+        let writer = self.writer.borrow().clone().map(|w| w.holder);
         let Some(address) = writer.as_ref().and_then(|w| w.address.clone()) else {
             return Err(Status::unavailable(format!(
                 "this arbiter is a standby and does not know where to forward changes and \

@@ -1,7 +1,8 @@
 //! Cluster mode, until this arbiter holds the writer lease: it follows the cluster's log and
 //! serves `Allocate` and every read from the state folded from it, as the writer appends it. It
-//! forwards changes and results to the writer (at the address the writer lease names), and its
-//! health says `arbiter.v1.Storage` NOT_SERVING, since it writes nothing itself.
+//! forwards changes and results to the writer (at the address the writer lease names). Its
+//! health says `arbiter.v1.Writer` NOT_SERVING, and `arbiter.v1.Storage` SERVING while it is
+//! current (at most [`MAX_LAG`] behind the stream) and knows where the writer is.
 //!
 //! A tail thread receives the stream's messages from one ordered consumer as they are stored
 //! ([`StreamLog::follow`]), applies each entry to the store ([`Storage::follow`]) and then to
@@ -39,6 +40,9 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the tail thread waits without entries before it checks that the stream did not
 /// move on without it.
 const QUIET_CHECK: Duration = Duration::from_secs(2);
+/// How far behind the stream a standby may be and still report that it takes writes. A quiet
+/// stream is checked every [`QUIET_CHECK`], so this must be well above it.
+const MAX_LAG: Duration = Duration::from_secs(5);
 /// How often a standby checkpoints its store, so that taking over replays little.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a standby that cannot open waits before trying again.
@@ -117,9 +121,17 @@ impl Standby<'_> {
                 .switch
                 .install(follower.domain.routes(), Some(forwarder.clone()));
             super::report_status(self.phases.health, tonic_health::ServingStatus::Serving).await;
-            // It takes no writes.
+            super::report_writer(self.phases.health, tonic_health::ServingStatus::NotServing).await;
+            // Writes (forwarded) only once it is known to be current and where the writer is.
             super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)
                 .await;
+            let reporting = tokio::spawn(report_writes(
+                self.phases.health.clone(),
+                follower.freshness.clone(),
+                forwarder.clone(),
+                self.cluster.lease_ttl,
+                self.phases.config.security.auth_file.is_some(),
+            ));
             tracing::info!(
                 addr = %self.phases.local,
                 "standing by: following the cluster's log and serving Allocate and reads"
@@ -131,6 +143,10 @@ impl Standby<'_> {
                 () = &mut *shutdown => Some(Ok(None)),
                 _ = broken.wait_for(Option::is_some) => None,
             };
+            reporting.abort();
+            let _ = reporting.await;
+            super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)
+                .await;
             installed.end(HANDOVER_GRACE).await;
             if let Err(e) = follower.close().await {
                 if let Some(Ok(Some(held))) = outcome {
@@ -152,6 +168,8 @@ struct Follower {
     _usage: Arc<dyn ModelUsage>,
     /// Why the tail thread stopped following, once it has (the standby then opens again).
     broken: tokio::sync::watch::Receiver<Option<String>>,
+    /// How far behind the stream the tail thread may be.
+    freshness: Arc<Freshness>,
     stop: Arc<AtomicBool>,
     tail: Option<std::thread::JoinHandle<()>>,
     /// Ends the task that reports this standby's allocation counts to the writer.
@@ -202,11 +220,13 @@ impl Follower {
         registry.set_usage(&usage);
         let (broken_tx, broken) = tokio::sync::watch::channel(None);
         let stop = Arc::new(AtomicBool::new(false));
+        let freshness = Arc::new(Freshness::new());
         let tail = Tailing {
             storage: storage.clone(),
             experiments: experiments.clone(),
             log,
             stop: stop.clone(),
+            freshness: freshness.clone(),
         };
         let tail = std::thread::Builder::new()
             .name("arbiter-follow".into())
@@ -246,6 +266,7 @@ impl Follower {
             },
             _usage: usage,
             broken,
+            freshness,
             stop,
             tail: Some(tail),
             stop_reporting,
@@ -303,6 +324,7 @@ struct Tailing {
     experiments: Experiments,
     log: Arc<StreamLog>,
     stop: Arc<AtomicBool>,
+    freshness: Arc<Freshness>,
 }
 
 impl Tailing {
@@ -326,16 +348,22 @@ impl Tailing {
             }
             let entries = match following.next(POLL_INTERVAL) {
                 Ok(entries) if entries.is_empty() => {
-                    // A consumer that went quiet while the stream moved on is replaced.
+                    // Quiet: whether the stream holds nothing more is asked of JetStream every
+                    // QUIET_CHECK (without a quorum it cannot answer, and the standby is not
+                    // current). A consumer that went quiet while the stream moved on is replaced.
                     if quiet_since.elapsed() >= QUIET_CHECK {
                         quiet_since = Instant::now();
                         let from = following.resume_from();
-                        if self.log.last_position().is_ok_and(|last| last >= from) {
-                            tracing::warn!(
-                                from,
-                                "the log's consumer went quiet behind the stream; following again"
-                            );
-                            following = self.log.follow(from, held_through, following.writer());
+                        match self.log.last_position() {
+                            Ok(last) if last >= from => {
+                                tracing::warn!(
+                                    from,
+                                    "the log's consumer went quiet behind the stream; following again"
+                                );
+                                following = self.log.follow(from, held_through, following.writer());
+                            }
+                            Ok(_) => self.freshness.current(),
+                            Err(_) => {}
                         }
                     }
                     continue;
@@ -380,7 +408,88 @@ impl Tailing {
                     return Some(why);
                 }
             }
+            if following.caught_up() {
+                self.freshness.current();
+            }
         }
         None
+    }
+}
+
+/// Reports whether the standby takes writes (`arbiter.v1.Storage`): SERVING while it is at most
+/// [`MAX_LAG`] behind the stream and can forward to the writer (seen refreshing its lease
+/// within `lease_ttl`), NOT_SERVING otherwise (NATS out of reach, writer down); logs each
+/// change. Runs until aborted.
+async fn report_writes(
+    health: tonic_health::server::HealthReporter,
+    freshness: Arc<Freshness>,
+    forwarder: Arc<Forwarder>,
+    lease_ttl: Duration,
+    needs_key: bool,
+) {
+    let mut reported: Option<Result<(), String>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let now = match freshness.behind() {
+            Some(behind) if behind <= MAX_LAG => forwarder.ready(lease_ttl, needs_key),
+            Some(behind) => Err(format!(
+                "{:.1} s behind the cluster's log (NATS out of reach, or the log arrives slower \
+                 than it is applied)",
+                behind.as_secs_f64()
+            )),
+            None => Err("not yet caught up with the cluster's log".into()),
+        };
+        // The lag's figure changes every tick: only a change of state is reported.
+        if reported.as_ref().map(Result::is_ok) == Some(now.is_ok()) {
+            continue;
+        }
+        let status = match &now {
+            Ok(()) => {
+                tracing::info!("standby takes writes (forwarded to the writer)");
+                tonic_health::ServingStatus::Serving
+            }
+            Err(why) if reported.is_some() => {
+                tracing::warn!(reason = %why, "standby does not take writes");
+                tonic_health::ServingStatus::NotServing
+            }
+            Err(_) => tonic_health::ServingStatus::NotServing,
+        };
+        super::report_storage(&health, status).await;
+        reported = Some(now);
+    }
+}
+
+/// When a standby last knew it had applied everything the stream held: its lag behind the
+/// writer is at most the time since.
+#[derive(Debug)]
+pub(super) struct Freshness {
+    start: Instant,
+    /// Milliseconds from `start`; `u64::MAX`: never.
+    current_at: std::sync::atomic::AtomicU64,
+}
+
+impl Freshness {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            current_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Everything the stream held is applied now.
+    fn current(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.current_at.store(now, Ordering::Release);
+    }
+
+    /// How long since everything was applied (`None`: never yet).
+    fn behind(&self) -> Option<Duration> {
+        let at = self.current_at.load(Ordering::Acquire);
+        (at != u64::MAX).then(|| {
+            self.start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at))
+        })
     }
 }

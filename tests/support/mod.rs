@@ -499,9 +499,14 @@ pub(crate) async fn audit_events(
 
 /// The status of the health service `arbiter.v1.Storage` on `channel`.
 pub(crate) async fn storage_health_on(channel: Channel) -> i32 {
+    health_on(channel, "arbiter.v1.Storage").await
+}
+
+/// The status of the health service `service` on `channel`.
+pub(crate) async fn health_on(channel: Channel, service: &str) -> i32 {
     tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "arbiter.v1.Storage".into(),
+            service: service.into(),
         })
         .await
         .expect("health")

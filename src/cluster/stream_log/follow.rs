@@ -30,7 +30,8 @@ pub enum FollowError {
 
 /// See the module documentation.
 pub struct Following {
-    messages: mpsc::Receiver<Result<(u64, parts::Message), String>>,
+    /// Each message with its position and how many were stored after it when it was sent.
+    messages: mpsc::Receiver<Result<(u64, u64, parts::Message), String>>,
     /// Messages of an entry whose last parts are not stored yet.
     held: BTreeMap<u64, parts::Message>,
     /// The next position expected.
@@ -39,6 +40,9 @@ pub struct Following {
     held_by_caller: u64,
     /// The writer whose messages count (see `chain`), carried from call to call.
     writer: Option<String>,
+    /// How many messages the stream held beyond the last one received, when it was sent
+    /// (`None` before the first).
+    pending: Option<u64>,
     consumer: tokio::task::JoinHandle<()>,
 }
 
@@ -82,6 +86,7 @@ impl StreamLog {
                             let payload = message.payload.to_vec();
                             tx.send(Ok((
                                 position,
+                                info.pending,
                                 parts::Message::new(message.headers.as_ref(), payload),
                             )))
                         }
@@ -101,6 +106,7 @@ impl StreamLog {
             expected: start,
             held_by_caller: held_through,
             writer,
+            pending: None,
             consumer,
         }
     }
@@ -126,7 +132,8 @@ impl Following {
         }
         let mut read = std::mem::take(&mut self.held);
         for message in received {
-            let (position, message) = message.map_err(FollowError::Failed)?;
+            let (position, pending, message) = message.map_err(FollowError::Failed)?;
+            self.pending = Some(pending);
             if position < self.expected {
                 continue; // delivered again after the consumer reset itself
             }
@@ -155,6 +162,13 @@ impl Following {
     /// Where to follow from again after a failure: the first message not yet handed out.
     pub fn resume_from(&self) -> u64 {
         self.held.keys().next().copied().unwrap_or(self.expected)
+    }
+
+    /// Whether everything the stream held when the last message was sent has been handed out:
+    /// the consumer said nothing was pending after it, and no entry waits for its last parts.
+    /// `false` before the first message.
+    pub fn caught_up(&self) -> bool {
+        self.pending == Some(0) && self.held.is_empty()
     }
 
     /// The writer whose messages count, as of the messages handed out.
