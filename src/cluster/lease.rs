@@ -153,11 +153,13 @@ impl WriterLease {
             }
         };
         let mut announced = false;
+        let mut failing = false;
         let value = holder.encode();
         loop {
             let taken = match store.create(KEY, value.clone()).await {
                 Ok(revision) => Some(revision),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    failing = false;
                     let current = store.entry(KEY).await.ok().flatten();
                     match current {
                         // An earlier attempt whose answer was lost went through.
@@ -177,10 +179,15 @@ impl WriterLease {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot take the writer lease; retrying");
+                    // Once per outage: a standby tries every quarter of the lease.
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot take the writer lease; retrying");
+                        failing = true;
+                    }
                     None
                 }
             };
+
             if let Some(revision) = taken {
                 tracing::info!(holder = %holder.name, address = holder.address.as_deref().unwrap_or("none"), "holding the writer lease");
                 return Ok(WriterLease {
