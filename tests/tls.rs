@@ -51,21 +51,32 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// A server on 127.0.0.1 with TLS (and client certificates required when `client_ca`), with
-/// principals "analyst" (token `analyst-token`) and "router-ny4" (certificate CN, allocator).
-async fn start(
-    dir: &Path,
-    ca: &Ca,
-    client_ca: Option<&Ca>,
-) -> (
+/// What [`start`] returns: the server's URL, the sender that stops it, and its task.
+type Started = (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+/// A server on 127.0.0.1 with TLS (and client certificates required when `client_ca`), with
+/// principals "analyst" (token `analyst-token`), "router-ny4" (certificate CN, allocator) and
+/// "publisher-1" (certificate CN, publisher and analyst).
+async fn start(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> Started {
+    start_with(dir, ca, client_ca, None).await
+}
+
+/// [`start`], in `cluster` when given.
+async fn start_with(
+    dir: &Path,
+    ca: &Ca,
+    client_ca: Option<&Ca>,
+    cluster: Option<arbiter::cluster::ClusterOptions>,
+) -> Started {
     let (cert, key) = ca.sign(&["localhost", "127.0.0.1"], "arbiter");
     let auth = format!(
         "[[principal]]\nname = \"analyst\"\nroles = [\"analyst\"]\ntoken_sha256 = {:?}\n\n\
-         [[principal]]\nname = \"router-ny4\"\nroles = [\"allocator\"]\ncert_subject_cn = \"router-ny4\"\n",
+         [[principal]]\nname = \"router-ny4\"\nroles = [\"allocator\"]\ncert_subject_cn = \"router-ny4\"\n\n\
+         [[principal]]\nname = \"publisher-1\"\nroles = [\"publisher\", \"analyst\"]\ncert_subject_cn = \"publisher-1\"\n",
         token_digest("analyst-token")
     );
     let mut config = ServerConfig {
@@ -73,6 +84,7 @@ async fn start(
         ..ServerConfig::new(dir.join("data"))
     };
     config.security.auth_file = Some(write(dir, "auth.toml", &auth));
+    config.cluster = cluster;
     config.security.tls = Some(TlsFiles {
         cert: write(dir, "server.pem", &cert),
         key: write(dir, "server.key", &key),
@@ -277,6 +289,103 @@ async fn mutual_tls_maps_the_certificate_to_a_principal_and_refuses_strangers() 
     }
     let _ = stop.send(());
     handle.await.expect("server task");
+}
+
+/// The status of the health service `service` at `url`.
+async fn health(url: &str, tls: ClientTlsConfig, service: &str) -> Option<i32> {
+    let channel = channel(url, tls).await.ok()?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    Some(answer.into_inner().status)
+}
+
+/// Waits (bounded) until the health service `service` at `url` is SERVING.
+async fn until_serving(url: &str, tls: &ClientTlsConfig, service: &str) {
+    for _ in 0..600 {
+        if health(url, tls.clone(), service).await == Some(1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{service} at {url} not SERVING within 30 s");
+}
+
+/// In cluster mode with mutual TLS, a standby forwards a change to the writer over https: it
+/// checks the writer's certificate against `--cluster-peer-ca`, presents its own certificate
+/// (the writer requires one), and the writer records the principal the standby authenticated
+/// by its client's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_forwards_to_the_writer_over_mutual_tls() {
+    let Some(nats) = support::nats::NatsCluster::start(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("arbiters and their clients");
+    let mut cluster = arbiter::cluster::ClusterOptions::new(vec![nats.url(0)], "tls");
+    cluster.replicas = 1;
+    cluster.lease_ttl = Duration::from_secs(2);
+    cluster.peer_ca = Some(write(dir.path(), "peers.pem", &ca.pem()));
+    let (cert, key) = ca.sign(&[], "publisher-1");
+    let publisher = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .identity(Identity::from_pem(cert, key));
+
+    let mut servers = Vec::new();
+    for name in ["first", "second"] {
+        let own = dir.path().join(name);
+        std::fs::create_dir_all(&own).expect("dir");
+        let started = start_with(&own, &ca, Some(&ca), Some(cluster.clone())).await;
+        // The first writes; the second follows it and takes writes by forwarding them.
+        let service = match name {
+            "first" => "arbiter.v1.Writer",
+            _ => "arbiter.v1.Storage",
+        };
+        until_serving(&started.0, &publisher, service).await;
+        servers.push(started);
+    }
+    let (writer, standby) = (servers[0].0.clone(), servers[1].0.clone());
+    assert_eq!(
+        health(&standby, publisher.clone(), "arbiter.v1.Writer").await,
+        Some(2),
+        "the second is a standby"
+    );
+
+    let registered = support::register(
+        &mut RegistryClient::new(channel(&standby, publisher.clone()).await.expect("connect")),
+        support::header("m", "1.0.0", "publisher-1"),
+        b"weights",
+    )
+    .await
+    .expect("a registration forwarded over mutual TLS");
+    let events = arbiter::pb::admin_client::AdminClient::new(
+        channel(&writer, publisher.clone()).await.expect("connect"),
+    )
+    .list_audit_events(pb::ListAuditEventsRequest {
+        entity: registered.registry_id.clone(),
+        limit: 10,
+    })
+    .await
+    .expect("audit")
+    .into_inner()
+    .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "model.register" && e.actor == "publisher-1"),
+        "{events:?}"
+    );
+    for (stop, handle) in servers
+        .into_iter()
+        .rev()
+        .map(|(_, stop, handle)| (stop, handle))
+    {
+        let _ = stop.send(());
+        handle.await.expect("server task");
+    }
 }
 
 /// Runs `tests/python/tls_calls.py` (grpcio) against `url`'s port and returns each call's status.
