@@ -4,8 +4,9 @@
 //! (`chain`) and holding back an entry whose last parts are not stored yet.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use tokio_stream::StreamExt;
 
@@ -14,6 +15,10 @@ use crate::storage::LogEntry;
 
 /// Messages handed to the caller per call at most (the rest wait for the next one).
 const MESSAGES_PER_CALL: usize = 4096;
+/// Messages received and not yet handed to the caller, at most: a caller that applies them
+/// slower than JetStream delivers (a standby catching up) holds the consumer back instead of
+/// buffering the stream in memory.
+const MESSAGES_BUFFERED: usize = 1024;
 
 /// Why [`Following::next`] cannot go on.
 #[derive(Debug)]
@@ -32,6 +37,8 @@ pub enum FollowError {
 pub struct Following {
     /// Each message with its position and how many were stored after it when it was sent.
     messages: mpsc::Receiver<Result<(u64, u64, parts::Message), String>>,
+    /// The log's runtime, which the consumer runs on (the caller's thread waits on it).
+    runtime: tokio::runtime::Handle,
     /// Messages of an entry whose last parts are not stored yet.
     held: BTreeMap<u64, parts::Message>,
     /// The next position expected.
@@ -66,7 +73,7 @@ impl StreamLog {
     /// every entry up to there (a trim up to it is no gap). `writer`: the writer whose messages
     /// count before `from` (`None`: the first message's).
     pub fn follow(&self, from: u64, held_through: u64, writer: Option<String>) -> Following {
-        let (tx, messages) = mpsc::channel();
+        let (tx, messages) = mpsc::channel(MESSAGES_BUFFERED);
         let stream = self.stream.clone();
         let subject = self.subject.clone();
         let start = from.max(1);
@@ -74,7 +81,7 @@ impl StreamLog {
             let mut delivered = match super::delivered_from(&stream, subject, start).await {
                 Ok(delivered) => delivered,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("following the log: {e}")));
+                    let _ = tx.send(Err(format!("following the log: {e}"))).await;
                     return;
                 }
             };
@@ -84,24 +91,28 @@ impl StreamLog {
                         Ok(info) => {
                             let position = info.stream_sequence;
                             let payload = message.payload.to_vec();
-                            tx.send(Ok((
+                            Ok((
                                 position,
                                 info.pending,
                                 parts::Message::new(message.headers.as_ref(), payload),
-                            )))
+                            ))
                         }
-                        Err(e) => tx.send(Err(format!("following the log: {e}"))),
+                        Err(e) => Err(format!("following the log: {e}")),
                     },
-                    Err(e) => tx.send(Err(format!("following the log: {e}"))),
+                    Err(e) => Err(format!("following the log: {e}")),
                 };
-                if sent.is_err() {
+                // Waits while the caller is behind: the consumer pulls no more meanwhile.
+                if tx.send(sent).await.is_err() {
                     return;
                 }
             }
-            let _ = tx.send(Err("following the log: the consumer ended".into()));
+            let _ = tx
+                .send(Err("following the log: the consumer ended".into()))
+                .await;
         });
         Following {
             messages,
+            runtime: self.runtime().handle().clone(),
             held: BTreeMap::new(),
             expected: start,
             held_by_caller: held_through,
@@ -114,14 +125,16 @@ impl StreamLog {
 
 impl Following {
     /// The entries completed by the messages stored since the last call, waiting up to `wait`
-    /// for the first one (none: nothing new).
+    /// for the first one (none: nothing new). Blocking: not to be called on a runtime.
     pub fn next(&mut self, wait: Duration) -> Result<Vec<LogEntry>, FollowError> {
-        let first = match self.messages.recv_timeout(wait) {
-            Ok(received) => received,
-            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(Vec::new()),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(FollowError::Failed("the log's consumer stopped".into()))
-            }
+        let messages = &mut self.messages;
+        let received = self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, messages.recv()).await });
+        let first = match received {
+            Ok(Some(received)) => received,
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(FollowError::Failed("the log's consumer stopped".into())),
         };
         let mut received = vec![first];
         while received.len() < MESSAGES_PER_CALL {
@@ -174,5 +187,49 @@ impl Following {
     /// The writer whose messages count, as of the messages handed out.
     pub fn writer(&self) -> Option<String> {
         self.writer.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::MESSAGES_BUFFERED;
+    use crate::cluster::nats_cluster::NatsCluster;
+    use crate::cluster::{ClusterOptions, StreamLog};
+    use crate::storage::Log;
+
+    /// A follower that does not keep up holds the consumer back: at most
+    /// [`MESSAGES_BUFFERED`] messages wait for it, and it still gets every entry, in order.
+    #[test]
+    fn a_slow_follower_holds_the_consumer_back_and_misses_nothing() {
+        let Some(cluster) = NatsCluster::start(1) else {
+            return;
+        };
+        let mut options = ClusterOptions::new(vec![cluster.url(0)], "slow");
+        options.replicas = 1;
+        let log = StreamLog::open(&options).expect("open");
+        let n = 3 * MESSAGES_BUFFERED as u32;
+        for i in 0..n {
+            log.append(&i.to_le_bytes()).expect("append");
+        }
+        log.sync_blocking().expect("stored");
+        let reader = StreamLog::open_reader(&options).expect("open a reader");
+        let mut following = reader.follow(1, 0, None);
+        std::thread::sleep(Duration::from_secs(1));
+        let waiting = following.messages.len();
+        assert!(
+            (1..=MESSAGES_BUFFERED).contains(&waiting),
+            "{waiting} messages wait"
+        );
+        let mut read = Vec::new();
+        while read.len() < n as usize {
+            let entries = following.next(Duration::from_secs(5)).expect("next");
+            assert!(!entries.is_empty(), "stalled after {} entries", read.len());
+            read.extend(entries.into_iter().map(|e| e.payload));
+        }
+        let written: Vec<Vec<u8>> = (0..n).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(read, written);
+        assert!(following.caught_up());
     }
 }
