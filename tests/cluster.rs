@@ -869,12 +869,7 @@ async fn a_forwarded_call_is_its_callers_on_the_writer() {
         .expect("audit")
         .into_inner()
         .events;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.action == "model.register" && e.actor == "publisher"),
-        "{events:?}"
-    );
+    assert_registered_by(&events, "publisher");
 
     // A caller without the role is refused, naming it.
     let refused = standby

@@ -372,12 +372,7 @@ async fn a_standby_forwards_to_the_writer_over_mutual_tls() {
     .expect("audit")
     .into_inner()
     .events;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.action == "model.register" && e.actor == "publisher-1"),
-        "{events:?}"
-    );
+    support::assert_registered_by(&events, "publisher-1");
     for (stop, handle) in servers
         .into_iter()
         .rev()

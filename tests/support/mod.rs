@@ -497,6 +497,16 @@ pub(crate) async fn audit_events(
         .events
 }
 
+/// Panics unless `events` hold a model registration whose actor is `actor`.
+pub(crate) fn assert_registered_by(events: &[pb::AuditEvent], actor: &str) {
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "model.register" && e.actor == actor),
+        "no registration by {actor:?} in {events:?}"
+    );
+}
+
 /// The status of the health service `arbiter.v1.Storage` on `channel`.
 pub(crate) async fn storage_health_on(channel: Channel) -> i32 {
     health_on(channel, "arbiter.v1.Storage").await
