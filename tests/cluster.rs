@@ -759,6 +759,24 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
             .is_ok()
     })
     .await;
+    // A test stopped through the standby: the standby writes the same final results file as
+    // the writer.
+    standby
+        .experiments()
+        .await
+        .stop_test(pb::StopTestRequest {
+            test_id: "t2".into(),
+            reason: "enough".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop t2 through the standby");
+    let final_file = |disk: &std::path::Path| disk.join("ab_tests/results/t2_final.json");
+    let writers_file = std::fs::read(final_file(disks[0].path())).expect("the writer's file");
+    until_equal(&Some(writers_file), second, || async {
+        std::fs::read(final_file(disks[1].path())).ok()
+    })
+    .await;
     until_equal(&audit(&writer).await, second, || audit(&standby)).await;
     let figures_before = figures(&writer).await;
     until_equal(&figures_before, second, || figures(&standby)).await;

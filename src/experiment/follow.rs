@@ -128,6 +128,16 @@ impl Experiments {
                         self.follow_stats(test_id)?;
                     }
                 }
+                // Final results files, as the writer writes them: once a test's final
+                // allocation counts are stored (after its end), and again when its settlement
+                // closes.
+                for key in &written {
+                    if let Some(test_id) = key_test_id(key, keys::ALLOCATIONS_PREFIX) {
+                        self.write_final_results_when_due(test_id, true);
+                    } else if let Some(test_id) = key_test_id(key, keys::TEST_PREFIX) {
+                        self.write_final_results_when_due(test_id, false);
+                    }
+                }
                 Ok(())
             }
         }

@@ -388,21 +388,34 @@ impl Experiments {
             .map(|e| e.key().to_string())
             .collect();
         for test_id in ended {
-            if self.final_results_path(&test_id).is_ok_and(|p| p.exists())
-                && !self.final_file_needs_settling(&test_id)
-            {
-                continue;
-            }
-            let written = self
-                .results(&test_id)
-                .and_then(|results| self.write_final_results(&results));
-            if let Err(e) = written {
-                tracing::error!(
-                    test_id,
-                    error = %e,
-                    "cannot write the final results file of an ended test; serving without it"
-                );
-            }
+            self.write_final_results_when_due(&test_id, true);
+        }
+    }
+
+    /// Writes the final results file of `test_id` if the test ended and the file still says
+    /// it is not settled after its settlement closed, or, when `if_missing`, if there is no
+    /// file. Failures are logged with their cause.
+    pub(super) fn write_final_results_when_due(&self, test_id: &str, if_missing: bool) {
+        if !self.state(test_id).is_ok_and(|s| s.status().is_ended()) {
+            return;
+        }
+        let exists = self.final_results_path(test_id).is_ok_and(|p| p.exists());
+        let due = match exists {
+            true => self.final_file_needs_settling(test_id),
+            false => if_missing,
+        };
+        if !due {
+            return;
+        }
+        let written = self
+            .results(test_id)
+            .and_then(|results| self.write_final_results(&results));
+        if let Err(e) = written {
+            tracing::error!(
+                test_id,
+                error = %e,
+                "cannot write the final results file of an ended test; serving without it"
+            );
         }
     }
 

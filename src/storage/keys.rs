@@ -30,9 +30,12 @@ pub fn test_stats(test_id: &str) -> Vec<u8> {
     [STATS_PREFIX, test_id.as_bytes()].concat()
 }
 
+/// Prefix of every test's allocation counters.
+pub const ALLOCATIONS_PREFIX: &[u8] = b"alloc/";
+
 /// The allocation counters of a test.
 pub fn test_allocations(test_id: &str) -> Vec<u8> {
-    [b"alloc/", test_id.as_bytes()].concat()
+    [ALLOCATIONS_PREFIX, test_id.as_bytes()].concat()
 }
 
 /// The time series of a test as older versions stored it (one record).
