@@ -220,9 +220,15 @@ impl ClusterOptions {
         format!("ARBITER_{}_snapshots", self.name)
     }
 
-    /// The subject every log entry is published on.
+    /// The subjects of the log's entries (the stream's subject filter): one per kind of entry,
+    /// [`ClusterOptions::entry_subject`].
     pub fn log_subject(&self) -> String {
-        format!("arbiter.{}.log", self.name)
+        format!("arbiter.{}.log.>", self.name)
+    }
+
+    /// The subject of the log's entries of `kind` (`batch`, `command`, `results`, `marker`).
+    pub fn entry_subject(&self, kind: &str) -> String {
+        format!("arbiter.{}.log.{kind}", self.name)
     }
 
     /// The subject standbys send their allocation counts on, to the writer.
@@ -316,7 +322,8 @@ mod tests {
         let ok = ClusterOptions::new(vec!["nats://127.0.0.1:4222".into()], "prod-1");
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!(ok.stream_name(), "ARBITER_prod-1");
-        assert_eq!(ok.log_subject(), "arbiter.prod-1.log");
+        assert_eq!(ok.log_subject(), "arbiter.prod-1.log.>");
+        assert_eq!(ok.entry_subject("results"), "arbiter.prod-1.log.results");
         let mut bad = ok.clone();
         bad.name = "a.b".into();
         assert!(bad.validate().unwrap_err().contains("\"a.b\""));

@@ -81,6 +81,30 @@ pub fn is_store_entry(payload: &[u8]) -> bool {
     batch_entry::is_batch(payload) || command::is_command(payload)
 }
 
+/// What a log entry is, by its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A store batch: the writes of a change.
+    Batch,
+    /// A store command, folded into writes on replay.
+    Command,
+    /// One of the owner's own entries (a batch of results).
+    Owner,
+}
+
+impl EntryKind {
+    /// The kind of the entry with `payload`.
+    pub fn of(payload: &[u8]) -> Self {
+        if batch_entry::is_batch(payload) {
+            EntryKind::Batch
+        } else if command::is_command(payload) {
+            EntryKind::Command
+        } else {
+            EntryKind::Owner
+        }
+    }
+}
+
 /// What [`Storage::follow`] did with an entry.
 #[derive(Debug)]
 pub enum Followed {

@@ -67,10 +67,49 @@ const READ_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// Publish acknowledgements awaited at once.
 const MAX_IN_FLIGHT: usize = 4096;
 
+/// What a message of the log is, which names its subject: one subject per kind, so that a
+/// consumer can take only the kinds it needs (the stream keeps one order across them).
+#[derive(Debug, Clone, Copy)]
+enum MessageKind {
+    /// A store batch (or a part of one).
+    Batch,
+    /// A store command.
+    Command,
+    /// A batch of results (the owner's entries).
+    Results,
+    /// A writer's first message ([`chain`]).
+    Marker,
+}
+
+impl MessageKind {
+    fn of(payload: &[u8]) -> Self {
+        match crate::storage::EntryKind::of(payload) {
+            crate::storage::EntryKind::Batch => MessageKind::Batch,
+            crate::storage::EntryKind::Command => MessageKind::Command,
+            crate::storage::EntryKind::Owner => MessageKind::Results,
+        }
+    }
+}
+
+/// The subject of each [`MessageKind`].
+struct Subjects([String; 4]);
+
+impl Subjects {
+    fn new(options: &ClusterOptions) -> Self {
+        Subjects(["batch", "command", "results", "marker"].map(|k| options.entry_subject(k)))
+    }
+
+    fn of(&self, kind: MessageKind) -> &str {
+        &self.0[kind as usize]
+    }
+}
+
 /// An entry appended and not yet known to be stored.
 struct Unacked {
     position: u64,
     payload: Bytes,
+    /// What it is, which names the subject it is published on.
+    kind: MessageKind,
     /// Part `i` of `k` of a larger entry ([`parts`]).
     part: Option<(usize, usize)>,
     /// This writer's first message ([`chain`]), before its first entry.
@@ -259,7 +298,7 @@ impl StreamLog {
         let publisher = Publisher {
             context,
             stream: stream.clone(),
-            subject: options.log_subject(),
+            subjects: Subjects::new(options),
             // Unique to this writer: a position another writer published is never taken for
             // this one's entry.
             writer_id: format!("{:032x}", rand::random::<u128>()),
@@ -562,7 +601,7 @@ enum Found {
 struct Publisher {
     context: Context,
     stream: Stream,
-    subject: String,
+    subjects: Subjects,
     writer_id: String,
     shared: Arc<Shared>,
     /// Every entry not yet known stored, oldest first.
@@ -613,7 +652,8 @@ impl Publisher {
         if entry.marker {
             publish = publish.header(chain::MARKER, "1");
         }
-        send(self.context.clone(), self.subject.clone(), publish)
+        let subject = self.subjects.of(entry.kind).to_string();
+        send(self.context.clone(), subject, publish)
     }
 
     /// Handles the oldest acknowledgement: advances the durable position, or finds out what
@@ -832,6 +872,7 @@ impl Log for StreamLog {
             )));
         }
         let k = chunks.len();
+        let kind = MessageKind::of(payload);
         let mut writer = self.shared.writer.lock();
         // A writer's first message says that its entries follow from here on.
         if !writer.marked {
@@ -842,6 +883,7 @@ impl Log for StreamLog {
                 .send(Unacked {
                     position,
                     payload: Bytes::new(),
+                    kind: MessageKind::Marker,
                     part: None,
                     marker: true,
                 })
@@ -855,6 +897,7 @@ impl Log for StreamLog {
                 .send(Unacked {
                     position,
                     payload: Bytes::copy_from_slice(chunk),
+                    kind,
                     part: (k > 1).then_some((i + 1, k)),
                     marker: false,
                 })
@@ -1133,7 +1176,7 @@ mod tests {
             .message_id(format!("paused-writer:{}", b + 1))
             .expected_last_sequence(b);
         async_nats::jetstream::new(client)
-            .send_publish(options.log_subject(), stale)
+            .send_publish(options.entry_subject("results"), stale)
             .await
             .expect("sent")
             .await
@@ -1356,6 +1399,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Each message is published on the subject of its kind, under the stream's filter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_go_out_on_the_subject_of_their_kind() {
+        let Some(cluster) = NatsCluster::start(1) else {
+            return;
+        };
+        let mut options = options(&cluster, "kinds");
+        options.replicas = 1;
+        let log = StreamLog::open(&options).expect("open");
+        for n in 0..3u32 {
+            log.append(&n.to_le_bytes()).expect("append");
+        }
+        log.sync_blocking().expect("stored");
+        let stream = log.stream.clone();
+        let subjects = wait_on(log.runtime(), async move {
+            let mut subjects = Vec::new();
+            for position in 1..=4 {
+                let message = stream
+                    .get_raw_message(position)
+                    .await
+                    .map_err(|e| replicated("reading a message", e))?;
+                subjects.push(message.subject.to_string());
+            }
+            Ok::<_, StorageError>(subjects)
+        })
+        .expect("messages");
+        assert_eq!(
+            subjects,
+            [
+                "arbiter.kinds.log.marker",
+                "arbiter.kinds.log.results",
+                "arbiter.kinds.log.results",
+                "arbiter.kinds.log.results"
+            ]
+        );
     }
 
     /// An entry larger than a NATS message goes out in parts and reads back whole at the
