@@ -122,11 +122,14 @@ impl WriterLease {
     /// Waits until this arbiter (`holder` to the others) holds the lease of `options`'s
     /// cluster: at once when nobody does, else once the holder stops refreshing it.
     /// `held_elsewhere` says which other arbiter holds it, as last seen (it is checked every
-    /// quarter of the lease's time to live).
+    /// quarter of the lease's time to live). The lease is taken only while `may_take` says
+    /// so: a standby that cannot tell its view is current (NATS electing the log's leader)
+    /// leaves a lapsed lease to the writer, which takes it back once it can.
     pub async fn acquire(
         options: &ClusterOptions,
         holder: &LeaseHolder,
         held_elsewhere: &tokio::sync::watch::Sender<Option<SeenWriter>>,
+        may_take: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self, StorageError> {
         let client = options.connect().await?;
         let context = async_nats::jetstream::new(client);
@@ -156,14 +159,27 @@ impl WriterLease {
         let mut failing = false;
         let value = holder.encode();
         loop {
-            let taken = match store.create(KEY, value.clone()).await {
+            // Not taken while this arbiter could not write at once (its view of the log is not
+            // known to be current): only looked at.
+            let created = match may_take() {
+                true => store.create(KEY, value.clone()).await.map_err(Some),
+                false => Err(None),
+            };
+            let taken = match created {
                 Ok(revision) => Some(revision),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                    failing = false;
-                    let current = store.entry(KEY).await.ok().flatten();
-                    match current {
+                Err(e)
+                    if e.as_ref()
+                        .is_none_or(|e| e.kind() == CreateErrorKind::AlreadyExists) =>
+                {
+                    let current = store.entry(KEY).await;
+                    if e.is_some() || current.is_ok() {
+                        failing = false;
+                    }
+                    match current.ok().flatten() {
                         // An earlier attempt whose answer was lost went through.
                         Some(entry) if entry.value == value => Some(entry.revision),
+                        // Lapsed, while this arbiter may not take it.
+                        None if e.is_none() => None,
                         current => {
                             let writer = current
                                 .as_ref()
@@ -181,6 +197,7 @@ impl WriterLease {
                 Err(e) => {
                     // Once per outage: a standby tries every quarter of the lease.
                     if !failing {
+                        let e = e.map(|e| e.to_string()).unwrap_or_default();
                         tracing::warn!(error = %e, "cannot take the writer lease; retrying");
                         failing = true;
                     }

@@ -68,7 +68,18 @@ impl Standby<'_> {
         shutdown: &mut S,
     ) -> Result<Option<HeldLease>, ServerError> {
         let (held_elsewhere_tx, mut held_elsewhere) = tokio::sync::watch::channel(None);
-        let acquire = WriterLease::acquire(self.cluster, self.holder, &held_elsewhere_tx);
+        // While a follower runs, the lease is taken only when its view is known current: one
+        // that took it during a NATS election would open slowly (Allocate waiting meanwhile)
+        // where the writer could simply have kept it.
+        let following: parking_lot::Mutex<Option<Arc<Freshness>>> = Default::default();
+        let may_take = || {
+            following
+                .lock()
+                .as_ref()
+                .is_none_or(|view| view.behind().is_some_and(|behind| behind <= MAX_LAG))
+        };
+        let acquire =
+            WriterLease::acquire(self.cluster, self.holder, &held_elsewhere_tx, &may_take);
         tokio::pin!(acquire);
         // Nothing to follow until another arbiter writes: the lease is then this one's.
         tokio::select! {
@@ -125,6 +136,7 @@ impl Standby<'_> {
             // Writes (forwarded) only once it is known to be current and where the writer is.
             super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)
                 .await;
+            *following.lock() = Some(follower.freshness.clone());
             let reporting = tokio::spawn(report_writes(
                 self.phases.health.clone(),
                 follower.freshness.clone(),
@@ -145,6 +157,7 @@ impl Standby<'_> {
             };
             reporting.abort();
             let _ = reporting.await;
+            *following.lock() = None;
             super::report_storage(self.phases.health, tonic_health::ServingStatus::NotServing)
                 .await;
             installed.end(HANDOVER_GRACE).await;
