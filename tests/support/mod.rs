@@ -86,7 +86,7 @@ impl TestServer {
     }
 
     async fn wait_ready(&mut self) {
-        for _ in 0..200 {
+        for _ in 0..800 {
             if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
                 let outcome = self.handle.take().expect("handle").await;
                 panic!(
@@ -103,7 +103,12 @@ impl TestServer {
                 let request = tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
                 };
-                if health.check(request).await.is_ok() {
+                // Health answers from the start; SERVING once the server's state is open.
+                let serving = health
+                    .check(request)
+                    .await
+                    .is_ok_and(|answer| answer.into_inner().status == 1);
+                if serving {
                     return;
                 }
             }
