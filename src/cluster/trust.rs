@@ -3,8 +3,9 @@
 //! A standby forwards changes and results to the writer after authenticating their caller
 //! itself, and names that principal to the writer. The writer believes the name only from a
 //! call that carries this key. The key is random, made once per cluster, and kept in a
-//! key-value bucket beside the log: whoever may read it may also write the log itself, so it
-//! gives nobody a power they did not have.
+//! key-value bucket beside the log: whoever may read it there may also write the log itself.
+//! Whoever learns it otherwise may act as any principal, so it travels with forwarded calls
+//! only over TLS or to a loopback address.
 
 use async_nats::jetstream::kv::{self, CreateErrorKind};
 use async_nats::jetstream::stream::StorageType;

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use super::lifecycle::FinalFile;
 use super::state::{AllocationRecord, StatsRecord, TestState};
 use super::types::TestRecord;
 use super::{
@@ -128,14 +129,15 @@ impl Experiments {
                         self.follow_stats(test_id)?;
                     }
                 }
-                // Final results files, as the writer writes them: once a test's final
-                // allocation counts are stored (after its end), and again when its settlement
+                // Final results files, as the writer writes them: with each allocation count
+                // stored after a test's end (the periodic store of counts can come between the
+                // end and the final counts, which come last), and again when its settlement
                 // closes.
                 for key in &written {
                     if let Some(test_id) = key_test_id(key, keys::ALLOCATIONS_PREFIX) {
-                        self.write_final_results_when_due(test_id, true);
+                        self.write_final_results_when_due(test_id, FinalFile::Rewrite);
                     } else if let Some(test_id) = key_test_id(key, keys::TEST_PREFIX) {
-                        self.write_final_results_when_due(test_id, false);
+                        self.write_final_results_when_due(test_id, FinalFile::IfUnsettled);
                     }
                 }
                 Ok(())

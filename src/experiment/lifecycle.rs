@@ -63,6 +63,19 @@ pub struct TestView {
     pub record: TestRecord,
 }
 
+/// When [`Experiments::write_final_results_when_due`] writes an ended test's final results file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FinalFile {
+    /// When there is none, or it still says the test is not settled after its settlement
+    /// closed.
+    IfMissing,
+    /// Only when it still says the test is not settled after its settlement closed.
+    IfUnsettled,
+    /// In any case (the test's allocation counts changed after its end: the last such write is
+    /// its final counts).
+    Rewrite,
+}
+
 impl Experiments {
     /// Creates a test over registered, non-retired model versions. Creation and DeleteModel
     /// are ordered by the log: whichever comes first decides (a test over a deleted model is
@@ -388,21 +401,23 @@ impl Experiments {
             .map(|e| e.key().to_string())
             .collect();
         for test_id in ended {
-            self.write_final_results_when_due(&test_id, true);
+            self.write_final_results_when_due(&test_id, FinalFile::IfMissing);
         }
     }
 
-    /// Writes the final results file of `test_id` if the test ended and the file still says
-    /// it is not settled after its settlement closed, or, when `if_missing`, if there is no
-    /// file. Failures are logged with their cause.
-    pub(super) fn write_final_results_when_due(&self, test_id: &str, if_missing: bool) {
+    /// Writes the final results file of `test_id` if the test ended and `when` says it is due.
+    /// Failures are logged with their cause.
+    pub(super) fn write_final_results_when_due(&self, test_id: &str, when: FinalFile) {
         if !self.state(test_id).is_ok_and(|s| s.status().is_ended()) {
             return;
         }
         let exists = self.final_results_path(test_id).is_ok_and(|p| p.exists());
-        let due = match exists {
-            true => self.final_file_needs_settling(test_id),
-            false => if_missing,
+        let due = match when {
+            FinalFile::Rewrite => true,
+            FinalFile::IfMissing if !exists => true,
+            FinalFile::IfMissing | FinalFile::IfUnsettled => {
+                exists && self.final_file_needs_settling(test_id)
+            }
         };
         if !due {
             return;

@@ -99,6 +99,13 @@ fn forwarded_principal<B>(
     let Some(name) = headers.get(FORWARDED_PRINCIPAL) else {
         return Ok(None);
     };
+    if cluster_key.get().is_none() {
+        // In cluster mode the key comes from NATS soon after the start; outside it, never.
+        return Err(Status::unavailable(
+            "a forwarded call, but this arbiter has not read the cluster's forwarding key \
+             (yet, or it is not in cluster mode); retry",
+        ));
+    }
     let key = headers
         .get(FORWARD_KEY)
         .map(|k| k.as_bytes())

@@ -24,6 +24,11 @@ use super::ServerError;
 
 /// How long connecting to the writer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The connection to the writer is pinged this often, and dropped when a ping is not answered
+/// within [`KEEPALIVE_TIMEOUT`] (its calls then fail UNAVAILABLE).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Forwards calls to the writer; see the module documentation.
 pub(super) struct Forwarder {
@@ -60,6 +65,33 @@ pub(super) fn peer_tls(
         ));
     }
     Ok(tls)
+}
+
+/// Why the cluster's forwarding key must not go to `address`: over plain `http://` to another
+/// host, anyone on the path could read it and act as any principal. `None` for `https://` and
+/// for loopback addresses.
+fn exposes_key(address: &str) -> Option<String> {
+    let uri: http::Uri = address.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "this arbiter is a standby and will not forward an authenticated call to the writer \
+             over plain http ({address}): the cluster's forwarding key would travel in clear; \
+             serve TLS on the arbiters (--tls-cert, --tls-key, and --cluster-advertise \
+             https://…), or send the call to the writer"
+        )
+    })
 }
 
 impl Forwarder {
@@ -99,8 +131,13 @@ impl Forwarder {
                 writer.holder.name
             ));
         }
-        if needs_key && self.key.get().is_none() {
-            return Err("the cluster's forwarding key is not read yet".into());
+        if needs_key {
+            if self.key.get().is_none() {
+                return Err("the cluster's forwarding key is not read yet".into());
+            }
+            if let Some(why) = writer.holder.address.as_deref().and_then(exposes_key) {
+                return Err(why);
+            }
         }
         Ok(())
     }
@@ -158,6 +195,9 @@ impl Forwarder {
         headers.insert(FORWARDED, HeaderValue::from_static("1"));
         match parts.extensions.get::<Caller>() {
             Some(Caller::Principal(principal)) => {
+                if let Some(why) = exposes_key(&address) {
+                    return Err(Status::unavailable(why));
+                }
                 let Some(key) = self.key.get() else {
                     return Err(Status::unavailable(
                         "this arbiter is a standby and has not read the cluster's forwarding \
@@ -199,7 +239,11 @@ impl Forwarder {
         let mut endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|e| invalid(&e))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A writer whose host vanished without closing connections is found out.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if address.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(self.tls.clone())
@@ -208,5 +252,27 @@ impl Forwarder {
         let channel = endpoint.connect_lazy();
         *current = Some((address.to_string(), channel.clone()));
         Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposes_key;
+
+    #[test]
+    fn the_key_goes_in_clear_only_to_loopback() {
+        for safe in [
+            "https://10.0.0.5:50051",
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+        ] {
+            assert_eq!(exposes_key(safe), None, "{safe}");
+        }
+        let why = exposes_key("http://10.0.0.5:50051").expect("exposed");
+        assert!(
+            why.contains("--tls-cert") && why.contains("10.0.0.5"),
+            "{why}"
+        );
     }
 }

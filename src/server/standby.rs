@@ -366,9 +366,11 @@ impl Tailing {
                     // current). A consumer that went quiet while the stream moved on is replaced.
                     if quiet_since.elapsed() >= QUIET_CHECK {
                         quiet_since = Instant::now();
-                        let from = following.resume_from();
+                        // Parts of an entry its writer never completed (it died while
+                        // publishing them) may be all there is: nothing more to apply.
                         match self.log.last_position() {
-                            Ok(last) if last >= from => {
+                            Ok(last) if last > following.received_through() => {
+                                let from = following.resume_from();
                                 tracing::warn!(
                                     from,
                                     "the log's consumer went quiet behind the stream; following again"

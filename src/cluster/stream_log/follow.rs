@@ -172,6 +172,11 @@ impl Following {
         Ok(super::entries_of(read, &mut self.writer))
     }
 
+    /// The position after the last message received (held back or handed out).
+    pub fn received_through(&self) -> u64 {
+        self.expected - 1
+    }
+
     /// Where to follow from again after a failure: the first message not yet handed out.
     pub fn resume_from(&self) -> u64 {
         self.held.keys().next().copied().unwrap_or(self.expected)
@@ -231,5 +236,59 @@ mod tests {
         let written: Vec<Vec<u8>> = (0..n).map(|i| i.to_le_bytes().to_vec()).collect();
         assert_eq!(read, written);
         assert!(following.caught_up());
+    }
+
+    /// A stream that ends in the first parts of an entry whose writer never published the rest
+    /// (it died meanwhile): the follower hands out what is complete, holds the parts back, and
+    /// has received through the stream's last position, so a standby knows that nothing more
+    /// is coming rather than taking itself for behind.
+    #[test]
+    fn a_stream_ending_in_an_incomplete_entry_is_received_through_its_end() {
+        let Some(cluster) = NatsCluster::start(1) else {
+            return;
+        };
+        let mut options = ClusterOptions::new(vec![cluster.url(0)], "torn");
+        options.replicas = 1;
+        let log = StreamLog::open(&options).expect("open");
+        let before = log.append(b"before").expect("append");
+        log.sync_blocking().expect("stored");
+        // Two parts of three, after the writer's entry.
+        let subject = options.entry_subject("results");
+        let published = super::super::wait_on(log.runtime(), async move {
+            let client = async_nats::connect(cluster.url(0)).await.expect("connect");
+            let context = async_nats::jetstream::new(client);
+            for i in 1..=2 {
+                let part = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(vec![i as u8; 8].into())
+                    .header(super::parts::HEADER, super::parts::header(i, 3).as_str())
+                    .expected_last_sequence(before + i as u64 - 1);
+                context
+                    .send_publish(subject.clone(), part)
+                    .await
+                    .expect("sent")
+                    .await
+                    .expect("stored");
+            }
+            cluster
+        });
+        let reader = StreamLog::open_reader(&options).expect("open a reader");
+        let mut following = reader.follow(1, 0, None);
+        // Until a poll brings nothing.
+        let mut payloads = Vec::new();
+        loop {
+            let entries = following.next(Duration::from_millis(500)).expect("next");
+            if entries.is_empty() {
+                break;
+            }
+            payloads.extend(entries.into_iter().map(|e| e.payload));
+        }
+        assert_eq!(payloads, [b"before".to_vec()]);
+        assert!(!following.caught_up(), "an entry is held back");
+        assert_eq!(
+            following.received_through(),
+            reader.last_position().expect("last"),
+            "everything stored was received"
+        );
+        drop(published);
     }
 }
