@@ -27,9 +27,19 @@ async fn stopping_the_server_joins_the_engine_threads() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
-    let running = threads();
-    for name in ["arbiter-refresh", "arbiter-snapsho"] {
-        assert!(running.iter().any(|t| t == name), "{name} in {running:?}");
+    // A new thread names itself once it runs: until then it shows its parent's name.
+    let wanted = ["arbiter-refresh", "arbiter-snapsho"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let running = threads();
+        if wanted.iter().all(|name| running.iter().any(|t| t == name)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{wanted:?} not all in {running:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     server.stop().await;
     // Right after the stop: the snapshot thread sleeps a second between rounds, so it is gone
