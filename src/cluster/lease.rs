@@ -158,64 +158,55 @@ impl WriterLease {
         let mut announced = false;
         let mut failing = false;
         let value = holder.encode();
-        loop {
+        let revision = loop {
             // Not taken while this arbiter could not write at once (its view of the log is not
             // known to be current): only looked at.
-            let created = match may_take() {
-                true => store.create(KEY, value.clone()).await.map_err(Some),
-                false => Err(None),
-            };
-            let taken = match created {
-                Ok(revision) => Some(revision),
-                Err(e)
-                    if e.as_ref()
-                        .is_none_or(|e| e.kind() == CreateErrorKind::AlreadyExists) =>
-                {
-                    let current = store.entry(KEY).await;
-                    if e.is_some() || current.is_ok() {
-                        failing = false;
-                    }
-                    match current.ok().flatten() {
-                        // An earlier attempt whose answer was lost went through.
-                        Some(entry) if entry.value == value => Some(entry.revision),
-                        // Lapsed, while this arbiter may not take it.
-                        None if e.is_none() => None,
-                        current => {
-                            let writer = current
-                                .as_ref()
-                                .map(|e| (LeaseHolder::decode(&e.value), e.revision));
-                            if !announced {
-                                let name = writer.as_ref().map(|w| w.0.name.as_str()).unwrap_or("");
-                                tracing::info!(writer = %name, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
-                                announced = true;
-                            }
-                            held_elsewhere.send_if_modified(|known| seen(known, writer));
-                            None
+            let tried = may_take();
+            if tried {
+                match store.create(KEY, value.clone()).await {
+                    Ok(revision) => break revision,
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => failing = false,
+                    Err(e) => {
+                        // Once per outage: a standby tries every quarter of the lease.
+                        if !failing {
+                            tracing::warn!(error = %e, "cannot take the writer lease; retrying");
+                            failing = true;
                         }
+                        tokio::time::sleep(options.lease_ttl / 4).await;
+                        continue;
                     }
                 }
-                Err(e) => {
-                    // Once per outage: a standby tries every quarter of the lease.
-                    if !failing {
-                        let e = e.map(|e| e.to_string()).unwrap_or_default();
-                        tracing::warn!(error = %e, "cannot take the writer lease; retrying");
-                        failing = true;
+            }
+            let current = store.entry(KEY).await;
+            if current.is_ok() {
+                failing = false;
+            }
+            match current.ok().flatten() {
+                // An earlier attempt whose answer was lost went through.
+                Some(entry) if entry.value == value => break entry.revision,
+                // Lapsed, while this arbiter may not take it.
+                None if !tried => {}
+                current => {
+                    let writer = current
+                        .as_ref()
+                        .map(|e| (LeaseHolder::decode(&e.value), e.revision));
+                    if !announced {
+                        let name = writer.as_ref().map(|w| w.0.name.as_str()).unwrap_or("");
+                        tracing::info!(writer = %name, ttl = ?options.lease_ttl, "standing by: another arbiter writes the log; taking over when its lease lapses");
+                        announced = true;
                     }
-                    None
+                    held_elsewhere.send_if_modified(|known| seen(known, writer));
                 }
-            };
-
-            if let Some(revision) = taken {
-                tracing::info!(holder = %holder.name, address = holder.address.as_deref().unwrap_or("none"), "holding the writer lease");
-                return Ok(WriterLease {
-                    store,
-                    value,
-                    revision,
-                    ttl: options.lease_ttl,
-                });
             }
             tokio::time::sleep(options.lease_ttl / 4).await;
-        }
+        };
+        tracing::info!(holder = %holder.name, address = holder.address.as_deref().unwrap_or("none"), "holding the writer lease");
+        Ok(WriterLease {
+            store,
+            value,
+            revision,
+            ttl: options.lease_ttl,
+        })
     }
 
     /// Keeps the lease until another arbiter holds it; returns why. Refreshes every third of

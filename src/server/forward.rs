@@ -48,11 +48,7 @@ pub(super) fn peer_tls(
     peer_ca: Option<&std::path::Path>,
     own: Option<&super::TlsFiles>,
 ) -> Result<ClientTlsConfig, ServerError> {
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            ServerError::Security(format!("reading the {what} {}: {e}", path.display()))
-        })
-    };
+    use super::security::read;
     let mut tls = ClientTlsConfig::new();
     tls = match peer_ca {
         Some(ca) => tls.ca_certificate(Certificate::from_pem(read("peer CA", ca)?)),

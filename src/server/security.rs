@@ -39,7 +39,8 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-fn read(what: &str, path: &PathBuf) -> Result<Vec<u8>, ServerError> {
+/// The bytes of the `what` file at `path`, or an error naming both.
+pub(super) fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
     std::fs::read(path)
         .map_err(|e| ServerError::Security(format!("reading the {what} {}: {e}", path.display())))
 }

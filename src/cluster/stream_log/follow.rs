@@ -204,15 +204,21 @@ mod tests {
     use crate::cluster::{ClusterOptions, StreamLog};
     use crate::storage::Log;
 
+    /// A single NATS server, and the options of cluster `name` on it (one replica).
+    fn one_server(name: &str) -> Option<(NatsCluster, ClusterOptions)> {
+        let cluster = NatsCluster::start(1)?;
+        let mut options = ClusterOptions::new(vec![cluster.url(0)], name);
+        options.replicas = 1;
+        Some((cluster, options))
+    }
+
     /// A follower that does not keep up holds the consumer back: at most
     /// [`MESSAGES_BUFFERED`] messages wait for it, and it still gets every entry, in order.
     #[test]
     fn a_slow_follower_holds_the_consumer_back_and_misses_nothing() {
-        let Some(cluster) = NatsCluster::start(1) else {
+        let Some((_cluster, options)) = one_server("slow") else {
             return;
         };
-        let mut options = ClusterOptions::new(vec![cluster.url(0)], "slow");
-        options.replicas = 1;
         let log = StreamLog::open(&options).expect("open");
         let n = 3 * MESSAGES_BUFFERED as u32;
         for i in 0..n {
@@ -244,11 +250,9 @@ mod tests {
     /// is coming rather than taking itself for behind.
     #[test]
     fn a_stream_ending_in_an_incomplete_entry_is_received_through_its_end() {
-        let Some(cluster) = NatsCluster::start(1) else {
+        let Some((cluster, options)) = one_server("torn") else {
             return;
         };
-        let mut options = ClusterOptions::new(vec![cluster.url(0)], "torn");
-        options.replicas = 1;
         let log = StreamLog::open(&options).expect("open");
         let before = log.append(b"before").expect("append");
         log.sync_blocking().expect("stored");
