@@ -536,6 +536,11 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for in-flight calls and open connections before closing them.
     #[arg(long, env = "ARBITER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// A client watching allocation tables (WatchAllocations) gets a test's new table at most
+    /// once per this many milliseconds; changes in between are coalesced.
+    #[arg(long, env = "ARBITER_WATCH_COALESCE_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub watch_coalesce_ms: u64,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off when unset.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -704,6 +709,7 @@ pub struct FileConfig {
     max_versions_per_model: Option<u32>,
     allow_self_approval: Option<bool>,
     shutdown_grace_secs: Option<u64>,
+    watch_coalesce_ms: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     auth_file: Option<PathBuf>,
     trusted_signers: Option<PathBuf>,
@@ -838,6 +844,7 @@ impl ServeArgs {
         take!(max_versions_per_model);
         take!(allow_self_approval);
         take!(shutdown_grace_secs);
+        take!(watch_coalesce_ms);
         take!(insecure_allow_unauthenticated);
         take!(require_signed_production);
         take!(read_rate_limit);
@@ -927,6 +934,7 @@ impl ServeArgs {
             format!("max-versions-per-model = {}", self.max_versions_per_model),
             format!("allow-self-approval = {}", self.allow_self_approval),
             format!("shutdown-grace-secs = {}", self.shutdown_grace_secs),
+            format!("watch-coalesce-ms = {}", self.watch_coalesce_ms),
             format!("max-concurrent-uploads = {}", self.max_concurrent_uploads),
             format!(
                 "upload-idle-timeout-secs = {}",
@@ -1031,6 +1039,7 @@ impl ServeArgs {
                 require_signed_production: self.require_signed_production,
             },
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+            watch_coalesce: std::time::Duration::from_millis(self.watch_coalesce_ms),
             metrics_listen: self.metrics_listen,
             security: crate::server::SecurityConfig {
                 auth_file: self.auth_file.clone(),

@@ -48,6 +48,7 @@ pub mod spec;
 mod state;
 pub mod stats_record;
 pub mod types;
+pub mod watch;
 
 // The engine's modules under the names the rest of the experiment module uses.
 use engine::{decision, decision_id, policy, posterior, risk, rng, stopping, table, track};
@@ -127,6 +128,10 @@ struct Inner {
     limits: IngestLimits,
     /// Keys every test's decision ids.
     secret: decision_id::ServerSecret,
+    /// Tells watchers of every table published.
+    feed: watch::TableFeed,
+    /// Whether the tests in memory are known to be current (always, unless following).
+    view_current: std::sync::atomic::AtomicBool,
     /// The storage follows a log another arbiter writes (a cluster's standby): tests change
     /// only as its entries arrive ([`Experiments::follow`]), and nothing is written here.
     following: bool,
@@ -172,6 +177,7 @@ impl Experiments {
             source,
         })?;
         let secret = Self::decision_secret(&storage, following)?;
+        let feed = watch::TableFeed::new();
         // Data written before the index of model versions in use has none: built here, in
         // batches, before any registry command can read it (by the writer, when following).
         let indexed = following || storage.get_raw(keys::MODEL_USE_INDEXED)?.is_some();
@@ -197,7 +203,7 @@ impl Experiments {
                 allocations = allocations.map(follow::own_counts_only);
             }
             let key = decision_id::DecisionKey::derive(&secret, id.as_str());
-            let state = TestState::restored(record, stats, allocations, key);
+            let state = TestState::restored(record, stats, allocations, key, feed.clone());
             if following {
                 follow::mint_apart(&state);
             }
@@ -222,6 +228,8 @@ impl Experiments {
                 results_dir,
                 limits,
                 secret,
+                feed,
+                view_current: std::sync::atomic::AtomicBool::new(!following),
                 following,
             }),
         };

@@ -14,6 +14,7 @@ pub mod forwarded;
 mod registry;
 pub mod status;
 pub mod tls;
+pub mod watch;
 
 pub use admin::AdminService;
 pub use allocator::AllocatorService;

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     /// Cluster mode: the log in NATS JetStream (`None`: the journal under the data directory).
     pub cluster: Option<ClusterOptions>,
+    /// A client watching allocation tables gets a test's new table at most once per this.
+    pub watch_coalesce: Duration,
 }
 
 impl ServerConfig {
@@ -78,6 +80,7 @@ impl ServerConfig {
             ingest: IngestLimits::default(),
             security: SecurityConfig::default(),
             cluster: None,
+            watch_coalesce: crate::grpc::watch::DEFAULT_COALESCE,
         }
     }
 }
@@ -229,11 +232,15 @@ impl Transport {
 
 impl Domain {
     /// The arbiter services over this state.
-    fn routes(&self) -> tonic::service::Routes {
+    fn routes(&self, config: &ServerConfig) -> tonic::service::Routes {
         tonic::service::Routes::new(RegistryService::new(self.registry.clone()).into_server())
             .add_service(AdminService::new(self.storage.clone(), self.audit.clone()).into_server())
             .add_service(ExperimentsService::new(self.experiments.clone()).into_server())
-            .add_service(AllocatorService::new(self.experiments.clone()).into_server())
+            .add_service(
+                AllocatorService::new(self.experiments.clone())
+                    .with_watch_coalesce(config.watch_coalesce)
+                    .into_server(),
+            )
     }
 }
 
@@ -576,7 +583,7 @@ impl Phases<'_> {
             registry: registry.clone(),
             experiments: experiments.clone(),
         };
-        let installed = self.switch.install(domain.routes(), None);
+        let installed = self.switch.install(domain.routes(config), None);
         drop(domain);
         let health_reporter = self.health.clone();
         report_status(&health_reporter, tonic_health::ServingStatus::Serving).await;

@@ -68,7 +68,9 @@ impl Role {
     fn row(path: &str) -> Option<&'static Role> {
         let method = path.strip_prefix("/arbiter.v1.")?;
         Some(match method {
-            "Allocator/Allocate" | "Allocator/AllocateStream" => &Role::Allocator,
+            "Allocator/Allocate" | "Allocator/AllocateStream" | "Allocator/WatchAllocations" => {
+                &Role::Allocator
+            }
             "Allocator/RecordResult" | "Allocator/IngestResults" => &Role::Streamer,
             "Registry/GetModel"
             | "Registry/GetModelMetadata"

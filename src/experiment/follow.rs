@@ -167,10 +167,17 @@ impl Experiments {
                     .unwrap_or_else(|| StatsRecord::new(k));
                 let id = record.config.test_id.clone();
                 // A standby counts only its own decisions.
-                let state = TestState::new(record, stats, None, self.decision_key(test_id));
+                let state = TestState::new(
+                    record,
+                    stats,
+                    None,
+                    self.decision_key(test_id),
+                    self.inner.feed.clone(),
+                );
                 mint_apart(&state);
                 *state.series.lock() = history::SeriesState::resumed(&history::sample(&state));
-                self.inner.tests.insert(id, Arc::new(state));
+                self.inner.tests.insert(id.clone(), Arc::new(state));
+                self.inner.feed.changed(&id);
             }
         }
         Ok(())

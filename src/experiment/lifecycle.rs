@@ -105,6 +105,7 @@ impl Experiments {
                 StatsRecord::new(k),
                 None,
                 self.decision_key(id.as_str()),
+                self.inner.feed.clone(),
             ));
             let create = command::Create {
                 record: record.clone(),
@@ -120,6 +121,7 @@ impl Experiments {
             // Visible to results only once its record is applied: their log entries follow it,
             // so none is durable without it.
             self.inner.tests.insert(id.clone(), state);
+            self.inner.feed.changed(&id);
         }
         self.record_history(id.as_str(), false)?;
         self.inner.storage.flush().await?;

@@ -15,6 +15,7 @@ use super::rng;
 pub use super::stats_record::StatsRecord;
 use super::table::{limited_shares, AllocationTable};
 use super::types::{Strategy, TestConfig, TestRecord, TestStatus};
+use super::watch::TableFeed;
 use crate::storage::Record;
 
 /// Allocation counters, persisted periodically (a crash loses at most one interval of them).
@@ -64,6 +65,10 @@ pub struct TestState {
     last_refresh: AtomicI64,
     /// Held while a table is computed and published.
     refreshing: Mutex<()>,
+    /// The version of the last table published.
+    table_version: AtomicU64,
+    /// Told of every table published.
+    feed: TableFeed,
     dirty: AtomicBool,
     /// The decision sequence the last persisted allocation record held: decisions since then
     /// (running or not; every one moves the sequence) make the record due again.
@@ -132,8 +137,9 @@ impl TestState {
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
         decision_key: DecisionKey,
+        feed: TableFeed,
     ) -> Self {
-        let state = Self::unrefreshed(record, stats, allocations, decision_key);
+        let state = Self::unrefreshed(record, stats, allocations, decision_key, feed);
         state.refresh();
         state
     }
@@ -148,12 +154,13 @@ impl TestState {
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
         decision_key: DecisionKey,
+        feed: TableFeed,
     ) -> Self {
         let stored = allocations
             .as_ref()
             .map(|a| a.probabilities.clone())
             .unwrap_or_default();
-        let state = Self::unrefreshed(record, stats, allocations, decision_key);
+        let state = Self::unrefreshed(record, stats, allocations, decision_key, feed);
         state
             .next_decision
             .fetch_add(RESTORED_SEQUENCE_GAP, Ordering::Relaxed);
@@ -170,10 +177,9 @@ impl TestState {
             let weights: Vec<f64> = state.config.arms.iter().map(|a| a.weight).collect();
             limited_shares(&state.config, &weights, &suspended)
         };
-        state.table.store(Arc::new(AllocationTable::new(
-            probabilities,
-            TestStatus::Running,
-        )));
+        let mut table = AllocationTable::new(probabilities, TestStatus::Running);
+        table.version = state.table_version.fetch_add(1, Ordering::Relaxed) + 1;
+        state.table.store(Arc::new(table));
         state.dirty.store(true, Ordering::Relaxed);
         state
     }
@@ -183,6 +189,7 @@ impl TestState {
         stats: StatsRecord,
         allocations: Option<AllocationRecord>,
         decision_key: DecisionKey,
+        feed: TableFeed,
     ) -> Self {
         let config = record.config.clone();
         let k = config.arms.len();
@@ -209,6 +216,8 @@ impl TestState {
             policy: policy::for_config(&config),
             last_refresh: AtomicI64::new(0),
             refreshing: Mutex::new(()),
+            table_version: AtomicU64::new(0),
+            feed,
             dirty: AtomicBool::new(false),
             persisted_decisions: AtomicU64::new(alloc.next_decision),
             counted_elsewhere: AtomicBool::new(false),
@@ -306,7 +315,7 @@ impl TestState {
             )
         };
         let k = self.config.arms.len();
-        let table = match (status, arms) {
+        let mut table = match (status, arms) {
             (TestStatus::Running, Some(arms)) => {
                 let raw = rng::with_rng(|r| self.policy.probabilities(&arms, r));
                 let limited = limited_shares(&self.config, &raw, &suspended);
@@ -318,6 +327,7 @@ impl TestState {
             // Paused (Running always comes with its statistics).
             _ => AllocationTable::single(k, self.config.control_arm, status),
         };
+        table.version = self.table_version.fetch_add(1, Ordering::Relaxed) + 1;
         self.status.store(status.to_u8(), Ordering::Release);
         // Swapped under the tallies' locks: `allocation_record` must never see the old table in
         // neither `retired` nor the current slot.
@@ -329,6 +339,17 @@ impl TestState {
         drop((tallies, retired));
         self.last_refresh
             .store(crate::time::now(), Ordering::Relaxed);
+        self.feed.changed(&self.config.test_id);
+    }
+
+    /// The table served now.
+    pub fn table(&self) -> Arc<AllocationTable> {
+        self.table.load_full()
+    }
+
+    /// The key of this test's decision ids.
+    pub fn decision_key(&self) -> &DecisionKey {
+        &self.decision_key
     }
 
     /// Whether results arrived since the last refresh.
@@ -465,7 +486,7 @@ mod tests {
             next_decision: 10,
             probabilities: vec![0.3, 0.7],
         };
-        let state = TestState::restored(record, stats, Some(stored), test_key());
+        let state = TestState::restored(record, stats, Some(stored), test_key(), TableFeed::new());
         assert_eq!(state.current_probabilities(), vec![0.3, 0.7]);
         assert!(state.is_dirty(), "queued for the refresher");
         state.refresh();
@@ -491,7 +512,7 @@ mod tests {
                 next_decision: 0,
                 probabilities,
             });
-            let state = TestState::restored(record, stats, allocations, test_key());
+            let state = TestState::restored(record, stats, allocations, test_key(), TableFeed::new());
             assert_eq!(state.current_probabilities(), vec![0.5, 0.5], "{stored:?}");
             assert!(state.is_dirty(), "{stored:?}");
         }
@@ -502,7 +523,7 @@ mod tests {
         let (mut record, stats) = lopsided();
         record.status = TestStatus::Completed;
         record.winner = Some(1);
-        let state = TestState::restored(record, stats, None, test_key());
+        let state = TestState::restored(record, stats, None, test_key(), TableFeed::new());
         assert_eq!(state.current_probabilities(), vec![0.0, 1.0]);
         assert!(!state.is_dirty());
     }

@@ -30,9 +30,10 @@ const STREAMED_REQUESTS: [&str; 3] = [
 ];
 
 /// The arbiter methods whose responses are streams (ended at the deadline by a trailer).
-pub const STREAMED_RESPONSES: [&str; 3] = [
+pub const STREAMED_RESPONSES: [&str; 4] = [
     "/arbiter.v1.Allocator/AllocateStream",
     "/arbiter.v1.Allocator/IngestResults",
+    "/arbiter.v1.Allocator/WatchAllocations",
     "/arbiter.v1.Registry/GetModel",
 ];
 

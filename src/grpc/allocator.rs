@@ -1,6 +1,7 @@
 //! `arbiter.v1.Allocator`: the hot path. Allocate handlers log nothing and do no I/O.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,12 +23,23 @@ const INGEST_PIPELINE_DEPTH: usize = 8;
 #[derive(Debug, Clone)]
 pub struct AllocatorService {
     experiments: Experiments,
+    /// A watching client gets a test's table at most once per this.
+    watch_coalesce: Duration,
 }
 
 impl AllocatorService {
     /// Wraps the engine.
     pub fn new(experiments: Experiments) -> Self {
-        Self { experiments }
+        Self {
+            experiments,
+            watch_coalesce: super::watch::DEFAULT_COALESCE,
+        }
+    }
+
+    /// Sends a watching client a test's table at most once per `window`.
+    pub fn with_watch_coalesce(mut self, window: Duration) -> Self {
+        self.watch_coalesce = window;
+        self
     }
 
     /// The tonic server for this service. It takes messages of up to 16 MiB: a batch of the
@@ -178,5 +190,15 @@ impl allocator_server::Allocator for AllocatorService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchAllocationsStream = super::watch::UpdateStream;
+
+    async fn watch_allocations(
+        &self,
+        request: Request<pb::WatchAllocationsRequest>,
+    ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
+        super::watch::watch_allocations(self.experiments.clone(), request, self.watch_coalesce)
+            .await
     }
 }

@@ -130,7 +130,10 @@ impl Standby<'_> {
             let installed = self
                 .phases
                 .switch
-                .install(follower.domain.routes(), Some(forwarder.clone()));
+                .install(
+                    follower.domain.routes(self.phases.config),
+                    Some(forwarder.clone()),
+                );
             super::report_status(self.phases.health, tonic_health::ServingStatus::Serving).await;
             super::report_writer(self.phases.health, tonic_health::ServingStatus::NotServing).await;
             // Writes (forwarded) only once it is known to be current and where the writer is.
@@ -139,6 +142,7 @@ impl Standby<'_> {
             *following.lock() = Some(follower.freshness.clone());
             let reporting = tokio::spawn(report_writes(
                 self.phases.health.clone(),
+                follower.domain.experiments.clone(),
                 follower.freshness.clone(),
                 forwarder.clone(),
                 self.cluster.lease_ttl,
@@ -437,6 +441,7 @@ impl Tailing {
 /// change. Runs until aborted.
 async fn report_writes(
     health: tonic_health::server::HealthReporter,
+    experiments: Experiments,
     freshness: Arc<Freshness>,
     forwarder: Arc<Forwarder>,
     lease_ttl: Duration,
@@ -455,6 +460,8 @@ async fn report_writes(
             )),
             None => Err("not yet caught up with the cluster's log".into()),
         };
+        // Watching clients hear heartbeats only while the tables here are current.
+        experiments.set_view_current(now.is_ok());
         // The lag's figure changes every tick: only a change of state is reported.
         if reported.as_ref().map(Result::is_ok) == Some(now.is_ok()) {
             continue;

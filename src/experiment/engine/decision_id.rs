@@ -16,6 +16,21 @@
 //!   bytes created with the data directory. A made-up id, or one from another test, passes the
 //!   check with probability 2⁻²⁰ (one in a million).
 //!
+//! Clients that decide in their own process (`WatchAllocations`) mint ids of a second format,
+//! each in its own space:
+//!
+//! ```text
+//!  63 62 | 61      | 60 ...... 48 | 47 ...... 26 | 25 ...... 6 | 5 .. 0
+//!  format | running | client (13)  | sequence (22)| tag (20)    | arm (6)
+//! ```
+//!
+//! - `format` is `10`;
+//! - `client` is the client's index for the test, derived from its client id
+//!   ([`DecisionKey::client_index`]);
+//! - `tag` is computed as above, keyed with the client's key for the test: SipHash-1-3 of the
+//!   index (with a domain byte) under the test's key ([`DecisionKey::for_client`]). A client holds
+//!   only its own key, so it can mint ids in its own space and no other.
+//!
 //! A result attributed by a decision id counts for the id's arm whether the decision was drawn
 //! while the test ran or while it was paused (then the arm is the control arm).
 
@@ -25,6 +40,12 @@ use std::hash::Hasher;
 use sha2::{Digest, Sha256};
 
 const FORMAT: u64 = 0b01;
+const CLIENT_FORMAT: u64 = 0b10;
+const CLIENT_SHIFT: u32 = 48;
+/// Client indices are below this.
+pub const CLIENT_INDICES: u32 = 1 << 13;
+/// Client-minted decision sequence numbers are kept modulo this.
+pub const CLIENT_SEQUENCE_MODULUS: u64 = 1 << 22;
 const FORMAT_SHIFT: u32 = 62;
 const RUNNING_BIT: u64 = 1 << 61;
 const SEQUENCE_SHIFT: u32 = 26;
@@ -106,18 +127,66 @@ impl DecisionKey {
         body | (self.tag(body) << TAG_SHIFT)
     }
 
-    /// What `id` says, if this key minted it.
+    /// What `id` says, if this key minted it, or the key of the client whose index it names.
     pub fn check(&self, id: u64) -> Option<DecodedDecision> {
-        if id >> FORMAT_SHIFT != FORMAT {
-            return None;
-        }
         let tag = (id >> TAG_SHIFT) & TAG_MASK;
         let body = id & !(TAG_MASK << TAG_SHIFT);
-        (self.tag(body) == tag).then_some(DecodedDecision {
-            sequence: (id >> SEQUENCE_SHIFT) % SEQUENCE_MODULUS,
+        let (key, sequence) = match id >> FORMAT_SHIFT {
+            FORMAT => (*self, (id >> SEQUENCE_SHIFT) % SEQUENCE_MODULUS),
+            CLIENT_FORMAT => {
+                let index = ((id >> CLIENT_SHIFT) as u32) & (CLIENT_INDICES - 1);
+                let sequence = (id >> SEQUENCE_SHIFT) % CLIENT_SEQUENCE_MODULUS;
+                (self.for_client(index), sequence)
+            }
+            _ => return None,
+        };
+        (key.tag(body) == tag).then_some(DecodedDecision {
+            sequence,
             arm: (id & ARM_MASK) as usize,
             running: id & RUNNING_BIT != 0,
         })
+    }
+
+    /// The index of the client named `client_id` for this test: the low 13 bits of SipHash-1-3
+    /// of the name (after a domain byte) under the test's key. Two clients share an index (and so
+    /// a key and an id space) with probability 2⁻¹³ per pair; their ids then may coincide,
+    /// which only matters to whoever reads ids as unique: attribution is by the arm inside.
+    pub fn client_index(&self, client_id: &str) -> u32 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u8(1);
+        h.write(client_id.as_bytes());
+        (h.finish() as u32) & (CLIENT_INDICES - 1)
+    }
+
+    /// The key of client `index` (< [`CLIENT_INDICES`]): two SipHash-1-3 words of the index
+    /// under the test's key, with domain bytes 2 and 3.
+    pub fn for_client(&self, index: u32) -> DecisionKey {
+        let word = |domain: u8| {
+            let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+            h.write_u8(domain);
+            h.write_u32(index);
+            h.finish()
+        };
+        DecisionKey {
+            k0: word(2),
+            k1: word(3),
+        }
+    }
+
+    /// The key's two words, as a client receives its own.
+    pub fn words(&self) -> (u64, u64) {
+        (self.k0, self.k1)
+    }
+
+    /// The id a client with key `self` and index `index` mints for its decision `sequence`.
+    /// Clients compute this themselves; the server uses it in tests.
+    pub fn mint_as_client(&self, index: u32, sequence: u64, arm: usize, running: bool) -> u64 {
+        let body = (CLIENT_FORMAT << FORMAT_SHIFT)
+            | if running { RUNNING_BIT } else { 0 }
+            | (u64::from(index & (CLIENT_INDICES - 1)) << CLIENT_SHIFT)
+            | ((sequence % CLIENT_SEQUENCE_MODULUS) << SEQUENCE_SHIFT)
+            | (arm as u64 & ARM_MASK);
+        body | (self.tag(body) << TAG_SHIFT)
     }
 }
 
@@ -171,4 +240,64 @@ mod tests {
         );
         assert_eq!(t1.check(id ^ 1), None, "a changed arm breaks the tag");
     }
+
+    #[test]
+    fn a_clients_ids_check_under_the_test_key_and_no_other_clients_key_mints_them() {
+        let t1 = key("t1");
+        let index = t1.client_index("router-a");
+        assert_eq!(index, t1.client_index("router-a"), "stable");
+        let client = t1.for_client(index);
+        let id = client.mint_as_client(index, 12345, 3, true);
+        assert_eq!(
+            t1.check(id),
+            Some(DecodedDecision {
+                sequence: 12345,
+                arm: 3,
+                running: true
+            })
+        );
+        let paused = client.mint_as_client(index, 7, 0, false);
+        assert_eq!(t1.check(paused).map(|d| d.running), Some(false));
+        // Another client's key, the test key itself, or another test's key: refused.
+        let other_index = (index + 1) % CLIENT_INDICES;
+        let mut accepted = 0;
+        for sequence in 0..50_000u64 {
+            let forged = t1
+                .for_client(other_index)
+                .mint_as_client(index, sequence, 1, true);
+            accepted += usize::from(t1.check(forged).is_some());
+            let as_server = t1.mint_as_client(index, sequence, 1, true);
+            accepted += usize::from(t1.check(as_server).is_some());
+            let other_test = key("t2").for_client(index).mint_as_client(index, sequence, 1, true);
+            accepted += usize::from(t1.check(other_test).is_some());
+        }
+        // 150k checks at 2^-20 each: expected 0.14; P(more than 5) < 1e-6.
+        assert!(accepted <= 5, "{accepted} forged client ids passed");
+        assert_eq!(t1.check(id ^ (1 << 50)), None, "a changed index breaks the tag");
+        assert_eq!(t1.check(id | (0b11 << 62)), None, "format 11 is refused");
+    }
+
+    /// Pinned values (secret [7; 32], test "t1", client "router-a"): a change to the derivation
+    /// or the layout breaks every client's ids. The client crate checks its minting against the
+    /// same id.
+    #[test]
+    fn client_id_vectors() {
+        let t1 = key("t1");
+        let index = t1.client_index("router-a");
+        let client = t1.for_client(index);
+        let (k0, k1) = client.words();
+        let id = client.mint_as_client(index, 1, 2, true);
+        assert_eq!(
+            (index, k0, k1, id),
+            CLIENT_VECTOR,
+            "({index}, {k0:#x}, {k1:#x}, {id:#x})"
+        );
+    }
+
+    const CLIENT_VECTOR: (u32, u64, u64, u64) = (
+        7078,
+        0xe90d_f8dd_6b3a_9801,
+        0x1885_320f_0ac6_3d0c,
+        0xbba6_0000_0460_9142,
+    );
 }

@@ -121,6 +121,8 @@ pub struct AllocationTable {
     pub probabilities: Vec<f64>,
     /// The test's status while this table serves.
     pub status: TestStatus,
+    /// Numbers the test's tables from 1 (0: not published); set before the table is.
+    pub version: u64,
     accept: Vec<f64>,
     alias: Vec<u8>,
     /// Allocations per arm drawn from this table (RUNNING tables only).
@@ -151,6 +153,7 @@ impl AllocationTable {
         Self {
             probabilities,
             status,
+            version: 0,
             accept,
             alias,
             counts: (0..counting).map(|_| AtomicU64::new(0)).collect(),
@@ -181,6 +184,17 @@ impl AllocationTable {
             count.fetch_add(1, Ordering::Relaxed);
         }
         arm
+    }
+
+    /// Walker's acceptance thresholds, one per arm: [`AllocationTable::pick`] keeps column `i`
+    /// when the fraction of `u·K` is below `accept[i]`.
+    pub fn accept(&self) -> &[f64] {
+        &self.accept
+    }
+
+    /// Walker's aliases: the arm column `i` picks otherwise.
+    pub fn alias(&self) -> &[u8] {
+        &self.alias
     }
 
     /// Allocations drawn from this table so far, per arm (empty unless RUNNING).
