@@ -62,7 +62,7 @@ use parking_lot::Mutex;
 
 pub use allocate::Allocated;
 pub use error::ExperimentError;
-pub use ingest::{AppliedResults, Attribution, RecordOutcome, ResultInput};
+pub use ingest::{AppliedResults, Attribution, CountsInput, RecordOutcome, ResultInput};
 pub use lifecycle::{ListCursor, TestView};
 pub use limits::IngestLimits;
 pub use results::{ArmResults, ComparisonResults, TestResults};

@@ -745,6 +745,7 @@ async fn streams_of_a_revoked_principal_end_at_their_next_message() {
     let batch = |sequence| pb::ResultBatch {
         sequence,
         results: vec![result("t", "arm_0", 0.01)],
+        ..Default::default()
     };
     alloc_tx.send(request()).await.expect("send");
     allocations

@@ -99,6 +99,7 @@ async fn sigterm_ends_the_process_even_when_the_data_directory_is_gone() {
     let batch = pb::ResultBatch {
         sequence: 1,
         results: vec![result("t", "arm_0", 0.01)],
+        ..Default::default()
     };
     ingest(&mut allocator, vec![batch]).await.expect("ingest");
     std::fs::remove_dir_all(&data).expect("remove the data directory");
@@ -212,6 +213,7 @@ fn numbered_batch(sequence: u64, size: u64) -> pb::ResultBatch {
         results: (sequence * size..(sequence + 1) * size)
             .map(numbered_result)
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -49,6 +49,7 @@ async fn tests_and_audit_subcommands() {
         vec![pb::ResultBatch {
             sequence: 1,
             results: records,
+            ..Default::default()
         }],
     )
     .await

@@ -57,6 +57,7 @@ fn batch(b: usize, models: &[String]) -> pb::ResultBatch {
     pb::ResultBatch {
         sequence: b as u64,
         results,
+        ..Default::default()
     }
 }
 
@@ -671,6 +672,7 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     };
     let acks = ingest(&mut writer.allocator().await, vec![attributed])
         .await

@@ -174,6 +174,7 @@ fn batch(b: u64, models: &[String]) -> pb::ResultBatch {
     pb::ResultBatch {
         sequence: b,
         results,
+        ..Default::default()
     }
 }
 

@@ -121,6 +121,7 @@ async fn a_comparison_names_its_leader_always_and_its_winner_only_when_significa
         vec![pb::ResultBatch {
             sequence: 1,
             results: records,
+            ..Default::default()
         }],
     )
     .await
@@ -144,6 +145,7 @@ async fn a_comparison_names_its_leader_always_and_its_winner_only_when_significa
         vec![pb::ResultBatch {
             sequence: 2,
             results: clear,
+            ..Default::default()
         }],
     )
     .await

@@ -55,6 +55,7 @@ async fn send(server: &TestServer, test_id: &str, arm: &str, values: &[f64]) {
         .map(|(i, chunk)| pb::ResultBatch {
             sequence: i as u64,
             results: chunk.iter().map(|&x| result(test_id, arm, x)).collect(),
+            ..Default::default()
         })
         .collect();
     ingest(&mut server.allocator().await, batches)

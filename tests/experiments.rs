@@ -427,6 +427,7 @@ async fn results_report_every_per_arm_figure() {
         vec![pb::ResultBatch {
             sequence: 1,
             results: records,
+            ..Default::default()
         }],
     )
     .await
@@ -531,14 +532,17 @@ async fn ingestion_attributes_rejects_and_deduplicates_per_record() {
             pb::ResultBatch {
                 sequence: 10,
                 results: batch1,
+                ..Default::default()
             },
             pb::ResultBatch {
                 sequence: 11,
                 results: batch2,
+                ..Default::default()
             },
             pb::ResultBatch {
                 sequence: 12,
                 results: vec![],
+                ..Default::default()
             },
         ],
     )
@@ -631,6 +635,7 @@ async fn a_stream_of_overlapping_batches_is_acknowledged_in_order_and_counted_on
                     r
                 })
                 .collect(),
+            ..Default::default()
         })
         .collect();
     let acks = ingest(&mut allocator, batches).await.expect("ingest");
@@ -767,6 +772,7 @@ async fn results_move_allocations_and_feed_model_performance() {
         vec![pb::ResultBatch {
             sequence: 1,
             results: batch,
+            ..Default::default()
         }],
     )
     .await

@@ -65,6 +65,7 @@ fn batch(sequence: u64) -> pb::ResultBatch {
                 r
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -54,6 +54,7 @@ async fn metrics_count_rpcs_allocations_results_and_flushes() {
         vec![pb::ResultBatch {
             sequence: 1,
             results: records,
+            ..Default::default()
         }],
     )
     .await

@@ -123,6 +123,7 @@ async fn a_sled_data_directory_is_converted_at_start_and_serves_everything_it_he
         vec![pb::ResultBatch {
             sequence: 1,
             results: vec![resent],
+            ..Default::default()
         }],
     )
     .await

@@ -291,6 +291,7 @@ async fn restart_keeps_tests_statuses_posteriors_allocations_and_final_results()
             vec![pb::ResultBatch {
                 sequence: 1,
                 results: batch,
+                ..Default::default()
             }],
         )
         .await
@@ -661,6 +662,7 @@ async fn a_clean_stop_leaves_an_empty_log() {
                 r
             })
             .collect(),
+        ..Default::default()
     };
     assert_eq!(
         ingest(&mut allocator, vec![batch]).await.expect("ingest")[0].accepted,

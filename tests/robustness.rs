@@ -31,6 +31,7 @@ async fn ingest_one(server: &TestServer, results: Vec<pb::ResultRecord>) -> pb::
     let batch = pb::ResultBatch {
         sequence: 1,
         results,
+        ..Default::default()
     };
     let mut acks = ingest(&mut client, vec![batch]).await.expect("ingest");
     assert_eq!(acks.len(), 1);
@@ -201,6 +202,7 @@ async fn batches_beyond_their_limits_are_refused_whole_with_resource_exhausted()
     let batch = pb::ResultBatch {
         sequence: 1,
         results: too_many_records,
+        ..Default::default()
     };
     let err = ingest(&mut client, vec![batch]).await.expect_err("refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -211,6 +213,7 @@ async fn batches_beyond_their_limits_are_refused_whole_with_resource_exhausted()
         results: (0..tests)
             .map(|i| result(&format!("unknown-{i}"), "arm_0", 0.1))
             .collect(),
+        ..Default::default()
     };
     let err = ingest(&mut client, vec![spread(101)])
         .await

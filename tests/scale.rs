@@ -49,6 +49,7 @@ async fn restart_after_a_million_results() {
                             r
                         })
                         .collect(),
+                    ..Default::default()
                 }
             })
             .collect()
@@ -94,6 +95,7 @@ async fn restart_after_a_million_results() {
                 r
             })
             .collect(),
+        ..Default::default()
     };
     let started = Instant::now();
     let acks = ingest(&mut allocator, vec![resend(0, 0)])
@@ -266,6 +268,7 @@ async fn memory_with_ten_thousand_tests_of_eight_arms() {
                         })
                     })
                     .collect(),
+                ..Default::default()
             })
             .collect()
     })
@@ -375,6 +378,7 @@ async fn a_batch_spread_over_ten_thousand_tests_beside_allocations() {
         results: (0..100_000)
             .map(|i| result(&format!("unknown-{}", i % 10_000), "arm_0", 0.01))
             .collect(),
+        ..Default::default()
     };
     let started = Instant::now();
     let acks = ingest(&mut server.allocator().await, vec![batch])

@@ -211,6 +211,7 @@ async fn an_early_stop_records_exactly_the_evidence_its_rule_saw() {
                     ]
                 })
                 .collect(),
+            ..Default::default()
         })
         .collect();
     let acks = ingest(&mut server.allocator().await, batches)

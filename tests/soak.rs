@@ -184,7 +184,11 @@ async fn ten_minutes_of_mixed_load() {
                     })
                     .collect();
                 if tx
-                    .send(pb::ResultBatch { sequence, results })
+                    .send(pb::ResultBatch {
+                        sequence,
+                        results,
+                        ..Default::default()
+                    })
                     .await
                     .is_err()
                 {

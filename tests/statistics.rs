@@ -13,6 +13,7 @@ fn batch(sequence: u64, records: Vec<pb::ResultRecord>) -> pb::ResultBatch {
     pb::ResultBatch {
         sequence,
         results: records,
+        ..Default::default()
     }
 }
 

@@ -97,7 +97,13 @@ fn append_batches(log: &dyn Log, arms: usize, batches: usize, seed: u64) {
             .collect();
         let fingerprints: Vec<u128> = (0..size).map(|_| rng.random()).collect();
         let mut payload = Vec::new();
-        journal_entry::encode("fold", results.into_iter(), &fingerprints, &mut payload);
+        journal_entry::encode(
+            "fold",
+            results.into_iter(),
+            &fingerprints,
+            &Default::default(),
+            &mut payload,
+        );
         log.append(&payload).expect("append");
     }
     log.sync_blocking().expect("sync");

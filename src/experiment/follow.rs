@@ -100,16 +100,28 @@ impl Experiments {
 
     /// The allocation counts reads show for `state`: a standby's own count only its decisions,
     /// so it shows the writer's, as stored with every arbiter's decisions.
+    /// Decisions clients drew in their own process and reported are added (they are kept with
+    /// the test's statistics, not its allocation counters).
     pub(super) fn shown_allocations(&self, state: &TestState) -> Result<AllocationRecord> {
-        if !self.inner.following {
-            return Ok(state.allocation_record());
+        let mut shown = if self.inner.following {
+            let test_id = state.config.test_id.as_str();
+            let stored = self
+                .inner
+                .storage
+                .get::<AllocationRecord>(&keys::test_allocations(test_id))?;
+            stored.unwrap_or_else(|| own_counts_only(state.allocation_record()))
+        } else {
+            state.allocation_record()
+        };
+        let book = state.book.lock();
+        let client = &book.stats.client;
+        for (total, c) in shown.counts.iter_mut().zip(&client.counts) {
+            *total += c;
         }
-        let test_id = state.config.test_id.as_str();
-        let stored = self
-            .inner
-            .storage
-            .get::<AllocationRecord>(&keys::test_allocations(test_id))?;
-        Ok(stored.unwrap_or_else(|| own_counts_only(state.allocation_record())))
+        for (total, e) in shown.expected.iter_mut().zip(&client.expected) {
+            *total += e;
+        }
+        Ok(shown)
     }
 
     /// Applies to the tests in memory what the storage did with the log's next entry.

@@ -19,6 +19,7 @@ use super::decision::StopDecision;
 use super::journal_entry::{self, Change};
 use super::result_ids::{PendingIds, ResultIds};
 use super::state::{StatsRecord, TestState};
+use super::stats_record::ClientCounts;
 use super::types::{DriftAction, TestConfig};
 use super::{stopping, ExperimentError, Experiments, Result, INLINE_REFRESH_NS};
 
@@ -64,6 +65,16 @@ pub(super) fn change_event(config: &TestConfig, stats: &StatsRecord, change: Cha
     }
 }
 
+/// The result-id under which a test remembers a decision-counts id: longer than any result_id
+/// may be, so the two never collide.
+fn counts_key(counts_id: &str) -> String {
+    let mut key = String::with_capacity(MAX_RESULT_ID_LEN + 8 + counts_id.len());
+    key.extend(std::iter::repeat_n('~', MAX_RESULT_ID_LEN + 1));
+    key.push_str("counts:");
+    key.push_str(counts_id);
+    key
+}
+
 /// Longest accepted `result_id`.
 pub(super) const MAX_RESULT_ID_LEN: usize = 256;
 /// Longest accepted metric name.
@@ -97,6 +108,22 @@ pub struct ResultInput {
     pub observed_at: Option<UnixNanos>,
 }
 
+/// Decisions a client drew in its own process from one allocation table, reported with a
+/// batch: allocations of the test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountsInput {
+    /// The test.
+    pub test_id: String,
+    /// The version of the table the decisions were drawn from (informational).
+    pub table_version: u64,
+    /// Decisions per arm, in the test's arm order.
+    pub counts: Vec<u64>,
+    /// The table's probability of each arm.
+    pub probabilities: Vec<f64>,
+    /// Idempotency key (required): counts whose key the test has seen are not added again.
+    pub counts_id: String,
+}
+
 /// What happened to one record.
 #[derive(Debug)]
 pub enum RecordOutcome {
@@ -113,6 +140,8 @@ struct Written<'a> {
     accepted: &'a [(usize, usize)],
     records: &'a [ResultInput],
     new_ids: PendingIds,
+    /// Decisions clients reported, weighed.
+    client: &'a ClientCounts,
 }
 
 /// A stop decided while applying results, carried out once they are durable.
@@ -123,10 +152,18 @@ struct PendingStop {
     decision: StopDecision,
 }
 
-/// A batch's records grouped by test, in order of first appearance.
+/// The indices of one test's records and decision counts in a batch.
+#[derive(Default)]
+struct Group {
+    records: Vec<usize>,
+    counts: Vec<usize>,
+}
+
+/// A batch's records and decision counts grouped by test, in order of first appearance.
 struct Grouped {
     records: Vec<ResultInput>,
-    groups: Vec<(String, Vec<usize>)>,
+    counts: Vec<CountsInput>,
+    groups: Vec<(String, Group)>,
     /// Tests past their deadline that must expire before the batch is applied.
     due: Vec<String>,
 }
@@ -152,6 +189,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[must_use = "results are acknowledged only after make_durable"]
 pub struct AppliedResults {
     outcomes: Vec<Option<RecordOutcome>>,
+    count_outcomes: Vec<Option<RecordOutcome>>,
     touched: Vec<Arc<TestState>>,
     stops: Vec<PendingStop>,
     /// The log position the batch is durable through once synced: its last entry, or for
@@ -174,8 +212,20 @@ impl Experiments {
     /// A stream may apply its next batch while this waits: acknowledgements stay in order and
     /// each still follows its own flush.
     pub async fn make_durable(&self, applied: AppliedResults) -> Result<Vec<RecordOutcome>> {
+        self.make_batch_durable(applied)
+            .await
+            .map(|(records, _)| records)
+    }
+
+    /// [`Experiments::make_durable`] for a batch with decision counts: the outcomes of its
+    /// records and of its decision counts.
+    pub async fn make_batch_durable(
+        &self,
+        applied: AppliedResults,
+    ) -> Result<(Vec<RecordOutcome>, Vec<RecordOutcome>)> {
         let AppliedResults {
             outcomes,
+            count_outcomes,
             touched,
             stops,
             durable_through,
@@ -194,10 +244,13 @@ impl Experiments {
             }
         }
         self.carry_out(stops).await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("every record gets an outcome"))
-            .collect())
+        let every = |outcomes: Vec<Option<RecordOutcome>>| -> Vec<RecordOutcome> {
+            outcomes
+                .into_iter()
+                .map(|o| o.expect("every record gets an outcome"))
+                .collect()
+        };
+        Ok((every(outcomes), every(count_outcomes)))
     }
 
     /// Validates the records, skips duplicates, and writes one journal entry per test (or, when a
@@ -208,15 +261,29 @@ impl Experiments {
     /// blocking pool: a batch of 100k records must not hold a runtime worker that answers
     /// `Allocate`. A batch over the limits is refused whole before anything is applied.
     pub async fn apply_results(&self, records: Vec<ResultInput>) -> Result<AppliedResults> {
+        self.apply_batch(records, Vec::new()).await
+    }
+
+    /// [`Experiments::apply_results`] for a batch that also reports decisions clients drew in
+    /// their own process (`counts`, each counted at most once by its `counts_id`).
+    pub async fn apply_batch(
+        &self,
+        records: Vec<ResultInput>,
+        counts: Vec<CountsInput>,
+    ) -> Result<AppliedResults> {
         let limits = self.inner.limits;
-        if records.len() > limits.max_batch_records {
+        if records.len() + counts.len() > limits.max_batch_records {
             return Err(ExperimentError::LimitExceeded {
-                what: format!("a batch of {} records", records.len()),
+                what: format!(
+                    "a batch of {} records and {} decision counts",
+                    records.len(),
+                    counts.len()
+                ),
                 limit: format!("{} records per batch", limits.max_batch_records),
             });
         }
         let this = self.clone();
-        let grouped = match blocking(move || this.group_and_apply(records)).await? {
+        let grouped = match blocking(move || this.group_and_apply(records, counts)).await? {
             Step::Applied(applied) => return Ok(applied),
             Step::Expire(grouped) => grouped,
         };
@@ -230,8 +297,8 @@ impl Experiments {
     }
 
     /// Groups the records by test; applies them at once unless some test is due to expire.
-    fn group_and_apply(&self, records: Vec<ResultInput>) -> Result<Step> {
-        let grouped = self.group(records)?;
+    fn group_and_apply(&self, records: Vec<ResultInput>, counts: Vec<CountsInput>) -> Result<Step> {
+        let grouped = self.group(records, counts)?;
         if grouped.due.is_empty() {
             self.apply_groups(grouped).map(Step::Applied)
         } else {
@@ -241,14 +308,19 @@ impl Experiments {
 
     /// Groups record indices by test in order of first appearance (linear: one hash lookup per
     /// record), enforcing the limit on distinct tests, and lists the tests past their deadline.
-    fn group(&self, records: Vec<ResultInput>) -> Result<Grouped> {
+    fn group(&self, records: Vec<ResultInput>, counts: Vec<CountsInput>) -> Result<Grouped> {
         let limit = self.inner.limits.max_batch_tests;
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(String, Group)> = Vec::new();
         {
             let mut index: HashMap<&str, usize> = HashMap::new();
-            for (i, r) in records.iter().enumerate() {
+            let named = records
+                .iter()
+                .map(|r| (r.test_id.as_str(), false))
+                .chain(counts.iter().map(|c| (c.test_id.as_str(), true)));
+            let mut positions = [0usize; 2];
+            for (test_id, is_counts) in named {
                 let next = groups.len();
-                let g = *index.entry(r.test_id.as_str()).or_insert(next);
+                let g = *index.entry(test_id).or_insert(next);
                 if g == next {
                     if next == limit {
                         return Err(ExperimentError::LimitExceeded {
@@ -256,9 +328,15 @@ impl Experiments {
                             limit: format!("{limit} distinct tests per batch"),
                         });
                     }
-                    groups.push((r.test_id.clone(), Vec::new()));
+                    groups.push((test_id.to_string(), Group::default()));
                 }
-                groups[g].1.push(i);
+                let position = &mut positions[usize::from(is_counts)];
+                if is_counts {
+                    groups[g].1.counts.push(*position);
+                } else {
+                    groups[g].1.records.push(*position);
+                }
+                *position += 1;
             }
         }
         let now = crate::time::now();
@@ -272,6 +350,7 @@ impl Experiments {
             .collect();
         Ok(Grouped {
             records,
+            counts,
             groups,
             due,
         })
@@ -281,20 +360,35 @@ impl Experiments {
     /// (result ids) and journal appends.
     fn apply_groups(&self, grouped: Grouped) -> Result<AppliedResults> {
         let Grouped {
-            records, groups, ..
+            records,
+            counts,
+            groups,
+            ..
         } = grouped;
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..records.len()).map(|_| None).collect();
+        let mut count_outcomes: Vec<Option<RecordOutcome>> =
+            (0..counts.len()).map(|_| None).collect();
         let mut touched = Vec::new();
         let mut stops = Vec::new();
         let mut through = 0u64;
-        for (test_id, indices) in groups {
+        for (test_id, group) in groups {
+            let Group {
+                records: indices,
+                counts: count_indices,
+            } = group;
             let state = match self.state(&test_id) {
                 Ok(s) => s,
                 Err(_) => {
-                    for i in indices {
-                        outcomes[i] = Some(RecordOutcome::Rejected(ExperimentError::NotFound {
+                    let not_found = || {
+                        Some(RecordOutcome::Rejected(ExperimentError::NotFound {
                             test_id: test_id.clone(),
-                        }));
+                        }))
+                    };
+                    for i in indices {
+                        outcomes[i] = not_found();
+                    }
+                    for i in count_indices {
+                        count_outcomes[i] = not_found();
                     }
                     continue;
                 }
@@ -304,8 +398,8 @@ impl Experiments {
             // settlement closes; after that, nothing.
             let settling = book.record.settling(crate::time::now());
             if book.record.status.is_ended() && !settling {
-                for &i in &indices {
-                    outcomes[i] = Some(RecordOutcome::Rejected(ExperimentError::WrongStatus {
+                let refused = || {
+                    Some(RecordOutcome::Rejected(ExperimentError::WrongStatus {
                         test_id: test_id.clone(),
                         status: book.record.status,
                         action: if book.record.settled {
@@ -313,7 +407,13 @@ impl Experiments {
                         } else {
                             "accept results"
                         },
-                    }));
+                    }))
+                };
+                for &i in &indices {
+                    outcomes[i] = refused();
+                }
+                for &i in &count_indices {
+                    count_outcomes[i] = refused();
                 }
                 continue;
             }
@@ -321,7 +421,9 @@ impl Experiments {
             let config = state.config.clone();
             let mut stats = book.stats.clone();
             let mut result_ids = state.result_ids.lock();
-            if indices.iter().any(|&i| !records[i].result_id.is_empty()) {
+            if !count_indices.is_empty()
+                || indices.iter().any(|&i| !records[i].result_id.is_empty())
+            {
                 result_ids.load(&self.inner.storage, &test_id)?;
             }
             let mut new_ids = PendingIds::default();
@@ -360,10 +462,32 @@ impl Experiments {
                 };
                 outcomes[i] = Some(outcome);
             }
-            if accepted.is_empty() {
+            let mut client = ClientCounts::default();
+            for i in count_indices {
+                let c = &counts[i];
+                let outcome = match check::counts(&state, c) {
+                    Err(e) => RecordOutcome::Rejected(e),
+                    Ok(()) if !result_ids.admit(&mut new_ids, &counts_key(&c.counts_id)) => {
+                        RecordOutcome::Duplicate
+                    }
+                    Ok(()) => {
+                        client.add(&c.counts, &c.probabilities);
+                        RecordOutcome::Accepted
+                    }
+                };
+                count_outcomes[i] = Some(outcome);
+            }
+            if accepted.is_empty() && client.is_empty() {
                 continue;
             }
-            let changes = journal_entry::settle(&config, &mut stats, alarms, settling);
+            journal_entry::add_client(&mut stats.client, &client);
+            // A batch of decision counts alone changes no statistic the stopping rules look at
+            // (replay does the same).
+            let changes = if accepted.is_empty() {
+                Vec::new()
+            } else {
+                journal_entry::settle(&config, &mut stats, alarms, settling)
+            };
             let drifts = changes
                 .iter()
                 .filter(|c| matches!(c, Change::Drift { .. }))
@@ -371,7 +495,7 @@ impl Experiments {
             if drifts > 0 {
                 metrics::counter!("arbiter_drift_detected_total").increment(drifts as u64);
             }
-            if settling {
+            if settling || accepted.is_empty() {
                 // Late results change the figures, not the decision already taken.
             } else if let Some(stop) = self.stop_decision(&config, &stats) {
                 stops.push(stop);
@@ -380,6 +504,7 @@ impl Experiments {
                 accepted: &accepted,
                 records: &records,
                 new_ids,
+                client: &client,
             };
             let position =
                 self.write_group(&state, &mut stats, changes, written, &mut result_ids)?;
@@ -391,6 +516,7 @@ impl Experiments {
         }
         if outcomes
             .iter()
+            .chain(&count_outcomes)
             .any(|o| matches!(o, Some(RecordOutcome::Duplicate)))
         {
             // The first copy of a duplicate may still be on its way to the disk: a duplicate is
@@ -399,6 +525,7 @@ impl Experiments {
         }
         Ok(AppliedResults {
             outcomes,
+            count_outcomes,
             touched,
             stops,
             durable_through: (through > 0).then_some(through),
@@ -429,6 +556,7 @@ impl Experiments {
                     (arm, r.return_value, r.metrics.as_slice())
                 }),
                 written.new_ids.fingerprints(),
+                written.client,
                 &mut payload,
             );
             // Queued before the append: a snapshot that rotates the journal after this entry

@@ -5,17 +5,20 @@
 //!
 //! Layout ([`ByteWriter`]): format byte [`FORMAT_VERSION`]; test id; result count; per result: arm
 //! index, return (f64), metric count, per metric: name, value; fingerprint count; fingerprints,
-//! 16 bytes each, big-endian.
+//! 16 bytes each, big-endian. Format 2 appends the decisions clients reported with the batch
+//! ([`ClientCounts`]): arm count (0: none), per arm the decisions (varint), per arm the expected
+//! decisions (f64). Format 1 entries read as reporting none.
 
 use crate::storage::{ByteReader, ByteWriter};
 
 use super::state::{Book, StatsRecord};
+use super::stats_record::ClientCounts;
 use super::types::{DriftAction, TestConfig, MAX_ARMS};
 use super::{risk, stopping};
 use crate::stats::drift::DriftAlarm;
 
 /// Format byte of an entry.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 
 /// One accepted result, as journaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,8 +38,10 @@ pub(super) struct ResultEntry {
     pub test_id: String,
     /// Accepted results, in the order they were applied.
     pub results: Vec<JournaledResult>,
-    /// Fingerprints of the batch's new result_ids.
+    /// Fingerprints of the batch's new result_ids (and decision counts' ids).
     pub fingerprints: Vec<u128>,
+    /// Decisions clients reported with the batch.
+    pub client: ClientCounts,
 }
 
 /// Encodes an entry from borrowed parts (the ingestion path builds no [`ResultEntry`]).
@@ -44,6 +49,7 @@ pub(super) fn encode<'a>(
     test_id: &str,
     results: impl ExactSizeIterator<Item = (usize, f64, &'a [(String, f64)])>,
     fingerprints: &[u128],
+    client: &ClientCounts,
     out: &mut Vec<u8>,
 ) {
     out.push(FORMAT_VERSION);
@@ -63,14 +69,18 @@ pub(super) fn encode<'a>(
     for fp in fingerprints {
         w.0.extend_from_slice(&fp.to_be_bytes());
     }
+    let mut w = ByteWriter(out);
+    w.len(client.counts.len());
+    client.counts.iter().for_each(|&c| w.varint(c));
+    client.expected.iter().for_each(|&e| w.f64(e));
 }
 
 /// Decodes an entry; the error names what is malformed.
 pub(super) fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
     let (&version, body) = bytes.split_first().ok_or("empty journal entry")?;
-    if version != FORMAT_VERSION {
+    if version != 1 && version != FORMAT_VERSION {
         return Err(format!(
-            "journal entry format {version}; this build reads {FORMAT_VERSION}"
+            "journal entry format {version}; this build reads 1 and {FORMAT_VERSION}"
         ));
     }
     let mut r = ByteReader::new(body);
@@ -107,11 +117,27 @@ pub(super) fn decode(bytes: &[u8]) -> Result<ResultEntry, String> {
                 .map(|b| u128::from_be_bytes(b.try_into().expect("16 bytes")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut client = ClientCounts::default();
+    if version >= 2 {
+        let arms = r.len("client count", 9)?;
+        if arms > MAX_ARMS {
+            return Err(format!(
+                "client counts for {arms} arms; the limit is {MAX_ARMS}"
+            ));
+        }
+        client.counts = (0..arms)
+            .map(|_| r.varint("client count"))
+            .collect::<Result<_, _>>()?;
+        client.expected = (0..arms)
+            .map(|_| r.f64("client expected count"))
+            .collect::<Result<_, _>>()?;
+    }
     r.finish()?;
     Ok(ResultEntry {
         test_id,
         results,
         fingerprints,
+        client,
     })
 }
 
@@ -187,6 +213,23 @@ pub(super) fn add(
     }
 }
 
+/// Adds counts already weighed (`expected` computed) to `total`.
+pub(super) fn add_client(total: &mut ClientCounts, added: &ClientCounts) {
+    if added.is_empty() {
+        return;
+    }
+    if total.counts.len() < added.counts.len() {
+        total.counts.resize(added.counts.len(), 0);
+        total.expected.resize(added.counts.len(), 0.0);
+    }
+    for (t, a) in total.counts.iter_mut().zip(&added.counts) {
+        *t += a;
+    }
+    for (t, a) in total.expected.iter_mut().zip(&added.expected) {
+        *t += a;
+    }
+}
+
 /// Applies a journaled batch to `stats` as ingestion did, and returns the changes it made that
 /// the audit log records. Ingestion journals only batches that made none, so with the state
 /// ingestion saw this is empty; it is not when a crash lost an unacknowledged batch that went to
@@ -202,6 +245,14 @@ pub(super) fn replay(
 ) -> Result<Vec<Change>, String> {
     let mut next = stats.clone();
     let mut alarms = Vec::new();
+    if entry.client.counts.len() > next.arms.len() {
+        return Err(format!(
+            "client counts for {} arms of a test with {} arms",
+            entry.client.counts.len(),
+            config.arms.len()
+        ));
+    }
+    add_client(&mut next.client, &entry.client);
     for r in &entry.results {
         if r.arm >= next.arms.len() {
             return Err(format!(
@@ -212,7 +263,12 @@ pub(super) fn replay(
         }
         add(&mut next, &mut alarms, r.arm, r.value, &r.metrics);
     }
-    let changes = settle(config, &mut next, alarms, ended);
+    // A batch of decision counts alone changes no statistic the stopping rules look at.
+    let changes = if entry.results.is_empty() {
+        Vec::new()
+    } else {
+        settle(config, &mut next, alarms, ended)
+    };
     next.journal_position = position;
     *stats = next;
     Ok(changes)
@@ -255,8 +311,11 @@ mod tests {
         let results = [(0usize, 0.012, &[][..]), (3, -5e-324, &metrics[..])];
         let fps = [1u128, u128::MAX];
         let mut bytes = Vec::new();
-        encode("t-1", results.iter().copied(), &fps, &mut bytes);
+        let mut client = ClientCounts::default();
+        client.add(&[3, 0, 1, 6], &[0.25, 0.25, 0.25, 0.25]);
+        encode("t-1", results.iter().copied(), &fps, &client, &mut bytes);
         let entry = decode(&bytes).expect("decodes");
+        assert_eq!(entry.client, client);
         assert_eq!(entry.test_id, "t-1");
         assert_eq!(entry.results.len(), 2);
         assert_eq!(entry.results[1].arm, 3);
@@ -269,8 +328,21 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode(&extra).unwrap_err().contains("left over"));
+        // Format 1 (no client counts) still reads.
+        let mut old = Vec::new();
+        encode(
+            "t-1",
+            results.iter().copied(),
+            &fps,
+            &ClientCounts::default(),
+            &mut old,
+        );
+        old.pop(); // the empty client section
+        old[0] = 1;
+        let entry = decode(&old).expect("format 1 decodes");
+        assert!(entry.client.is_empty());
         let mut future = bytes;
-        future[0] = 2;
-        assert!(decode(&future).unwrap_err().contains("format 2"));
+        future[0] = 3;
+        assert!(decode(&future).unwrap_err().contains("format 3"));
     }
 }

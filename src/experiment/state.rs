@@ -512,7 +512,8 @@ mod tests {
                 next_decision: 0,
                 probabilities,
             });
-            let state = TestState::restored(record, stats, allocations, test_key(), TableFeed::new());
+            let state =
+                TestState::restored(record, stats, allocations, test_key(), TableFeed::new());
             assert_eq!(state.current_probabilities(), vec![0.5, 0.5], "{stored:?}");
             assert!(state.is_dirty(), "{stored:?}");
         }

@@ -30,6 +30,45 @@ pub struct StatsRecord {
     /// Per arm: drawdown and drift, folded over the results in order.
     #[serde(skip)]
     pub tracks: Vec<ArmTrack>,
+    /// Decisions clients drew in their own process and reported with their results, per arm
+    /// ([`ClientCounts`]).
+    #[serde(skip)]
+    pub client: ClientCounts,
+}
+
+/// Allocations that clients decided in their own process (from streamed tables) and reported:
+/// they travel with result batches, so they are as durable as results, and they add to the
+/// test's allocation counts and the sample-ratio check.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientCounts {
+    /// Decisions per arm (empty: none yet).
+    pub counts: Vec<u64>,
+    /// Expected decisions per arm: per reported table, its decisions times the arm's
+    /// probability in it.
+    pub expected: Vec<f64>,
+}
+
+impl ClientCounts {
+    /// Adds `counts` per arm, drawn from a table with `probabilities`.
+    pub fn add(&mut self, counts: &[u64], probabilities: &[f64]) {
+        let k = counts.len();
+        if self.counts.len() < k {
+            self.counts.resize(k, 0);
+            self.expected.resize(k, 0.0);
+        }
+        let n: u64 = counts.iter().sum();
+        for (total, c) in self.counts.iter_mut().zip(counts) {
+            *total += c;
+        }
+        for (total, p) in self.expected.iter_mut().zip(probabilities) {
+            *total += n as f64 * p;
+        }
+    }
+
+    /// Whether no decision was added.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
 }
 
 impl StatsRecord {
@@ -41,6 +80,7 @@ impl StatsRecord {
             sequential: vec![SequentialState::default(); arms.saturating_sub(1)],
             journal_position: 0,
             tracks: vec![ArmTrack::default(); arms],
+            client: ClientCounts::default(),
         }
     }
 
@@ -73,12 +113,13 @@ impl StatsRecord {
 
 /// Version 1: JSON. Version 2: the binary body of [`codec`]. Version 3: the
 /// journal position as a varint, then the version 2 body. Version 4: version 3 and the arms'
-/// tracks. Older versions read as position 0 and tracks that start at their next result.
+/// tracks. Version 5: version 4 and the client counts. Older versions read as position 0,
+/// tracks that start at their next result, and no client counts.
 impl Record for StatsRecord {
-    const FORMAT_VERSION: u8 = 4;
+    const FORMAT_VERSION: u8 = 5;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> crate::storage::Result<()> {
-        codec::encode_tracked(self, out);
+        codec::encode_counted(self, out);
         Ok(())
     }
 
@@ -93,6 +134,7 @@ impl Record for StatsRecord {
             2 => codec::decode(body).map_err(BodyError::Malformed),
             3 => codec::decode_positioned(body).map_err(BodyError::Malformed),
             4 => codec::decode_tracked(body).map_err(BodyError::Malformed),
+            5 => codec::decode_counted(body).map_err(BodyError::Malformed),
             _ => Err(BodyError::UnknownVersion),
         }
     }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::experiment_convert::pb_test_status;
 use super::{authn, status};
-use crate::experiment::{AppliedResults, Experiments, RecordOutcome, ResultInput};
+use crate::experiment::{AppliedResults, CountsInput, Experiments, RecordOutcome, ResultInput};
 use crate::pb::{self, allocator_server};
 
 /// Largest request message (an IngestResults batch).
@@ -66,18 +66,40 @@ fn allocate(
     })
 }
 
-fn ack(sequence: u64, outcomes: Vec<RecordOutcome>) -> pb::BatchAck {
+fn ack(sequence: u64, outcomes: Vec<RecordOutcome>, counts: Vec<RecordOutcome>) -> pb::BatchAck {
     let mut ack = pb::BatchAck {
         sequence,
         ..Default::default()
     };
+    tally(
+        outcomes,
+        &mut ack.accepted,
+        &mut ack.duplicates,
+        &mut ack.rejected,
+    );
+    tally(
+        counts,
+        &mut ack.counts_accepted,
+        &mut ack.counts_duplicates,
+        &mut ack.counts_rejected,
+    );
+    ack
+}
+
+/// Counts `outcomes` into an acknowledgement's fields.
+fn tally(
+    outcomes: Vec<RecordOutcome>,
+    accepted: &mut u32,
+    duplicates: &mut u32,
+    rejected: &mut Vec<pb::RecordRejection>,
+) {
     for (index, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
-            RecordOutcome::Accepted => ack.accepted += 1,
-            RecordOutcome::Duplicate => ack.duplicates += 1,
+            RecordOutcome::Accepted => *accepted += 1,
+            RecordOutcome::Duplicate => *duplicates += 1,
             RecordOutcome::Rejected(e) => {
                 let status = status::experiment(e);
-                ack.rejected.push(pb::RecordRejection {
+                rejected.push(pb::RecordRejection {
                     index: index as u32,
                     code: status.code() as i32,
                     message: status.message().to_string(),
@@ -85,7 +107,6 @@ fn ack(sequence: u64, outcomes: Vec<RecordOutcome>) -> pb::BatchAck {
             }
         }
     }
-    ack
 }
 
 type AllocationStream = Pin<Box<dyn Stream<Item = Result<pb::Allocation, Status>> + Send>>;
@@ -157,8 +178,13 @@ impl allocator_server::Allocator for AllocatorService {
                         metrics::histogram!("arbiter_ingest_batch_size")
                             .record(batch.results.len() as f64);
                         let inputs = batch.results.into_iter().map(ResultInput::from).collect();
+                        let counts = batch
+                            .decision_counts
+                            .into_iter()
+                            .map(CountsInput::from)
+                            .collect();
                         experiments
-                            .apply_results(inputs)
+                            .apply_batch(inputs, counts)
                             .await
                             .map(|applied| (batch.sequence, applied))
                             .map_err(status::experiment)
@@ -178,9 +204,9 @@ impl allocator_server::Allocator for AllocatorService {
                 let reply = match applied {
                     Err(status) => Err(status),
                     Ok((sequence, applied)) => experiments
-                        .make_durable(applied)
+                        .make_batch_durable(applied)
                         .await
-                        .map(|outcomes| ack(sequence, outcomes))
+                        .map(|(outcomes, counts)| ack(sequence, outcomes, counts))
                         .map_err(status::experiment),
                 };
                 let failed = reply.is_err();

@@ -299,6 +299,18 @@ impl From<StopDecision> for pb::StopDecision {
     }
 }
 
+impl From<pb::DecisionCounts> for crate::experiment::CountsInput {
+    fn from(c: pb::DecisionCounts) -> Self {
+        Self {
+            test_id: c.test_id,
+            table_version: c.table_version,
+            counts: c.counts,
+            probabilities: c.probabilities,
+            counts_id: c.counts_id,
+        }
+    }
+}
+
 impl From<pb::ResultRecord> for ResultInput {
     fn from(r: pb::ResultRecord) -> Self {
         use pb::result_record::Attribution as A;

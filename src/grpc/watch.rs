@@ -155,8 +155,7 @@ impl Watch {
                     }
                     Err(broadcast::error::TryRecvError::Empty) => break,
                     Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        if !self.take(Err(broadcast::error::RecvError::Lagged(n)), &mut pending)
-                        {
+                        if !self.take(Err(broadcast::error::RecvError::Lagged(n)), &mut pending) {
                             return;
                         }
                     }

@@ -60,8 +60,7 @@ impl Echo for EchoService {
             batch.map(|b| pb::BatchAck {
                 sequence: b.sequence,
                 accepted: b.results.len() as u32,
-                duplicates: 0,
-                rejected: Vec::new(),
+                ..Default::default()
             })
         });
         Ok(Response::new(Box::pin(acks)))

@@ -536,7 +536,11 @@ async fn ingest(
                         })
                         .collect();
                     if tx
-                        .send(pb::ResultBatch { sequence, results })
+                        .send(pb::ResultBatch {
+                            sequence,
+                            results,
+                            ..Default::default()
+                        })
                         .await
                         .is_err()
                     {

@@ -127,13 +127,10 @@ impl Standby<'_> {
                 }
             };
             last_error = None;
-            let installed = self
-                .phases
-                .switch
-                .install(
-                    follower.domain.routes(self.phases.config),
-                    Some(forwarder.clone()),
-                );
+            let installed = self.phases.switch.install(
+                follower.domain.routes(self.phases.config),
+                Some(forwarder.clone()),
+            );
             super::report_status(self.phases.health, tonic_health::ServingStatus::Serving).await;
             super::report_writer(self.phases.health, tonic_health::ServingStatus::NotServing).await;
             // Writes (forwarded) only once it is known to be current and where the writer is.

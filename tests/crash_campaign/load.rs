@@ -183,7 +183,11 @@ fn random_batch(load: &Load, rng: &mut Seeded, sequence: u64) -> pb::ResultBatch
             r
         })
         .collect();
-    pb::ResultBatch { sequence, results }
+    pb::ResultBatch {
+        sequence,
+        results,
+        ..Default::default()
+    }
 }
 
 /// One IngestResults stream with at most [`WINDOW`] unacknowledged batches, until the kill.

@@ -69,6 +69,27 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::start_listening(listener, config).await
+    }
+
+    /// Starts a server with `config` on `addr` (a restart on the address a client knows).
+    pub(crate) async fn start_on(addr: std::net::SocketAddr, config: ServerConfig) -> Self {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("binding {addr} again: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
+        Self::start_listening(listener, config).await
+    }
+
+    async fn start_listening(listener: tokio::net::TcpListener, config: ServerConfig) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();

@@ -40,16 +40,16 @@ pub(crate) fn spawn_binary_with(data_dir: &Path, flags: &[&str]) -> Binary {
 /// standby that serves reads.
 pub(crate) fn spawn_binary_until(data_dir: &Path, flags: &[&str], serving: &str) -> Binary {
     let serving = serving.to_string();
+    // A `--listen` among `flags` (a restart on a known address) replaces the default.
+    let listen = if flags.contains(&"--listen") {
+        &[][..]
+    } else {
+        &["--listen", "127.0.0.1:0"][..]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "plain",
-            "--shutdown-grace-secs",
-            "3",
-        ])
+        .arg("serve")
+        .args(listen)
+        .args(["--log-format", "plain", "--shutdown-grace-secs", "3"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(flags)

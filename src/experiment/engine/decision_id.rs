@@ -268,12 +268,18 @@ mod tests {
             accepted += usize::from(t1.check(forged).is_some());
             let as_server = t1.mint_as_client(index, sequence, 1, true);
             accepted += usize::from(t1.check(as_server).is_some());
-            let other_test = key("t2").for_client(index).mint_as_client(index, sequence, 1, true);
+            let other_test = key("t2")
+                .for_client(index)
+                .mint_as_client(index, sequence, 1, true);
             accepted += usize::from(t1.check(other_test).is_some());
         }
         // 150k checks at 2^-20 each: expected 0.14; P(more than 5) < 1e-6.
         assert!(accepted <= 5, "{accepted} forged client ids passed");
-        assert_eq!(t1.check(id ^ (1 << 50)), None, "a changed index breaks the tag");
+        assert_eq!(
+            t1.check(id ^ (1 << 50)),
+            None,
+            "a changed index breaks the tag"
+        );
         assert_eq!(t1.check(id | (0b11 << 62)), None, "format 11 is refused");
     }
 

@@ -5,7 +5,7 @@ use super::super::posterior::{ArmStats, MAX_METRICS_PER_ARM};
 use super::super::state::TestState;
 use super::super::types::TestConfig;
 use super::super::{ExperimentError, Experiments, Result};
-use super::{Attribution, ResultInput, MAX_METRIC_NAME_LEN, MAX_RESULT_ID_LEN};
+use super::{Attribution, CountsInput, ResultInput, MAX_METRIC_NAME_LEN, MAX_RESULT_ID_LEN};
 use crate::text::shown;
 
 impl Experiments {
@@ -42,6 +42,58 @@ impl Experiments {
         check_metrics(&state.config, arm, &arms[arm], r, bound)?;
         Ok(arm)
     }
+}
+
+/// Most decisions one report may count (per arm): far beyond a day of decisions at any rate,
+/// and small enough that no sum overflows.
+const MAX_REPORTED_DECISIONS: u64 = 1 << 48;
+
+/// Validates decisions a client reported for `state`'s test: a counts_id, one count and one
+/// probability per arm, the probabilities a distribution, and no decision for an arm the table
+/// gave no probability.
+pub(super) fn counts(state: &TestState, c: &CountsInput) -> Result<()> {
+    let k = state.config.arms.len();
+    let invalid = |field: &'static str, reason: String| ExperimentError::invalid(field, reason);
+    if c.counts_id.is_empty() || c.counts_id.len() > MAX_RESULT_ID_LEN {
+        return Err(invalid(
+            "counts_id",
+            format!("must be 1 to {MAX_RESULT_ID_LEN} bytes (it makes a resent report count once)"),
+        ));
+    }
+    if c.counts.len() != k || c.probabilities.len() != k {
+        return Err(invalid(
+            "counts",
+            format!(
+                "{} counts and {} probabilities for test {} of {k} arms",
+                c.counts.len(),
+                c.probabilities.len(),
+                shown(state.config.test_id.as_str())
+            ),
+        ));
+    }
+    let total: f64 = c.probabilities.iter().sum();
+    if c.probabilities.iter().any(|p| !p.is_finite() || *p < 0.0) || (total - 1.0).abs() > 1e-6 {
+        return Err(invalid(
+            "probabilities",
+            format!("{:?} is not a probability distribution", c.probabilities),
+        ));
+    }
+    if let Some(&n) = c.counts.iter().find(|&&n| n > MAX_REPORTED_DECISIONS) {
+        return Err(invalid(
+            "counts",
+            format!("{n} decisions exceed the limit of {MAX_REPORTED_DECISIONS} per report"),
+        ));
+    }
+    if let Some(arm) = (0..k).find(|&i| c.counts[i] > 0 && c.probabilities[i] == 0.0) {
+        return Err(invalid(
+            "counts",
+            format!(
+                "{} decisions for {}, which had probability 0 in the table",
+                c.counts[arm], state.config.arms[arm].arm_id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `r` is attributed to a decision the test issued while it was running (the only

@@ -13,6 +13,8 @@
 //! `results`, `cumulative`, `peak`, `max_drawdown`; the drift detector (`n`, `mean`, `sum_abs`,
 //! `up`, `down`, `frozen` as one byte); `drift_alarms`, `first_drift_at`; the last alarm (one
 //! byte: 0 none, 1 rise, 2 fall; then `at` and `statistic` when present); `drift_hold` (one byte).
+//! Version 5 ([`encode_counted`]) appends the client counts to version 4: count (0 or the arm
+//! count); per arm the decisions (varint), then per arm the expected decisions (f64).
 
 use std::collections::BTreeMap;
 
@@ -101,20 +103,56 @@ pub fn encode_tracked(record: &StatsRecord, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the version 5 body: version 4, then the client counts.
+pub fn encode_counted(record: &StatsRecord, out: &mut Vec<u8>) {
+    encode_tracked(record, out);
+    let mut w = ByteWriter(out);
+    w.len(record.client.counts.len());
+    record.client.counts.iter().for_each(|&c| w.varint(c));
+    record.client.expected.iter().for_each(|&e| w.f64(e));
+}
+
+/// Reads a version 5 body.
+pub fn decode_counted(body: &[u8]) -> Result<StatsRecord, String> {
+    let mut r = ByteReader::new(body);
+    let mut record = read_tracked(&mut r)?;
+    let count = r.len("client count", 9)?;
+    if count != 0 && count != record.arms.len() {
+        return Err(format!(
+            "client counts for {count} arms in a test of {}",
+            record.arms.len()
+        ));
+    }
+    record.client.counts = (0..count)
+        .map(|_| r.varint("client count"))
+        .collect::<Result<_, _>>()?;
+    record.client.expected = (0..count)
+        .map(|_| r.f64("client expected count"))
+        .collect::<Result<_, _>>()?;
+    r.finish()?;
+    Ok(record)
+}
+
 /// Reads a version 4 body.
 pub fn decode_tracked(body: &[u8]) -> Result<StatsRecord, String> {
     let mut r = ByteReader::new(body);
+    let record = read_tracked(&mut r)?;
+    r.finish()?;
+    Ok(record)
+}
+
+fn read_tracked(r: &mut ByteReader<'_>) -> Result<StatsRecord, String> {
+    let r = &mut *r;
     let position = r.varint("journal position")?;
-    let mut record = read(&mut r)?;
+    let mut record = read(r)?;
     record.journal_position = position;
     let count = r.len("track count", 1 + 3 * 8 + 1 + 4 * 8 + 5)?;
     if count != record.arms.len() {
         return Err(format!("{count} tracks for {} arms", record.arms.len()));
     }
     record.tracks = (0..count)
-        .map(|_| read_track(&mut r))
+        .map(|_| read_track(r))
         .collect::<Result<_, _>>()?;
-    r.finish()?;
     Ok(record)
 }
 
@@ -205,6 +243,7 @@ fn read(r: &mut ByteReader<'_>) -> Result<StatsRecord, String> {
         sequential,
         journal_position: 0,
         tracks,
+        client: Default::default(),
     })
 }
 

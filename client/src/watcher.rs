@@ -1,0 +1,208 @@
+//! The task that keeps a [`crate::LocalAllocator`]'s tables current: subscribes to
+//! `WatchAllocations`, applies each update, notes the server's confirmations, and reconnects
+//! with exponential backoff (to the next endpoint) when the stream fails or falls silent.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::allocator::{Shared, Tables};
+use crate::pb;
+use crate::table::TestTable;
+
+/// How often the freshness is re-read from the time since the last confirmation.
+const FRESHNESS_TICK: Duration = Duration::from_millis(50);
+
+/// Aborts the background tasks when dropped.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(pub(crate) Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the watch and the freshness ticker.
+pub(crate) fn spawn(shared: Arc<Shared>, endpoints: Vec<Endpoint>) -> TaskGuard {
+    let ticker = {
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FRESHNESS_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match shared.upgrade() {
+                    Some(shared) => shared.update_freshness(),
+                    None => return,
+                }
+            }
+        })
+    };
+    let channels: Vec<Channel> = endpoints
+        .into_iter()
+        .map(|e| {
+            e.http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        })
+        .collect();
+    let watcher = tokio::spawn(watch(Arc::downgrade(&shared), channels));
+    TaskGuard(vec![ticker, watcher])
+}
+
+/// Subscribes through each channel in turn until the allocator is dropped.
+async fn watch(shared: std::sync::Weak<Shared>, channels: Vec<Channel>) {
+    let mut backoff = None;
+    for attempt in 0usize.. {
+        let Some(s) = shared.upgrade() else { return };
+        let (min, max) = (s.options.reconnect_min, s.options.reconnect_max);
+        let channel = channels[attempt % channels.len()].clone();
+        drop(s);
+        match subscribe(&shared, channel).await {
+            Ok(()) => backoff = None,
+            Err(why) => tracing::debug!(error = %why, "allocation watch ended"),
+        }
+        // Exponential backoff with jitter (a fleet of routers must not reconnect in step).
+        let wait = backoff.map_or(min, |b: Duration| (b * 2).min(max));
+        backoff = Some(wait);
+        let jitter = wait.mul_f64(0.5 * crate::draw::uniform());
+        tokio::time::sleep(wait / 2 + jitter).await;
+    }
+}
+
+/// One subscription: `Ok` when it delivered tables before it ended (the next one starts from
+/// the shortest backoff).
+async fn subscribe(shared: &std::sync::Weak<Shared>, channel: Channel) -> Result<(), String> {
+    let (request, token, silence_limit) = {
+        let s = shared.upgrade().ok_or("allocator dropped")?;
+        let request = pb::WatchAllocationsRequest {
+            test_ids: s.options.test_ids.clone(),
+            client_id: s.options.client_id.clone(),
+        };
+        (request, s.options.token.clone(), s.options.stale_after)
+    };
+    let mut client = pb::allocator_client::AllocatorClient::new(channel.clone());
+    let mut call = tonic::Request::new(request);
+    if let Some(token) = &token {
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
+        call.metadata_mut().insert("authorization", value);
+    }
+    let mut stream = client
+        .watch_allocations(call)
+        .await
+        .map_err(|s| format!("WatchAllocations refused: {s}"))?
+        .into_inner();
+    let first = tokio::time::timeout(silence_limit, stream.message())
+        .await
+        .map_err(|_| "no tables within stale_after".to_string())?
+        .map_err(|s| format!("WatchAllocations failed: {s}"))?
+        .ok_or("WatchAllocations ended before its first tables")?;
+    let absent = {
+        let s = shared.upgrade().ok_or("allocator dropped")?;
+        apply(&s, first, true)
+    };
+    if !absent.is_empty() {
+        // Watching every test: the first tables hold only tests that have not ended, so the
+        // tests held here and missing there ended meanwhile. Their final tables are asked for
+        // by name.
+        final_tables(shared, channel, absent, token.as_deref()).await?;
+    }
+    loop {
+        let message = tokio::time::timeout(silence_limit, stream.message())
+            .await
+            .map_err(|_| format!("no word from the server for {silence_limit:?}"))?
+            .map_err(|s| format!("WatchAllocations failed: {s}"))?;
+        let Some(update) = message else {
+            return Ok(()); // the server's state closed (shutdown, role change)
+        };
+        let s = shared.upgrade().ok_or("allocator dropped")?;
+        apply(&s, update, false);
+    }
+}
+
+/// Asks for the tables of `test_ids` once and applies them.
+async fn final_tables(
+    shared: &std::sync::Weak<Shared>,
+    channel: Channel,
+    test_ids: Vec<String>,
+    token: Option<&str>,
+) -> Result<(), String> {
+    let client_id = shared
+        .upgrade()
+        .ok_or("allocator dropped")?
+        .options
+        .client_id
+        .clone();
+    let mut call = tonic::Request::new(pb::WatchAllocationsRequest {
+        test_ids,
+        client_id,
+    });
+    if let Some(token) = token {
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
+        call.metadata_mut().insert("authorization", value);
+    }
+    let mut client = pb::allocator_client::AllocatorClient::new(channel);
+    let mut stream = client
+        .watch_allocations(call)
+        .await
+        .map_err(|s| format!("WatchAllocations of ended tests refused: {s}"))?
+        .into_inner();
+    if let Some(update) = stream
+        .message()
+        .await
+        .map_err(|s| format!("WatchAllocations of ended tests failed: {s}"))?
+    {
+        let s = shared.upgrade().ok_or("allocator dropped")?;
+        apply(&s, update, false);
+    }
+    Ok(())
+}
+
+/// Applies an update (a confirmation even when it holds no table). `first`: the first update
+/// of a subscription; returns the tests held here that it lacks.
+fn apply(shared: &Shared, update: pb::AllocationUpdate, first: bool) -> Vec<String> {
+    shared.heard();
+    let mut absent = Vec::new();
+    if update.tables.is_empty() && !first {
+        return absent;
+    }
+    let current = shared.tables.load_full();
+    let mut next: Tables = (*current).clone();
+    if first && shared.options.test_ids.is_empty() {
+        let sent: std::collections::HashSet<&str> =
+            update.tables.iter().map(|t| t.test_id.as_str()).collect();
+        absent = next
+            .iter()
+            .filter(|(id, t)| !sent.contains(&***id) && !t.status.is_ended())
+            .map(|(id, _)| id.to_string())
+            .collect();
+    }
+    for table in update.tables {
+        let sequence = next
+            .get(table.test_id.as_str())
+            .map(|old| old.sequence.clone())
+            .unwrap_or_else(|| Arc::new(AtomicU64::new(start_sequence())));
+        match TestTable::from_pb(table, sequence) {
+            Ok(table) => shared.replace(&mut next, table),
+            Err(bad) => tracing::warn!(reason = %bad.0, "allocation table ignored"),
+        }
+    }
+    shared.tables.store(Arc::new(next));
+    shared.updates.send_modify(|n| *n += 1);
+    absent
+}
+
+/// Where a test's decision sequence starts in this process: at random, so a restarted client
+/// does not hand out the ids of its previous run again (until the 2²² sequence wraps).
+fn start_sequence() -> u64 {
+    (crate::draw::uniform() * (1u64 << 22) as f64) as u64
+}
