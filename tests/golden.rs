@@ -62,7 +62,7 @@ fn result_id_run_v1_decodes() {
 }
 
 #[test]
-fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
+fn stats_record_v1_json_v2_to_v5_binary_decode_to_the_same_record() {
     use arbiter::experiment::stats_record::codec;
     use arbiter::experiment::StatsRecord;
     use arbiter::storage::Record;
@@ -107,9 +107,24 @@ fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
     let last = t1.last_drift().expect("an alarm");
     assert_eq!((last.at, last.direction, last.statistic), (2, -1, 24.5));
     assert!(t1.drift_hold());
+    // Version 5 adds the decisions clients reported; earlier versions read as none.
+    assert!(tracked.client.is_empty());
+    let v5 = std::fs::read("tests/data/stats_record.v5.bin").expect("golden file");
+    let counted: StatsRecord = decode(key, &v5).expect("v5 decodes");
+    assert_eq!(
+        (counted.client.counts.clone(), counted.client.expected.clone()),
+        (vec![700, 300], vec![680.5, 319.5])
+    );
+    assert_eq!(
+        StatsRecord {
+            client: Default::default(),
+            ..counted.clone()
+        },
+        tracked
+    );
     let mut body = vec![StatsRecord::FORMAT_VERSION];
-    tracked.encode_body(&mut body).expect("encode");
-    assert_eq!(body, v4, "the encoder writes the same bytes");
+    counted.encode_body(&mut body).expect("encode");
+    assert_eq!(body, v5, "the encoder writes the same bytes");
     assert_eq!((new.arms[0].n, new.arms[0].wins), (2, 1));
     assert_eq!(new.arms[0].total(), 0.008);
     assert_eq!(new.arms[1].metrics["slippage_bps"].count, 3);
@@ -127,7 +142,7 @@ fn stats_record_v1_json_v2_v3_and_v4_binary_decode_to_the_same_record() {
     );
     assert!(truncated.to_string().contains("stats/t"), "{truncated}");
     let mut future = v2.clone();
-    future[0] = 5;
+    future[0] = 6;
     let unknown = decode::<StatsRecord>(key, &future).unwrap_err().to_string();
-    assert!(unknown.contains("format version 5"), "{unknown}");
+    assert!(unknown.contains("format version 6"), "{unknown}");
 }

@@ -79,3 +79,11 @@ for t in tracks:
     tail += bytes([t["hold"]])
 with open("stats_record.v4.bin", "wb") as f:
     f.write(b"\x04" + varint(300) + bytes(body) + bytes(tail))
+
+# Version 5: version 4 and the decisions clients reported: arm count, per arm the decisions,
+# per arm the expected decisions.
+client_counts, client_expected = [700, 300], [680.5, 319.5]
+client = varint(len(client_counts)) + b"".join(varint(c) for c in client_counts)
+client += b"".join(f64(e) for e in client_expected)
+with open("stats_record.v5.bin", "wb") as f:
+    f.write(b"\x05" + varint(300) + bytes(body) + bytes(tail) + bytes(client))
