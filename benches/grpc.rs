@@ -1,4 +1,6 @@
-//! Allocate through the real gRPC service on loopback: one client, one call at a time.
+//! Allocate through the real gRPC service on loopback (one client, one call at a time), and in
+//! the same run the client crate's `LocalAllocator::allocate` on tables the same server streams:
+//! 2, 8 and 32 arms (Thompson sampling), and a FIXED test with a unit key.
 //!
 //! `cargo bench --bench grpc`
 
@@ -18,7 +20,7 @@ fn grpc(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut client, stop) = runtime.block_on(async {
+    let (mut client, stop, url) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -35,8 +37,10 @@ fn grpc(c: &mut Criterion) {
         let test_id = arbiter::loadgen::create_test_on(&url)
             .await
             .expect("bench test");
-        let client = AllocatorClient::connect(url).await.expect("connect");
-        ((client, test_id), stop)
+        let client = AllocatorClient::connect(url.clone())
+            .await
+            .expect("connect");
+        ((client, test_id), stop, url)
     });
     let (ref mut allocator, ref test_id) = client;
     let mut group = c.benchmark_group("grpc");
@@ -59,7 +63,100 @@ fn grpc(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The same server's tables, decided in this process.
+    let local = runtime.block_on(local_allocator_on(&url));
+    let mut group = c.benchmark_group("client");
+    group.throughput(Throughput::Elements(1));
+    for (test_id, unit_key, name) in [
+        ("local-2", "", "local_allocate/2_arms"),
+        ("local-8", "", "local_allocate/8_arms"),
+        ("local-32", "", "local_allocate/32_arms"),
+        (
+            "local-fixed-8",
+            "order-20261204-000042",
+            "local_allocate_fixed_unit_key/8_arms",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                local
+                    .allocate(
+                        std::hint::black_box(test_id),
+                        std::hint::black_box(unit_key),
+                    )
+                    .expect("decision")
+            })
+        });
+    }
+    group.finish();
+    drop(local);
     let _ = stop.send(());
+}
+
+/// Registers 32 models on `url`, creates the tests the local benches decide on, and returns a
+/// client-side allocator holding their tables.
+async fn local_allocator_on(url: &str) -> arbiter_client::LocalAllocator {
+    use pb::register_model_request::Part;
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registry = pb::registry_client::RegistryClient::new(channel.clone());
+    let mut models = Vec::new();
+    for i in 0..32 {
+        let header = pb::RegisterModelHeader {
+            model_id: format!("local-m{i}"),
+            version: "1.0.0".into(),
+            model_type: pb::ModelType::Signal as i32,
+            created_by: "bench".into(),
+            ..Default::default()
+        };
+        let messages = vec![
+            pb::RegisterModelRequest {
+                part: Some(Part::Header(header)),
+            },
+            pb::RegisterModelRequest {
+                part: Some(Part::Chunk(b"bench".to_vec())),
+            },
+        ];
+        let m = registry
+            .register_model(tokio_stream::iter(messages))
+            .await
+            .expect("register")
+            .into_inner();
+        models.push(m.registry_id);
+    }
+    let mut experiments = pb::experiments_client::ExperimentsClient::new(channel);
+    for (test_id, arms, fixed) in [
+        ("local-2", 2, false),
+        ("local-8", 8, false),
+        ("local-32", 32, false),
+        ("local-fixed-8", 8, true),
+    ] {
+        experiments
+            .create_test(pb::CreateTestRequest {
+                test_id: test_id.into(),
+                created_by: "bench".into(),
+                model_registry_ids: models[..arms].to_vec(),
+                allocation_strategy: if fixed {
+                    pb::AllocationStrategy::Fixed as i32
+                } else {
+                    pb::AllocationStrategy::Unspecified as i32
+                },
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).expect("url");
+    let local = arbiter_client::LocalAllocator::start(
+        vec![endpoint],
+        arbiter_client::WatchOptions::new("bench"),
+    );
+    assert!(local.ready(Duration::from_secs(10)).await, "tables");
+    local
 }
 
 criterion_group!(benches, grpc);

@@ -112,7 +112,10 @@ fn stats_record_v1_json_v2_to_v5_binary_decode_to_the_same_record() {
     let v5 = std::fs::read("tests/data/stats_record.v5.bin").expect("golden file");
     let counted: StatsRecord = decode(key, &v5).expect("v5 decodes");
     assert_eq!(
-        (counted.client.counts.clone(), counted.client.expected.clone()),
+        (
+            counted.client.counts.clone(),
+            counted.client.expected.clone()
+        ),
         (vec![700, 300], vec![680.5, 319.5])
     );
     assert_eq!(
