@@ -923,3 +923,131 @@ async fn a_forwarded_call_is_its_callers_on_the_writer() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     assert!(refused.message().contains("forwarding key"), "{refused:?}");
 }
+
+/// A client that decides in its own process follows a standby: the standby streams the tables
+/// the writer's results make, the client's decision ids and decision counts reach the writer
+/// through the standby, and when the writer dies the client keeps deciding and follows the
+/// new writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deciding_locally_follows_a_standby_and_its_counts_reach_the_writer() {
+    let Some(_nats) = NatsCluster::start(3) else {
+        return;
+    };
+    let urls = _nats.urls();
+    let flags = cluster_flags(&urls, "local");
+    let disks: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (mut writer, models) = writer_with_test(disks[0].path(), &flags).await;
+    let standby = spawn_following(disks[1].path(), &flags).await;
+    let second = std::time::Duration::from_secs(10);
+    until_equal(&1, second, || async {
+        storage_health_on(standby.channel().await).await
+    })
+    .await;
+
+    // The client knows only the standby.
+    let endpoint = tonic::transport::Endpoint::from_shared(standby.url.clone()).expect("url");
+    let allocator = arbiter_client::LocalAllocator::start(
+        vec![endpoint.clone()],
+        arbiter_client::WatchOptions::new("router-cluster").tests(["t"]),
+    );
+    assert!(allocator.ready(second).await, "tables from the standby");
+    assert_eq!(allocator.probabilities("t").expect("table"), vec![0.5, 0.5]);
+    let reporter = arbiter_client::Reporter::start(
+        vec![endpoint],
+        Some(allocator.clone()),
+        arbiter_client::ReporterOptions::new("router-cluster"),
+    );
+
+    // Results acknowledged by the writer move the table the client holds.
+    let tilted: Vec<pb::ResultBatch> = (0..4)
+        .map(|b| pb::ResultBatch {
+            sequence: b,
+            results: (0..100)
+                .map(|i| pb::ResultRecord {
+                    test_id: "t".into(),
+                    attribution: Some(pb::result_record::Attribution::ModelRegistryId(
+                        models[i % 2].clone(),
+                    )),
+                    return_value: if i % 2 == 1 { 0.02 } else { -0.01 } + (i % 3) as f64 * 1e-4,
+                    result_id: format!("tilt-{b}-{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    ingest(&mut writer.allocator().await, tilted)
+        .await
+        .expect("acknowledged by the writer");
+    assert!(
+        allocator
+            .wait_for_table("t", second, |_, _, p| p[1] > 0.7)
+            .await,
+        "the writer's new table never reached the client through the standby: {:?}",
+        allocator.probabilities("t")
+    );
+
+    // Decisions made in the client: results attributed by their ids, and the counts, reach the
+    // writer through the standby.
+    let mut counts = [0u64; 2];
+    for _ in 0..500 {
+        let d = allocator.allocate("t", "").expect("decision");
+        counts[d.arm_index()] += 1;
+        reporter.report(d.result(0.001, "")).await;
+    }
+    assert!(reporter.flush(second).await, "acknowledged");
+    let stats = reporter.stats();
+    assert_eq!((stats.accepted, stats.rejected), (500, 0), "{stats:?}");
+    let allocations = |node: &Binary| {
+        let url = node.url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            pb::experiments_client::ExperimentsClient::new(channel)
+                .get_test_results(pb::GetTestResultsRequest {
+                    test_id: "t".into(),
+                })
+                .await
+                .expect("results")
+                .into_inner()
+                .arms
+                .iter()
+                .map(|a| a.allocations)
+                .collect::<Vec<u64>>()
+        }
+    };
+    // The writer's own count is 0: every decision was the client's.
+    until_equal(&counts.to_vec(), second, || allocations(&writer)).await;
+    until_equal(&counts.to_vec(), second, || allocations(&standby)).await;
+
+    // The writer dies: the client keeps deciding from its table, then the standby takes over
+    // and streams again.
+    writer.child.kill().expect("kill -9");
+    writer.child.wait().expect("reaped");
+    for _ in 0..100 {
+        allocator
+            .allocate("t", "")
+            .expect("decision while the writer is gone");
+    }
+    until_equal(&1, std::time::Duration::from_secs(30), || async {
+        health_on(standby.channel().await, "arbiter.v1.Writer").await
+    })
+    .await;
+    let mut waited = std::time::Duration::ZERO;
+    while allocator.freshness() != arbiter_client::Freshness::Current {
+        assert!(waited < second, "never current again after the handover");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        waited += std::time::Duration::from_millis(20);
+    }
+    assert!(
+        reporter.flush(second).await,
+        "the counts reach the new writer"
+    );
+    let after = allocations(&standby).await;
+    assert_eq!(after.iter().sum::<u64>(), 600, "{after:?}");
+}

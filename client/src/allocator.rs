@@ -202,7 +202,10 @@ impl Hasher for IdHasher {
     }
 }
 
-pub(crate) type Tables = HashMap<Box<str>, Arc<TestTable>, BuildHasherDefault<IdHasher>>;
+/// The tests held, each in a slot of its own: a new table of a known test replaces the slot's
+/// content and leaves the map alone (10 000 watched tests must not mean a map copy per update);
+/// only a new test copies the map.
+pub(crate) type Tables = HashMap<Box<str>, Arc<ArcSwap<TestTable>>, BuildHasherDefault<IdHasher>>;
 
 /// What the allocator, its watcher and a reporter share.
 #[derive(Debug)]
@@ -251,13 +254,21 @@ impl Shared {
         self.freshness.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Puts `table` in place of the test's previous one.
-    pub(crate) fn replace(&self, next: &mut Tables, table: TestTable) {
-        let id = table.test_id.clone();
-        if let Some(old) = next.insert(id, Arc::new(table)) {
-            if old.status == TestStatus::Running && self.counting.load(Ordering::Relaxed) {
-                self.retired.lock().expect("retired tables").push(old);
-            }
+    /// The table held for `test_id`.
+    #[inline]
+    pub(crate) fn table(&self, test_id: &str) -> Option<Arc<TestTable>> {
+        self.tables.load().get(test_id).map(|slot| slot.load_full())
+    }
+
+    /// Puts `table` in its test's slot (or a new slot, in `added`, for a test not held yet).
+    pub(crate) fn replace(&self, tables: &Tables, added: &mut Vec<TestTable>, table: TestTable) {
+        let Some(slot) = tables.get(&*table.test_id) else {
+            added.push(table);
+            return;
+        };
+        let old = slot.swap(Arc::new(table));
+        if old.status == TestStatus::Running && self.counting.load(Ordering::Relaxed) {
+            self.retired.lock().expect("retired tables").push(old);
         }
     }
 }
@@ -318,8 +329,7 @@ impl LocalAllocator {
     /// same arm the server's `Allocate` gives it.
     #[inline]
     pub fn allocate(&self, test_id: &str, unit_key: &str) -> Result<Decision, AllocateError> {
-        let tables = self.shared.tables.load();
-        let Some(table) = tables.get(test_id) else {
+        let Some(table) = self.shared.table(test_id) else {
             return Err(AllocateError::UnknownTest(test_id.to_string()));
         };
         let freshness = Freshness::from_u8(self.shared.freshness.load(Ordering::Relaxed));
@@ -336,7 +346,7 @@ impl LocalAllocator {
         };
         Ok(Decision {
             decision_id: table.mint(arm, running),
-            table: table.clone(),
+            table,
             arm: arm as u8,
             propensity,
             stale: freshness != Freshness::Current,
@@ -351,27 +361,18 @@ impl LocalAllocator {
 
     /// The version and status of the table held for `test_id`.
     pub fn table_of(&self, test_id: &str) -> Option<(u64, TestStatus)> {
-        self.shared
-            .tables
-            .load()
-            .get(test_id)
-            .map(|t| (t.version, t.status))
+        self.shared.table(test_id).map(|t| (t.version, t.status))
     }
 
     /// The winner of `test_id`, once the table held says it ended with one.
     pub fn winner(&self, test_id: &str) -> Option<String> {
-        let tables = self.shared.tables.load();
-        let table = tables.get(test_id)?;
+        let table = self.shared.table(test_id)?;
         table.winner.map(|w| table.arm_ids[w as usize].to_string())
     }
 
     /// The probabilities of the table held for `test_id`, per arm.
     pub fn probabilities(&self, test_id: &str) -> Option<Vec<f64>> {
-        self.shared
-            .tables
-            .load()
-            .get(test_id)
-            .map(|t| t.probabilities.to_vec())
+        self.shared.table(test_id).map(|t| t.probabilities.to_vec())
     }
 
     /// Keeps replaced RUNNING tables until their decisions are taken ([`Self::take_counts`]).
@@ -407,8 +408,8 @@ impl LocalAllocator {
                 !last
             });
         }
-        for table in self.shared.tables.load().values() {
-            take(table);
+        for slot in self.shared.tables.load().values() {
+            take(&slot.load());
         }
         out
     }
@@ -425,7 +426,7 @@ impl LocalAllocator {
         let wait = async {
             loop {
                 updates.borrow_and_update();
-                if let Some(t) = self.shared.tables.load().get(test_id) {
+                if let Some(t) = self.shared.table(test_id) {
                     if pred(t.version, t.status, &t.probabilities) {
                         return true;
                     }

@@ -13,6 +13,10 @@ use crate::allocator::{Shared, Tables};
 use crate::pb;
 use crate::table::TestTable;
 
+/// Largest update accepted: the first one holds every watched table (10 000 tests of 32 arms
+/// take about 15 MiB).
+const MAX_UPDATE_BYTES: usize = 64 << 20;
+
 /// How often the freshness is re-read from the time since the last confirmation.
 const FRESHNESS_TICK: Duration = Duration::from_millis(50);
 
@@ -88,7 +92,8 @@ async fn subscribe(shared: &std::sync::Weak<Shared>, channel: Channel) -> Result
         };
         (request, s.options.token.clone(), s.options.stale_after)
     };
-    let mut client = pb::allocator_client::AllocatorClient::new(channel.clone());
+    let mut client = pb::allocator_client::AllocatorClient::new(channel.clone())
+        .max_decoding_message_size(MAX_UPDATE_BYTES);
     let mut call = tonic::Request::new(request);
     if let Some(token) = &token {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
@@ -150,7 +155,8 @@ async fn final_tables(
             .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
         call.metadata_mut().insert("authorization", value);
     }
-    let mut client = pb::allocator_client::AllocatorClient::new(channel);
+    let mut client = pb::allocator_client::AllocatorClient::new(channel)
+        .max_decoding_message_size(MAX_UPDATE_BYTES);
     let mut stream = client
         .watch_allocations(call)
         .await
@@ -176,27 +182,35 @@ fn apply(shared: &Shared, update: pb::AllocationUpdate, first: bool) -> Vec<Stri
         return absent;
     }
     let current = shared.tables.load_full();
-    let mut next: Tables = (*current).clone();
     if first && shared.options.test_ids.is_empty() {
         let sent: std::collections::HashSet<&str> =
             update.tables.iter().map(|t| t.test_id.as_str()).collect();
-        absent = next
+        absent = current
             .iter()
-            .filter(|(id, t)| !sent.contains(&***id) && !t.status.is_ended())
+            .filter(|(id, slot)| !sent.contains(&***id) && !slot.load().status.is_ended())
             .map(|(id, _)| id.to_string())
             .collect();
     }
+    let mut added = Vec::new();
     for table in update.tables {
-        let sequence = next
+        let sequence = current
             .get(table.test_id.as_str())
-            .map(|old| old.sequence.clone())
+            .map(|slot| slot.load().sequence.clone())
             .unwrap_or_else(|| Arc::new(AtomicU64::new(start_sequence())));
         match TestTable::from_pb(table, sequence) {
-            Ok(table) => shared.replace(&mut next, table),
+            Ok(table) => shared.replace(&current, &mut added, table),
             Err(bad) => tracing::warn!(reason = %bad.0, "allocation table ignored"),
         }
     }
-    shared.tables.store(Arc::new(next));
+    if !added.is_empty() {
+        // Only the watcher task writes the map: no update can come between the load and this.
+        let mut next: Tables = (*current).clone();
+        for table in added {
+            let id = table.test_id.clone();
+            next.insert(id, Arc::new(arc_swap::ArcSwap::from_pointee(table)));
+        }
+        shared.tables.store(Arc::new(next));
+    }
     shared.updates.send_modify(|n| *n += 1);
     absent
 }

@@ -131,6 +131,10 @@ impl Watch {
                     }
                 }
                 () = tokio::time::sleep_until(heartbeat_due) => {
+                    if let Err(revoked) = authn::still_valid(&self.identity) {
+                        let _ = tx.send(Err(revoked)).await;
+                        return;
+                    }
                     if self.experiments.view_current() {
                         if tx.send(Ok(pb::AllocationUpdate::default())).await.is_err() {
                             return;
