@@ -328,8 +328,10 @@ impl Authenticator {
     pub fn reload(&self) -> Result<usize, AuthError> {
         let table = AuthTable::load(&self.path)?;
         let n = table.len();
-        let old = self.table.swap(Arc::new(table));
-        old.revoke_missing_from(&self.table.load());
+        // Revoked before the new table serves: once a new call is refused, every stream opened
+        // with the old credential ends at its next message.
+        self.table.load().revoke_missing_from(&table);
+        self.table.store(Arc::new(table));
         Ok(n)
     }
 
