@@ -436,8 +436,15 @@ impl Experiments {
                 continue;
             }
             labelled += 1;
-            let allocations = state.allocation_record().counts;
-            let results: Vec<u64> = state.book.lock().stats.arms.iter().map(|a| a.n).collect();
+            let mut allocations = state.allocation_record().counts;
+            let results: Vec<u64> = {
+                let book = state.book.lock();
+                // Decisions clients drew in their own process count too, as in the results.
+                for (total, c) in allocations.iter_mut().zip(&book.stats.client.counts) {
+                    *total = total.saturating_add(*c);
+                }
+                book.stats.arms.iter().map(|a| a.n).collect()
+            };
             for (i, arm) in state.config.arms.iter().enumerate() {
                 let labels = [
                     ("test", entry.key().to_string()),

@@ -436,26 +436,26 @@ async fn decision_counts_are_checked_and_counted_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path()).await;
     test_over_two_models(&server, "t").await;
-    let counts = |counts: Vec<u64>, probabilities: Vec<f64>, id: &str| pb::DecisionCounts {
+    let counts = |counts: Vec<u64>, expected: Vec<f64>, id: &str| pb::DecisionCounts {
         test_id: "t".into(),
         table_version: 1,
         counts,
-        probabilities,
+        expected,
         counts_id: id.into(),
     };
     let batch = pb::ResultBatch {
         sequence: 1,
         results: Vec::new(),
         decision_counts: vec![
-            counts(vec![10, 30], vec![0.5, 0.5], "ok"),
-            counts(vec![10, 30], vec![0.5, 0.5], "ok"), // the same id again
+            counts(vec![10, 30], vec![20.0, 20.0], "ok"),
+            counts(vec![10, 30], vec![20.0, 20.0], "ok"), // the same id again
             counts(vec![1], vec![1.0], "short"),
-            counts(vec![1, 1], vec![0.7, 0.7], "not-a-distribution"),
-            counts(vec![1, 1], vec![0.5, 0.5], ""),
+            counts(vec![1, 1], vec![0.7, 0.7], "expected-not-the-decisions"),
+            counts(vec![1, 1], vec![1.0, 1.0], ""),
             counts(vec![0, 1], vec![1.0, 0.0], "impossible-arm"),
             pb::DecisionCounts {
                 test_id: "nope".into(),
-                ..counts(vec![1, 1], vec![0.5, 0.5], "unknown-test")
+                ..counts(vec![1, 1], vec![1.0, 1.0], "unknown-test")
             },
         ],
     };
@@ -487,7 +487,7 @@ async fn decision_counts_are_checked_and_counted_once() {
     );
     for (r, words) in ack.counts_rejected.iter().zip([
         "of 2 arms",
-        "probability distribution",
+        "sum to the 2 decisions",
         "counts_id",
         "probability 0",
         "nope",
@@ -497,5 +497,43 @@ async fn decision_counts_are_checked_and_counted_once() {
     let results = test_results(&server, "t").await;
     let allocations: Vec<u64> = results.arms.iter().map(|a| a.allocations).collect();
     assert_eq!(allocations, vec![10, 30], "added once");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_the_server_refuses_whole_is_split_and_every_result_still_counts_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = TestServer::config(dir.path());
+    config.ingest.max_batch_records = 10;
+    let server = TestServer::start_config(config).await;
+    test_over_two_models(&server, "t").await;
+    let mut options = arbiter_client::ReporterOptions::new("streamer-f");
+    options.max_batch = 25; // over the server's limit of 10 records per batch
+    options.linger = Duration::from_millis(50);
+    let reporter = arbiter_client::Reporter::start(vec![endpoint(&server)], None, options);
+    for i in 0..200u64 {
+        reporter
+            .report(arbiter_client::pb::ResultRecord {
+                test_id: "t".into(),
+                attribution: Some(arbiter_client::pb::result_record::Attribution::ArmId(
+                    format!("arm_{}", i % 2),
+                )),
+                return_value: 0.001,
+                ..Default::default()
+            })
+            .await;
+    }
+    assert!(reporter.flush(Duration::from_secs(20)).await, "flush");
+    let stats = reporter.stats();
+    assert_eq!(
+        (stats.accepted + stats.duplicates, stats.rejected),
+        (200, 0),
+        "{stats:?}"
+    );
+    assert!(
+        stats.resent_batches > 0,
+        "the refused batches went again, split: {stats:?}"
+    );
+    assert_eq!(test_results(&server, "t").await.total_requests, 200);
     server.stop().await;
 }

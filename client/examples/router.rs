@@ -76,9 +76,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut deciding = Duration::ZERO;
     let mut stale = 0u64;
+    let mut unit_key = String::new();
     for signal in 0..args.signals {
+        unit_key.clear();
+        use std::fmt::Write;
+        let _ = write!(unit_key, "signal-{signal}");
         let t = Instant::now();
-        let decision = allocator.allocate(&args.test_id, &format!("signal-{signal}"))?;
+        let decision = allocator.allocate(&args.test_id, &unit_key)?;
         deciding += t.elapsed();
         stale += u64::from(decision.stale);
         // The fill: a made-up return, a little better for arm_1.

@@ -216,12 +216,44 @@ pub(crate) struct Shared {
     /// When the server last confirmed the tables, in ms since `epoch` (`u64::MAX`: never).
     heard_at: AtomicU64,
     epoch: Instant,
-    /// Replaced RUNNING tables whose counts a reporter has not taken yet (kept only once a
-    /// reporter counts).
-    pub(crate) retired: Mutex<Vec<Arc<TestTable>>>,
-    pub(crate) counting: std::sync::atomic::AtomicBool,
+    /// Replaced RUNNING tables that some thread may still draw from; folded into `unreported`
+    /// once none can.
+    retired: Mutex<Vec<Arc<TestTable>>>,
+    /// Per test, decisions of replaced tables not yet taken by a reporter. Bounded by the tests
+    /// held, however many tables come and go.
+    unreported: Mutex<HashMap<Box<str>, Unreported>>,
     /// Counts the updates applied (0: no tables yet).
     pub(crate) updates: tokio::sync::watch::Sender<u64>,
+}
+
+/// A test's decisions not yet reported: per arm the decisions and their expected number (each
+/// table's decisions times the arm's probability in it), and the latest table version.
+#[derive(Debug, Default)]
+struct Unreported {
+    counts: Vec<u64>,
+    expected: Vec<f64>,
+    version: u64,
+}
+
+impl Unreported {
+    /// Takes what `table` counted since the last take.
+    fn take_from(&mut self, table: &TestTable) {
+        let counts = table.take_counts();
+        let n: u64 = counts.iter().sum();
+        if n == 0 {
+            return;
+        }
+        let k = counts.len();
+        self.counts.resize(k, 0);
+        self.expected.resize(k, 0.0);
+        for (total, c) in self.counts.iter_mut().zip(&counts) {
+            *total = total.saturating_add(*c);
+        }
+        for (total, p) in self.expected.iter_mut().zip(table.probabilities.iter()) {
+            *total += n as f64 * p;
+        }
+        self.version = self.version.max(table.version);
+    }
 }
 
 impl Shared {
@@ -245,6 +277,7 @@ impl Shared {
 
     /// Re-reads the freshness from the time since the server last confirmed the tables.
     pub(crate) fn update_freshness(&self) {
+        let heard_at = self.heard_at.load(Ordering::Acquire);
         let state = match self.silence() {
             None => Freshness::Empty,
             Some(s) if self.options.max_age.is_some_and(|max| s > max) => Freshness::Expired,
@@ -252,6 +285,11 @@ impl Shared {
             Some(_) => Freshness::Current,
         };
         self.freshness.store(state as u8, Ordering::Relaxed);
+        // A confirmation that came while this was computed wins.
+        if self.heard_at.load(Ordering::Acquire) != heard_at {
+            self.freshness
+                .store(Freshness::Current as u8, Ordering::Relaxed);
+        }
     }
 
     /// The table held for `test_id`.
@@ -261,24 +299,49 @@ impl Shared {
     }
 
     /// Puts `table` in its test's slot (or a new slot, in `added`, for a test not held yet).
+    /// An ended test stays ended: a table that says otherwise (from an arbiter that has not yet
+    /// applied the end) is ignored.
     pub(crate) fn replace(&self, tables: &Tables, added: &mut Vec<TestTable>, table: TestTable) {
         let Some(slot) = tables.get(&*table.test_id) else {
             added.push(table);
             return;
         };
-        let old = slot.swap(Arc::new(table));
-        if old.status == TestStatus::Running && self.counting.load(Ordering::Relaxed) {
-            self.retired.lock().expect("retired tables").push(old);
+        if slot.load().status.is_ended() && !table.status.is_ended() {
+            return;
         }
+        let old = slot.swap(Arc::new(table));
+        if old.status == TestStatus::Running {
+            let mut retired = self.retired.lock().expect("retired tables");
+            retired.push(old);
+            self.fold_retired(&mut retired);
+        }
+    }
+
+    /// Folds the retired tables no thread can draw from any more into `unreported`.
+    fn fold_retired(&self, retired: &mut Vec<Arc<TestTable>>) {
+        let mut unreported = self.unreported.lock().expect("unreported counts");
+        retired.retain(|table| {
+            // Checked before taking: once only this list holds the table, nothing can draw from
+            // it any more, so what is taken now is all it will ever count.
+            let last = Arc::strong_count(table) == 1;
+            if last {
+                unreported
+                    .entry(table.test_id.clone())
+                    .or_default()
+                    .take_from(table);
+            }
+            !last
+        });
     }
 }
 
 /// Decides allocations in this process from the allocation tables a server streams
 /// (`WatchAllocations`), with the server's propensities and decision ids it accepts.
 ///
-/// [`LocalAllocator::allocate`] takes no lock and allocates nothing on the heap: one atomic load
-/// of the table map, a hash lookup, a uniform draw, two relaxed atomic increments and a
-/// SipHash of eight bytes. A background task (on the tokio runtime it was started on) keeps the
+/// [`LocalAllocator::allocate`] takes no lock and allocates nothing on the heap: an atomic load
+/// of the table map and of the test's slot (which takes a reference to the table, shared by
+/// every thread deciding on the test), a hash lookup, a uniform draw, two relaxed atomic
+/// increments and a SipHash of eight bytes. A background task (on the tokio runtime it was started on) keeps the
 /// tables current, reconnects with backoff, and tries the next endpoint when one fails or
 /// falls silent. Cheap to clone; the task stops when the last clone is dropped.
 #[derive(Debug, Clone)]
@@ -307,7 +370,7 @@ impl LocalAllocator {
             heard_at: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             retired: Mutex::new(Vec::new()),
-            counting: std::sync::atomic::AtomicBool::new(false),
+            unreported: Mutex::default(),
             updates: tokio::sync::watch::channel(0).0,
         });
         let task = crate::watcher::spawn(shared.clone(), endpoints);
@@ -375,43 +438,41 @@ impl LocalAllocator {
         self.shared.table(test_id).map(|t| t.probabilities.to_vec())
     }
 
-    /// Keeps replaced RUNNING tables until their decisions are taken ([`Self::take_counts`]).
-    pub(crate) fn start_counting(&self) {
-        self.shared.counting.store(true, Ordering::Relaxed);
-    }
-
-    /// Takes the decisions drawn from RUNNING tables since the last call, one entry per table
-    /// version with any (what a [`crate::Reporter`] sends). From the first call on, replaced
-    /// tables are kept until their decisions are taken.
+    /// Takes the decisions drawn from RUNNING tables since the last call: one entry per test
+    /// with any (what a [`crate::Reporter`] sends), its `counts_id` left for the caller.
     pub(crate) fn take_counts(&self) -> Vec<crate::pb::DecisionCounts> {
-        self.start_counting();
-        let mut out = Vec::new();
-        let mut take = |table: &TestTable| {
-            let counts = table.take_counts();
-            if counts.iter().any(|&c| c > 0) {
-                out.push(crate::pb::DecisionCounts {
-                    test_id: table.test_id.to_string(),
-                    table_version: table.version,
-                    counts,
-                    probabilities: table.probabilities.to_vec(),
-                    counts_id: String::new(),
-                });
+        let shared = &self.shared;
+        let mut retired = shared.retired.lock().expect("retired tables");
+        shared.fold_retired(&mut retired);
+        let mut unreported = shared.unreported.lock().expect("unreported counts");
+        // Tables still held by a drawing thread: what they counted so far.
+        for table in retired.iter() {
+            unreported
+                .entry(table.test_id.clone())
+                .or_default()
+                .take_from(table);
+        }
+        drop(retired);
+        for slot in shared.tables.load().values() {
+            let table = slot.load();
+            if table.status == TestStatus::Running {
+                unreported
+                    .entry(table.test_id.clone())
+                    .or_default()
+                    .take_from(&table);
             }
-        };
-        {
-            let mut retired = self.shared.retired.lock().expect("retired tables");
-            retired.retain(|table| {
-                // Checked before taking: once only this list holds the table, nothing can draw
-                // from it any more, so what is taken now is all it will ever count.
-                let last = Arc::strong_count(table) == 1;
-                take(table);
-                !last
-            });
         }
-        for slot in self.shared.tables.load().values() {
-            take(&slot.load());
-        }
-        out
+        unreported
+            .drain()
+            .filter(|(_, u)| !u.counts.is_empty())
+            .map(|(test_id, u)| crate::pb::DecisionCounts {
+                test_id: test_id.into(),
+                table_version: u.version,
+                counts: u.counts,
+                expected: u.expected,
+                counts_id: String::new(),
+            })
+            .collect()
     }
 
     /// Waits until the table of `test_id` satisfies `pred` (version, status, probabilities),

@@ -123,6 +123,14 @@ struct Shared {
     room: Semaphore,
     /// Results and decision counts not yet acknowledged (queued, taken, in flight).
     outstanding: tokio::sync::watch::Sender<u64>,
+    /// Results queued so far, and results acknowledged so far (in the same order).
+    results_queued: AtomicU64,
+    results_settled: AtomicU64,
+    /// Decision counts taken so far, and acknowledged so far (in the same order).
+    counts_queued: AtomicU64,
+    counts_settled: AtomicU64,
+    /// Bumped at every acknowledgement: wakes flushes.
+    progress: tokio::sync::watch::Sender<()>,
     /// Flushes asked for so far: each wants the decision counts taken after it was asked.
     counts_asked: AtomicU64,
     /// The flushes whose decision counts are taken (and outstanding until acknowledged).
@@ -154,8 +162,8 @@ pub struct Reporter {
 impl Reporter {
     /// Starts reporting through `endpoints` (the arbiters of a cluster, or one server), in turn
     /// after each failure. With `allocator`, the decisions it draws are reported too (every
-    /// `linger`), so the server's allocation counts and sample-ratio check include them. Must
-    /// be called within a tokio runtime.
+    /// `counts_every`, one entry per test), so the server's allocation counts and sample-ratio
+    /// check include them. Must be called within a tokio runtime.
     ///
     /// # Panics
     ///
@@ -166,12 +174,24 @@ impl Reporter {
         options: ReporterOptions,
     ) -> Self {
         assert!(!endpoints.is_empty(), "Reporter::start needs an endpoint");
+        // Settings that would stall or panic the sender are taken at their nearest sane value.
+        let mut options = options;
+        options.max_batch = options.max_batch.max(1);
+        options.max_in_flight = options.max_in_flight.max(1);
+        options.linger = options.linger.max(Duration::from_millis(1));
+        options.counts_every = options.counts_every.max(Duration::from_millis(10));
+        options.capacity = options.capacity.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             room: Semaphore::new(options.capacity),
             options,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             outstanding: tokio::sync::watch::channel(0).0,
+            results_queued: AtomicU64::new(0),
+            results_settled: AtomicU64::new(0),
+            counts_queued: AtomicU64::new(0),
+            counts_settled: AtomicU64::new(0),
+            progress: tokio::sync::watch::channel(()).0,
             counts_asked: AtomicU64::new(0),
             counts_taken: AtomicU64::new(0),
             stats: Mutex::default(),
@@ -179,10 +199,6 @@ impl Reporter {
             next_id: AtomicU64::new(0),
             run: (crate::draw::uniform() * (1u64 << 53) as f64) as u64,
         });
-        if let Some(allocator) = &allocator {
-            // From now on replaced tables are kept until their decisions are reported.
-            allocator.start_counting();
-        }
         let channels: Vec<Channel> = endpoints
             .into_iter()
             .map(|e| {
@@ -229,6 +245,7 @@ impl Reporter {
         self.shared.outstanding.send_modify(|n| *n += 1);
         let full = {
             let mut queue = self.shared.queue.lock().expect("queue");
+            self.shared.results_queued.fetch_add(1, Ordering::AcqRel);
             queue.push_back(result);
             queue.len() >= self.shared.options.max_batch
         };
@@ -238,18 +255,32 @@ impl Reporter {
     }
 
     /// Sends what is queued and the allocator's decision counts now, and waits until the server
-    /// has acknowledged everything reported so far, at most `timeout`; whether it did.
+    /// has acknowledged every result reported before this call and those counts, at most
+    /// `timeout`; whether it did. Results reported meanwhile by other tasks are not waited for.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        let asked = self.shared.counts_asked.fetch_add(1, Ordering::AcqRel) + 1;
-        self.shared.wake.notify_one();
-        let mut outstanding = self.shared.outstanding.subscribe();
+        let shared = &self.shared;
+        let results = shared.results_queued.load(Ordering::Acquire);
+        let asked = shared.counts_asked.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.wake.notify_one();
+        let mut progress = shared.progress.subscribe();
         let done = async {
             // The counts are taken by the sender after this call: wait until it has.
-            while self.shared.counts_taken.load(Ordering::Acquire) < asked {
-                self.shared.wake.notify_one();
+            while shared.counts_taken.load(Ordering::Acquire) < asked {
+                shared.wake.notify_one();
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            outstanding.wait_for(|&n| n == 0).await.is_ok()
+            let counts = shared.counts_queued.load(Ordering::Acquire);
+            loop {
+                progress.borrow_and_update();
+                if shared.results_settled.load(Ordering::Acquire) >= results
+                    && shared.counts_settled.load(Ordering::Acquire) >= counts
+                {
+                    return true;
+                }
+                if progress.changed().await.is_err() {
+                    return false;
+                }
+            }
         };
         tokio::time::timeout(timeout, done).await.unwrap_or(false)
     }
@@ -303,13 +334,108 @@ async fn run(
         .await
         {
             Ok(()) => backoff = None,
-            Err(why) => tracing::debug!(error = %why, "result stream ended"),
+            Err(StreamEnd::Refused(status)) if refuses_the_batch(&status) => {
+                // The server refused the first unacknowledged batch as a whole (over its
+                // limits, say): sent again unchanged it would be refused forever.
+                tracing::warn!(error = %status, "a result batch was refused whole; splitting it");
+                split_front(&s, &mut unacknowledged, &status);
+                backoff = None;
+                continue;
+            }
+            Err(StreamEnd::Refused(status)) => {
+                tracing::warn!(error = %status, "result stream ended; reconnecting")
+            }
+            Err(StreamEnd::Failed(why)) => {
+                tracing::warn!(error = %why, "result stream ended; reconnecting")
+            }
         }
         let (min, max) = (s.options.reconnect_min, s.options.reconnect_max);
         drop(s);
         let wait = backoff.map_or(min, |b| (b * 2).min(max));
         backoff = Some(wait);
         tokio::time::sleep(wait / 2 + wait.mul_f64(0.5 * crate::draw::uniform())).await;
+    }
+}
+
+/// How a result stream ended.
+enum StreamEnd {
+    /// The server answered with this status.
+    Refused(tonic::Status),
+    /// The connection or the exchange failed.
+    Failed(String),
+}
+
+impl From<String> for StreamEnd {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
+impl From<&str> for StreamEnd {
+    fn from(why: &str) -> Self {
+        Self::Failed(why.to_string())
+    }
+}
+
+/// Whether `status` refuses a batch for what it holds (sending it again would fail again).
+fn refuses_the_batch(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+    )
+}
+
+/// Splits the first unacknowledged batch in two; one that holds a single item is given up,
+/// kept as a rejection.
+fn split_front(shared: &Shared, unacknowledged: &mut VecDeque<InFlight>, status: &tonic::Status) {
+    let Some(InFlight { batch, .. }) = unacknowledged.pop_front() else {
+        return;
+    };
+    let items = batch.results.len() + batch.decision_counts.len();
+    if items <= 1 {
+        let mut stats = shared.stats.lock().expect("stats");
+        stats.rejected += batch.results.len() as u64;
+        drop(stats);
+        let mut kept = shared.rejections.lock().expect("rejections");
+        kept.push_back(Rejection {
+            result: batch.results.first().cloned(),
+            counts: batch.decision_counts.first().cloned(),
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        });
+        while kept.len() > MAX_KEPT_REJECTIONS {
+            kept.pop_front();
+        }
+        drop(kept);
+        release(shared, batch.results.len(), batch.decision_counts.len());
+        return;
+    }
+    let pb::ResultBatch {
+        mut results,
+        mut decision_counts,
+        ..
+    } = batch;
+    let (second_results, second_counts) = if results.len() >= 2 {
+        (results.split_off(results.len() / 2), Vec::new())
+    } else if decision_counts.len() >= 2 {
+        (
+            Vec::new(),
+            decision_counts.split_off(decision_counts.len() / 2),
+        )
+    } else {
+        // One result and one count.
+        (Vec::new(), std::mem::take(&mut decision_counts))
+    };
+    let halves = [(results, decision_counts), (second_results, second_counts)];
+    for (results, decision_counts) in halves.into_iter().rev() {
+        unacknowledged.push_front(InFlight {
+            sequence: 0, // numbered when sent again
+            batch: pb::ResultBatch {
+                sequence: 0,
+                results,
+                decision_counts,
+            },
+        });
     }
 }
 
@@ -321,9 +447,11 @@ async fn stream(
     channel: Channel,
     unacknowledged: &mut VecDeque<InFlight>,
     next_sequence: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), StreamEnd> {
     let options = &shared.options;
-    let (tx, rx) = mpsc::channel::<pb::ResultBatch>(options.max_in_flight.max(1));
+    // Room for every batch to resend (a split may have added one) and the new ones.
+    let (tx, rx) =
+        mpsc::channel::<pb::ResultBatch>(options.max_in_flight.max(unacknowledged.len()));
     let mut call = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &options.token {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
@@ -346,7 +474,7 @@ async fn stream(
     let mut acks = client
         .ingest_results(call)
         .await
-        .map_err(|s| format!("IngestResults refused: {s}"))?
+        .map_err(StreamEnd::Refused)?
         .into_inner();
     let mut acknowledged_any = false;
     let mut linger = tokio::time::interval(options.linger);
@@ -359,18 +487,19 @@ async fn stream(
                 let ack = match ack {
                     Ok(Some(ack)) => ack,
                     Ok(None) => return if acknowledged_any { Ok(()) } else {
-                        Err("the server ended the stream".into())
+                        Err(StreamEnd::Failed("the server ended the stream".into()))
                     },
-                    Err(status) => return Err(format!("IngestResults failed: {status}")),
+                    Err(status) => return Err(StreamEnd::Refused(status)),
                 };
                 let Some(front) = unacknowledged.front() else {
-                    return Err(format!("acknowledgement {} of no batch", ack.sequence));
+                    return Err(format!("acknowledgement {} of no batch", ack.sequence).into());
                 };
                 if front.sequence != ack.sequence {
                     return Err(format!(
                         "acknowledgement {} where {} was due",
                         ack.sequence, front.sequence
-                    ));
+                    )
+                    .into());
                 }
                 let sent = unacknowledged.pop_front().expect("front exists");
                 settle(shared, sent.batch, ack);
@@ -426,6 +555,9 @@ async fn send_batch(
     shared
         .outstanding
         .send_modify(|n| *n += decision_counts.len() as u64);
+    shared
+        .counts_queued
+        .fetch_add(decision_counts.len() as u64, Ordering::AcqRel);
     if let Some(asked) = outgoing.flushes {
         // Only now: a flush waiting for this reads `outstanding` next, which includes them.
         shared.counts_taken.fetch_max(asked, Ordering::AcqRel);
@@ -489,8 +621,21 @@ fn settle(shared: &Shared, batch: pb::ResultBatch, ack: pb::BatchAck) {
             kept.pop_front();
         }
     }
+    release(shared, results, counts);
+}
+
+/// Takes `results` results and `counts` decision counts off the books (acknowledged, or given
+/// up as refused).
+fn release(shared: &Shared, results: usize, counts: usize) {
     shared.room.add_permits(results);
+    shared
+        .results_settled
+        .fetch_add(results as u64, Ordering::AcqRel);
+    shared
+        .counts_settled
+        .fetch_add(counts as u64, Ordering::AcqRel);
     shared
         .outstanding
         .send_modify(|n| *n -= (results + counts) as u64);
+    shared.progress.send_replace(());
 }

@@ -71,7 +71,7 @@ async fn watch(shared: std::sync::Weak<Shared>, channels: Vec<Channel>) {
         drop(s);
         match subscribe(&shared, channel).await {
             Ok(()) => backoff = None,
-            Err(why) => tracing::debug!(error = %why, "allocation watch ended"),
+            Err(why) => tracing::warn!(error = %why, "allocation watch ended; reconnecting"),
         }
         // Exponential backoff with jitter (a fleet of routers must not reconnect in step).
         let wait = backoff.map_or(min, |b: Duration| (b * 2).min(max));
@@ -114,6 +114,9 @@ async fn subscribe(shared: &std::sync::Weak<Shared>, channel: Channel) -> Result
         let s = shared.upgrade().ok_or("allocator dropped")?;
         apply(&s, first, true)
     };
+    if let Some(s) = shared.upgrade() {
+        not_behind(&s, silence_limit)?;
+    }
     if !absent.is_empty() {
         // Watching every test: the first tables hold only tests that have not ended, so the
         // tests held here and missing there ended meanwhile. Their final tables are asked for
@@ -130,6 +133,18 @@ async fn subscribe(shared: &std::sync::Weak<Shared>, channel: Channel) -> Result
         };
         let s = shared.upgrade().ok_or("allocator dropped")?;
         apply(&s, update, false);
+        not_behind(&s, silence_limit)?;
+    }
+}
+
+/// Fails when the arbiter has sent updates but confirmed none for `limit` (a standby that is
+/// not current): the next endpoint may be.
+fn not_behind(shared: &Shared, limit: Duration) -> Result<(), String> {
+    match shared.silence() {
+        Some(silence) if silence > limit => Err(format!(
+            "this arbiter's view has not been current for {silence:?}; trying the next"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -176,7 +191,10 @@ async fn final_tables(
 /// Applies an update (a confirmation even when it holds no table). `first`: the first update
 /// of a subscription; returns the tests held here that it lacks.
 fn apply(shared: &Shared, update: pb::AllocationUpdate, first: bool) -> Vec<String> {
-    shared.heard();
+    // Only an arbiter whose view is current confirms the tables.
+    if update.current {
+        shared.heard();
+    }
     let mut absent = Vec::new();
     if update.tables.is_empty() && !first {
         return absent;

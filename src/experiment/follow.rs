@@ -116,7 +116,7 @@ impl Experiments {
         let book = state.book.lock();
         let client = &book.stats.client;
         for (total, c) in shown.counts.iter_mut().zip(&client.counts) {
-            *total += c;
+            *total = total.saturating_add(*c);
         }
         for (total, e) in shown.expected.iter_mut().zip(&client.expected) {
             *total += e;
@@ -231,7 +231,8 @@ impl Experiments {
             &decoded,
             entry.position,
         );
-        if folded.map_err(corrupt)?.is_none() {
+        if folded.map_err(corrupt)?.is_none() || decoded.results.is_empty() {
+            // Decision counts alone change no statistic the policy reads.
             return Ok(());
         }
         self.refresh_followed(state);

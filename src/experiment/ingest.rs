@@ -114,12 +114,13 @@ pub struct ResultInput {
 pub struct CountsInput {
     /// The test.
     pub test_id: String,
-    /// The version of the table the decisions were drawn from (informational).
+    /// The version of the latest table the decisions were drawn from (informational).
     pub table_version: u64,
     /// Decisions per arm, in the test's arm order.
     pub counts: Vec<u64>,
-    /// The table's probability of each arm.
-    pub probabilities: Vec<f64>,
+    /// Expected decisions per arm: over the tables they were drawn from, each table's decisions
+    /// times the arm's probability in it.
+    pub expected: Vec<f64>,
     /// Idempotency key (required): counts whose key the test has seen are not added again.
     pub counts_id: String,
 }
@@ -471,7 +472,7 @@ impl Experiments {
                         RecordOutcome::Duplicate
                     }
                     Ok(()) => {
-                        client.add(&c.counts, &c.probabilities);
+                        client.add(&c.counts, &c.expected);
                         RecordOutcome::Accepted
                     }
                 };
@@ -512,7 +513,10 @@ impl Experiments {
             drop(result_ids);
             book.stats = stats;
             drop(book);
-            touched.push(state);
+            if !accepted.is_empty() {
+                // Decision counts alone change no statistic the policy reads: no new table.
+                touched.push(state);
+            }
         }
         if outcomes
             .iter()

@@ -52,7 +52,9 @@ pub(super) fn encode<'a>(
     client: &ClientCounts,
     out: &mut Vec<u8>,
 ) {
-    out.push(FORMAT_VERSION);
+    // Format 1 while there is nothing of format 2's to write: arbiters that read only format 1
+    // (an older standby during a rolling upgrade) keep following.
+    out.push(if client.is_empty() { 1 } else { FORMAT_VERSION });
     let mut w = ByteWriter(out);
     w.bytes(test_id.as_bytes());
     w.len(results.len());
@@ -69,10 +71,12 @@ pub(super) fn encode<'a>(
     for fp in fingerprints {
         w.0.extend_from_slice(&fp.to_be_bytes());
     }
-    let mut w = ByteWriter(out);
-    w.len(client.counts.len());
-    client.counts.iter().for_each(|&c| w.varint(c));
-    client.expected.iter().for_each(|&e| w.f64(e));
+    if !client.is_empty() {
+        let mut w = ByteWriter(out);
+        w.len(client.counts.len());
+        client.counts.iter().for_each(|&c| w.varint(c));
+        client.expected.iter().for_each(|&e| w.f64(e));
+    }
 }
 
 /// Decodes an entry; the error names what is malformed.
@@ -223,7 +227,7 @@ pub(super) fn add_client(total: &mut ClientCounts, added: &ClientCounts) {
         total.expected.resize(added.counts.len(), 0.0);
     }
     for (t, a) in total.counts.iter_mut().zip(&added.counts) {
-        *t += a;
+        *t = t.saturating_add(*a);
     }
     for (t, a) in total.expected.iter_mut().zip(&added.expected) {
         *t += a;
@@ -312,7 +316,7 @@ mod tests {
         let fps = [1u128, u128::MAX];
         let mut bytes = Vec::new();
         let mut client = ClientCounts::default();
-        client.add(&[3, 0, 1, 6], &[0.25, 0.25, 0.25, 0.25]);
+        client.add(&[3, 0, 1, 6], &[2.5, 2.5, 2.5, 2.5]);
         encode("t-1", results.iter().copied(), &fps, &client, &mut bytes);
         let entry = decode(&bytes).expect("decodes");
         assert_eq!(entry.client, client);

@@ -49,19 +49,19 @@ pub struct ClientCounts {
 }
 
 impl ClientCounts {
-    /// Adds `counts` per arm, drawn from a table with `probabilities`.
-    pub fn add(&mut self, counts: &[u64], probabilities: &[f64]) {
+    /// Adds `counts` and `expected` counts per arm (saturating: reports are bounded, their sum
+    /// is not).
+    pub fn add(&mut self, counts: &[u64], expected: &[f64]) {
         let k = counts.len();
         if self.counts.len() < k {
             self.counts.resize(k, 0);
             self.expected.resize(k, 0.0);
         }
-        let n: u64 = counts.iter().sum();
         for (total, c) in self.counts.iter_mut().zip(counts) {
-            *total += c;
+            *total = total.saturating_add(*c);
         }
-        for (total, p) in self.expected.iter_mut().zip(probabilities) {
-            *total += n as f64 * p;
+        for (total, e) in self.expected.iter_mut().zip(expected) {
+            *total += e;
         }
     }
 

@@ -305,7 +305,7 @@ impl From<pb::DecisionCounts> for crate::experiment::CountsInput {
             test_id: c.test_id,
             table_version: c.table_version,
             counts: c.counts,
-            probabilities: c.probabilities,
+            expected: c.expected,
             counts_id: c.counts_id,
         }
     }

@@ -2,7 +2,7 @@
 //! process. The first update holds every watched table; after it, the tables that changed,
 //! coalesced (a test's table goes out at most once per coalescing window), and every second an
 //! empty update while this arbiter's view is current, so a client can tell a quiet stream from
-//! a stale one.
+//! a stale one. Every update says whether the view was current when it was sent.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -105,16 +105,24 @@ pub async fn watch_allocations(
         coalesce,
     };
     let (tx, rx) = mpsc::channel(UPDATES_IN_FLIGHT);
-    tokio::spawn(watch.run(pb::AllocationUpdate { tables }, tx));
+    let sent = tables.iter().map(|t| t.test_id.clone()).collect();
+    let first = pb::AllocationUpdate {
+        tables,
+        current: watch.experiments.view_current(),
+    };
+    tokio::spawn(watch.run(first, sent, tx));
     Ok(Response::new(ReceiverStream::new(rx)))
 }
 
 impl Watch {
     /// Sends `first`, then changes and heartbeats until the client leaves, its credentials are
     /// revoked or this arbiter's state closes.
+    /// `sent`: the tests of `first`; every test this watch sends is kept in it, so a watch that
+    /// falls behind the feed can send them all again (the end of a test among them).
     async fn run(
         mut self,
         first: pb::AllocationUpdate,
+        mut sent: BTreeSet<String>,
         tx: mpsc::Sender<Result<pb::AllocationUpdate, Status>>,
     ) {
         if tx.send(Ok(first)).await.is_err() {
@@ -126,8 +134,11 @@ impl Watch {
             let heartbeat_due = last_sent + HEARTBEAT;
             tokio::select! {
                 change = self.changes.recv() => {
-                    if !self.take(change, &mut pending) {
+                    if !self.take(change, &mut pending, &sent) {
                         return;
+                    }
+                    if pending.is_empty() {
+                        continue; // a test this watch does not follow
                     }
                 }
                 () = tokio::time::sleep_until(heartbeat_due) => {
@@ -136,14 +147,16 @@ impl Watch {
                         return;
                     }
                     if self.experiments.view_current() {
-                        if tx.send(Ok(pb::AllocationUpdate::default())).await.is_err() {
+                        let heartbeat = pb::AllocationUpdate {
+                            tables: Vec::new(),
+                            current: true,
+                        };
+                        if tx.send(Ok(heartbeat)).await.is_err() {
                             return;
                         }
-                        last_sent = Instant::now();
-                    } else {
-                        // Silence tells the client its tables may be stale.
-                        last_sent = Instant::now();
                     }
+                    // Else silence tells the client its tables may be stale.
+                    last_sent = Instant::now();
                     continue;
                 }
                 () = tx.closed() => return,
@@ -153,13 +166,14 @@ impl Watch {
             loop {
                 match self.changes.try_recv() {
                     Ok(id) => {
-                        if !self.take(Ok(id), &mut pending) {
+                        if !self.take(Ok(id), &mut pending, &sent) {
                             return;
                         }
                     }
                     Err(broadcast::error::TryRecvError::Empty) => break,
                     Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        if !self.take(Err(broadcast::error::RecvError::Lagged(n)), &mut pending) {
+                        let lagged = Err(broadcast::error::RecvError::Lagged(n));
+                        if !self.take(lagged, &mut pending, &sent) {
                             return;
                         }
                     }
@@ -171,6 +185,7 @@ impl Watch {
                 return;
             }
             let update = self.update(std::mem::take(&mut pending));
+            sent.extend(update.tables.iter().map(|t| t.test_id.clone()));
             if tx.send(Ok(update)).await.is_err() {
                 return;
             }
@@ -183,6 +198,7 @@ impl Watch {
         &self,
         change: Result<TestId, broadcast::error::RecvError>,
         pending: &mut BTreeSet<String>,
+        sent: &BTreeSet<String>,
     ) -> bool {
         match change {
             Ok(id) => {
@@ -191,11 +207,15 @@ impl Watch {
                 }
                 true
             }
-            // Fell behind the feed: every watched table goes out again.
+            // Fell behind the feed: every watched table goes out again, including those of
+            // tests that ended meanwhile (all were sent before) and new ones.
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 match &self.watched {
                     Watched::Named(ids) => pending.extend(ids.iter().cloned()),
-                    Watched::All => pending.extend(self.experiments.unended_tests()),
+                    Watched::All => {
+                        pending.extend(sent.iter().cloned());
+                        pending.extend(self.experiments.unended_tests());
+                    }
                 }
                 true
             }
@@ -219,7 +239,10 @@ impl Watch {
                 },
             )
             .collect();
-        pb::AllocationUpdate { tables }
+        pb::AllocationUpdate {
+            tables,
+            current: self.experiments.view_current(),
+        }
     }
 }
 

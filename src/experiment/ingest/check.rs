@@ -49,8 +49,8 @@ impl Experiments {
 const MAX_REPORTED_DECISIONS: u64 = 1 << 48;
 
 /// Validates decisions a client reported for `state`'s test: a counts_id, one count and one
-/// probability per arm, the probabilities a distribution, and no decision for an arm the table
-/// gave no probability.
+/// expected count per arm, the expected counts summing to the decisions (each table's
+/// probabilities sum to 1), and no decision for an arm no table gave a probability.
 pub(super) fn counts(state: &TestState, c: &CountsInput) -> Result<()> {
     let k = state.config.arms.len();
     let invalid = |field: &'static str, reason: String| ExperimentError::invalid(field, reason);
@@ -60,22 +60,15 @@ pub(super) fn counts(state: &TestState, c: &CountsInput) -> Result<()> {
             format!("must be 1 to {MAX_RESULT_ID_LEN} bytes (it makes a resent report count once)"),
         ));
     }
-    if c.counts.len() != k || c.probabilities.len() != k {
+    if c.counts.len() != k || c.expected.len() != k {
         return Err(invalid(
             "counts",
             format!(
-                "{} counts and {} probabilities for test {} of {k} arms",
+                "{} counts and {} expected counts for test {} of {k} arms",
                 c.counts.len(),
-                c.probabilities.len(),
+                c.expected.len(),
                 shown(state.config.test_id.as_str())
             ),
-        ));
-    }
-    let total: f64 = c.probabilities.iter().sum();
-    if c.probabilities.iter().any(|p| !p.is_finite() || *p < 0.0) || (total - 1.0).abs() > 1e-6 {
-        return Err(invalid(
-            "probabilities",
-            format!("{:?} is not a probability distribution", c.probabilities),
         ));
     }
     if let Some(&n) = c.counts.iter().find(|&&n| n > MAX_REPORTED_DECISIONS) {
@@ -84,11 +77,24 @@ pub(super) fn counts(state: &TestState, c: &CountsInput) -> Result<()> {
             format!("{n} decisions exceed the limit of {MAX_REPORTED_DECISIONS} per report"),
         ));
     }
-    if let Some(arm) = (0..k).find(|&i| c.counts[i] > 0 && c.probabilities[i] == 0.0) {
+    let decisions: u64 = c.counts.iter().sum();
+    let expected: f64 = c.expected.iter().sum();
+    if c.expected.iter().any(|e| !e.is_finite() || *e < 0.0)
+        || (expected - decisions as f64).abs() > 1e-6 * (decisions as f64).max(1.0)
+    {
+        return Err(invalid(
+            "expected",
+            format!(
+                "{:?} must be finite, non-negative and sum to the {decisions} decisions",
+                c.expected
+            ),
+        ));
+    }
+    if let Some(arm) = (0..k).find(|&i| c.counts[i] > 0 && c.expected[i] == 0.0) {
         return Err(invalid(
             "counts",
             format!(
-                "{} decisions for {}, which had probability 0 in the table",
+                "{} decisions for {}, which had probability 0 in every table reported",
                 c.counts[arm], state.config.arms[arm].arm_id
             ),
         ));
