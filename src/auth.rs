@@ -295,6 +295,35 @@ impl AuthTable {
         }
     }
 
+    /// Takes over from `old` the principal of every entry that did not change (and was not
+    /// revoked), in place of this table's copy.
+    fn keep_principals_of(&mut self, old: &AuthTable) {
+        let kept = |new: &Arc<Principal>, old: Option<&Arc<Principal>>| -> Option<Arc<Principal>> {
+            old.filter(|o| o.same_entry(new) && !o.is_revoked())
+                .cloned()
+        };
+        for (digest, principal) in &mut self.by_token {
+            let previous = old
+                .by_token
+                .iter()
+                .find(|(d, _)| d == digest)
+                .map(|(_, p)| p);
+            if let Some(p) = kept(principal, previous) {
+                *principal = p;
+            }
+        }
+        for (cn, principal) in &mut self.by_cn {
+            if let Some(p) = kept(principal, old.by_cn.get(cn)) {
+                *principal = p;
+            }
+        }
+        for (name, principal) in &mut self.by_name {
+            if let Some(p) = kept(principal, old.by_name.get(name)) {
+                *principal = p;
+            }
+        }
+    }
+
     /// Number of principals that can authenticate.
     pub fn len(&self) -> usize {
         self.by_token.len() + self.by_cn.len()
@@ -326,11 +355,15 @@ impl Authenticator {
     /// Principals of the old table whose credential the new one no longer maps to the same
     /// entry are marked revoked, so the streams they opened end.
     pub fn reload(&self) -> Result<usize, AuthError> {
-        let table = AuthTable::load(&self.path)?;
+        let mut table = AuthTable::load(&self.path)?;
         let n = table.len();
+        let old = self.table.load_full();
         // Revoked before the new table serves: once a new call is refused, every stream opened
         // with the old credential ends at its next message.
-        self.table.load().revoke_missing_from(&table);
+        old.revoke_missing_from(&table);
+        // Entries that did not change keep their principal, so streams opened with it are
+        // still reached by a later reload that revokes it.
+        table.keep_principals_of(&old);
         self.table.store(Arc::new(table));
         Ok(n)
     }
@@ -481,5 +514,25 @@ mod tests {
         assert!(!kept.is_revoked());
         assert!(dropped.is_revoked());
         assert!(narrowed.is_revoked());
+
+        // Reloads that keep an entry keep its principal: a later reload that drops it revokes
+        // what a stream opened before the first reload holds (a CI failure: an unrelated SIGHUP
+        // came first).
+        let mut new = new;
+        new.keep_principals_of(&old);
+        let unchanged = file(&entry("kept", "\"analyst\"", "k")).expect("same again");
+        new.revoke_missing_from(&unchanged);
+        let mut unchanged = unchanged;
+        unchanged.keep_principals_of(&new);
+        assert!(Arc::ptr_eq(
+            &unchanged.authenticate(Some("k"), None).expect("token"),
+            &kept
+        ));
+        let without = file(&entry("other", "\"analyst\"", "o")).expect("without");
+        unchanged.revoke_missing_from(&without);
+        assert!(
+            kept.is_revoked(),
+            "the principal of the first table is revoked"
+        );
     }
 }

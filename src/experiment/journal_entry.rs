@@ -332,7 +332,7 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode(&extra).unwrap_err().contains("left over"));
-        // Format 1 (no client counts) still reads.
+        // Without client counts the entry is written, and read, in format 1.
         let mut old = Vec::new();
         encode(
             "t-1",
@@ -341,10 +341,10 @@ mod tests {
             &ClientCounts::default(),
             &mut old,
         );
-        old.pop(); // the empty client section
-        old[0] = 1;
+        assert_eq!(old[0], 1);
         let entry = decode(&old).expect("format 1 decodes");
         assert!(entry.client.is_empty());
+        assert_eq!(entry.fingerprints, fps);
         let mut future = bytes;
         future[0] = 3;
         assert!(decode(&future).unwrap_err().contains("format 3"));
