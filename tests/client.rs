@@ -359,7 +359,7 @@ async fn reported_decision_counts_make_allocations_and_srm_as_if_the_server_had_
 }
 
 #[tokio::test]
-async fn the_reporter_resends_across_a_crash_and_every_result_counts_once() {
+async fn the_reporter_resends_across_a_crash_and_every_result_and_decision_counts_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = support::process::spawn_binary(dir.path());
     let addr = server.url.trim_start_matches("http://").to_string();
@@ -370,30 +370,34 @@ async fn the_reporter_resends_across_a_crash_and_every_result_counts_once() {
         .create_test(test_request("t", &models))
         .await
         .expect("create");
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url.clone()).expect("url");
+    let mut watch = WatchOptions::new("streamer-e").tests(["t"]);
+    watch.reconnect_max = Duration::from_millis(200);
+    let allocator = LocalAllocator::start(vec![endpoint.clone()], watch);
+    assert!(allocator.ready(Duration::from_secs(10)).await, "tables");
     let mut options = arbiter_client::ReporterOptions::new("streamer-e");
     options.reconnect_max = Duration::from_millis(200);
     options.max_batch = 50;
-    let endpoint = tonic::transport::Endpoint::from_shared(server.url.clone()).expect("url");
-    let reporter = arbiter_client::Reporter::start(vec![endpoint], None, options);
-    let result = |i: u64| arbiter_client::pb::ResultRecord {
-        test_id: "t".into(),
-        attribution: Some(arbiter_client::pb::result_record::Attribution::ArmId(
-            format!("arm_{}", i % 2),
-        )),
-        return_value: 0.001,
-        ..Default::default()
-    };
-    // Reported without pause while the server is killed: batches are in flight at the kill.
+    options.counts_every = Duration::from_millis(20);
+    let reporter =
+        arbiter_client::Reporter::start(vec![endpoint], Some(allocator.clone()), options);
+    // Decided and reported without pause while the server is killed: batches (results and
+    // decision counts) are in flight at the kill.
     let total = 20_000u64;
     let sending = {
-        let reporter = reporter.clone();
+        let (reporter, allocator) = (reporter.clone(), allocator.clone());
         tokio::spawn(async move {
+            let mut allocations = 0u64;
             for i in 0..total {
-                reporter.report(result(i)).await;
+                let d = allocator.allocate("t", "").expect("decision");
+                assert!(!d.fell_back);
+                allocations += u64::from(d.test_status() == TestStatus::Running);
+                reporter.report(d.result(0.001, "")).await;
                 if i % 100 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
+            allocations
         })
     };
     while reporter.stats().accepted < 2000 {
@@ -403,7 +407,7 @@ async fn the_reporter_resends_across_a_crash_and_every_result_counts_once() {
     server.child.kill().expect("kill -9");
     server.child.wait().expect("reaped");
     let server = support::process::spawn_binary_with(dir.path(), &["--listen", &addr]);
-    sending.await.expect("reported");
+    let allocations = sending.await.expect("reported");
     assert!(
         reporter.flush(Duration::from_secs(30)).await,
         "flush after the crash"
@@ -428,6 +432,10 @@ async fn the_reporter_resends_across_a_crash_and_every_result_counts_once() {
     assert_eq!(
         results.total_requests, total,
         "each result exactly once: {stats:?}"
+    );
+    assert_eq!(
+        results.total_allocations, allocations,
+        "each decision counted exactly once: {stats:?}"
     );
 }
 
