@@ -574,6 +574,23 @@ async fn nodes_start_from_the_snapshot_beside_a_trimmed_stream() {
     assert!(replaced.exists());
 }
 
+/// What `pick` takes from test "t"'s results on the arbiter at `url` (on a new connection).
+async fn results_of_t<T>(url: String, pick: impl FnOnce(&pb::TestResults) -> T) -> T {
+    let channel = tonic::transport::Channel::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let results = pb::experiments_client::ExperimentsClient::new(channel)
+        .get_test_results(pb::GetTestResultsRequest {
+            test_id: "t".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    pick(&results)
+}
+
 /// Polls `read` until it equals `want` (at most `within`); returns how long that took.
 async fn until_equal<T, F, Fut>(
     want: &T,
@@ -680,24 +697,7 @@ async fn a_standby_serves_allocate_and_reads_while_following_the_writer() {
     assert_eq!(acks[0].accepted as usize, decisions.len(), "{acks:?}");
 
     // The standby's decisions reach the writer's allocation counts, and reads on both show them.
-    let total_allocations = |node: &Binary| {
-        let url = node.url.clone();
-        async move {
-            let channel = tonic::transport::Channel::from_shared(url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect");
-            pb::experiments_client::ExperimentsClient::new(channel)
-                .get_test_results(pb::GetTestResultsRequest {
-                    test_id: "t".into(),
-                })
-                .await
-                .expect("results")
-                .into_inner()
-                .total_allocations
-        }
-    };
+    let total_allocations = |node: &Binary| results_of_t(node.url.clone(), |r| r.total_allocations);
     let both = (decisions.len() + writer_ids.len()) as u64;
     until_equal(&both, second, || total_allocations(&writer)).await;
     until_equal(&both, second, || total_allocations(&standby)).await;
@@ -1001,25 +1001,9 @@ async fn a_client_deciding_locally_follows_a_standby_and_its_counts_reach_the_wr
     let stats = reporter.stats();
     assert_eq!((stats.accepted, stats.rejected), (500, 0), "{stats:?}");
     let allocations = |node: &Binary| {
-        let url = node.url.clone();
-        async move {
-            let channel = tonic::transport::Channel::from_shared(url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect");
-            pb::experiments_client::ExperimentsClient::new(channel)
-                .get_test_results(pb::GetTestResultsRequest {
-                    test_id: "t".into(),
-                })
-                .await
-                .expect("results")
-                .into_inner()
-                .arms
-                .iter()
-                .map(|a| a.allocations)
-                .collect::<Vec<u64>>()
-        }
+        results_of_t(node.url.clone(), |r| {
+            r.arms.iter().map(|a| a.allocations).collect::<Vec<u64>>()
+        })
     };
     // The writer's own count is 0: every decision was the client's.
     until_equal(&counts.to_vec(), second, || allocations(&writer)).await;
