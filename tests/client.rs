@@ -467,6 +467,8 @@ async fn decision_counts_are_checked_and_counted_once() {
             },
         ],
     };
+    let watching = watching(&server, &["t"], WatchOptions::new("router-g")).await;
+    let (version, _) = watching.table_of("t").expect("table");
     let acks = ingest(&mut server.allocator().await, vec![batch])
         .await
         .expect("ingest");
@@ -476,6 +478,9 @@ async fn decision_counts_are_checked_and_counted_once() {
         (1, 1),
         "{ack:?}"
     );
+    // Decision counts alone change nothing the policy reads: no new table goes out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(watching.table_of("t"), Some((version, TestStatus::Running)));
     let refused: Vec<(u32, i32)> = ack
         .counts_rejected
         .iter()

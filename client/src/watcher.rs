@@ -238,3 +238,128 @@ fn apply(shared: &Shared, update: pb::AllocationUpdate, first: bool) -> Vec<Stri
 fn start_sequence() -> u64 {
     (crate::draw::uniform() * (1u64 << 22) as f64) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Freshness, LocalAllocator, TestStatus, WatchOptions};
+
+    /// A table of test `t` over two arms at `p`, in `status`, with `version`.
+    fn table(version: u64, status: pb::TestStatus, p: [f64; 2]) -> pb::AllocationTable {
+        // Walker's table of two arms: column 0 keeps arm 0 below 2·p0 (capped at 1), else arm 1.
+        let (accept, alias) = if p[0] <= p[1] {
+            (vec![2.0 * p[0], 1.0], vec![1, 1])
+        } else {
+            (vec![1.0, 2.0 * p[1]], vec![0, 0])
+        };
+        pb::AllocationTable {
+            test_id: "t".into(),
+            version,
+            status: status as i32,
+            arms: (0..2)
+                .map(|i| pb::ArmShare {
+                    arm_id: format!("arm_{i}"),
+                    model_registry_id: format!("m{i}:1"),
+                    probability: p[i],
+                })
+                .collect(),
+            alias_accept: accept,
+            alias_index: alias,
+            decision_key: Some(pb::DecisionKey {
+                client_index: 1,
+                k0: 2,
+                k1: 3,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn update(current: bool, tables: Vec<pb::AllocationTable>) -> pb::AllocationUpdate {
+        pb::AllocationUpdate { tables, current }
+    }
+
+    /// An allocator whose watcher never reaches a server (nothing listens on port 9).
+    fn offline() -> LocalAllocator {
+        let endpoint = Endpoint::from_static("http://127.0.0.1:9");
+        LocalAllocator::start(vec![endpoint], WatchOptions::new("unit").tests(["t"]))
+    }
+
+    #[tokio::test]
+    async fn only_an_arbiter_whose_view_is_current_confirms_the_tables() {
+        let allocator = offline();
+        let shared = &allocator.shared;
+        apply(
+            shared,
+            update(false, vec![table(1, pb::TestStatus::Running, [0.5, 0.5])]),
+            true,
+        );
+        assert_eq!(allocator.freshness(), Freshness::Empty);
+        let d = allocator.allocate("t", "").expect("decides from the table");
+        assert!(d.stale, "tables nobody current confirmed are stale");
+        apply(shared, update(true, Vec::new()), false);
+        assert_eq!(allocator.freshness(), Freshness::Current);
+        assert!(!allocator.allocate("t", "").expect("decision").stale);
+    }
+
+    #[tokio::test]
+    async fn an_ended_test_stays_ended_whatever_a_lagging_arbiter_sends() {
+        let allocator = offline();
+        let shared = &allocator.shared;
+        apply(
+            shared,
+            update(true, vec![table(5, pb::TestStatus::Completed, [0.0, 1.0])]),
+            true,
+        );
+        apply(
+            shared,
+            update(true, vec![table(3, pb::TestStatus::Running, [0.5, 0.5])]),
+            true,
+        );
+        assert_eq!(allocator.table_of("t"), Some((5, TestStatus::Completed)));
+        let d = allocator.allocate("t", "").expect("decision");
+        assert_eq!((d.arm_id(), d.propensity), ("arm_1", 1.0));
+    }
+
+    #[tokio::test]
+    async fn counts_of_replaced_tables_are_folded_per_test_with_their_expected_counts() {
+        let allocator = offline();
+        let shared = &allocator.shared;
+        apply(
+            shared,
+            update(true, vec![table(1, pb::TestStatus::Running, [0.5, 0.5])]),
+            true,
+        );
+        let mut drawn = [0u64; 2];
+        for _ in 0..1000 {
+            drawn[allocator.allocate("t", "").expect("decision").arm_index()] += 1;
+        }
+        apply(
+            shared,
+            update(true, vec![table(2, pb::TestStatus::Running, [0.2, 0.8])]),
+            false,
+        );
+        for _ in 0..500 {
+            drawn[allocator.allocate("t", "").expect("decision").arm_index()] += 1;
+        }
+        // A paused table's decisions are not allocations.
+        apply(
+            shared,
+            update(true, vec![table(3, pb::TestStatus::Paused, [1.0, 0.0])]),
+            false,
+        );
+        for _ in 0..100 {
+            allocator.allocate("t", "").expect("decision");
+        }
+        let reported = allocator.take_counts();
+        assert_eq!(reported.len(), 1, "one entry per test: {reported:?}");
+        let c = &reported[0];
+        assert_eq!((c.test_id.as_str(), c.table_version), ("t", 2));
+        assert_eq!(c.counts, drawn.to_vec());
+        // 1000 decisions at 0.5/0.5 and 500 at 0.2/0.8.
+        let want = [1000.0 * 0.5 + 500.0 * 0.2, 1000.0 * 0.5 + 500.0 * 0.8];
+        for (got, want) in c.expected.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{:?}", c.expected);
+        }
+        assert!(allocator.take_counts().is_empty(), "taken once");
+    }
+}
