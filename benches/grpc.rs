@@ -97,37 +97,14 @@ fn grpc(c: &mut Criterion) {
 /// Registers 32 models on `url`, creates the tests the local benches decide on, and returns a
 /// client-side allocator holding their tables.
 async fn local_allocator_on(url: &str) -> arbiter_client::LocalAllocator {
-    use pb::register_model_request::Part;
+    let models = arbiter::loadgen::register_bench_models(url, 32)
+        .await
+        .expect("register");
     let channel = tonic::transport::Channel::from_shared(url.to_string())
         .expect("url")
         .connect()
         .await
         .expect("connect");
-    let mut registry = pb::registry_client::RegistryClient::new(channel.clone());
-    let mut models = Vec::new();
-    for i in 0..32 {
-        let header = pb::RegisterModelHeader {
-            model_id: format!("local-m{i}"),
-            version: "1.0.0".into(),
-            model_type: pb::ModelType::Signal as i32,
-            created_by: "bench".into(),
-            ..Default::default()
-        };
-        let messages = vec![
-            pb::RegisterModelRequest {
-                part: Some(Part::Header(header)),
-            },
-            pb::RegisterModelRequest {
-                part: Some(Part::Chunk(b"bench".to_vec())),
-            },
-        ];
-        let m = registry
-            .register_model(tokio_stream::iter(messages))
-            .await
-            .expect("register")
-            .into_inner();
-        models.push(m.registry_id);
-    }
     let mut experiments = pb::experiments_client::ExperimentsClient::new(channel);
     for (test_id, arms, fixed) in [
         ("local-2", 2, false),

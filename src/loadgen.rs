@@ -260,18 +260,32 @@ pub async fn create_test_on(url: &str) -> Result<String, BenchError> {
     create_bench_test(url, None).await
 }
 
-/// [`create_test_on`] as the principal whose token is `token`, if any.
-async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, BenchError> {
-    use pb::register_model_request::Part;
-    let channel = scenarios::connect_as(url, token).await?;
-    let tag = format!(
+/// Registers `n` model versions `<tag>-m<i>:1.0.0` (a 5-byte artifact each) on the arbiter at
+/// `url`, where the tag names this process and moment; returns their registry ids.
+pub async fn register_bench_models(url: &str, n: usize) -> Result<Vec<String>, BenchError> {
+    let channel = scenarios::connect_as(url, None).await?;
+    register_models(channel, &bench_tag(), n).await
+}
+
+/// A tag no earlier bench run on the same server used.
+fn bench_tag() -> String {
+    format!(
         "bench-{}-{}",
         std::process::id(),
         crate::time::now() % 1_000_000_000
-    );
-    let mut registry = pb::registry_client::RegistryClient::new(channel.clone());
+    )
+}
+
+/// See [`register_bench_models`].
+async fn register_models(
+    channel: scenarios::Connection,
+    tag: &str,
+    n: usize,
+) -> Result<Vec<String>, BenchError> {
+    use pb::register_model_request::Part;
+    let mut registry = pb::registry_client::RegistryClient::new(channel);
     let mut models = Vec::new();
-    for i in 0..2 {
+    for i in 0..n {
         let header = pb::RegisterModelHeader {
             model_id: format!("{tag}-m{i}"),
             version: "1.0.0".into(),
@@ -297,6 +311,14 @@ async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, Ben
             .into_inner();
         models.push(m.registry_id);
     }
+    Ok(models)
+}
+
+/// [`create_test_on`] as the principal whose token is `token`, if any.
+async fn create_bench_test(url: &str, token: Option<&str>) -> Result<String, BenchError> {
+    let channel = scenarios::connect_as(url, token).await?;
+    let tag = bench_tag();
+    let models = register_models(channel.clone(), &tag, 2).await?;
     let mut experiments = pb::experiments_client::ExperimentsClient::new(channel);
     let request = pb::CreateTestRequest {
         test_id: tag.clone(),

@@ -25,6 +25,7 @@
 //! ```
 
 mod allocator;
+mod connection;
 mod draw;
 pub mod pb;
 mod reporter;

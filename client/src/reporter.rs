@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::connection::{request, Backoff};
 
 use crate::pb;
 use crate::LocalAllocator;
@@ -199,15 +200,7 @@ impl Reporter {
             next_id: AtomicU64::new(0),
             run: (crate::draw::uniform() * (1u64 << 53) as f64) as u64,
         });
-        let channels: Vec<Channel> = endpoints
-            .into_iter()
-            .map(|e| {
-                e.http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy()
-            })
-            .collect();
+        let channels = crate::connection::channels(endpoints);
         let task = tokio::spawn(run(Arc::downgrade(&shared), allocator, channels));
         Self {
             shared,
@@ -319,7 +312,7 @@ async fn run(
     channels: Vec<Channel>,
 ) {
     let mut unacknowledged: VecDeque<InFlight> = VecDeque::new();
-    let mut backoff: Option<Duration> = None;
+    let mut backoff = Backoff::default();
     let mut next_sequence = 1u64;
     for attempt in 0usize.. {
         let Some(s) = shared.upgrade() else { return };
@@ -333,13 +326,13 @@ async fn run(
         )
         .await
         {
-            Ok(()) => backoff = None,
+            Ok(()) => backoff.reset(),
             Err(StreamEnd::Refused(status)) if refuses_the_batch(&status) => {
                 // The server refused the first unacknowledged batch as a whole (over its
                 // limits, say): sent again unchanged it would be refused forever.
                 tracing::warn!(error = %status, "a result batch was refused whole; splitting it");
                 split_front(&s, &mut unacknowledged, &status);
-                backoff = None;
+                backoff.reset();
                 continue;
             }
             Err(StreamEnd::Refused(status)) => {
@@ -351,9 +344,7 @@ async fn run(
         }
         let (min, max) = (s.options.reconnect_min, s.options.reconnect_max);
         drop(s);
-        let wait = backoff.map_or(min, |b| (b * 2).min(max));
-        backoff = Some(wait);
-        tokio::time::sleep(wait / 2 + wait.mul_f64(0.5 * crate::draw::uniform())).await;
+        backoff.wait(min, max).await;
     }
 }
 
@@ -452,12 +443,7 @@ async fn stream(
     // Room for every batch to resend (a split may have added one) and the new ones.
     let (tx, rx) =
         mpsc::channel::<pb::ResultBatch>(options.max_in_flight.max(unacknowledged.len()));
-    let mut call = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = &options.token {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
-        call.metadata_mut().insert("authorization", value);
-    }
+    let call = request(ReceiverStream::new(rx), options.token.as_deref())?;
     // Resent first, in order, under new sequence numbers (they number this stream's batches).
     for sent in unacknowledged.iter_mut() {
         sent.sequence = *next_sequence;

@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::connection::{request, Backoff};
 
 use crate::allocator::{Shared, Tables};
 use crate::pb;
@@ -48,58 +49,41 @@ pub(crate) fn spawn(shared: Arc<Shared>, endpoints: Vec<Endpoint>) -> TaskGuard 
             }
         })
     };
-    let channels: Vec<Channel> = endpoints
-        .into_iter()
-        .map(|e| {
-            e.http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-                .connect_lazy()
-        })
-        .collect();
+    let channels = crate::connection::channels(endpoints);
     let watcher = tokio::spawn(watch(Arc::downgrade(&shared), channels));
     TaskGuard(vec![ticker, watcher])
 }
 
 /// Subscribes through each channel in turn until the allocator is dropped.
 async fn watch(shared: std::sync::Weak<Shared>, channels: Vec<Channel>) {
-    let mut backoff = None;
+    let mut backoff = Backoff::default();
     for attempt in 0usize.. {
         let Some(s) = shared.upgrade() else { return };
         let (min, max) = (s.options.reconnect_min, s.options.reconnect_max);
         let channel = channels[attempt % channels.len()].clone();
         drop(s);
         match subscribe(&shared, channel).await {
-            Ok(()) => backoff = None,
+            Ok(()) => backoff.reset(),
             Err(why) => tracing::warn!(error = %why, "allocation watch ended; reconnecting"),
         }
-        // Exponential backoff with jitter (a fleet of routers must not reconnect in step).
-        let wait = backoff.map_or(min, |b: Duration| (b * 2).min(max));
-        backoff = Some(wait);
-        let jitter = wait.mul_f64(0.5 * crate::draw::uniform());
-        tokio::time::sleep(wait / 2 + jitter).await;
+        backoff.wait(min, max).await;
     }
 }
 
 /// One subscription: `Ok` when it delivered tables before it ended (the next one starts from
 /// the shortest backoff).
 async fn subscribe(shared: &std::sync::Weak<Shared>, channel: Channel) -> Result<(), String> {
-    let (request, token, silence_limit) = {
+    let (watch, token, silence_limit) = {
         let s = shared.upgrade().ok_or("allocator dropped")?;
-        let request = pb::WatchAllocationsRequest {
+        let watch = pb::WatchAllocationsRequest {
             test_ids: s.options.test_ids.clone(),
             client_id: s.options.client_id.clone(),
         };
-        (request, s.options.token.clone(), s.options.stale_after)
+        (watch, s.options.token.clone(), s.options.stale_after)
     };
     let mut client = pb::allocator_client::AllocatorClient::new(channel.clone())
         .max_decoding_message_size(MAX_UPDATE_BYTES);
-    let mut call = tonic::Request::new(request);
-    if let Some(token) = &token {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
-        call.metadata_mut().insert("authorization", value);
-    }
+    let call = request(watch, token.as_deref())?;
     let mut stream = client
         .watch_allocations(call)
         .await
@@ -161,15 +145,13 @@ async fn final_tables(
         .options
         .client_id
         .clone();
-    let mut call = tonic::Request::new(pb::WatchAllocationsRequest {
-        test_ids,
-        client_id,
-    });
-    if let Some(token) = token {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|e| format!("the token cannot be sent in a header: {e}"))?;
-        call.metadata_mut().insert("authorization", value);
-    }
+    let call = request(
+        pb::WatchAllocationsRequest {
+            test_ids,
+            client_id,
+        },
+        token,
+    )?;
     let mut client = pb::allocator_client::AllocatorClient::new(channel)
         .max_decoding_message_size(MAX_UPDATE_BYTES);
     let mut stream = client

@@ -108,7 +108,7 @@ pub struct ResultInput {
     pub observed_at: Option<UnixNanos>,
 }
 
-/// Decisions a client drew in its own process from one allocation table, reported with a
+/// Decisions a client drew in its own process from a test's allocation tables, reported with a
 /// batch: allocations of the test.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CountsInput {
@@ -167,6 +167,27 @@ struct Grouped {
     groups: Vec<(String, Group)>,
     /// Tests past their deadline that must expire before the batch is applied.
     due: Vec<String>,
+}
+
+/// The group of `test_id` in `groups`, opened on its first appearance; at most `limit` groups.
+fn group_of<'a>(
+    index: &mut HashMap<&'a str, usize>,
+    groups: &mut Vec<(String, Group)>,
+    test_id: &'a str,
+    limit: usize,
+) -> Result<usize> {
+    let next = groups.len();
+    let g = *index.entry(test_id).or_insert(next);
+    if g == next {
+        if next == limit {
+            return Err(ExperimentError::LimitExceeded {
+                what: format!("a batch naming more than {limit} tests"),
+                limit: format!("{limit} distinct tests per batch"),
+            });
+        }
+        groups.push((test_id.to_string(), Group::default()));
+    }
+    Ok(g)
 }
 
 /// What the blocking part of [`Experiments::apply_results`] got to.
@@ -314,30 +335,13 @@ impl Experiments {
         let mut groups: Vec<(String, Group)> = Vec::new();
         {
             let mut index: HashMap<&str, usize> = HashMap::new();
-            let named = records
-                .iter()
-                .map(|r| (r.test_id.as_str(), false))
-                .chain(counts.iter().map(|c| (c.test_id.as_str(), true)));
-            let mut positions = [0usize; 2];
-            for (test_id, is_counts) in named {
-                let next = groups.len();
-                let g = *index.entry(test_id).or_insert(next);
-                if g == next {
-                    if next == limit {
-                        return Err(ExperimentError::LimitExceeded {
-                            what: format!("a batch naming more than {limit} tests"),
-                            limit: format!("{limit} distinct tests per batch"),
-                        });
-                    }
-                    groups.push((test_id.to_string(), Group::default()));
-                }
-                let position = &mut positions[usize::from(is_counts)];
-                if is_counts {
-                    groups[g].1.counts.push(*position);
-                } else {
-                    groups[g].1.records.push(*position);
-                }
-                *position += 1;
+            for (i, r) in records.iter().enumerate() {
+                let g = group_of(&mut index, &mut groups, &r.test_id, limit)?;
+                groups[g].1.records.push(i);
+            }
+            for (i, c) in counts.iter().enumerate() {
+                let g = group_of(&mut index, &mut groups, &c.test_id, limit)?;
+                groups[g].1.counts.push(i);
             }
         }
         let now = crate::time::now();

@@ -116,8 +116,7 @@ pub async fn watch_allocations(
 
 impl Watch {
     /// Sends `first`, then changes and heartbeats until the client leaves, its credentials are
-    /// revoked or this arbiter's state closes.
-    /// `sent`: the tests of `first`; every test this watch sends is kept in it, so a watch that
+    /// revoked or this arbiter's state closes. `sent`: the tests of `first`; every test this watch sends is kept in it, so a watch that
     /// falls behind the feed can send them all again (the end of a test among them).
     async fn run(
         mut self,
@@ -164,20 +163,15 @@ impl Watch {
             // At most one update per window: changes arriving meanwhile join this one.
             tokio::time::sleep_until(last_sent + self.coalesce).await;
             loop {
-                match self.changes.try_recv() {
-                    Ok(id) => {
-                        if !self.take(Ok(id), &mut pending, &sent) {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::TryRecvError::Empty) => break,
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        let lagged = Err(broadcast::error::RecvError::Lagged(n));
-                        if !self.take(lagged, &mut pending, &sent) {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => return,
+                use broadcast::error::{RecvError, TryRecvError};
+                let change = match self.changes.try_recv() {
+                    Ok(id) => Ok(id),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                };
+                if !self.take(change, &mut pending, &sent) {
+                    return;
                 }
             }
             if let Err(revoked) = authn::still_valid(&self.identity) {

@@ -179,11 +179,11 @@ async fn connect(url: &str) -> Result<Channel, BenchError> {
         })
 }
 
+/// A channel that sends the bench principal's token, if any.
+pub(super) type Connection = InterceptedService<Channel, BearerToken>;
+
 /// A connection to an arbiter at `url` that sends `token`, if any, with every call.
-pub(super) async fn connect_as(
-    url: &str,
-    token: Option<&str>,
-) -> Result<InterceptedService<Channel, BearerToken>, BenchError> {
+pub(super) async fn connect_as(url: &str, token: Option<&str>) -> Result<Connection, BenchError> {
     let bearer = BearerToken::new(token).ok_or_else(|| BenchError::Start {
         what: "client",
         reason: "the token cannot be a header value".into(),
